@@ -1,0 +1,202 @@
+"""
+Admission: who may talk to the server (PROTOCOL.md section 2).
+
+A client is admitted by the thumbprint of its certificate, found in an
+allow-list file, and only while the certificate is within its validity
+dates. The check runs after the TLS handshake (see L{proto.tls}) so that a
+refused client can be told in words why.
+
+The allow-list file has one thumbprint per line: SHA-1 (40 hex digits) or
+SHA-256 (64 hex digits) of the DER certificate, any case, C{:} separators
+allowed, an optional name after it, and C{#} comments. L{AllowListFile}
+re-reads it when it changes, and keeps the last good list when the new one
+is unreadable or malformed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from cryptography import x509
+from twisted.logger import Logger
+
+from proto import certs
+
+_HEX = re.compile(r"[0-9a-f]+\Z")
+
+
+class AllowListError(ValueError):
+    """The allow-list text is malformed; the message names the line."""
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """
+    An immutable set of admitted thumbprints.
+
+    @ivar names: normalised thumbprint (lower-case hex, no colons) to the
+        name given after it in the file (possibly empty).
+    """
+
+    names: dict[str, str]
+
+    @classmethod
+    def parse(cls, text: str) -> "AllowList":
+        """
+        Parse allow-list text.
+
+        @raise AllowListError: naming the first bad line.
+        """
+        names: dict[str, str] = {}
+        for number, raw in enumerate(text.splitlines(), 1):
+            line = raw.split("#", 1)[0].strip()
+            if not line:
+                continue
+            thumb, _, name = line.partition(" ")
+            digest = normaliseThumbprint(thumb)
+            if digest is None:
+                raise AllowListError(
+                    f"line {number}: {thumb[:80]!r} is not a SHA-1 (40 hex digits) "
+                    "or SHA-256 (64 hex digits) thumbprint"
+                )
+            names[digest] = name.strip()
+        return cls(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def admits(self, sha1: str, sha256: str) -> bool:
+        """Is a certificate with these thumbprints on the list?"""
+        return sha1 in self.names or sha256 in self.names
+
+
+def normaliseThumbprint(text: str) -> str | None:
+    """
+    Lower-case hex without separators, or C{None} if C{text} is not a
+    SHA-1 or SHA-256 thumbprint.
+    """
+    digest = text.replace(":", "").strip().lower()
+    if len(digest) in (40, 64) and _HEX.match(digest):
+        return digest
+    return None
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the server knows about a client certificate, for logs and checks."""
+
+    sha1: str
+    sha256: str
+    commonName: str
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> "Identity":
+        return cls(certs.sha1Thumbprint(cert), certs.sha256Thumbprint(cert), certs.commonName(cert))
+
+
+def _utc(moment: datetime.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def judge(
+    cert: x509.Certificate | None, allowList: AllowList, now: datetime.datetime
+) -> str | None:
+    """
+    Decide admission, in the order of PROTOCOL.md section 2.
+
+    @return: C{None} to admit, else the reason to send after C{ERR}.
+    """
+    if cert is None:
+        return (
+            "No client certificate was provided: connect with a certificate "
+            "whose thumbprint is on the server's allow-list"
+        )
+    who = Identity.of(cert)
+    if not allowList.admits(who.sha1, who.sha256):
+        return (
+            f"Client certificate {who.sha1} (CN={who.commonName!r}) is not on the "
+            "allow-list: add its thumbprint to the server's allow-list file"
+        )
+    if now < cert.not_valid_before_utc:
+        return (
+            f"Client certificate {who.sha1} is not yet valid: "
+            f"valid from {_utc(cert.not_valid_before_utc)}"
+        )
+    if now > cert.not_valid_after_utc:
+        return (
+            f"Client certificate {who.sha1} expired on "
+            f"{_utc(cert.not_valid_after_utc)}"
+        )
+    return None
+
+
+class AllowListFile:
+    """
+    An allow-list kept in a file, re-read when the file changes.
+
+    Call L{check} periodically (the server does, every second, from a
+    C{TimerService}); C{onChange(newList)} is called after each successful
+    reload that changed the list.
+    """
+
+    log = Logger()
+
+    def __init__(self, path: str, onChange: Callable[[AllowList], None] | None = None) -> None:
+        self.path = path
+        self.onChange = onChange
+        self._stamp: tuple | None = None
+        self.current = AllowList({})
+        self.current = self._read()
+        self._stamp = self._statStamp()
+
+    def _statStamp(self) -> tuple | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def _read(self) -> AllowList:
+        """
+        @raise OSError: unreadable file.
+        @raise AllowListError: malformed file.
+        """
+        with open(self.path, "rb") as f:
+            data = f.read()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise AllowListError("the file is not UTF-8 text") from None
+        return AllowList.parse(text)
+
+    def check(self) -> bool:
+        """
+        Re-read the file if it changed. Return C{True} if the list changed.
+        Never raises: a bad file is logged and the last good list stays.
+        """
+        stamp = self._statStamp()
+        if stamp == self._stamp:
+            return False
+        self._stamp = stamp
+        try:
+            new = self._read()
+        except (OSError, AllowListError) as e:
+            self.log.error(
+                "Allow-list {path} not reloaded, keeping the last good list "
+                "({count} entries): {error}",
+                path=self.path, count=len(self.current), error=str(e),
+            )
+            return False
+        if new == self.current:
+            return False
+        self.current = new
+        self.log.info(
+            "Allow-list {path} reloaded: {count} entries", path=self.path, count=len(new)
+        )
+        if self.onChange is not None:
+            self.onChange(new)
+        return True

@@ -1,0 +1,49 @@
+"""
+The connection-level commands: PING, ECHO, QUIT and the diagnostic SLEEP
+(PROTOCOL.md section 6).
+"""
+
+from __future__ import annotations
+
+from twisted.internet.task import deferLater
+
+from proto.commands.base import CommandRegistry, Result, requireArgs, secondsArgument
+
+registry = CommandRegistry()
+
+_PONG = Result(b"PONG")
+
+
+@registry.command("PING")
+def ping(ctx, request) -> Result:
+    """Reply C{PONG}: the cheapest way to see the server is alive."""
+    requireArgs(request, 0, 0, "PING")
+    return _PONG
+
+
+@registry.command("ECHO")
+def echo(ctx, request) -> Result:
+    """Reply with the arguments joined by single spaces."""
+    return Result(" ".join(request.args).encode("utf-8"))
+
+
+@registry.command("QUIT")
+def quit(ctx, request) -> Result:
+    """
+    Reply C{OK}; read nothing more; close once every earlier reply is sent.
+    """
+    requireArgs(request, 0, 0, "QUIT")
+    ctx.quitAfterReplies()
+    return Result()
+
+
+@registry.command("SLEEP")
+def sleep(ctx, request):
+    """
+    Reply C{OK} after the given seconds (like Redis's C{DEBUG SLEEP}, but
+    without blocking anyone): makes Timeout, out-of-order replies and
+    duplicate-Sequence handling visible from outside.
+    """
+    requireArgs(request, 1, 1, "SLEEP seconds")
+    seconds = secondsArgument(request.args[0])
+    return deferLater(ctx.clock, seconds, Result)

@@ -1,0 +1,472 @@
+"""
+The GNP/1 server protocol: a thin Twisted shell around L{proto.wire}.
+
+One L{GNPServerProtocol} serves one TLS connection. It is a
+C{LineReceiver} whose "line" is a whole request head (the delimiter is the
+empty line, C{\\r\\n\\r\\n}); bodies are read in raw mode. The life of a
+connection::
+
+    handshaking --(certificate admitted)--> ready --(QUIT)--> quitting
+         |                                    |                  |
+         +--(refused / timeout)--> closing <--+--(framing error)-+
+                                      |
+                                   closed
+
+Replies are written in completion order: a command that returns a
+Deferred does not hold back the requests after it. Flow control: the
+protocol is the transport's push producer, so when the client stops
+reading and unsent replies pass the transport's high-water mark, the
+protocol stops reading (and parsing) until they drain; on resume it first
+parses what it already holds.
+
+Pitfalls this class guards against (see C{shared/TWISTED_NOTES.md}):
+input keeps arriving over TLS after C{loseConnection} (so every input path
+checks the state), a TLS close can hang forever (so every close arms an
+abort timer), and the producer must be unregistered before a close.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Callable, Iterable
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from proto import wire
+from proto.admission import Identity, judge
+from proto.commands.base import CommandError, ICommandContext, Result
+from proto.tls import peerCertificate
+
+HANDSHAKING = "handshaking"
+READY = "ready"
+QUITTING = "quitting"
+CLOSING = "closing"
+CLOSED = "closed"
+
+#: Pause reasons. The transport's and our own are kept apart, so that one
+#: resume cannot undo the other pause.
+_TRANSPORT = "transport"
+_INFLIGHT = "in-flight"
+
+
+def printablePeer(address) -> str:
+    """C{host:port} for logs, with IPv4-mapped IPv6 addresses unmapped."""
+    host = getattr(address, "host", None)
+    if host is None:
+        return str(address)
+    if host.startswith("::ffff:") and "." in host:
+        host = host[7:]
+    if ":" in host:
+        return f"[{host}]:{address.port}"
+    return f"{host}:{address.port}"
+
+
+@implementer(IHandshakeListener, ICommandContext)
+class GNPServerProtocol(LineReceiver):
+    """
+    Serves one client. Built by L{proto.server.GNPServerFactory}, whose
+    C{config}, C{registry}, C{clock}, C{store} and C{hub} it uses.
+    """
+
+    delimiter = wire.HEAD_END
+    log = Logger()
+
+    def __init__(self, factory) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.registry = factory.registry
+        self.clock = factory.clock
+        self.store = factory.store
+        self.hub = factory.hub
+        # LineReceiver's MAX_LENGTH counts a line without its delimiter; the
+        # head limit counts the whole head including the empty line.
+        self.MAX_LENGTH = self.config.maxHead - len(wire.HEAD_END)
+        self.state = HANDSHAKING
+        self.identity: Identity | None = None
+        self.peer = "?"
+        self._inflight: dict[str, defer.Deferred] = {}
+        self._subscriptions: dict[str, Callable[[], None]] = {}
+        self._pauses: set[str] = set()
+        self._bodyFor: wire.Request | None = None
+        self._bodyParts: list[bytes] = []
+        self._bodyMissing = 0
+        self._lastActivity = 0.0
+        self._handshakeTimer = None
+        self._headTimer = None
+        self._idleTimer = None
+        self._abortTimer = None
+
+    # -- connection life -------------------------------------------------
+
+    def connectionMade(self) -> None:
+        self.peer = printablePeer(self.transport.getPeer())
+        setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
+        if setNoDelay is not None:
+            setNoDelay(True)
+        self.transport.registerProducer(self, True)
+        self.factory.connectionOpened(self)
+        self._handshakeTimer = self.clock.callLater(
+            self.config.handshakeTimeout, self._handshakeTimedOut
+        )
+
+    def handshakeCompleted(self) -> None:
+        self._cancelTimer("_handshakeTimer")
+        if self.state != HANDSHAKING:
+            return
+        cert = peerCertificate(self.transport)
+        if cert is not None:
+            self.identity = Identity.of(cert)
+        reason = self.factory.overloadReason()
+        if reason is None:
+            now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
+            reason = judge(cert, self.factory.allowList(), now)
+        who = self.identity
+        if reason is not None:
+            self.log.info(
+                "Refused {peer} sha1={sha1} cn={cn!r}: {reason}",
+                peer=self.peer, sha1=who and who.sha1, cn=who and who.commonName,
+                reason=reason, admitted=False,
+            )
+            self._closeWith(wire.encodeGreeting(reason))
+            return
+        self.log.info(
+            "Admitted {peer} sha1={sha1} cn={cn!r}",
+            peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
+        )
+        self.state = READY
+        self.factory.connectionAdmitted(self)
+        self.transport.write(wire.encodeGreeting())
+        self._lastActivity = self.clock.seconds()
+        if self.config.idleTimeout:
+            self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleCheck)
+
+    def connectionLost(self, reason=None) -> None:
+        self.state = CLOSED
+        for name in ("_handshakeTimer", "_headTimer", "_idleTimer", "_abortTimer"):
+            self._cancelTimer(name)
+        self._cancelWork()
+        self.factory.connectionClosed(self)
+
+    def _cancelWork(self) -> None:
+        """Cancel every command in flight and every standing subscription."""
+        inflight, self._inflight = self._inflight, {}
+        for d in inflight.values():
+            d.cancel()
+        subscriptions, self._subscriptions = self._subscriptions, {}
+        for cancel in subscriptions.values():
+            self._callSafely(cancel)
+
+    def _callSafely(self, function: Callable[[], None]) -> None:
+        try:
+            function()
+        except Exception:
+            self.log.failure("Cancelling a subscription of {peer} failed", peer=self.peer)
+
+    def _cancelTimer(self, name: str) -> None:
+        timer = getattr(self, name)
+        if timer is not None:
+            setattr(self, name, None)
+            if timer.active():
+                timer.cancel()
+
+    def _closeWith(self, data: bytes) -> None:
+        """
+        Send C{data} (a refusal or a fatal error), then close: stop parsing,
+        stop producing, write, close, and arm an abort in case the peer
+        never answers TLS's close_notify.
+        """
+        if self.state in (CLOSING, CLOSED):
+            return
+        self.state = CLOSING
+        self.clearLineBuffer()
+        for name in ("_handshakeTimer", "_headTimer", "_idleTimer"):
+            self._cancelTimer(name)
+        self._cancelWork()
+        self.transport.unregisterProducer()
+        if self._pauses:
+            # Keep reading so that TLS sees the peer's close_notify.
+            self._pauses.clear()
+            self.paused = False
+            self.transport.resumeProducing()
+        if data:
+            self.transport.write(data)
+        self.transport.loseConnection()
+        self._abortTimer = self.clock.callLater(self.config.closeGrace, self._abort)
+
+    def _abort(self) -> None:
+        self._abortTimer = None
+        self.transport.abortConnection()
+
+    def fatal(self, reason: str, sequence: str | None = None) -> None:
+        """A framing error (PROTOCOL.md section 5): ERR, flush, close."""
+        self.log.info(
+            "Protocol error from {peer}, closing: {reason}", peer=self.peer, reason=reason
+        )
+        self._closeWith(wire.encodeError(reason, sequence))
+
+    def revoke(self, reason: str) -> None:
+        """End an admitted connection whose admission no longer holds."""
+        self.log.info("Closing {peer}: {reason}", peer=self.peer, reason=reason)
+        self._closeWith(wire.encodeError(reason, None))
+
+    # -- timers ----------------------------------------------------------
+
+    def _handshakeTimedOut(self) -> None:
+        self._handshakeTimer = None
+        if self.state == HANDSHAKING:
+            self.log.info("Handshake timeout from {peer}", peer=self.peer)
+            self.state = CLOSING
+            self.transport.unregisterProducer()
+            self.transport.abortConnection()
+
+    def _headTimedOut(self) -> None:
+        self._headTimer = None
+        if self.state == READY:
+            self.fatal(
+                f"Timeout: the request head did not arrive within "
+                f"{self.config.headTimeout:g} s of its first byte"
+            )
+
+    def _idleCheck(self) -> None:
+        self._idleTimer = None
+        if self.state != READY:
+            return
+        idleFor = self.clock.seconds() - self._lastActivity
+        busy = self._inflight or self._subscriptions or self._pauses or self._bodyFor
+        if busy or idleFor < self.config.idleTimeout:
+            wait = self.config.idleTimeout - idleFor if not busy else self.config.idleTimeout
+            self._idleTimer = self.clock.callLater(max(wait, 0.001), self._idleCheck)
+            return
+        self.log.info("Idle timeout for {peer}", peer=self.peer)
+        self._closeWith(
+            wire.encodeError(
+                f"Idle timeout: no request for {self.config.idleTimeout:g} s", None
+            )
+        )
+
+    def _watchHead(self) -> None:
+        """
+        Run the head timer while part of a head is buffered, from the first
+        byte of that head; stop it once nothing is pending (or we stopped
+        reading, which is not the client's delay).
+        """
+        pending = self.line_mode and self._buffer and not self.paused
+        if pending and self.state == READY:
+            if self._headTimer is None:
+                self._headTimer = self.clock.callLater(
+                    self.config.headTimeout, self._headTimedOut
+                )
+        elif self._headTimer is not None:
+            self._cancelTimer("_headTimer")
+
+    # -- input -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state != READY:
+            # Before admission, after QUIT, and while closing, input is
+            # never executed (TLS keeps delivering after loseConnection).
+            return
+        if self._busyReceiving:
+            # Re-entered from setLineMode() inside rawDataReceived.
+            self._buffer += data
+            return
+        if data:
+            self._lastActivity = self.clock.seconds()
+        LineReceiver.dataReceived(self, data)
+        if self.state == READY:
+            self._watchHead()
+
+    def lineReceived(self, head: bytes) -> None:
+        if self.state != READY:
+            return
+        self._cancelTimer("_headTimer")
+        try:
+            request = wire.parseHead(head, self.config.maxBody)
+        except wire.FramingError as e:
+            self.fatal(e.reason, e.sequence)
+            return
+        if request.size:
+            self._bodyFor = request
+            self._bodyParts = []
+            self._bodyMissing = request.size
+            self.setRawMode()
+            return
+        self._dispatch(request)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.state != READY:
+            return
+        missing = self._bodyMissing
+        if len(data) < missing:
+            self._bodyParts.append(data)
+            self._bodyMissing = missing - len(data)
+            return
+        self._bodyParts.append(data[:missing])
+        request = self._bodyFor
+        request.body = b"".join(self._bodyParts)
+        self._bodyFor, self._bodyParts, self._bodyMissing = None, [], 0
+        self._dispatch(request)
+        # Back to heads; the rest of this chunk is parsed by the caller's
+        # loop (we are inside LineReceiver.dataReceived).
+        self.setLineMode(data[missing:])
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        self.fatal(f"Request head is over the limit of {self.config.maxHead} bytes")
+
+    # -- commands --------------------------------------------------------
+
+    def _dispatch(self, request: wire.Request) -> None:
+        sequence = request.sequence
+        if request.error is not None:
+            self._write(wire.encodeError(request.error, sequence))
+            return
+        if sequence in self._inflight:
+            self._write(
+                wire.encodeError(f"Sequence already in flight: {sequence}", sequence)
+            )
+            return
+        handler = self.registry.get(request.command)
+        if handler is None:
+            self._write(
+                wire.encodeError(f"Unknown command: {request.command}", sequence)
+            )
+            return
+        try:
+            result = handler(self, request)
+        except Exception:
+            self._write(self._failureReply(Failure(), request))
+            return
+        if isinstance(result, defer.Deferred):
+            self._track(request, result)
+        else:
+            self._write(self._successReply(result, sequence))
+            if self.state == QUITTING:
+                self._finishQuit()
+
+    def _track(self, request: wire.Request, d: defer.Deferred) -> None:
+        sequence = request.sequence
+        if request.timeout is not None:
+            d.addTimeout(request.timeout, self.clock)
+        self._inflight[sequence] = d
+        if len(self._inflight) >= self.config.maxInflight:
+            self._pause(_INFLIGHT)
+
+        def done(result):
+            if self._inflight.get(sequence) is d:
+                del self._inflight[sequence]
+            if isinstance(result, Failure):
+                if self.state in (CLOSING, CLOSED) and result.check(defer.CancelledError):
+                    return None
+                reply = self._failureReply(result, request)
+            else:
+                reply = self._successReply(result, sequence)
+            self._write(reply)
+            if _INFLIGHT in self._pauses and len(self._inflight) < self.config.maxInflight // 2:
+                self._resume(_INFLIGHT)
+            if self.state == QUITTING:
+                self._finishQuit()
+            return None
+
+        d.addBoth(done)
+
+    @staticmethod
+    def _successReply(result, sequence: str) -> bytes:
+        if result is None:
+            return wire.encodeReply(sequence)
+        if isinstance(result, bytes):
+            return wire.encodeReply(sequence, result)
+        return wire.encodeReply(sequence, result.body, result.headers)
+
+    def _failureReply(self, failure: Failure, request: wire.Request) -> bytes:
+        if failure.check(CommandError):
+            reason = failure.value.reason
+        elif failure.check(defer.TimeoutError):
+            reason = (
+                f"Timeout: {request.command} did not finish within "
+                f"{request.timeout:g} s and was cancelled"
+            )
+        else:
+            self.log.failure(
+                "Command {command} from {peer} failed", failure,
+                command=request.command, peer=self.peer,
+            )
+            reason = f"Internal error while running {request.command} (details are in the server log)"
+        return wire.encodeError(reason, request.sequence)
+
+    def _write(self, data: bytes) -> None:
+        if self.state in (READY, QUITTING):
+            self.transport.write(data)
+
+    def quitAfterReplies(self) -> None:
+        """
+        QUIT: read no further requests; close once every reply due is sent.
+        """
+        if self.state == READY:
+            self.state = QUITTING
+            self.clearLineBuffer()
+            self._cancelTimer("_headTimer")
+
+    def _finishQuit(self) -> None:
+        if not self._inflight:
+            self._closeWith(b"")
+
+    # -- ICommandContext ---------------------------------------------------
+
+    def push(self, sequence: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self._write(wire.encodePush(sequence, body, headers))
+
+    def congested(self) -> bool:
+        return _TRANSPORT in self._pauses
+
+    def subscribe(self, sequence: str, cancel: Callable[[], None]) -> None:
+        if self.state in (CLOSING, CLOSED):
+            self._callSafely(cancel)
+            return
+        previous = self._subscriptions.pop(sequence, None)
+        if previous is not None:
+            self._callSafely(previous)
+        self._subscriptions[sequence] = cancel
+
+    def unsubscribe(self, sequence: str) -> bool:
+        cancel = self._subscriptions.pop(sequence, None)
+        if cancel is None:
+            return False
+        self._callSafely(cancel)
+        return True
+
+    # -- flow control (IPushProducer, driven by the transport) -------------
+
+    def pauseProducing(self) -> None:
+        self._pause(_TRANSPORT)
+
+    def resumeProducing(self) -> None:
+        self._resume(_TRANSPORT)
+
+    def stopProducing(self) -> None:
+        self._pause(_TRANSPORT)
+
+    def _pause(self, why: str) -> None:
+        if self.state in (CLOSING, CLOSED):
+            return
+        first = not self._pauses
+        self._pauses.add(why)
+        if first:
+            self.paused = True
+            self.transport.pauseProducing()
+            self._cancelTimer("_headTimer")
+
+    def _resume(self, why: str) -> None:
+        if why not in self._pauses:
+            return
+        self._pauses.discard(why)
+        if self._pauses or self.state in (CLOSING, CLOSED):
+            return
+        self.paused = False
+        self.transport.resumeProducing()
+        # Parse what we already hold now: it must not wait for new bytes.
+        self.dataReceived(b"")

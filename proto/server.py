@@ -1,0 +1,229 @@
+"""
+The server as a whole: configuration, the factory that holds what all
+connections share (allow-list, commands, store, change hub), the listening
+endpoints, and the service tree that C{twistd} runs.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+from twisted.application import internet, service
+from twisted.internet import defer, endpoints
+from twisted.internet.interfaces import IStreamServerEndpoint
+from twisted.internet.protocol import ServerFactory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from proto import wire
+from proto.admission import AllowList
+from proto.commands.base import CommandRegistry
+from proto.protocol import GNPServerProtocol
+
+
+@dataclass
+class ServerConfig:
+    """Limits and timeouts; the command-line options map onto these."""
+
+    maxHead: int = wire.DEFAULT_MAX_HEAD
+    maxBody: int = wire.DEFAULT_MAX_BODY
+    handshakeTimeout: float = 10.0
+    headTimeout: float = 10.0
+    idleTimeout: float = 300.0  # 0 disables it
+    maxConnections: int = 10000
+    maxInflight: int = 1024
+    closeGrace: float = 10.0
+
+
+def defaultRegistry() -> CommandRegistry:
+    """Every built-in command: connection commands and the document store."""
+    from proto.commands import builtin, documents
+
+    return builtin.registry.merged(documents.registry)
+
+
+class GNPServerFactory(ServerFactory):
+    """
+    Builds a L{GNPServerProtocol} per connection and keeps the state they
+    share.
+
+    @ivar allowList: a zero-argument callable returning the current
+        L{AllowList} (so that a reloaded list applies to new connections).
+    """
+
+    protocol = GNPServerProtocol
+    log = Logger()
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        allowList,
+        registry: CommandRegistry | None = None,
+        store=None,
+        hub=None,
+        clock=None,
+    ) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.config = config
+        self.allowList = allowList
+        self.registry = registry if registry is not None else defaultRegistry()
+        self.store = store
+        self.hub = hub
+        self.clock = clock
+        self.connections: set[GNPServerProtocol] = set()
+        self.admitted: set[GNPServerProtocol] = set()
+
+    def buildProtocol(self, addr) -> GNPServerProtocol:
+        return self.protocol(self)
+
+    def connectionOpened(self, proto: GNPServerProtocol) -> None:
+        self.connections.add(proto)
+
+    def connectionAdmitted(self, proto: GNPServerProtocol) -> None:
+        self.admitted.add(proto)
+
+    def connectionClosed(self, proto: GNPServerProtocol) -> None:
+        self.connections.discard(proto)
+        self.admitted.discard(proto)
+
+    def overloadReason(self) -> str | None:
+        """Why a new connection must be refused for load, or C{None}."""
+        if len(self.admitted) >= self.config.maxConnections:
+            return (
+                f"Too many connections: the server's limit of "
+                f"{self.config.maxConnections} is reached; try again later"
+            )
+        return None
+
+    def allowListChanged(self, new: AllowList) -> None:
+        """Close live connections whose certificate is no longer admitted."""
+        for proto in list(self.admitted):
+            who = proto.identity
+            if who is not None and not new.admits(who.sha1, who.sha256):
+                proto.revoke(
+                    f"Client certificate {who.sha1} (CN={who.commonName!r}) "
+                    "was removed from the allow-list"
+                )
+
+
+class StoreService(service.Service):
+    """
+    Opens the document store when the server starts and closes it (after
+    the queued writes are committed) when the server stops. A store that
+    cannot open stops the server: serving without it would lose writes.
+    """
+
+    log = Logger()
+
+    def __init__(self, store, reactor=None) -> None:
+        self.store = store
+        self._reactor = reactor
+
+    def startService(self) -> None:
+        service.Service.startService(self)
+        self.store.start().addErrback(self._failed)
+
+    def _failed(self, failure) -> None:
+        self.log.failure("The document store {store!r} could not start", failure, store=self.store)
+        reactor = self._reactor
+        if reactor is None:
+            from twisted.internet import reactor
+        if reactor.running:
+            reactor.stop()
+
+    def stopService(self):
+        service.Service.stopService(self)
+        return self.store.close()
+
+
+@implementer(IStreamServerEndpoint)
+class V6OnlyTCPEndpoint:
+    """
+    A TCP endpoint on an IPv6 address with C{IPV6_V6ONLY} set, so that it
+    can share a port with an IPv4 socket (Linux would otherwise refuse the
+    second bind). Twisted's C{tcp6:} endpoint cannot set the option, so we
+    make the socket and hand it to C{adoptStreamPort}.
+    """
+
+    def __init__(self, reactor, port: int, interface: str = "::", backlog: int = 1024) -> None:
+        self._reactor = reactor
+        self._port = port
+        self._interface = interface
+        self._backlog = backlog
+
+    def listen(self, factory):
+        try:
+            sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        except OSError as e:
+            return defer.fail(e)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((self._interface, self._port))
+            sock.listen(self._backlog)
+            sock.setblocking(False)
+            return defer.succeed(
+                self._reactor.adoptStreamPort(sock.fileno(), socket.AF_INET6, factory)
+            )
+        except OSError as e:
+            return defer.fail(e)
+        finally:
+            # adoptStreamPort made its own copy of the descriptor.
+            sock.close()
+
+
+class OptionalListenService(internet.StreamServerEndpointService):
+    """
+    A listener that may fail to start without stopping the server: used for
+    the default IPv6 socket, since a host without IPv6 must still start.
+    """
+
+    log = Logger()
+
+    def privilegedStartService(self):
+        service.Service.privilegedStartService(self)
+        self._waitingForPort = self.endpoint.listen(self.factory)
+
+        def failed(failure):
+            self.log.warn(
+                "IPv6 listener not started ({error}); serving IPv4 only",
+                error=failure.getErrorMessage(),
+            )
+            return None
+
+        self._waitingForPort.addErrback(failed)
+
+
+#: Pending-connection queue of the default listeners (Twisted's is 50).
+BACKLOG = 1024
+
+
+def _requiredListener(endpoint, factory) -> internet.StreamServerEndpointService:
+    """A listener whose failure (port in use, say) stops the server's start."""
+    listener = internet.StreamServerEndpointService(endpoint, factory)
+    listener._raiseSynchronously = True
+    return listener
+
+
+def listenServices(reactor, descriptions, creator, factory) -> list[service.IService]:
+    """
+    One service per listening address, each wrapped in our TLS. With no
+    descriptions: port 4433 on every IPv4 address and every IPv6 address.
+    """
+    from proto.datadir import DEFAULT_PORT
+
+    services: list[service.IService] = []
+    if descriptions:
+        for description in descriptions:
+            endpoint = endpoints.wrapServerTLS(
+                creator, endpoints.serverFromString(reactor, description)
+            )
+            services.append(_requiredListener(endpoint, factory))
+        return services
+    v4 = endpoints.TCP4ServerEndpoint(reactor, DEFAULT_PORT, backlog=BACKLOG)
+    services.append(_requiredListener(endpoints.wrapServerTLS(creator, v4), factory))
+    v6 = V6OnlyTCPEndpoint(reactor, DEFAULT_PORT, backlog=BACKLOG)
+    services.append(OptionalListenService(endpoints.wrapServerTLS(creator, v6), factory))
+    return services

@@ -1,0 +1,179 @@
+"""
+C{twistd proto}: command-line options and the service they build.
+
+The twistd plugin (C{twisted/plugins/proto_plugin.py}) and the C{.tac}
+file (C{tac/proto.tac}) both come here, so the two ways to run the server
+cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+
+from twisted.application import service
+from twisted.application.internet import TimerService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from proto import datadir, wire
+from proto.admission import AllowListError, AllowListFile
+from proto.server import GNPServerFactory, ServerConfig, StoreService, listenServices
+from proto.tls import ServerTLS
+
+log = Logger()
+
+#: How often the allow-list file is checked for changes.
+ALLOWLIST_POLL_SECONDS = 1.0
+
+
+def _positiveInt(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def _nonNegativeFloat(value: str) -> float:
+    number = float(value)
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
+class Options(usage.Options):
+    """Options of C{twistd proto}."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Runs a GNP/1 server: TLS with client certificates, clients admitted by "
+        "thumbprint. With no options it listens on port 4433 (IPv4 and IPv6) and "
+        "keeps its certificate, the first client's certificate, the allow-list and "
+        "the documents in ./proto-data, creating them on first start."
+    )
+
+    optParameters = [
+        ["data-dir", "d", datadir.DEFAULT_DATA_DIR,
+         "Directory for server.pem, server.key, client.pem, client.key, allowlist.txt "
+         "and the document store; created on first start."],
+        ["cert", None, None,
+         "Server certificate (PEM, chain after the leaf). With --key; then no "
+         "certificate is generated."],
+        ["key", None, None, "Server private key (PEM: PKCS#8 or traditional RSA/EC)."],
+        ["allow", None, None,
+         "Allow-list file: one SHA-1 or SHA-256 thumbprint per line, optional name "
+         "after it, # comments. Re-read when it changes. [default: DATA_DIR/allowlist.txt]"],
+        ["store", None, "sqlite",
+         "Document store: 'sqlite' (a file in the data directory) or 'sqlite:PATH'."],
+        ["max-head", None, wire.DEFAULT_MAX_HEAD, "Largest request head, in bytes.", _positiveInt],
+        ["max-body", None, wire.DEFAULT_MAX_BODY, "Largest request body, in bytes.", _positiveInt],
+        ["handshake-timeout", None, 10.0,
+         "Seconds a client has to finish the TLS handshake.", _nonNegativeFloat],
+        ["head-timeout", None, 10.0,
+         "Seconds a request head may take to arrive, from its first byte.", _nonNegativeFloat],
+        ["idle-timeout", None, 300.0,
+         "Close a connection with nothing to do for this many seconds (0: never).",
+         _nonNegativeFloat],
+        ["max-connections", None, 10000, "Most admitted connections at once.", _positiveInt],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["listen"] = []
+
+    def opt_listen(self, description: str) -> None:
+        """Listen on this Twisted endpoint description, wrapped in the server's TLS; repeatable (tcp:4433:interface=127.0.0.1, tcp6:4433:interface=\\:\\:1). [default: port 4433 on IPv4 and IPv6]"""
+        self["listen"].append(description)
+
+    def postOptions(self) -> None:
+        if (self["cert"] is None) != (self["key"] is None):
+            raise usage.UsageError("--cert and --key go together: give both or neither")
+        if self["handshake-timeout"] <= 0 or self["head-timeout"] <= 0:
+            raise usage.UsageError("--handshake-timeout and --head-timeout must be > 0")
+        if self["max-head"] < 64:
+            raise usage.UsageError("--max-head must be at least 64 bytes")
+
+    def config(self) -> ServerConfig:
+        return ServerConfig(
+            maxHead=self["max-head"],
+            maxBody=self["max-body"],
+            handshakeTimeout=self["handshake-timeout"],
+            headTimeout=self["head-timeout"],
+            idleTimeout=self["idle-timeout"],
+            maxConnections=self["max-connections"],
+        )
+
+
+def _announce(options, report, certPath: str, keyPath: str, allowPath: str) -> None:
+    """Tell the user how to connect, every start (it is what they need first)."""
+    dataDir = options["data-dir"]
+    if report.createdServer:
+        log.info("Created server certificate {cert} and key {key}", cert=certPath, key=keyPath)
+    if report.createdClient:
+        log.info(
+            "Created client certificate {cert} (thumbprint {sha1}) and added it to {allow}",
+            cert=datadir.path(dataDir, datadir.CLIENT_CERT), sha1=report.clientSHA1,
+            allow=allowPath,
+        )
+    clientCert = datadir.path(dataDir, datadir.CLIENT_CERT)
+    if os.path.exists(clientCert) and options["cert"] is None:
+        log.info(
+            "Connect by hand: openssl s_client -connect localhost:{port} -crlf -quiet "
+            "-cert {cert} -key {key} -CAfile {ca} -verify_hostname localhost",
+            port=datadir.DEFAULT_PORT, cert=clientCert,
+            key=datadir.path(dataDir, datadir.CLIENT_KEY), ca=certPath,
+        )
+        log.info("Or with the CLI: proto-cli --data-dir {dataDir} PING", dataDir=dataDir)
+
+
+def makeService(options: Options) -> service.IService:
+    """Build the server's service tree from parsed L{Options}."""
+    from twisted.internet import reactor
+
+    from proto.hub import ChangeHub
+    from proto.store import openStore
+
+    dataDir = options["data-dir"]
+    ownCert = options["cert"] is not None
+    report = datadir.bootstrap(dataDir, makeServerCert=not ownCert)
+    certPath = options["cert"] or datadir.path(dataDir, datadir.SERVER_CERT)
+    keyPath = options["key"] or datadir.path(dataDir, datadir.SERVER_KEY)
+    allowPath = options["allow"] or datadir.path(dataDir, datadir.ALLOWLIST)
+
+    try:
+        creator = ServerTLS.fromFiles(certPath, keyPath)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+    if not os.path.exists(allowPath):
+        raise usage.UsageError(
+            f"allow-list {allowPath} does not exist: create it with one client "
+            "certificate thumbprint per line (proto-cli can print one)"
+        )
+    try:
+        allowFile = AllowListFile(allowPath)
+    except (OSError, AllowListError) as e:
+        raise usage.UsageError(f"cannot use allow-list {allowPath}: {e}") from None
+
+    hub = ChangeHub()
+    try:
+        store = openStore(options["store"], dataDir, hub=hub)
+    except ValueError as e:
+        raise usage.UsageError(str(e)) from None
+
+    factory = GNPServerFactory(
+        options.config(), lambda: allowFile.current, store=store, hub=hub, clock=reactor
+    )
+    allowFile.onChange = factory.allowListChanged
+
+    top = service.MultiService()
+    StoreService(store).setServiceParent(top)
+    TimerService(ALLOWLIST_POLL_SECONDS, allowFile.check).setServiceParent(top)
+    for listener in listenServices(reactor, options["listen"], creator, factory):
+        listener.setServiceParent(top)
+    _announce(options, report, certPath, keyPath, allowPath)
+    log.info(
+        "GNP/1 server: certificate {cert} (sha1 {sha1}), allow-list {allow} "
+        "({count} entries), data in {dataDir}",
+        cert=certPath, sha1=creator.fingerprintSHA1, allow=allowPath,
+        count=len(allowFile.current), dataDir=dataDir,
+    )
+    return top

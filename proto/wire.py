@@ -1,0 +1,457 @@
+"""
+The GNP/1 wire format, sans I/O.
+
+Everything here is plain code over C{bytes}: it never touches a socket, a
+transport or the reactor, so the server protocol, the clients, the tests and
+the fuzzers all call the same functions. The contract it implements is
+C{shared/PROTOCOL.md}; section numbers below refer to it.
+
+Server side::
+
+    request = parseHead(head, maxBody=...)   # may raise FramingError
+    ... read request.size body bytes ...
+    data = encodeReply(OK, request.sequence, body)
+
+Client side::
+
+    data = encodeRequest("GET", ["employees/1-A"], sequence="1")
+    parser = ReplyParser()
+    for frame in parser.feed(received): ...
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Sequence as SequenceT
+
+#: The end of every request head, and the delimiter the server's
+#: LineReceiver splits on.
+HEAD_END = b"\r\n\r\n"
+CRLF = b"\r\n"
+
+DEFAULT_MAX_HEAD = 8192
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+
+OK = "OK"
+ERR = "ERR"
+PUSH = "PUSH"
+
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9_-]+\Z")
+#: 1 to 64 visible ASCII characters (section 3).
+_SEQUENCE = re.compile(r"[\x21-\x7e]{1,64}\Z")
+_SIZE = re.compile(r"[0-9]{1,20}\Z")
+_TIMEOUT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
+# Characters that may not appear inside one header line or reason line.
+_LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+class FramingError(Exception):
+    """
+    The input breaks the framing (section 5, second paragraph): the server
+    answers C{ERR <reason>} and ends the connection.
+
+    @ivar reason: one line for a person.
+    @ivar sequence: the request's Sequence if parsing got that far, else
+        C{None}.
+    """
+
+    def __init__(self, reason: str, sequence: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.sequence = sequence
+
+
+@dataclass
+class Request:
+    """
+    A parsed request head (and, once read, its body).
+
+    @ivar command: the command name, upper-cased.
+    @ivar args: the arguments, in order.
+    @ivar headers: header names lower-cased, values stripped; every header
+        except Sequence and Size (Timeout included, for commands that care).
+    @ivar sequence: the client's Sequence token.
+    @ivar size: the body length announced by Size, or C{None}.
+    @ivar timeout: seconds from the Timeout header, or C{None}.
+    @ivar error: a per-request problem found in the head (bad command name,
+        bad Timeout): the request gets C{ERR error} and nothing runs, but
+        the connection stays.
+    @ivar body: the body bytes (empty until the protocol has read them).
+    """
+
+    command: str
+    args: tuple[str, ...]
+    headers: dict[str, str]
+    sequence: str
+    size: int | None = None
+    timeout: float | None = None
+    error: str | None = None
+    body: bytes = b""
+
+    def header(self, name: str, default: str | None = None) -> str | None:
+        """Return header C{name} (any case), or C{default}."""
+        return self.headers.get(name.lower(), default)
+
+
+def oneLine(text: str) -> str:
+    """
+    Make C{text} safe to send as a reason or header value: one line, no
+    control characters (section 4: a reason is one line of text).
+    """
+    return _LINE_BREAKERS.sub(" ", text).strip()
+
+
+def _splitHeaderLine(line: str) -> tuple[str, str] | None:
+    name, colon, value = line.partition(":")
+    name = name.strip()
+    if not colon or not name:
+        return None
+    return name.lower(), value.strip(" \t")
+
+
+def parseHead(
+    head: bytes, maxBody: int = DEFAULT_MAX_BODY
+) -> Request:
+    """
+    Parse one request head.
+
+    @param head: the bytes of the head, without the final empty line (that
+        is, what a LineReceiver with delimiter C{HEAD_END} delivers). The
+        caller enforces the head-size limit, since only it knows how the
+        bytes arrived.
+    @param maxBody: the largest Size accepted.
+    @raise FramingError: for every framing error of section 5.
+    """
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FramingError("Request head is not valid UTF-8") from None
+
+    lines = text.split("\r\n")
+    commandLine = lines[0]
+    words = [w for w in commandLine.split(" ") if w]
+
+    # First gather the header lines so that any later framing error can
+    # still quote the Sequence ("with Sequence: if it got that far").
+    pairs: list[tuple[str, str]] = []
+    badLine: str | None = None
+    for line in lines[1:]:
+        pair = _splitHeaderLine(line)
+        if pair is None:
+            if badLine is None:
+                badLine = line
+            continue
+        pairs.append(pair)
+
+    sequence: str | None = None
+    sequenceProblem: str | None = None
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        if name == "sequence":
+            if sequence is not None and value != sequence:
+                sequenceProblem = "Conflicting Sequence headers"
+            elif not _SEQUENCE.match(value):
+                sequenceProblem = (
+                    "Malformed Sequence: must be 1 to 64 visible ASCII characters"
+                )
+            else:
+                sequence = value
+        elif name in headers and name != "size":
+            # Repeated headers combine, as in HTTP (Include: A / Include: B).
+            headers[name] = headers[name] + "," + value
+        else:
+            headers[name] = value
+    if sequenceProblem is not None:
+        sequence = None
+
+    if not words:
+        raise FramingError("Empty command line", sequence)
+    if badLine is not None:
+        raise FramingError(
+            f"Malformed header line (expected 'Name: value'): {oneLine(badLine)[:80]!r}",
+            sequence,
+        )
+    if sequenceProblem is not None:
+        raise FramingError(sequenceProblem)
+    if sequence is None:
+        raise FramingError("Missing Sequence header")
+
+    size: int | None = None
+    rawSize = headers.pop("size", None)
+    if rawSize is not None:
+        if not _SIZE.match(rawSize):
+            raise FramingError(
+                f"Malformed Size: {oneLine(rawSize)[:40]!r} is not a decimal length",
+                sequence,
+            )
+        size = int(rawSize)
+        if size > maxBody:
+            raise FramingError(
+                f"Size {size} is over the body limit of {maxBody} bytes", sequence
+            )
+    sizeCount = sum(1 for name, _ in pairs if name == "size")
+    if sizeCount > 1:
+        raise FramingError("More than one Size header", sequence)
+
+    command = words[0]
+    error: str | None = None
+    if not _COMMAND_NAME.match(command):
+        error = (
+            f"Malformed command name: {oneLine(command)[:64]!r} "
+            "(letters, digits, '-' and '_' only)"
+        )
+
+    timeout: float | None = None
+    rawTimeout = headers.get("timeout")
+    if rawTimeout is not None and error is None:
+        timeout = parseTimeout(rawTimeout)
+        if timeout is None:
+            error = (
+                f"Malformed Timeout: {oneLine(rawTimeout)[:40]!r} "
+                "(seconds, a decimal number greater than 0)"
+            )
+
+    return Request(
+        command=command.upper(),
+        args=tuple(words[1:]),
+        headers=headers,
+        sequence=sequence,
+        size=size,
+        timeout=timeout,
+        error=error,
+    )
+
+
+def parseSeconds(value: str, allowZero: bool = False) -> float | None:
+    """
+    Parse decimal seconds (C{"30"}, C{"0.5"}): no sign, no exponent,
+    finite, greater than 0 (or equal to it with C{allowZero}). Return
+    C{None} if C{value} is not one.
+    """
+    if not _TIMEOUT.match(value):
+        return None
+    seconds = float(value)
+    if math.isinf(seconds) or seconds < 0 or (seconds == 0 and not allowZero):
+        return None
+    return seconds
+
+
+def parseTimeout(value: str) -> float | None:
+    """
+    Parse a Timeout header value (section 3): decimal seconds, greater
+    than 0. Return C{None} if it is not one.
+    """
+    return parseSeconds(value)
+
+
+def _headerBlock(headers: Iterable[tuple[str, str]]) -> bytes:
+    return b"".join(
+        f"{oneLine(name)}: {oneLine(str(value))}\r\n".encode("utf-8")
+        for name, value in headers
+    )
+
+
+def encodeFrame(
+    statusLine: str,
+    sequence: str | None,
+    body: bytes = b"",
+    headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """
+    Encode one server frame (section 4): the status line, Sequence, Size
+    when the body is not empty, other headers, the empty line, the body.
+    """
+    parts = [statusLine.encode("utf-8"), CRLF]
+    if sequence is not None:
+        parts.append(b"Sequence: " + sequence.encode("ascii") + CRLF)
+    if body:
+        parts.append(b"Size: %d\r\n" % (len(body),))
+    parts.append(_headerBlock(headers))
+    parts.append(CRLF)
+    parts.append(body)
+    return b"".join(parts)
+
+
+def encodeReply(
+    sequence: str, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
+) -> bytes:
+    """Encode an C{OK} reply."""
+    if not body and not headers:
+        # The hot path (PING-sized replies): skip the generic assembly.
+        return b"OK\r\nSequence: " + sequence.encode("ascii") + b"\r\n\r\n"
+    return encodeFrame(OK, sequence, body, headers)
+
+
+def encodeError(
+    reason: str, sequence: str | None, headers: Iterable[tuple[str, str]] = ()
+) -> bytes:
+    """Encode an C{ERR} frame; C{reason} is folded onto one line."""
+    return encodeFrame(f"ERR {oneLine(reason)}", sequence, b"", headers)
+
+
+def encodePush(
+    sequence: str, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
+) -> bytes:
+    """Encode a C{PUSH} frame for the request with C{sequence}."""
+    return encodeFrame(PUSH, sequence, body, headers)
+
+
+def encodeGreeting(refusal: str | None = None) -> bytes:
+    """The admission line (section 2): C{OK\\r\\n} or C{ERR <reason>\\r\\n}."""
+    if refusal is None:
+        return b"OK\r\n"
+    return f"ERR {oneLine(refusal)}\r\n".encode("utf-8")
+
+
+def encodeRequest(
+    command: str,
+    args: SequenceT[str] = (),
+    sequence: str = "1",
+    headers: Mapping[str, str] | Iterable[tuple[str, str]] = (),
+    body: bytes | None = None,
+) -> bytes:
+    """
+    Encode one client request (section 3). A C{Size} header is added when
+    C{body} is given (even an empty one).
+
+    @raise ValueError: if the command, an argument, the Sequence or a
+        header could not be sent as one well-formed request.
+    """
+    if not _COMMAND_NAME.match(command):
+        raise ValueError(f"invalid command name: {command!r}")
+    if not _SEQUENCE.match(sequence):
+        raise ValueError(f"invalid Sequence: {sequence!r}")
+    for arg in args:
+        if not arg or " " in arg or _LINE_BREAKERS.search(arg):
+            raise ValueError(f"invalid argument: {arg!r}")
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    lines = [" ".join([command, *args]), f"Sequence: {sequence}"]
+    for name, value in items:
+        if name.lower() in ("sequence", "size"):
+            raise ValueError(f"header {name!r} is set by the client itself")
+        if not name or ":" in name or _LINE_BREAKERS.search(name + str(value)):
+            raise ValueError(f"invalid header: {name!r}")
+        lines.append(f"{name}: {value}")
+    if body is not None:
+        lines.append(f"Size: {len(body)}")
+    return ("\r\n".join(lines)).encode("utf-8") + HEAD_END + (body or b"")
+
+
+@dataclass
+class Frame:
+    """
+    One frame received by a client.
+
+    @ivar kind: C{"OK"}, C{"ERR"} or C{"PUSH"}.
+    @ivar reason: the text after C{ERR}, else C{""}.
+    @ivar sequence: the Sequence header, or C{None} (a fatal error that came
+        before the server could read one).
+    @ivar headers: other headers, names lower-cased.
+    @ivar body: the body.
+    """
+
+    kind: str
+    reason: str
+    sequence: str | None
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+
+
+@dataclass
+class Greeting:
+    """The admission line: C{ok} is C{True} for C{OK}, else C{reason} says why."""
+
+    ok: bool
+    reason: str = ""
+
+
+class ReplyParser:
+    """
+    Incremental parser for what a server sends: first the greeting line,
+    then frames. Feed it bytes as they arrive; it returns what is complete.
+
+    @raise FramingError: from L{feed} when the server's bytes are not
+        GNP/1 (the client should drop the connection).
+    """
+
+    def __init__(self, expectGreeting: bool = True, maxHead: int = 65536) -> None:
+        self._buffer = bytearray()
+        self._greeted = not expectGreeting
+        self._maxHead = maxHead
+        self._pending: Frame | None = None
+        self._need = 0
+
+    def feed(self, data: bytes) -> list[Frame | Greeting]:
+        self._buffer += data
+        out: list[Frame | Greeting] = []
+        while True:
+            if self._pending is not None:
+                if len(self._buffer) < self._need:
+                    break
+                frame = self._pending
+                frame.body = bytes(self._buffer[: self._need])
+                del self._buffer[: self._need]
+                self._pending = None
+                out.append(frame)
+                continue
+            if not self._greeted:
+                end = self._buffer.find(CRLF)
+                if end < 0:
+                    self._checkLength()
+                    break
+                line = bytes(self._buffer[:end]).decode("utf-8", "replace")
+                del self._buffer[: end + 2]
+                self._greeted = True
+                if line == OK:
+                    out.append(Greeting(True))
+                elif line.startswith("ERR"):
+                    out.append(Greeting(False, line[3:].strip()))
+                else:
+                    raise FramingError(f"unexpected greeting: {line[:80]!r}")
+                continue
+            end = self._buffer.find(HEAD_END)
+            if end < 0:
+                self._checkLength()
+                break
+            head = bytes(self._buffer[:end]).decode("utf-8", "replace")
+            del self._buffer[: end + 4]
+            frame, size = self._parseFrameHead(head)
+            if size:
+                self._pending, self._need = frame, size
+            else:
+                out.append(frame)
+        return out
+
+    def _checkLength(self) -> None:
+        if len(self._buffer) > self._maxHead:
+            raise FramingError("reply head is too long")
+
+    @staticmethod
+    def _parseFrameHead(head: str) -> tuple[Frame, int]:
+        lines = head.split("\r\n")
+        status = lines[0]
+        if status == OK or status == PUSH:
+            kind, reason = status, ""
+        elif status == ERR or status.startswith("ERR "):
+            kind, reason = ERR, status[4:]
+        else:
+            raise FramingError(f"unexpected frame status line: {status[:80]!r}")
+        sequence = None
+        size = 0
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            pair = _splitHeaderLine(line)
+            if pair is None:
+                raise FramingError(f"malformed header line in reply: {line[:80]!r}")
+            name, value = pair
+            if name == "sequence":
+                sequence = value
+            elif name == "size":
+                if not _SIZE.match(value):
+                    raise FramingError(f"malformed Size in reply: {value[:40]!r}")
+                size = int(value)
+            else:
+                headers[name] = value
+        return Frame(kind, reason, sequence, headers), size

@@ -1,0 +1,68 @@
+"""
+The allow-list: its file format, and reloading it without a restart.
+"""
+
+import os
+
+from twisted.trial import unittest
+
+from proto.admission import AllowList, AllowListError, AllowListFile, normaliseThumbprint
+
+SHA1 = "90" * 20
+SHA256 = "ab" * 32
+
+
+class AllowListTests(unittest.TestCase):
+    def test_format(self):
+        text = (
+            "# comment line\n"
+            f"{SHA1.upper()}   first client\n"
+            "\n"
+            f"{':'.join(SHA256[i:i + 2] for i in range(0, 64, 2))}  # trailing comment\n"
+        )
+        allow = AllowList.parse(text)
+        self.assertEqual(allow.names, {SHA1: "first client", SHA256: ""})
+        self.assertTrue(allow.admits(SHA1, "x"))
+        self.assertTrue(allow.admits("x", SHA256))
+        self.assertFalse(allow.admits("x", "y"))
+
+    def test_malformedNamesLine(self):
+        e = self.assertRaises(AllowListError, AllowList.parse, f"{SHA1}\nnot-a-thumbprint name\n")
+        self.assertIn("line 2", str(e))
+
+    def test_normalise(self):
+        self.assertEqual(normaliseThumbprint("AB:" * 19 + "AB"), "ab" * 20)
+        self.assertIsNone(normaliseThumbprint("ab" * 21))
+        self.assertIsNone(normaliseThumbprint("zz" * 20))
+
+
+class AllowListFileTests(unittest.TestCase):
+    def setUp(self):
+        self.path = self.mktemp()
+        self.write(f"{SHA1} one\n")
+        self.changes = []
+        self.allow = AllowListFile(self.path, self.changes.append)
+
+    def write(self, text):
+        with open(self.path, "w") as f:
+            f.write(text)
+        # Make every write visible to the stat-based check, however fast.
+        st = os.stat(self.path)
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000 * (1 + len(text))))
+
+    def test_reload(self):
+        self.assertFalse(self.allow.check())
+        self.write(f"{SHA256} two\n")
+        self.assertTrue(self.allow.check())
+        self.assertEqual(self.changes[-1].names, {SHA256: "two"})
+        self.assertEqual(self.allow.current.names, {SHA256: "two"})
+
+    def test_badFileKeepsLastGood(self):
+        self.write("garbage\n")
+        self.assertFalse(self.allow.check())
+        self.assertEqual(self.allow.current.names, {SHA1: "one"})
+        os.remove(self.path)
+        self.assertFalse(self.allow.check())
+        self.assertEqual(self.allow.current.names, {SHA1: "one"})
+        self.assertEqual(self.changes, [])
+        self.assertTrue(self.flushLoggedErrors() == [])

@@ -1,0 +1,95 @@
+"""
+Flow control over a real loopback TCP + TLS connection: a client that
+pipelines far more than the socket buffers hold and does not read must
+not make the server buffer without bound, and once it reads, every
+request already sent is answered (nothing waits for new bytes).
+"""
+
+from twisted.internet import defer, endpoints, protocol, reactor, task
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from proto import wire
+from proto.commands import builtin
+from proto.server import ServerConfig
+from tests.support import Credentials, listenInProcess, makeFactory
+
+COUNT = 20000
+PAYLOAD = "p" * 1000  # about 1 KiB each way per request: 20 MB in all
+
+
+class SlowReader(protocol.Protocol):
+    """
+    Pipelines COUNT requests at once, and reads nothing until told: its
+    transport stops reading from the socket, as a stuck client would.
+    """
+
+    def __init__(self) -> None:
+        self.parser = wire.ReplyParser()
+        self.greeted = defer.Deferred()
+        self.allAnswered = defer.Deferred()
+        self.answered = 0
+
+    def dataReceived(self, data: bytes) -> None:
+        for frame in self.parser.feed(data):
+            if isinstance(frame, wire.Greeting):
+                self.greeted.callback(frame)
+                continue
+            assert frame.kind == "OK" and frame.body == PAYLOAD.encode(), frame
+            self.answered += 1
+            if self.answered == COUNT:
+                self.allAnswered.callback(None)
+
+    def pipelineWithoutReading(self) -> None:
+        self.transport.pauseProducing()
+        self.transport.write(
+            b"".join(wire.encodeRequest("ECHO", [PAYLOAD], str(i)) for i in range(COUNT))
+        )
+
+
+class BackpressureTests(unittest.TestCase):
+    @inlineCallbacks
+    def test_nonReadingClientDoesNotGrowServerBuffers(self):
+        factory = makeFactory(reactor, ServerConfig(), registry=builtin.registry)
+        port = yield listenInProcess(reactor, factory)
+        self.addCleanup(port.stopListening)
+        creds = Credentials.get()
+        endpoint = endpoints.wrapClientTLS(
+            creds.clientOptions(creds.client),
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+        )
+        client = yield endpoint.connect(protocol.Factory.forProtocol(SlowReader))
+        self.addCleanup(client.transport.abortConnection)
+        greeting = yield client.greeted
+        self.assertTrue(greeting.ok)
+
+        samples = []
+        congested = []
+
+        def sample():
+            for proto in factory.admitted:
+                tcp = proto.transport.transport
+                samples.append(len(tcp.dataBuffer) + tcp._tempDataLen)
+                congested.append(proto.congested())
+
+        sampler = task.LoopingCall(sample)
+        sampler.start(0.01)
+        self.addCleanup(lambda: sampler.running and sampler.stop())
+
+        client.pipelineWithoutReading()
+        # Two seconds of a client that does not read.
+        yield task.deferLater(reactor, 2.0, lambda: None)
+        self.assertLess(client.answered, COUNT)
+        self.assertTrue(any(congested), "the server noticed the client is not reading")
+        peak = max(samples)
+        self.assertLess(peak, 2 * 1024 * 1024, f"server buffered {peak} bytes")
+        (proto,) = factory.admitted
+        self.assertTrue(proto.paused, "the server stopped reading")
+
+        # Now read: every request is answered, with no new bytes needed to
+        # wake up the server's parsing of what it already holds.
+        client.transport.resumeProducing()
+        yield client.allAnswered.addTimeout(60, reactor)
+        sampler.stop()
+        self.assertEqual(client.answered, COUNT)
+        self.assertLess(max(samples), 2 * 1024 * 1024)
