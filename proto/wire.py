@@ -63,7 +63,7 @@ class FramingError(Exception):
         self.sequence = sequence
 
 
-@dataclass
+@dataclass(slots=True)
 class Request:
     """
     A parsed request head (and, once read, its body).
@@ -130,25 +130,27 @@ def parseHead(
         raise FramingError("Request head is not valid UTF-8") from None
 
     lines = text.split("\r\n")
-    commandLine = lines[0]
-    words = [w for w in commandLine.split(" ") if w]
+    words = lines[0].split(" ")
+    if "" in words:
+        words = [w for w in words if w]
 
-    # First gather the header lines so that any later framing error can
-    # still quote the Sequence ("with Sequence: if it got that far").
-    pairs: list[tuple[str, str]] = []
+    # One pass over the header lines; errors are raised afterwards so that
+    # any framing error can still quote the Sequence ("with Sequence: if it
+    # got that far").
+    headers: dict[str, str] = {}
+    sequence: str | None = None
+    sequenceProblem: str | None = None
     badLine: str | None = None
+    rawSize: str | None = None
+    sizeCount = 0
     for line in lines[1:]:
-        pair = _splitHeaderLine(line)
-        if pair is None:
+        name, colon, value = line.partition(":")
+        name = name.strip().lower()
+        if not colon or not name:
             if badLine is None:
                 badLine = line
             continue
-        pairs.append(pair)
-
-    sequence: str | None = None
-    sequenceProblem: str | None = None
-    headers: dict[str, str] = {}
-    for name, value in pairs:
+        value = value.strip(" \t")
         if name == "sequence":
             if sequence is not None and value != sequence:
                 sequenceProblem = "Conflicting Sequence headers"
@@ -158,7 +160,10 @@ def parseHead(
                 )
             else:
                 sequence = value
-        elif name in headers and name != "size":
+        elif name == "size":
+            sizeCount += 1
+            rawSize = value
+        elif name in headers:
             # Repeated headers combine, as in HTTP (Include: A / Include: B).
             headers[name] = headers[name] + "," + value
         else:
@@ -179,8 +184,9 @@ def parseHead(
         raise FramingError("Missing Sequence header")
 
     size: int | None = None
-    rawSize = headers.pop("size", None)
     if rawSize is not None:
+        if sizeCount > 1:
+            raise FramingError("More than one Size header", sequence)
         if not _SIZE.match(rawSize):
             raise FramingError(
                 f"Malformed Size: {oneLine(rawSize)[:40]!r} is not a decimal length",
@@ -191,9 +197,6 @@ def parseHead(
             raise FramingError(
                 f"Size {size} is over the body limit of {maxBody} bytes", sequence
             )
-    sizeCount = sum(1 for name, _ in pairs if name == "size")
-    if sizeCount > 1:
-        raise FramingError("More than one Size header", sequence)
 
     command = words[0]
     error: str | None = None
@@ -278,8 +281,12 @@ def encodeReply(
     sequence: str, body: bytes = b"", headers: Iterable[tuple[str, str]] = ()
 ) -> bytes:
     """Encode an C{OK} reply."""
-    if not body and not headers:
-        # The hot path (PING-sized replies): skip the generic assembly.
+    if not headers:
+        # The hot path: skip the generic assembly.
+        if body:
+            return b"OK\r\nSequence: %s\r\nSize: %d\r\n\r\n%s" % (
+                sequence.encode("ascii"), len(body), body,
+            )
         return b"OK\r\nSequence: " + sequence.encode("ascii") + b"\r\n\r\n"
     return encodeFrame(OK, sequence, body, headers)
 

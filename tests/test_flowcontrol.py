@@ -85,6 +85,7 @@ class BackpressureTests(unittest.TestCase):
         self.assertLess(peak, 2 * 1024 * 1024, f"server buffered {peak} bytes")
         (proto,) = factory.admitted
         self.assertTrue(proto.paused, "the server stopped reading")
+        self.assertTrue(proto.transport.getTcpNoDelay(), "TCP_NODELAY is set")
 
         # Now read: every request is answered, with no new bytes needed to
         # wake up the server's parsing of what it already holds.
