@@ -108,36 +108,6 @@ class GNPServerFactory(ServerFactory):
                 )
 
 
-class StoreService(service.Service):
-    """
-    Opens the document store when the server starts and closes it (after
-    the queued writes are committed) when the server stops. A store that
-    cannot open stops the server: serving without it would lose writes.
-    """
-
-    log = Logger()
-
-    def __init__(self, store, reactor=None) -> None:
-        self.store = store
-        self._reactor = reactor
-
-    def startService(self) -> None:
-        service.Service.startService(self)
-        self.store.start().addErrback(self._failed)
-
-    def _failed(self, failure) -> None:
-        self.log.failure("The document store {store!r} could not start", failure, store=self.store)
-        reactor = self._reactor
-        if reactor is None:
-            from twisted.internet import reactor
-        if reactor.running:
-            reactor.stop()
-
-    def stopService(self):
-        service.Service.stopService(self)
-        return self.store.close()
-
-
 @implementer(IStreamServerEndpoint)
 class V6OnlyTCPEndpoint:
     """

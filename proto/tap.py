@@ -17,7 +17,7 @@ from twisted.python import usage
 
 from proto import datadir, wire
 from proto.admission import AllowListError, AllowListFile
-from proto.server import GNPServerFactory, ServerConfig, StoreService, listenServices
+from proto.server import GNPServerFactory, ServerConfig, listenServices
 from proto.tls import ServerTLS
 
 log = Logger()
@@ -130,7 +130,7 @@ def makeService(options: Options) -> service.IService:
     from twisted.internet import reactor
 
     from proto.hub import ChangeHub
-    from proto.store import openStore
+    from proto.store import StoreService, openStore
 
     dataDir = options["data-dir"]
     ownCert = options["cert"] is not None

@@ -1,0 +1,386 @@
+"""
+The document commands: GET, PUT, DELETE, WATCH, UNWATCH and REMIND
+(C{shared/PROTOCOL.md}, section 6).
+
+They use the connection's context (L{ICommandContext}): C{ctx.store} (an
+L{IDocumentStore}), C{ctx.hub} (the L{proto.hub.ChangeHub} that store
+publishes its committed changes to), C{ctx.clock}, C{ctx.push} and
+C{ctx.subscribe}.
+
+Ids
+===
+1 to 512 bytes of UTF-8, no white space, no control characters; compared
+case-insensitively by case folding (see L{proto.store.base}). A document
+keeps the case of the id it was first written with, and replies (C{Id},
+the keys of C{Includes}, WATCH pushes) use that stored id.
+
+GET and Include
+===============
+C{Include: Field[,Field...]} (repeated headers add up). A field is a
+dotted path into the result documents (C{Address.Country}); where a step
+meets a list, it goes on into each object of the list (C{Lines.Product}).
+The value reached may be an id or a list of ids; every document so
+referenced that exists is in C{Includes} once, under its stored id, also
+when it is one of the results (or includes itself). Values that are not
+valid ids are ignored. Include is one level deep: only the results'
+fields are followed, not those of included documents. Results and
+included documents are read in two steps, which may see different
+versions of the store.
+
+The documents are stored as the JSON text the client sent, and GET
+splices that text into its reply without parsing it again (it parses
+the results only to follow an Include).
+
+Timeouts and cancellation
+=========================
+GET, PUT and DELETE return the store's Deferred. When the protocol cancels
+it (the request's Timeout, or the connection ending) an operation still
+queued in the store is dropped and never runs: a PUT that was answered
+C{ERR Timeout} is not committed later. One that the store had already
+started (its transaction is committing) still completes, and its change
+is still published to watchers; the client cannot tell which happened, as
+with any timeout.
+
+WATCH and slow watchers
+=======================
+A WATCH pushes each change after it is committed, to the connection that
+asked, until UNWATCH or the end of the connection. A watcher must neither
+slow down writers nor make the server buffer without bound for a client
+that does not read: pushes are never waited for, and if the connection is
+congested (its unsent output is over the high-water mark,
+C{ctx.congested()}) for L{SLOW_WATCHER_LIMIT} changes in a row, the watch
+is dropped: its last push is C{"Type": "Dropped", "Reason": "..."} and
+nothing more comes. So a watch queues at most that many pushes beyond the
+high-water mark. A client that is told Dropped may WATCH again and re-read
+what it cares about.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Iterator
+from weakref import WeakKeyDictionary
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from proto.commands.base import (
+    CommandError,
+    CommandRegistry,
+    Result,
+    requireArgs,
+    secondsArgument,
+)
+from proto.hub import Change, Subscription
+from proto.store.base import (
+    ConflictError,
+    Document,
+    InvalidIdError,
+    Version,
+    checkId,
+    idKey,
+)
+
+registry = CommandRegistry()
+
+#: A watch is dropped when its connection was congested for this many
+#: changes in a row.
+SLOW_WATCHER_LIMIT = 1000
+
+_ETAG = re.compile(r"[0-9]{1,18}\Z")
+
+
+def _jsonBytes(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+def _checkIds(ids: tuple[str, ...] | list[str], what: str = "id") -> None:
+    """Refuse the request unless every one of C{ids} is a valid id."""
+    try:
+        for id in ids:
+            checkId(id, what)
+    except InvalidIdError as e:
+        raise CommandError(str(e)) from None
+
+
+# -- GET ---------------------------------------------------------------------
+
+
+def parseInclude(value: str | None) -> list[tuple[str, ...]]:
+    """
+    Parse an C{Include} header value into field paths: C{"A.B, C"} gives
+    C{[("A", "B"), ("C",)]}. No header, no paths.
+
+    @raise CommandError: for an empty field or an empty path step.
+    """
+    if value is None:
+        return []
+    paths = []
+    for field in value.split(","):
+        field = field.strip()
+        if not field:
+            raise CommandError(
+                f"Malformed Include {value!r}: empty field name "
+                "(expected Field[,Field...])"
+            )
+        path = tuple(field.split("."))
+        if not all(path):
+            raise CommandError(
+                f"Malformed Include field {field!r}: empty step in a dotted path"
+            )
+        paths.append(path)
+    return paths
+
+
+def referencedIds(document: Any, path: tuple[str, ...]) -> Iterator[str]:
+    """
+    The strings that C{path} reaches in C{document} (parsed JSON): the
+    candidate ids of an Include. At each step a list is walked into, one
+    level; at the end a string counts, and so do the strings of a list.
+    """
+    values = [document]
+    for name in path:
+        reached = []
+        for value in values:
+            for item in value if isinstance(value, list) else (value,):
+                if isinstance(item, dict) and name in item:
+                    reached.append(item[name])
+        values = reached
+    for value in values:
+        for item in value if isinstance(value, list) else (value,):
+            if isinstance(item, str):
+                yield item
+
+
+def _includeRequests(
+    results: list[Document | None], paths: list[tuple[str, ...]]
+) -> dict[str, str]:
+    """Map the key of every valid id the results reference to that id."""
+    wanted: dict[str, str] = {}
+    for document in results:
+        if document is None:
+            continue
+        parsed = json.loads(document.body)
+        for path in paths:
+            for reference in referencedIds(parsed, path):
+                try:
+                    key = checkId(reference)
+                except InvalidIdError:
+                    continue
+                wanted.setdefault(key, reference)
+    return wanted
+
+
+def encodeGetReply(
+    results: list[Document | None], includes: list[Document]
+) -> bytes:
+    """The GET reply body, with the stored JSON texts spliced in as they are."""
+    parts = [b'{"Results": [']
+    parts.append(
+        b", ".join(b"null" if doc is None else doc.body for doc in results)
+    )
+    parts.append(b'], "Includes": {')
+    parts.append(
+        b", ".join(_jsonBytes(doc.id) + b": " + doc.body for doc in includes)
+    )
+    parts.append(b"}}")
+    return b"".join(parts)
+
+
+async def _get(store: Any, ids: tuple[str, ...], paths: list[tuple[str, ...]]) -> bytes:
+    results = await store.get(ids)
+    if not paths:
+        return encodeGetReply(results, [])
+    wanted = _includeRequests(results, paths)
+    known = {idKey(doc.id): doc for doc in results if doc is not None}
+    missing = [id for key, id in wanted.items() if key not in known]
+    if missing:
+        for doc in await store.get(missing):
+            if doc is not None:
+                known[idKey(doc.id)] = doc
+    return encodeGetReply(results, [known[key] for key in wanted if key in known])
+
+
+@registry.command("GET")
+def get(ctx: Any, request: Any) -> Deferred[bytes]:
+    """C{GET id [id ...]}, optional C{Include}: documents by id."""
+    requireArgs(request, 1, None, "GET id [id ...]")
+    _checkIds(request.args)
+    paths = parseInclude(request.header("include"))
+    return Deferred.fromCoroutine(_get(ctx.store, request.args, paths))
+
+
+# -- PUT, DELETE -------------------------------------------------------------
+
+
+def _rejectConstant(name: str) -> None:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _jsonKind(value: Any) -> str:
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, (int, float)):
+        return "a number"
+    return "a string" if isinstance(value, str) else "an array"
+
+
+def _checkObjectBody(request: Any) -> None:
+    """Refuse the request unless its body is UTF-8 JSON text of an object."""
+    if request.size is None:
+        raise CommandError(
+            "PUT needs a body: a JSON object, sent after the head with a Size header"
+        )
+    try:
+        text = request.body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CommandError(f"Body is not valid UTF-8: {e.reason} at byte {e.start}") from None
+    try:
+        value = json.loads(text, parse_constant=_rejectConstant)
+    except ValueError as e:
+        raise CommandError(f"Body is not valid JSON: {e}") from None
+    except RecursionError:
+        raise CommandError("Body is not usable JSON: nested too deeply") from None
+    if not isinstance(value, dict):
+        raise CommandError(f"Body must be a JSON object, not {_jsonKind(value)}")
+
+
+def _parseIfMatch(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not _ETAG.match(value):
+        raise CommandError(
+            f"Malformed If-Match: {value!r} (expected an etag, a decimal "
+            "number; 0 means the document must not exist yet)"
+        )
+    return int(value)
+
+
+def _conflict(failure: Failure) -> None:
+    failure.trap(ConflictError)
+    raise CommandError(f"Conflict: {failure.value}")
+
+
+def _encodeVersion(version: Version) -> bytes:
+    return _jsonBytes({"Id": version.id, "Etag": version.etag})
+
+
+@registry.command("PUT")
+def put(ctx: Any, request: Any) -> Deferred[bytes]:
+    """C{PUT id} with a JSON object body, optional C{If-Match}."""
+    requireArgs(request, 1, 1, "PUT id (with a JSON object as the body)")
+    (id,) = request.args
+    _checkIds(request.args)
+    ifMatch = _parseIfMatch(request.header("if-match"))
+    _checkObjectBody(request)
+    return ctx.store.put(id, request.body, ifMatch).addCallbacks(
+        _encodeVersion, _conflict
+    )
+
+
+@registry.command("DELETE")
+def delete(ctx: Any, request: Any) -> Deferred[bytes]:
+    """C{DELETE id [id ...]}: how many documents were removed."""
+    requireArgs(request, 1, None, "DELETE id [id ...]")
+    _checkIds(request.args)
+    return ctx.store.delete(request.args).addCallback(
+        lambda deleted: _jsonBytes({"Deleted": len(deleted)})
+    )
+
+
+# -- WATCH, UNWATCH ------------------------------------------------------------
+
+
+class _Watch:
+    """
+    One WATCH: pushes the matching changes the hub reports to its
+    connection, and drops itself if that connection stays congested.
+    """
+
+    def __init__(self, ctx: Any, sequence: str, prefix: str) -> None:
+        self._ctx = ctx
+        self._sequence = sequence
+        self._congestedStreak = 0
+        self._subscription: Subscription = ctx.hub.subscribe(prefix, self._changed)
+
+    def _changed(self, change: Change) -> None:
+        if self._ctx.congested():
+            self._congestedStreak += 1
+            if self._congestedStreak >= SLOW_WATCHER_LIMIT:
+                self._drop()
+                return
+        else:
+            self._congestedStreak = 0
+        self._ctx.push(
+            self._sequence,
+            _jsonBytes({"Id": change.id, "Type": change.type, "Etag": change.etag}),
+        )
+
+    def _drop(self) -> None:
+        reason = (
+            f"the connection was congested for {SLOW_WATCHER_LIMIT} changes "
+            "in a row; WATCH again (and re-read) to resume"
+        )
+        self._ctx.push(self._sequence, _jsonBytes({"Type": "Dropped", "Reason": reason}))
+        self._ctx.unsubscribe(self._sequence)
+
+    def cancel(self) -> None:
+        """Stop watching (UNWATCH, the connection ended, or dropped)."""
+        self._subscription.cancel()
+        watches = _watches.get(self._ctx)
+        if watches is not None and watches.get(self._sequence) is self:
+            del watches[self._sequence]
+
+
+#: The active watches of each connection, by the WATCH's sequence, so that
+#: UNWATCH ends only watches (not, say, a REMIND).
+_watches: WeakKeyDictionary[Any, dict[str, _Watch]] = WeakKeyDictionary()
+
+
+@registry.command("WATCH")
+def watch(ctx: Any, request: Any) -> Result:
+    """C{WATCH prefix}: push every change to ids starting with C{prefix}."""
+    requireArgs(request, 1, 1, "WATCH prefix")
+    (prefix,) = request.args
+    _checkIds(request.args, "prefix")
+    watcher = _Watch(ctx, request.sequence, prefix)
+    _watches.setdefault(ctx, {})[request.sequence] = watcher
+    ctx.subscribe(request.sequence, watcher.cancel)
+    return Result()
+
+
+@registry.command("UNWATCH")
+def unwatch(ctx: Any, request: Any) -> Result:
+    """C{UNWATCH sequence}: end the WATCH that had that Sequence."""
+    requireArgs(request, 1, 1, "UNWATCH sequence-of-the-WATCH")
+    (sequence,) = request.args
+    if sequence not in _watches.get(ctx, {}):
+        raise CommandError(f"No WATCH with Sequence {sequence} on this connection")
+    ctx.unsubscribe(sequence)
+    return Result()
+
+
+# -- REMIND --------------------------------------------------------------------
+
+
+@registry.command("REMIND")
+def remind(ctx: Any, request: Any) -> Result:
+    """C{REMIND seconds text...}: push the text after that many seconds."""
+    requireArgs(request, 2, None, "REMIND seconds text...")
+    delay = secondsArgument(request.args[0])
+    text = " ".join(request.args[1:]).encode("utf-8")
+    sequence = request.sequence
+
+    def fire() -> None:
+        ctx.unsubscribe(sequence)
+        ctx.push(sequence, text)
+
+    call = ctx.clock.callLater(delay, fire)
+
+    def cancel() -> None:
+        if call.active():
+            call.cancel()
+
+    ctx.subscribe(sequence, cancel)
+    return Result()

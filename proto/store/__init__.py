@@ -1,0 +1,80 @@
+"""
+Document stores: L{base.IDocumentStore} and its backends.
+
+The server picks one with L{openStore} (its C{--store} option) and runs
+it under a L{StoreService}.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from proto.store.base import IDocumentStore
+from proto.store.sqlite import DEFAULT_FILE_NAME, SQLiteStore
+
+__all__ = ["IDocumentStore", "SQLiteStore", "StoreService", "openStore"]
+
+_USAGE = "expected 'sqlite' or 'sqlite:PATH' (for example 'sqlite:/var/lib/proto/docs.db')"
+
+
+def openStore(
+    spec: str, dataDir: str, hub: Any = None, reactor: Any = None
+) -> IDocumentStore:
+    """
+    Make the store described by C{spec}, not yet started.
+
+    @param spec: C{"sqlite"}: the file L{DEFAULT_FILE_NAME} in C{dataDir};
+        C{"sqlite:PATH"}: the file C{PATH} (a relative one is taken
+        relative to C{dataDir}).
+    @param hub: the change hub the store publishes committed changes to
+        (the same one the WATCH command subscribes to: C{ctx.hub}).
+    @param reactor: for the store's C{callFromThread}; the global one by
+        default.
+    @raise ValueError: if C{spec} names no known store.
+    """
+    kind, colon, location = spec.partition(":")
+    if kind != "sqlite":
+        raise ValueError(f"Unknown store {spec!r}: {_USAGE}")
+    if not colon:
+        location = DEFAULT_FILE_NAME
+    elif not location:
+        raise ValueError(f"Store {spec!r} has an empty path: {_USAGE}")
+    return SQLiteStore(os.path.join(dataDir, location), hub=hub, reactor=reactor)
+
+
+class StoreService(Service):
+    """
+    Starts a store with the application and closes it (committing the
+    writes still queued) when the application stops.
+
+    Put it in the service tree I{before} the listeners: a MultiService
+    stops its children in reverse order, so the listeners stop taking
+    requests first and the store closes last.
+    """
+
+    _log = Logger()
+
+    def __init__(self, store: IDocumentStore) -> None:
+        self.store = store
+
+    def startService(self) -> None:
+        super().startService()
+        # Requests that come before the store is open wait for it; if it
+        # cannot be opened, they fail (and the reason is logged here).
+        self.store.start().addErrback(
+            lambda failure: self._log.failure(
+                "Cannot open the document store {store!r}; document commands "
+                "will fail",
+                failure,
+                store=self.store,
+            )
+        )
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return self.store.close()

@@ -1,0 +1,201 @@
+"""
+What a document store is, independent of where the documents live.
+
+The commands (L{proto.commands.documents}) talk to a store only through
+L{IDocumentStore}, so another backend (a networked database, say) can be
+added without touching them or the protocol.
+
+Ids
+===
+An id is 1 to L{MAX_ID_BYTES} bytes of UTF-8 with no white space and no
+control characters (L{checkId}). Ids are compared case-insensitively by
+their L{idKey}, which is C{str.casefold()}: full Unicode case folding, so
+C{"STRASSE"} and C{"straße"} are the same id. Case folding (unlike
+C{lower()}, which has a context-sensitive rule for the Greek final sigma)
+folds every character on its own, so C{idKey(a + b) == idKey(a) + idKey(b)}:
+that is what makes a case-insensitive I{prefix} (WATCH) well defined. A
+document keeps the id it was first written with; a later PUT with other
+case updates it but does not rename it.
+
+Etags
+=====
+One counter for the whole store, persisted, never reused: every change
+(a PUT, or the removal of a document by DELETE) takes the next value. So
+the etags of a store's changes are increasing in the order the changes
+were committed.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import NamedTuple, Sequence
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+#: The longest id, in bytes of UTF-8.
+MAX_ID_BYTES = 512
+
+#: The C{type} of a change, as published to the hub and pushed by WATCH.
+PUT = "Put"
+DELETE = "Delete"
+
+
+class StoreError(Exception):
+    """
+    The store could not do what was asked (for an unexpected reason: the
+    disk, the database). The message is for the server's log.
+    """
+
+
+class StoreClosedError(StoreError):
+    """The store is closed (or failed to start): it takes no more work."""
+
+
+class ConflictError(Exception):
+    """
+    A conditional PUT (If-Match) found another etag than it expected;
+    nothing was written. The message is one line for the client.
+
+    @ivar id: the id as the request gave it.
+    @ivar expected: the etag the request expected (C{0}: no document).
+    @ivar actual: the stored etag, or C{None} if there is no document.
+    """
+
+    def __init__(self, id: str, expected: int, actual: int | None) -> None:
+        self.id = id
+        self.expected = expected
+        self.actual = actual
+        if actual is None:
+            found = "does not exist"
+        else:
+            found = f"has etag {actual}"
+        if expected == 0:
+            wanted = "If-Match 0 requires that it does not exist yet"
+        else:
+            wanted = f"If-Match was {expected}"
+        super().__init__(f"{id} {found}; {wanted}")
+
+
+class InvalidIdError(ValueError):
+    """An id (or id prefix) breaks the rules of L{checkId}; the message says which."""
+
+
+class Document(NamedTuple):
+    """
+    A stored document.
+
+    @ivar id: the id as first written (its original case).
+    @ivar etag: the etag of the change that wrote this version.
+    @ivar body: the JSON text exactly as it was PUT, in UTF-8.
+    """
+
+    id: str
+    etag: int
+    body: bytes
+
+
+class Version(NamedTuple):
+    """
+    The outcome of one change: the stored C{id} and the C{etag} the change
+    took (for a deletion, the fresh etag of the deletion itself).
+    """
+
+    id: str
+    etag: int
+
+
+def idKey(id: str) -> str:
+    """
+    The case-insensitive key of C{id}: equal keys, same document.
+    """
+    return id.casefold()
+
+
+def _isForbidden(character: str) -> bool:
+    return character.isspace() or unicodedata.category(character) == "Cc"
+
+
+def checkId(id: str, what: str = "id") -> str:
+    """
+    Check C{id} against the id rules and return its L{idKey}.
+
+    @param what: how to call the value in the error (C{"id"},
+        C{"prefix"}).
+    @raise InvalidIdError: naming the rule that C{id} breaks.
+    """
+    try:
+        size = len(id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidIdError(f"Invalid {what} {id!r}: not valid UTF-8") from None
+    if size == 0:
+        raise InvalidIdError(f"Invalid {what}: it is empty (1 to {MAX_ID_BYTES} bytes)")
+    if size > MAX_ID_BYTES:
+        raise InvalidIdError(
+            f"Invalid {what} {id[:40]!r}...: {size} bytes of UTF-8, "
+            f"the limit is {MAX_ID_BYTES}"
+        )
+    for character in id:
+        if _isForbidden(character):
+            raise InvalidIdError(
+                f"Invalid {what} {id!r}: no spaces or control characters allowed"
+            )
+    return idKey(id)
+
+
+class IDocumentStore(Interface):
+    """
+    Documents (the UTF-8 text of JSON objects) under case-insensitive ids.
+
+    Every method returns a L{Deferred} and never blocks the caller.
+    Writes are durable when their Deferred fires. Each committed change is
+    published to the store's change hub (if it has one) as
+    C{hub.publish(id, type, etag)} after it is durable and before the
+    write's Deferred fires, I{also} when that Deferred was cancelled too
+    late to stop the write.
+
+    Cancelling the Deferred of an operation that has not started yet
+    guarantees it never happens; cancelling one that has started only
+    stops the caller from waiting for it.
+
+    Ids must already have passed L{checkId}; the store checks again and
+    fails with L{InvalidIdError}.
+    """
+
+    def start() -> Deferred[None]:
+        """
+        Open the store. Operations may be issued at once; they wait until
+        it is open. Fires when it is ready, fails (and the store closes) if
+        it cannot be opened.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Stop taking work, finish everything already issued (queued writes
+        are committed), release the resources. Fires when done. Later
+        operations fail with L{StoreClosedError}.
+        """
+
+    def get(ids: Sequence[str]) -> Deferred[list[Document | None]]:
+        """
+        Fetch documents: one entry per id, in order, C{None} for a missing
+        one.
+        """
+
+    def put(id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:
+        """
+        Create or replace the document C{id} with C{body}, JSON text in
+        UTF-8 (the caller checks it; the store keeps it as it is).
+
+        @param ifMatch: if not C{None}, write only if the stored etag is
+            this one; C{0} means only if there is no such document.
+        @return: fires with the stored id and the new etag; fails with
+            L{ConflictError} if C{ifMatch} does not hold.
+        """
+
+    def delete(ids: Sequence[str]) -> Deferred[list[Version]]:
+        """
+        Remove documents. Fires with one L{Version} per document that was
+        there and is now gone (ids that were missing, or repeated, have
+        none).
+        """

@@ -1,0 +1,600 @@
+"""
+Tests for L{proto.store}: the SQLite document store (real files, real
+threads), L{openStore}, L{StoreService} and the change hub.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+
+from twisted.application.service import MultiService
+from twisted.internet import defer
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from proto.hub import Change, ChangeHub
+from proto.store import StoreService, openStore
+from proto.store.base import (
+    DELETE,
+    MAX_ID_BYTES,
+    PUT,
+    ConflictError,
+    Document,
+    IDocumentStore,
+    InvalidIdError,
+    StoreClosedError,
+    StoreError,
+    Version,
+    checkId,
+    idKey,
+)
+from proto.store.sqlite import DEFAULT_FILE_NAME, SQLiteStore
+
+
+class RecordingHub(ChangeHub):
+    """A real hub that also remembers everything published to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.published: list[Change] = []
+
+    def publish(self, id: str, type: str, etag: int) -> None:
+        self.published.append(Change(id, type, etag))
+        super().publish(id, type, etag)
+
+
+class Gate:
+    """
+    Holds a worker thread before each batch until opened, and records the
+    batches (their sizes) that got through.
+
+    @ivar started: set by the worker thread when it has taken a batch.
+    """
+
+    def __init__(self, open: bool) -> None:
+        self.opened = threading.Event()
+        if open:
+            self.opened.set()
+        self.started = threading.Event()
+        self.batches: list[int] = []
+
+    def wrap(self, openSession):
+        gate = self
+
+        class GatedSession:
+            def __init__(self) -> None:
+                self._session = openSession()
+
+            def runBatch(self, works):
+                gate.started.set()
+                gate.opened.wait()
+                gate.batches.append(len(works))
+                return self._session.runBatch(works)
+
+            def close(self) -> None:
+                self._session.close()
+
+        return GatedSession
+
+
+class GatedStore(SQLiteStore):
+    """
+    A real store, slowed down: its writer thread waits for C{writeGate} to
+    be opened before each batch (its reader for C{readGate}, open at
+    first), so a test can hold a worker busy and queue work behind it.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writeGate = Gate(open=False)
+        self.readGate = Gate(open=True)
+        self._writer._openSession = self.writeGate.wrap(self._writer._openSession)
+        self._reader._openSession = self.readGate.wrap(self._reader._openSession)
+
+
+@inlineCallbacks
+def waitForThread(event: threading.Event, timeout: float = 10.0):
+    """Fire when another thread sets C{event}, without blocking the reactor."""
+    from twisted.internet import reactor
+
+    waited = 0.0
+    while not event.is_set():
+        if waited > timeout:
+            raise AssertionError(f"{event!r} was not set within {timeout} s")
+        yield deferLater(reactor, 0.001)
+        waited += 0.001
+
+
+class StoreTestMixin:
+    """Opens a fresh store in a temporary directory; closes it afterwards."""
+
+    storeClass = SQLiteStore
+
+    def setUp(self):
+        self.directory = self.mktemp()
+        self.path = os.path.join(self.directory, "docs.sqlite3")
+        self.hub = RecordingHub()
+        return self.openStore()
+
+    def openStore(self) -> defer.Deferred:
+        self.store = self.storeClass(self.path, hub=self.hub)
+        self.addCleanup(self.store.close)
+        return self.store.start()
+
+
+class IdTests(SynchronousTestCase):
+    """L{checkId} and L{idKey}: the id rules."""
+
+    def test_valid(self) -> None:
+        self.assertEqual(checkId("Employees/1-A"), "employees/1-a")
+        self.assertEqual(checkId("é" * (MAX_ID_BYTES // 2)), "é" * (MAX_ID_BYTES // 2))
+
+    def test_caseFolding(self) -> None:
+        """Case folding, not lower(): ß matches SS, and prefixes fold alike."""
+        self.assertEqual(idKey("STRASSE"), idKey("straße"))
+        self.assertEqual(idKey("ΟΔΟΣ/1"), idKey("οδος/1"))
+        self.assertEqual(idKey("ΟΔΟΣ"), idKey("ΟΔΟΣ/1")[:4])
+
+    def test_invalid(self) -> None:
+        for bad, rule in [
+            ("", "empty"),
+            ("a" * (MAX_ID_BYTES + 1), "limit is 512"),
+            ("é" * (MAX_ID_BYTES // 2 + 1), "limit is 512"),
+            ("a b", "no spaces"),
+            ("a\tb", "no spaces"),
+            ("a\u00a0b", "no spaces"),
+            ("a\x00b", "control"),
+            ("a\x7fb", "control"),
+            ("a\x85b", "control"),
+            ("a\ud800", "UTF-8"),
+        ]:
+            with self.assertRaises(InvalidIdError, msg=repr(bad)) as caught:
+                checkId(bad)
+            self.assertIn(rule, str(caught.exception))
+
+    def test_what(self) -> None:
+        """The error names what was checked."""
+        with self.assertRaises(InvalidIdError) as caught:
+            checkId("a\x01", "prefix")
+        self.assertIn("Invalid prefix", str(caught.exception))
+
+
+class SQLiteStoreTests(StoreTestMixin, TestCase):
+    """The basic operations of L{SQLiteStore}."""
+
+    def test_interface(self) -> None:
+        self.assertTrue(verifyObject(IDocumentStore, self.store))
+
+    @inlineCallbacks
+    def test_putGet(self):
+        version = yield self.store.put("users/1", b'{"Name": "Nancy"}')
+        self.assertEqual(version, Version("users/1", 1))
+        found = yield self.store.get(["users/1", "users/2", "users/1"])
+        document = Document("users/1", 1, b'{"Name": "Nancy"}')
+        self.assertEqual(found, [document, None, document])
+
+    @inlineCallbacks
+    def test_bodyKeptAsSent(self):
+        """The JSON text comes back byte for byte, spacing and all."""
+        body = '{ "a" :\n [1, 2.50, "ü"] }'.encode("utf-8")
+        yield self.store.put("x", body)
+        [document] = yield self.store.get(["x"])
+        self.assertEqual(document.body, body)
+
+    @inlineCallbacks
+    def test_replace(self):
+        yield self.store.put("a", b"{}")
+        version = yield self.store.put("a", b'{"v": 2}')
+        [document] = yield self.store.get(["a"])
+        self.assertEqual(document, Document("a", version.etag, b'{"v": 2}'))
+
+    @inlineCallbacks
+    def test_delete(self):
+        yield self.store.put("a", b"{}")
+        yield self.store.put("b", b"{}")
+        deleted = yield self.store.delete(["a", "missing", "A"])
+        self.assertEqual(deleted, [Version("a", 3)])
+        found = yield self.store.get(["a", "b"])
+        self.assertEqual([doc and doc.id for doc in found], [None, "b"])
+
+    @inlineCallbacks
+    def test_caseInsensitiveIds(self):
+        """Any case finds the document; it keeps the case first written."""
+        yield self.store.put("Users/Nancy", b'{"v": 1}')
+        version = yield self.store.put("USERS/NANCY", b'{"v": 2}')
+        self.assertEqual(version.id, "Users/Nancy")
+        found = yield self.store.get(["users/nancy"])
+        self.assertEqual(found, [Document("Users/Nancy", 2, b'{"v": 2}')])
+        deleted = yield self.store.delete(["uSERS/nANCY"])
+        self.assertEqual([v.id for v in deleted], ["Users/Nancy"])
+
+    @inlineCallbacks
+    def test_manyIds(self):
+        """More ids than SQLite takes as parameters of one statement."""
+        yield gatherResults([self.store.put(f"d/{i}", b"{}") for i in range(1200)])
+        ids = [f"D/{i}" for i in range(1300)]
+        found = yield self.store.get(ids)
+        self.assertEqual([doc is not None for doc in found], [i < 1200 for i in range(1300)])
+
+    @inlineCallbacks
+    def test_invalidId(self):
+        yield self.assertFailure(self.store.put("a b", b"{}"), InvalidIdError)
+        yield self.assertFailure(self.store.get(["ok", ""]), InvalidIdError)
+        yield self.assertFailure(self.store.delete(["\x00"]), InvalidIdError)
+
+    def test_fileIsWAL(self) -> None:
+        connection = sqlite3.connect(self.path)
+        self.addCleanup(connection.close)
+        (mode,) = connection.execute("PRAGMA journal_mode").fetchone()
+        self.assertEqual(mode, "wal")
+
+
+class EtagTests(StoreTestMixin, TestCase):
+    """One etag counter for the whole store, and If-Match."""
+
+    @inlineCallbacks
+    def test_monotonicAcrossIdsAndDeletes(self):
+        a = yield self.store.put("a", b"{}")
+        b = yield self.store.put("b", b"{}")
+        [deleted] = yield self.store.delete(["b"])
+        a2 = yield self.store.put("a", b"{}")
+        self.assertEqual([a.etag, b.etag, deleted.etag, a2.etag], [1, 2, 3, 4])
+
+    @inlineCallbacks
+    def test_monotonicAcrossReopen(self):
+        """
+        After a restart etags continue from the last one handed out, even
+        when the document that had it is gone.
+        """
+        yield self.store.put("a", b"{}")
+        yield self.store.put("b", b"{}")
+        yield self.store.delete(["b"])
+        yield self.store.close()
+        yield self.openStore()
+        version = yield self.store.put("c", b"{}")
+        self.assertEqual(version.etag, 4)
+
+    @inlineCallbacks
+    def test_ifMatch(self):
+        first = yield self.store.put("a", b'{"v": 1}')
+        second = yield self.store.put("a", b'{"v": 2}', ifMatch=first.etag)
+        self.assertEqual(second.etag, first.etag + 1)
+
+    @inlineCallbacks
+    def test_ifMatchConflict(self):
+        """A stale If-Match writes nothing and says what it found."""
+        yield self.store.put("A", b'{"v": 1}')
+        error = yield self.assertFailure(self.store.put("a", b'{"v": 2}', ifMatch=7), ConflictError)
+        self.assertEqual((error.id, error.expected, error.actual), ("a", 7, 1))
+        self.assertEqual(str(error), "a has etag 1; If-Match was 7")
+        [document] = yield self.store.get(["a"])
+        self.assertEqual(document.body, b'{"v": 1}')
+        self.assertEqual(self.hub.published, [Change("A", PUT, 1)])
+
+    @inlineCallbacks
+    def test_ifMatchZero(self):
+        """If-Match 0: only if it does not exist yet."""
+        created = yield self.store.put("a", b"{}", ifMatch=0)
+        self.assertEqual(created.etag, 1)
+        error = yield self.assertFailure(self.store.put("a", b"{}", ifMatch=0), ConflictError)
+        self.assertIn("If-Match 0 requires that it does not exist", str(error))
+
+    @inlineCallbacks
+    def test_ifMatchMissing(self):
+        error = yield self.assertFailure(self.store.put("a", b"{}", ifMatch=3), ConflictError)
+        self.assertEqual(str(error), "a does not exist; If-Match was 3")
+        found = yield self.store.get(["a"])
+        self.assertEqual(found, [None])
+
+
+class GroupCommitTests(StoreTestMixin, TestCase):
+    """The writer commits everything queued in one transaction."""
+
+    storeClass = GatedStore
+
+    def setUp(self):
+        d = super().setUp()
+        self.store.writeGate.opened.set()
+        return d
+
+    @inlineCallbacks
+    def test_concurrentPutsShareCommits(self):
+        """
+        200 concurrent PUTs: every one committed, each with its own etag,
+        in far fewer transactions.
+        """
+        puts = [self.store.put(f"docs/{i}", b'{"i": %d}' % i) for i in range(200)]
+        versions = yield gatherResults(puts)
+        self.assertEqual(sorted(v.etag for v in versions), list(range(1, 201)))
+        self.assertEqual(self.store.writes, 200)
+        self.assertLess(self.store.commits, 20)
+        found = yield self.store.get([f"docs/{i}" for i in range(200)])
+        self.assertNotIn(None, found)
+
+    @inlineCallbacks
+    def test_writesQueuedBehindACommitShareTheNext(self):
+        """While a commit is in progress, the next writes pile up into one batch."""
+        self.store.writeGate.opened.clear()
+        first = self.store.put("first", b"{}")
+        yield waitForThread(self.store.writeGate.started)
+        rest = [self.store.put(f"docs/{i}", b"{}") for i in range(200)]
+        self.store.writeGate.opened.set()
+        yield gatherResults([first, *rest])
+        self.assertEqual((self.store.commits, self.store.writes), (2, 201))
+
+    @inlineCallbacks
+    def test_conflictInBatch(self):
+        """
+        A conflicting write fails alone: the others of its group commit
+        are committed, and If-Match sees the writes before it in the batch.
+        """
+        self.store.writeGate.opened.clear()
+        blocker = self.store.put("blocker", b"{}")  # etag 1
+        yield waitForThread(self.store.writeGate.started)
+        ok = self.store.put("a", b"{}", ifMatch=0)  # etag 2
+        conflict = self.store.put("a", b"{}", ifMatch=0)
+        follows = self.store.put("A", b"{}", ifMatch=2)  # etag 3
+        self.store.writeGate.opened.set()
+        yield blocker
+        self.assertEqual((yield ok), Version("a", 2))
+        yield self.assertFailure(conflict, ConflictError)
+        self.assertEqual((yield follows), Version("a", 3))
+        self.assertEqual((self.store.commits, self.store.writes), (2, 4))
+        self.assertEqual([c.etag for c in self.hub.published], [1, 2, 3])
+
+    @inlineCallbacks
+    def test_publishedAfterCommit(self):
+        """The hub is told of each change once its transaction committed."""
+        seen = []
+
+        def onChange(change: Change) -> None:
+            # The change must be durable: a separate connection sees it.
+            connection = sqlite3.connect(self.path)
+            try:
+                row = connection.execute(
+                    "SELECT etag FROM documents WHERE key = ?", (idKey(change.id),)
+                ).fetchone()
+            finally:
+                connection.close()
+            seen.append((change, row))
+
+        self.hub.subscribe("", onChange)
+        yield self.store.put("A", b"{}")
+        yield self.store.delete(["a"])
+        self.assertEqual(
+            seen, [(Change("A", PUT, 1), (1,)), (Change("A", DELETE, 2), None)]
+        )
+
+
+class CancellationTests(StoreTestMixin, TestCase):
+    """Cancelling an operation's Deferred."""
+
+    storeClass = GatedStore
+
+    @inlineCallbacks
+    def test_cancelQueuedWrite(self):
+        """A write cancelled while queued is never committed nor published."""
+        running = self.store.put("running", b"{}")
+        yield waitForThread(self.store.writeGate.started)
+        queued = self.store.put("queued", b"{}")
+        queued.cancel()
+        yield self.assertFailure(queued, CancelledError)
+        self.store.writeGate.opened.set()
+        yield running
+        yield self.store.put("later", b"{}")  # The writer is first in, first out.
+        found = yield self.store.get(["queued", "running"])
+        self.assertEqual([doc and doc.id for doc in found], [None, "running"])
+        self.assertEqual([c.id for c in self.hub.published], ["running", "later"])
+        self.assertEqual(self.store.writes, 2)
+
+    @inlineCallbacks
+    def test_cancelRunningWrite(self):
+        """
+        A write cancelled once its batch has started still commits (and is
+        published); only the caller stops waiting.
+        """
+        running = self.store.put("running", b"{}")
+        yield waitForThread(self.store.writeGate.started)
+        running.cancel()
+        yield self.assertFailure(running, CancelledError)
+        self.store.writeGate.opened.set()
+        yield self.store.put("later", b"{}")  # Written after that batch.
+        found = yield self.store.get(["running"])
+        self.assertEqual(found[0].id, "running")
+        self.assertEqual([c.id for c in self.hub.published], ["running", "later"])
+
+    @inlineCallbacks
+    def test_cancelQueuedRead(self):
+        """A read cancelled while queued never runs."""
+        reads = self.store.readGate
+        reads.opened.clear()
+        running = self.store.get(["a"])
+        yield waitForThread(reads.started)
+        queued = self.store.get(["b"])
+        queued.cancel()
+        yield self.assertFailure(queued, CancelledError)
+        reads.opened.set()
+        self.assertEqual((yield running), [None])
+        self.assertEqual((yield self.store.get(["c"])), [None])
+        self.assertEqual(reads.batches, [1, 1])
+
+
+class LifecycleTests(TestCase):
+    """start(), close() and failures to open."""
+
+    def setUp(self) -> None:
+        self.directory = self.mktemp()
+        self.path = os.path.join(self.directory, "sub", "docs.sqlite3")
+
+    @inlineCallbacks
+    def test_closeDrainsQueuedWrites(self):
+        """close() commits every write queued before it, then closes."""
+        store = SQLiteStore(self.path)
+        yield store.start()
+        puts = [store.put(f"d/{i}", b"{}") for i in range(50)]
+        yield store.close()
+        self.assertEqual(len((yield gatherResults(puts))), 50)
+        reopened = SQLiteStore(self.path)
+        yield reopened.start()
+        try:
+            found = yield reopened.get([f"d/{i}" for i in range(50)])
+        finally:
+            yield reopened.close()
+        self.assertNotIn(None, found)
+
+    @inlineCallbacks
+    def test_startTwice(self):
+        store = SQLiteStore(self.path)
+        self.addCleanup(store.close)
+        yield store.start()
+        error = yield self.assertFailure(store.start(), StoreError)
+        self.assertIn("already started", str(error))
+        self.assertEqual((yield store.put("a", b"{}")).etag, 1)
+
+    @inlineCallbacks
+    def test_closedStoreRefuses(self):
+        store = SQLiteStore(self.path)
+        yield store.start()
+        yield store.close()
+        yield self.assertFailure(store.put("a", b"{}"), StoreClosedError)
+        yield self.assertFailure(store.get(["a"]), StoreClosedError)
+        yield store.close()  # Twice is harmless.
+
+    @inlineCallbacks
+    def test_operationsBeforeStartWait(self):
+        """Work issued before start() runs once the store is open."""
+        store = SQLiteStore(self.path)
+        put = store.put("a", b"{}")
+        get = store.get(["a"])
+        yield store.start()
+        try:
+            self.assertEqual((yield put).etag, 1)
+            self.assertIn((yield get), ([None], [Document("a", 1, b"{}")]))
+        finally:
+            yield store.close()
+
+    @inlineCallbacks
+    def test_closeBeforeStart(self):
+        store = SQLiteStore(self.path)
+        queued = store.get(["a"])
+        yield store.close()
+        yield self.assertFailure(queued, StoreClosedError)
+        yield self.assertFailure(store.start(), StoreClosedError)
+
+    @inlineCallbacks
+    def test_cannotOpen(self):
+        """
+        A file that cannot be opened fails start(), fails the work queued
+        for it, and leaves the store closed.
+        """
+        blocker = os.path.join(self.directory, "file")
+        os.makedirs(self.directory)
+        with open(blocker, "w"):
+            pass
+        store = SQLiteStore(os.path.join(blocker, "docs.sqlite3"))
+        queued = store.put("a", b"{}")
+        read = store.get(["a"])
+        yield self.assertFailure(store.start(), OSError)
+        yield self.assertFailure(queued, StoreClosedError)
+        yield self.assertFailure(read, StoreClosedError)
+        yield store.close()
+
+    @inlineCallbacks
+    def test_service(self):
+        """StoreService opens the store with the application and closes it."""
+        store = SQLiteStore(self.path)
+        top = MultiService()
+        StoreService(store).setServiceParent(top)
+        top.startService()
+        version = yield store.put("a", b"{}")
+        self.assertEqual(version.etag, 1)
+        yield top.stopService()
+        yield self.assertFailure(store.get(["a"]), StoreClosedError)
+
+
+class OpenStoreTests(SynchronousTestCase):
+    """openStore(), behind the server's --store option."""
+
+    def test_default(self) -> None:
+        store = openStore("sqlite", "/data")
+        self.assertIsInstance(store, SQLiteStore)
+        self.assertEqual(store.path, os.path.join("/data", DEFAULT_FILE_NAME))
+
+    def test_path(self) -> None:
+        self.assertEqual(openStore("sqlite:/x/y.db", "/data").path, "/x/y.db")
+        self.assertEqual(openStore("sqlite:y.db", "/data").path, os.path.join("/data", "y.db"))
+
+    def test_hub(self) -> None:
+        hub = ChangeHub()
+        self.assertIs(openStore("sqlite", "/data", hub=hub)._hub, hub)
+
+    def test_unknown(self) -> None:
+        for spec in ["mysql", "", "SQLite", "sqlite:"]:
+            with self.assertRaises(ValueError, msg=spec) as caught:
+                openStore(spec, "/data")
+            self.assertIn("expected 'sqlite' or 'sqlite:PATH'", str(caught.exception))
+
+
+class ChangeHubTests(SynchronousTestCase):
+    """The in-process change hub."""
+
+    def test_prefixCaseInsensitive(self) -> None:
+        hub = ChangeHub()
+        seen: dict[str, list] = {"users": [], "USERS/1": [], "all": [], "other": []}
+        hub.subscribe("users", seen["users"].append)
+        hub.subscribe("USERS/1", seen["USERS/1"].append)
+        hub.subscribe("", seen["all"].append)
+        hub.subscribe("orders", seen["other"].append)
+        hub.publish("Users/1", PUT, 5)
+        hub.publish("users/2", DELETE, 6)
+        self.assertEqual(seen["users"], [Change("Users/1", PUT, 5), Change("users/2", DELETE, 6)])
+        self.assertEqual(seen["USERS/1"], [Change("Users/1", PUT, 5)])
+        self.assertEqual(len(seen["all"]), 2)
+        self.assertEqual(seen["other"], [])
+
+    def test_cancel(self) -> None:
+        hub = ChangeHub()
+        seen: list = []
+        first = hub.subscribe("a", seen.append)
+        hub.subscribe("a", seen.append)
+        first.cancel()
+        first.cancel()
+        hub.publish("a", PUT, 1)
+        self.assertEqual(len(seen), 1)
+        self.assertEqual(hub.subscriberCount(), 1)
+
+    def test_cancelledDuringPublish(self) -> None:
+        """A subscription cancelled by an earlier callback gets nothing more."""
+        hub = ChangeHub()
+        seen: list = []
+        second = None
+
+        def first(change: Change) -> None:
+            second.cancel()
+
+        hub.subscribe("a", first)
+        second = hub.subscribe("a", seen.append)
+        hub.publish("a", PUT, 1)
+        self.assertEqual(seen, [])
+
+    def test_failingSubscriberLogged(self) -> None:
+        """A callback that raises is logged; the others still get the change."""
+        hub = ChangeHub()
+        seen: list = []
+        hub.subscribe("a", lambda change: 1 / 0)
+        hub.subscribe("a", seen.append)
+        hub.publish("a", PUT, 1)
+        self.assertEqual(seen, [Change("a", PUT, 1)])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_noSubscribers(self) -> None:
+        """Publishing with no (or no matching) subscriber does nothing."""
+        hub = ChangeHub()
+        hub.publish("a", PUT, 1)
+        hub.subscribe("b", lambda change: 1 / 0)
+        hub.publish("a", PUT, 2)
+        self.assertEqual(self.flushLoggedErrors(), [])
