@@ -80,6 +80,7 @@ class GNPServerProtocol(LineReceiver):
         self.factory = factory
         self.config = factory.config
         self.registry = factory.registry
+        self._handlers = factory.registry.handlers
         self.clock = factory.clock
         self.store = factory.store
         self.hub = factory.hub
@@ -95,6 +96,7 @@ class GNPServerProtocol(LineReceiver):
         self._bodyFor: wire.Request | None = None
         self._bodyParts: list[bytes] = []
         self._bodyMissing = 0
+        self._replies: list[bytes] | None = None
         self._lastActivity = 0.0
         self._handshakeTimer = None
         self._headTimer = None
@@ -182,6 +184,11 @@ class GNPServerProtocol(LineReceiver):
         """
         if self.state in (CLOSING, CLOSED):
             return
+        replies, self._replies = self._replies, None
+        if replies:
+            # Replies already due go out before the final frame.
+            self.transport.write(b"".join(replies))
+            del replies[:]
         self.state = CLOSING
         self.clearLineBuffer()
         for name in ("_handshakeTimer", "_headTimer", "_idleTimer"):
@@ -249,42 +256,99 @@ class GNPServerProtocol(LineReceiver):
             )
         )
 
-    def _watchHead(self) -> None:
+    def _watchHead(self, headCompleted: bool) -> None:
         """
         Run the head timer while part of a head is buffered, from the first
         byte of that head; stop it once nothing is pending (or we stopped
         reading, which is not the client's delay).
+
+        @param headCompleted: a head was completed since the last call, so
+            any partial head now buffered is a new one.
         """
-        pending = self.line_mode and self._buffer and not self.paused
-        if pending and self.state == READY:
-            if self._headTimer is None:
-                self._headTimer = self.clock.callLater(
-                    self.config.headTimeout, self._headTimedOut
-                )
-        elif self._headTimer is not None:
-            self._cancelTimer("_headTimer")
+        pending = self._buffer and not self._bodyMissing and not self.paused
+        timer = self._headTimer
+        if timer is not None and (headCompleted or not pending):
+            self._headTimer = None
+            if timer.active():
+                timer.cancel()
+            timer = None
+        if pending and timer is None:
+            self._headTimer = self.clock.callLater(
+                self.config.headTimeout, self._headTimedOut
+            )
 
     # -- input -----------------------------------------------------------
 
     def dataReceived(self, data: bytes) -> None:
+        """
+        Split the input into heads (delimited by the empty line, as a
+        LineReceiver with our C{delimiter} would) and bodies of C{Size}
+        bytes, and run each request.
+
+        This replaces C{LineReceiver.dataReceived}: that one copies the
+        rest of the buffer for every line and leaves bodies to
+        C{rawDataReceived} one call at a time; here one pass over each
+        chunk finds every head with C{find}, takes bodies by slicing, and
+        the replies of the commands that finish at once go out in one
+        write. The limits are the same: C{MAX_LENGTH} caps a head without
+        its delimiter. Parsing stops while paused; what is left waits in
+        C{_buffer} and is parsed on resume, without waiting for new bytes.
+        """
         if self.state != READY:
             # Before admission, after QUIT, and while closing, input is
             # never executed (TLS keeps delivering after loseConnection).
             return
         if self._busyReceiving:
-            # Re-entered from setLineMode() inside rawDataReceived.
             self._buffer += data
             return
         if data:
             self._lastActivity = self.clock.seconds()
-        LineReceiver.dataReceived(self, data)
+        buf = self._buffer + data if self._buffer else data
+        self._buffer = b""
+        self._busyReceiving = True
+        self._replies = replies = []
+        pos, end, completed = 0, len(buf), False
+        try:
+            while pos < end and not self.paused and self.state == READY:
+                missing = self._bodyMissing
+                if missing:
+                    take = buf[pos : pos + missing]
+                    pos += len(take)
+                    self._bodyParts.append(take)
+                    self._bodyMissing = missing - len(take)
+                    if not self._bodyMissing:
+                        request = self._bodyFor
+                        request.body = b"".join(self._bodyParts)
+                        self._bodyFor, self._bodyParts = None, []
+                        self._dispatch(request)
+                    continue
+                stop = buf.find(self.delimiter, pos)
+                if stop < 0:
+                    if end - pos >= self.MAX_LENGTH + len(self.delimiter):
+                        self.lineLengthExceeded(buf[pos:])
+                    break
+                if stop - pos > self.MAX_LENGTH:
+                    self.lineLengthExceeded(buf[pos:])
+                    break
+                completed = True
+                head = buf[pos:stop]
+                pos = stop + len(self.delimiter)
+                self.lineReceived(head)
+        finally:
+            self._busyReceiving = False
+            self._replies = None
+            if self.state == READY:
+                # Anything added while busy (re-entrant calls) comes after.
+                self._buffer = buf[pos:] + self._buffer if pos < end else self._buffer
+            else:
+                self._buffer = b""
+            if replies:
+                self._write(b"".join(replies))
         if self.state == READY:
-            self._watchHead()
+            self._watchHead(completed)
 
     def lineReceived(self, head: bytes) -> None:
-        if self.state != READY:
-            return
-        self._cancelTimer("_headTimer")
+        """One request head (without the empty line that ended it)."""
         try:
             request = wire.parseHead(head, self.config.maxBody)
         except wire.FramingError as e:
@@ -294,26 +358,8 @@ class GNPServerProtocol(LineReceiver):
             self._bodyFor = request
             self._bodyParts = []
             self._bodyMissing = request.size
-            self.setRawMode()
             return
         self._dispatch(request)
-
-    def rawDataReceived(self, data: bytes) -> None:
-        if self.state != READY:
-            return
-        missing = self._bodyMissing
-        if len(data) < missing:
-            self._bodyParts.append(data)
-            self._bodyMissing = missing - len(data)
-            return
-        self._bodyParts.append(data[:missing])
-        request = self._bodyFor
-        request.body = b"".join(self._bodyParts)
-        self._bodyFor, self._bodyParts, self._bodyMissing = None, [], 0
-        self._dispatch(request)
-        # Back to heads; the rest of this chunk is parsed by the caller's
-        # loop (we are inside LineReceiver.dataReceived).
-        self.setLineMode(data[missing:])
 
     def lineLengthExceeded(self, line: bytes) -> None:
         self.fatal(f"Request head is over the limit of {self.config.maxHead} bytes")
@@ -330,7 +376,7 @@ class GNPServerProtocol(LineReceiver):
                 wire.encodeError(f"Sequence already in flight: {sequence}", sequence)
             )
             return
-        handler = self.registry.get(request.command)
+        handler = self._handlers.get(request.command)
         if handler is None:
             self._write(
                 wire.encodeError(f"Unknown command: {request.command}", sequence)
@@ -341,12 +387,18 @@ class GNPServerProtocol(LineReceiver):
         except Exception:
             self._write(self._failureReply(Failure(), request))
             return
-        if isinstance(result, defer.Deferred):
+        if type(result) is Result:  # the common case, checked cheaply first
+            if result.headers:
+                self._write(wire.encodeReply(sequence, result.body, result.headers))
+            else:
+                self._write(wire.encodeReply(sequence, result.body))
+        elif isinstance(result, defer.Deferred):
             self._track(request, result)
+            return
         else:
             self._write(self._successReply(result, sequence))
-            if self.state == QUITTING:
-                self._finishQuit()
+        if self.state is QUITTING:
+            self._finishQuit()
 
     def _track(self, request: wire.Request, d: defer.Deferred) -> None:
         sequence = request.sequence
@@ -399,8 +451,16 @@ class GNPServerProtocol(LineReceiver):
         return wire.encodeError(reason, request.sequence)
 
     def _write(self, data: bytes) -> None:
-        if self.state in (READY, QUITTING):
-            self.transport.write(data)
+        """
+        Send C{data} unless closing. While a chunk of input is being parsed,
+        replies are collected and written together when it is done.
+        """
+        if self.state is READY or self.state is QUITTING:
+            replies = self._replies
+            if replies is not None:
+                replies.append(data)
+            else:
+                self.transport.write(data)
 
     def quitAfterReplies(self) -> None:
         """

@@ -166,6 +166,24 @@ class PropertyTests(unittest.TestCase):
         self.assertEqual((r.args, r.sequence, r.size), (tuple(args), sequence, len(body)))
         self.assertEqual(rest, body)
 
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from(["PING", "echo", "Get", "x-y_z", "P@NG", ""]),
+        st.lists(st.text(st.characters(min_codepoint=1, max_codepoint=0x2FFF), max_size=6), max_size=4),
+        st.sampled_from(["Sequence: 1", "Sequence: " + "~" * 64, "Sequence: " + "a" * 65, "sequence: 2",
+                         "Sequence:  3", "Sequence: é", "Sequence: 4\r\nX: y"]),
+    )
+    def test_fastPathAgreesWithGeneralPath(self, command, args, sequenceLine):
+        head = " ".join([command, *args]).encode("utf-8", "surrogatepass") + b"\r\n" + sequenceLine.encode()
+
+        def outcome(parse):
+            try:
+                return parse(head)
+            except FramingError as e:
+                return (e.reason, e.sequence)
+
+        self.assertEqual(outcome(parseHead), outcome(wire.parseHeadGeneral))
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=200), st.integers(1, 7))
     def test_replyParserOnlyRaisesFramingError(self, data, step):

@@ -101,6 +101,11 @@ class CommandRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
 
+    @property
+    def handlers(self) -> dict[str, Handler]:
+        """The name-to-handler mapping itself (read it, don't change it)."""
+        return self._handlers
+
     def command(self, name: str) -> Callable[[Handler], Handler]:
         """Decorator: register the function as command C{name}."""
 
