@@ -110,11 +110,15 @@ def _utc(moment: datetime.datetime) -> str:
 
 
 def judge(
-    cert: x509.Certificate | None, allowList: AllowList, now: datetime.datetime
+    cert: x509.Certificate | None,
+    allowList: AllowList,
+    now: datetime.datetime,
+    who: Identity | None = None,
 ) -> str | None:
     """
     Decide admission, in the order of PROTOCOL.md section 2.
 
+    @param who: C{Identity.of(cert)}, if the caller has it already.
     @return: C{None} to admit, else the reason to send after C{ERR}.
     """
     if cert is None:
@@ -122,7 +126,8 @@ def judge(
             "No client certificate was provided: connect with a certificate "
             "whose thumbprint is on the server's allow-list"
         )
-    who = Identity.of(cert)
+    if who is None:
+        who = Identity.of(cert)
     if not allowList.admits(who.sha1, who.sha256):
         return (
             f"Client certificate {who.sha1} (CN={who.commonName!r}) is not on the "

@@ -126,7 +126,7 @@ class GNPServerProtocol(LineReceiver):
         reason = self.factory.overloadReason()
         if reason is None:
             now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-            reason = judge(cert, self.factory.allowList(), now)
+            reason = judge(cert, self.factory.allowList(), now, self.identity)
         who = self.identity
         if reason is not None:
             self.log.info(
@@ -308,6 +308,7 @@ class GNPServerProtocol(LineReceiver):
         self._busyReceiving = True
         self._replies = replies = []
         pos, end, completed = 0, len(buf), False
+        matchSimple, maxHead = wire.SIMPLE_REQUEST.match, self.config.maxHead
         try:
             while pos < end and not self.paused and self.state == READY:
                 missing = self._bodyMissing
@@ -322,6 +323,14 @@ class GNPServerProtocol(LineReceiver):
                         self._bodyFor, self._bodyParts = None, []
                         self._dispatch(request)
                     continue
+                simple = matchSimple(buf, pos)
+                if simple is not None and simple.end() - pos <= maxHead:
+                    request = wire.simpleRequest(simple)
+                    if request is not None:
+                        completed = True
+                        pos = simple.end()
+                        self._dispatch(request)
+                        continue
                 stop = buf.find(self.delimiter, pos)
                 if stop < 0:
                     if end - pos >= self.MAX_LENGTH + len(self.delimiter):
@@ -387,11 +396,16 @@ class GNPServerProtocol(LineReceiver):
         except Exception:
             self._write(self._failureReply(Failure(), request))
             return
-        if type(result) is Result:  # the common case, checked cheaply first
-            if result.headers:
-                self._write(wire.encodeReply(sequence, result.body, result.headers))
-            else:
-                self._write(wire.encodeReply(sequence, result.body))
+        kind = type(result)
+        if kind is bytes:  # the common cases, checked cheaply first
+            reply = wire.encodeReply(sequence, result)
+            replies = self._replies
+            if replies is not None and self.state is READY:
+                replies.append(reply)
+                return
+            self._write(reply)
+        elif kind is Result:
+            self._write(wire.encodeReply(sequence, result.body, result.headers))
         elif isinstance(result, defer.Deferred):
             self._track(request, result)
             return

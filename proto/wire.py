@@ -47,12 +47,19 @@ _TIMEOUT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
 _LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
-#: The most common head, parsed in one match: a command, arguments
+#: The most common request, parsed in one match: a command, arguments
 #: separated by single spaces, and a Sequence header alone. Anything else
-#: takes the general path in L{parseHead}, which gives the same result.
-_SIMPLE_HEAD = re.compile(
-    rb"([A-Za-z0-9_-]+)((?: [^ \r\n]+)*)\r\nSequence: ([\x21-\x7e]{1,64})\Z"
-)
+#: takes the general path, which gives the same result (a property test
+#: checks it).
+_SIMPLE = rb"([A-Za-z0-9_-]+)((?: [^ \r\n]+)*)\r\nSequence: ([\x21-\x7e]{1,64})"
+_SIMPLE_HEAD = re.compile(_SIMPLE + rb"\Z")
+#: The same, with the empty line that ends the head: matched in place in
+#: the receive buffer.
+SIMPLE_REQUEST = re.compile(_SIMPLE + HEAD_END)
+
+#: Command names seen, bytes to upper-case text (bounded: names come from
+#: clients).
+_commandNames: dict[bytes, str] = {}
 
 
 class FramingError(Exception):
@@ -134,14 +141,28 @@ def parseHead(
     """
     simple = _SIMPLE_HEAD.match(head)
     if simple is not None:
-        command, args, sequence = simple.groups()
-        try:
-            words = tuple(args.decode("utf-8").split(" ")[1:]) if args else ()
-        except UnicodeDecodeError:
-            pass  # the general path reports it
-        else:
-            return Request(command.decode("ascii").upper(), words, {}, sequence.decode("ascii"))
+        request = simpleRequest(simple)
+        if request is not None:
+            return request
     return parseHeadGeneral(head, maxBody)
+
+
+def simpleRequest(match: "re.Match[bytes]") -> Request | None:
+    """
+    The request matched by L{SIMPLE_REQUEST} (or the head pattern), or
+    C{None} if its arguments are not UTF-8 (the general path reports that).
+    """
+    command, args, sequence = match.groups()
+    try:
+        words = tuple(args[1:].decode("utf-8").split(" ")) if args else ()
+    except UnicodeDecodeError:
+        return None
+    name = _commandNames.get(command)
+    if name is None:
+        name = command.decode("ascii").upper()
+        if len(_commandNames) < 1024:
+            _commandNames[command] = name
+    return Request(name, words, {}, sequence.decode("ascii"))
 
 
 def parseHeadGeneral(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:

@@ -179,9 +179,22 @@ class GNPClientProtocol(Protocol):
     def watch(self, prefix: str, onPush: PushHandler, **kw) -> Deferred:
         """
         C{WATCH} a prefix. The reply's C{sequence} identifies the watch for
-        L{unwatch}.
+        L{unwatch}. A push of C{"Type": "Dropped"} (the server gave up on a
+        client that did not read) is the watch's last: it is delivered,
+        then the watch's handler is removed.
         """
-        return self.request("WATCH", prefix, onPush=onPush, **kw)
+
+        def deliver(push: Reply) -> None:
+            if push.body.startswith(b"{") and b'"Dropped"' in push.body:
+                try:
+                    dropped = push.json().get("Type") == "Dropped"
+                except ValueError:
+                    dropped = False
+                if dropped:
+                    self.stopPushes(push.sequence)
+            onPush(push)
+
+        return self.request("WATCH", prefix, onPush=deliver, **kw)
 
     def unwatch(self, watchSequence: str, **kw) -> Deferred:
         """C{UNWATCH}; pushes for that watch stop once the server agrees."""

@@ -11,20 +11,18 @@ from proto.commands.base import CommandRegistry, Result, requireArgs, secondsArg
 
 registry = CommandRegistry()
 
-_PONG = Result(b"PONG")
-
-
 @registry.command("PING")
-def ping(ctx, request) -> Result:
+def ping(ctx, request) -> bytes:
     """Reply C{PONG}: the cheapest way to see the server is alive."""
-    requireArgs(request, 0, 0, "PING")
-    return _PONG
+    if request.args:
+        requireArgs(request, 0, 0, "PING")
+    return b"PONG"
 
 
 @registry.command("ECHO")
-def echo(ctx, request) -> Result:
+def echo(ctx, request) -> bytes:
     """Reply with the arguments joined by single spaces."""
-    return Result(" ".join(request.args).encode("utf-8"))
+    return " ".join(request.args).encode("utf-8")
 
 
 @registry.command("QUIT")
