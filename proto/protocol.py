@@ -309,6 +309,7 @@ class GNPServerProtocol(LineReceiver):
         self._replies = replies = []
         pos, end, completed = 0, len(buf), False
         matchSimple, maxHead = wire.SIMPLE_REQUEST.match, self.config.maxHead
+        simpleRequest, dispatch = wire.simpleRequest, self._dispatch
         try:
             while pos < end and not self.paused and self.state == READY:
                 missing = self._bodyMissing
@@ -325,11 +326,11 @@ class GNPServerProtocol(LineReceiver):
                     continue
                 simple = matchSimple(buf, pos)
                 if simple is not None and simple.end() - pos <= maxHead:
-                    request = wire.simpleRequest(simple)
+                    request = simpleRequest(simple)
                     if request is not None:
                         completed = True
                         pos = simple.end()
-                        self._dispatch(request)
+                        dispatch(request)
                         continue
                 stop = buf.find(self.delimiter, pos)
                 if stop < 0:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Iterable, Mapping, Sequence as SequenceT
 
 #: The end of every request head, and the delimiter the server's
@@ -56,6 +57,9 @@ _SIMPLE_HEAD = re.compile(_SIMPLE + rb"\Z")
 #: The same, with the empty line that ends the head: matched in place in
 #: the receive buffer.
 SIMPLE_REQUEST = re.compile(_SIMPLE + HEAD_END)
+
+#: The headers of a request that has none but Sequence: shared, read-only.
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
 #: Command names seen, bytes to upper-case text (bounded: names come from
 #: clients).
@@ -98,7 +102,7 @@ class Request:
 
     command: str
     args: tuple[str, ...]
-    headers: dict[str, str]
+    headers: Mapping[str, str]
     sequence: str
     size: int | None = None
     timeout: float | None = None
@@ -153,16 +157,19 @@ def simpleRequest(match: "re.Match[bytes]") -> Request | None:
     C{None} if its arguments are not UTF-8 (the general path reports that).
     """
     command, args, sequence = match.groups()
-    try:
-        words = tuple(args[1:].decode("utf-8").split(" ")) if args else ()
-    except UnicodeDecodeError:
-        return None
+    if args:
+        try:
+            words = tuple(args[1:].decode("utf-8").split(" "))
+        except UnicodeDecodeError:
+            return None
+    else:
+        words = ()
     name = _commandNames.get(command)
     if name is None:
         name = command.decode("ascii").upper()
         if len(_commandNames) < 1024:
             _commandNames[command] = name
-    return Request(name, words, {}, sequence.decode("ascii"))
+    return Request(name, words, _NO_HEADERS, sequence.decode("ascii"))
 
 
 def parseHeadGeneral(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
