@@ -9,6 +9,7 @@ cannot drift apart.
 from __future__ import annotations
 
 import os
+import re
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -115,14 +116,26 @@ def _announce(options, report, certPath: str, keyPath: str, allowPath: str) -> N
             allow=allowPath,
         )
     clientCert = datadir.path(dataDir, datadir.CLIENT_CERT)
-    if os.path.exists(clientCert) and options["cert"] is None:
+    port = _firstPort(options["listen"])
+    if os.path.exists(clientCert) and options["cert"] is None and port is not None:
         log.info(
             "Connect by hand: openssl s_client -connect localhost:{port} -crlf -quiet "
             "-cert {cert} -key {key} -CAfile {ca} -verify_hostname localhost",
-            port=datadir.DEFAULT_PORT, cert=clientCert,
+            port=port, cert=clientCert,
             key=datadir.path(dataDir, datadir.CLIENT_KEY), ca=certPath,
         )
-        log.info("Or with the CLI: proto-cli --data-dir {dataDir} PING", dataDir=dataDir)
+        log.info(
+            "Or with the CLI: proto-cli --data-dir {dataDir} --port {port} PING",
+            dataDir=dataDir, port=port,
+        )
+
+
+def _firstPort(descriptions: list[str]) -> int | None:
+    """The TCP port a local user reaches first, or C{None} if not TCP."""
+    if not descriptions:
+        return datadir.DEFAULT_PORT
+    match = re.match(r"(?:tcp6?:)?(?:port=)?(\d+)(?::|$)", descriptions[0])
+    return int(match.group(1)) if match else None
 
 
 def makeService(options: Options) -> service.IService:
