@@ -8,7 +8,6 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial import unittest
 
-from proto import wire
 from proto.admission import AllowList
 from proto.commands import builtin
 from proto.server import ServerConfig

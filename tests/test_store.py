@@ -178,6 +178,23 @@ class SQLiteStoreTests(StoreTestMixin, TestCase):
         self.assertEqual(found, [document, None, document])
 
     @inlineCallbacks
+    def test_getWithReferences(self):
+        """Documents and those they reference, each once, in reference order."""
+        yield self.store.put("a", b'{"r": ["C", "b"]}')
+        yield self.store.put("b", b"{}")
+        yield self.store.put("c", b"{}")
+        seen = []
+
+        def references(results):
+            seen.append(results)
+            return ["C", "b", "a", "missing", "not valid", "c"]
+
+        results, referenced = yield self.store.getWithReferences(["a", "nope"], references)
+        self.assertEqual(results, seen[0])
+        self.assertEqual([d.id if d else None for d in results], ["a", None])
+        self.assertEqual([d.id for d in referenced], ["c", "b", "a"])
+
+    @inlineCallbacks
     def test_bodyKeptAsSent(self):
         """The JSON text comes back byte for byte, spacing and all."""
         body = '{ "a" :\n [1, 2.50, "ü"] }'.encode("utf-8")

@@ -6,7 +6,6 @@ child process, talked to with the standard library's C{ssl}.
 import os
 import ssl
 import subprocess
-import sys
 import time
 
 from twisted.trial import unittest

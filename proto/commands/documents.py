@@ -24,8 +24,8 @@ referenced that exists is in C{Includes} once, under its stored id, also
 when it is one of the results (or includes itself). Values that are not
 valid ids are ignored. Include is one level deep: only the results'
 fields are followed, not those of included documents. Results and
-included documents are read in two steps, which may see different
-versions of the store.
+included documents are read together, in one snapshot of the store and
+one trip to its thread.
 
 The documents are stored as the JSON text the client sent, and GET
 splices that text into its reply without parsing it again (it parses
@@ -79,7 +79,6 @@ from proto.store.base import (
     InvalidIdError,
     Version,
     checkId,
-    idKey,
 )
 
 registry = CommandRegistry()
@@ -153,23 +152,20 @@ def referencedIds(document: Any, path: tuple[str, ...]) -> Iterator[str]:
                 yield item
 
 
-def _includeRequests(
+def _includedIds(
     results: list[Document | None], paths: list[tuple[str, ...]]
-) -> dict[str, str]:
-    """Map the key of every valid id the results reference to that id."""
-    wanted: dict[str, str] = {}
+) -> Iterator[str]:
+    """
+    Every id the results reference along C{paths}. Runs in the store's
+    thread (see L{IDocumentStore.getWithReferences}): it only reads its
+    arguments.
+    """
     for document in results:
         if document is None:
             continue
         parsed = json.loads(document.body)
         for path in paths:
-            for reference in referencedIds(parsed, path):
-                try:
-                    key = checkId(reference)
-                except InvalidIdError:
-                    continue
-                wanted.setdefault(key, reference)
-    return wanted
+            yield from referencedIds(parsed, path)
 
 
 def encodeGetReply(
@@ -188,27 +184,17 @@ def encodeGetReply(
     return b"".join(parts)
 
 
-async def _get(store: Any, ids: tuple[str, ...], paths: list[tuple[str, ...]]) -> bytes:
-    results = await store.get(ids)
-    if not paths:
-        return encodeGetReply(results, [])
-    wanted = _includeRequests(results, paths)
-    known = {idKey(doc.id): doc for doc in results if doc is not None}
-    missing = [id for key, id in wanted.items() if key not in known]
-    if missing:
-        for doc in await store.get(missing):
-            if doc is not None:
-                known[idKey(doc.id)] = doc
-    return encodeGetReply(results, [known[key] for key in wanted if key in known])
-
-
 @registry.command("GET")
 def get(ctx: Any, request: Any) -> Deferred[bytes]:
     """C{GET id [id ...]}, optional C{Include}: documents by id."""
     requireArgs(request, 1, None, "GET id [id ...]")
     _checkIds(request.args)
     paths = parseInclude(request.header("include"))
-    return Deferred.fromCoroutine(_get(ctx.store, request.args, paths))
+    if not paths:
+        return ctx.store.get(request.args).addCallback(encodeGetReply, [])
+    return ctx.store.getWithReferences(
+        request.args, lambda results: _includedIds(results, paths)
+    ).addCallback(lambda found: encodeGetReply(*found))
 
 
 # -- PUT, DELETE -------------------------------------------------------------

@@ -28,7 +28,7 @@ were committed.
 from __future__ import annotations
 
 import unicodedata
-from typing import NamedTuple, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -180,6 +180,21 @@ class IDocumentStore(Interface):
         """
         Fetch documents: one entry per id, in order, C{None} for a missing
         one.
+        """
+
+    def getWithReferences(
+        ids: Sequence[str],
+        references: Callable[[list[Document | None]], Iterable[str]],
+    ) -> Deferred[tuple[list[Document | None], list[Document]]]:
+        """
+        Fetch documents and the documents they reference, in one round
+        trip and one consistent snapshot (GET with Include).
+
+        @param references: given the documents found (as L{get} returns
+            them), returns the ids they reference. It runs off the reactor
+            thread, so it must touch nothing shared.
+        @return: fires with the L{get} result and the referenced documents
+            that exist, each once, in the order first referenced.
         """
 
     def put(id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:

@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
@@ -64,6 +64,7 @@ from proto.store.base import (
     StoreError,
     Version,
     checkId,
+    idKey,
 )
 
 #: The file name of the store inside the data directory.
@@ -477,6 +478,40 @@ class SQLiteStore:
             return fail()
         worker = self._writer if self._unfinishedWrites else self._reader
         return worker.submit(lambda session: session.get(keys))
+
+    def getWithReferences(
+        self,
+        ids: Sequence[str],
+        references: Callable[[list[Document | None]], Iterable[str]],
+    ) -> Deferred[tuple[list[Document | None], list[Document]]]:
+        """
+        Like L{get}, and in the same read transaction the documents that
+        C{references(results)} names: one trip to the worker thread, one
+        snapshot.
+        """
+        try:
+            keys = [checkId(id) for id in ids]
+        except ValueError:
+            return fail()
+
+        def work(session: Any) -> tuple[list[Document | None], list[Document]]:
+            results = session.get(keys)
+            found = {idKey(doc.id): doc for doc in results if doc is not None}
+            wanted: dict[str, None] = {}  # ordered, unique
+            for id in references(results):
+                try:
+                    wanted[checkId(id)] = None
+                except ValueError:
+                    continue
+            missing = [key for key in wanted if key not in found]
+            if missing:
+                for doc in session.get(missing):
+                    if doc is not None:
+                        found[idKey(doc.id)] = doc
+            return results, [found[key] for key in wanted if key in found]
+
+        worker = self._writer if self._unfinishedWrites else self._reader
+        return worker.submit(work)
 
     def put(self, id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:
         try:
