@@ -162,3 +162,28 @@ def loadPrivateKey(pem: bytes):
     RSA/EC PEM, unencrypted.
     """
     return serialization.load_pem_private_key(pem, password=None)
+
+
+def loadCertificateAndKey(certPath: str, keyPath: str, role: str) -> tuple[list[x509.Certificate], object]:
+    """
+    Load a PEM certificate file (the leaf, then its chain) and the PEM
+    private key that goes with it.
+
+    @param role: how error messages name them (C{"server"}, C{"client"}).
+    @raise ValueError: a sentence naming the file that cannot be used, or
+        saying the key does not belong to the certificate.
+    """
+    try:
+        with open(certPath, "rb") as f:
+            chain = loadCertificates(f.read())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load {role} certificate {certPath}: {e}") from None
+    try:
+        with open(keyPath, "rb") as f:
+            key = loadPrivateKey(f.read())
+    except (OSError, ValueError, TypeError) as e:
+        raise ValueError(f"cannot load {role} key {keyPath}: {e}") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if chain[0].public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise ValueError(f"{role} key {keyPath} does not belong to certificate {certPath}")
+    return chain, key

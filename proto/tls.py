@@ -75,16 +75,7 @@ class ServerTLS:
         @raise ValueError: with a sentence naming the file, if either cannot
             be used.
         """
-        try:
-            with open(certPath, "rb") as f:
-                chain = certs.loadCertificates(f.read())
-        except (OSError, ValueError) as e:
-            raise ValueError(f"cannot load certificate {certPath}: {e}") from None
-        try:
-            with open(keyPath, "rb") as f:
-                key = certs.loadPrivateKey(f.read())
-        except (OSError, ValueError, TypeError) as e:
-            raise ValueError(f"cannot load private key {keyPath}: {e}") from None
+        chain, key = certs.loadCertificateAndKey(certPath, keyPath, "server")
         try:
             return cls(chain, key)
         except SSL.Error as e:

@@ -50,14 +50,12 @@ from proto.client.messages import (
     formatSeconds,
     headerList,
     includeHeader,
+    TIMEOUT_GRACE,
 )
 from proto.client.tlsconfig import Pin, loadIdentity
 from proto.datadir import DEFAULT_PORT
 from proto.wire import OK, PUSH, FramingError, Frame, Greeting, ReplyParser, encodeRequest
 
-#: Seconds to wait beyond a request's Timeout for the server's own
-#: C{ERR Timeout} (same rule as the Twisted client).
-TIMEOUT_GRACE = 1.0
 
 _CHUNK = 1 << 16
 _END = object()

@@ -65,12 +65,10 @@ from proto.client.messages import (
     formatSeconds,
     headerList,
     includeHeader,
+    TIMEOUT_GRACE,
 )
 from proto.wire import OK, PUSH, FramingError, Greeting, ReplyParser, encodeRequest
 
-#: Seconds the client waits beyond a request's Timeout for the server's
-#: own C{ERR Timeout} before it gives up locally.
-TIMEOUT_GRACE = 1.0
 
 #: Seconds to wait for the TLS close to complete before aborting (a peer
 #: that never answers close_notify would otherwise hold the connection).

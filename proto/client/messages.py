@@ -82,3 +82,8 @@ def documentBody(document) -> bytes:
     if isinstance(document, bytes):
         return document
     return json.dumps(document).encode("utf-8")
+
+
+#: Seconds a client waits beyond a request's Timeout for the server's own
+#: C{ERR Timeout} before it gives up locally (both clients).
+TIMEOUT_GRACE = 1.0

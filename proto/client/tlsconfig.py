@@ -121,22 +121,7 @@ def loadIdentity(certPath: str, keyPath: str) -> Identity:
 
     @raise ValueError: with a sentence naming the file that cannot be used.
     """
-    try:
-        with open(certPath, "rb") as f:
-            chain = certs.loadCertificates(f.read())
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot load client certificate {certPath}: {e}") from None
-    try:
-        with open(keyPath, "rb") as f:
-            key = certs.loadPrivateKey(f.read())
-    except (OSError, ValueError, TypeError) as e:
-        raise ValueError(f"cannot load client key {keyPath}: {e}") from None
-    if chain[0].public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ) != key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    ):
-        raise ValueError(f"client key {keyPath} does not belong to certificate {certPath}")
+    chain, key = certs.loadCertificateAndKey(certPath, keyPath, "client")
     return Identity(chain, key, certPath, keyPath)
 
 
