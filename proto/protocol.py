@@ -48,6 +48,9 @@ QUITTING = "quitting"
 CLOSING = "closing"
 CLOSED = "closed"
 
+_matchSimple = wire.SIMPLE_REQUEST.match
+_simpleRequest = wire.simpleRequest
+
 #: Pause reasons. The transport's and our own are kept apart, so that one
 #: resume cannot undo the other pause.
 _TRANSPORT = "transport"
@@ -97,6 +100,8 @@ class GNPServerProtocol(LineReceiver):
         self._bodyParts: list[bytes] = []
         self._bodyMissing = 0
         self._replies: list[bytes] | None = None
+        self._now = self.clock.seconds
+        self._maxHead = self.config.maxHead
         self._lastActivity = 0.0
         self._handshakeTimer = None
         self._headTimer = None
@@ -294,7 +299,7 @@ class GNPServerProtocol(LineReceiver):
         its delimiter. Parsing stops while paused; what is left waits in
         C{_buffer} and is parsed on resume, without waiting for new bytes.
         """
-        if self.state != READY:
+        if self.state is not READY:
             # Before admission, after QUIT, and while closing, input is
             # never executed (TLS keeps delivering after loseConnection).
             return
@@ -302,14 +307,16 @@ class GNPServerProtocol(LineReceiver):
             self._buffer += data
             return
         if data:
-            self._lastActivity = self.clock.seconds()
-        buf = self._buffer + data if self._buffer else data
-        self._buffer = b""
+            self._lastActivity = self._now()
+        if self._buffer:
+            buf, self._buffer = self._buffer + data, b""
+        else:
+            buf = data
         self._busyReceiving = True
         self._replies = replies = []
         pos, end, completed = 0, len(buf), False
-        matchSimple, maxHead = wire.SIMPLE_REQUEST.match, self.config.maxHead
-        simpleRequest, dispatch = wire.simpleRequest, self._dispatch
+        matchSimple, simpleRequest, dispatch = _matchSimple, _simpleRequest, self._dispatch
+        maxHead = self._maxHead
         try:
             while pos < end and not self.paused and self.state == READY:
                 missing = self._bodyMissing
@@ -347,14 +354,15 @@ class GNPServerProtocol(LineReceiver):
         finally:
             self._busyReceiving = False
             self._replies = None
-            if self.state == READY:
-                # Anything added while busy (re-entrant calls) comes after.
-                self._buffer = buf[pos:] + self._buffer if pos < end else self._buffer
+            if self.state is READY:
+                if pos < end:
+                    # Anything added while busy (re-entrant calls) comes after.
+                    self._buffer = buf[pos:] + self._buffer
             else:
                 self._buffer = b""
             if replies:
-                self._write(b"".join(replies))
-        if self.state == READY:
+                self._write(b"".join(replies) if len(replies) > 1 else replies[0])
+        if self.state is READY and (self._buffer or self._headTimer is not None):
             self._watchHead(completed)
 
     def lineReceived(self, head: bytes) -> None:
