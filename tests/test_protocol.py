@@ -295,3 +295,35 @@ class TimeoutTests(Base):
         conn.advance(6)
         self.assertTrue(conn.closed)
         self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
+
+class RobustnessTests(Base):
+    def test_commandCrashIsLoggedNotSent(self):
+        """An unexpected exception: ERR without a traceback; logged; connection kept."""
+        clock = realTimeClock()
+        registry = builtin.registry.merged(builtin.registry)
+
+        def crash(ctx, request):
+            raise ZeroDivisionError("secret internals")
+
+        registry.add("CRASH", crash)
+        self.factory = makeFactory(clock, registry=registry)
+        conn = connectInMemory(self.factory)
+        conn.send(request("CRASH") + request("PING", sequence="2"))
+        frames = conn.frames()
+        self.assertEqual([f.kind for f in frames], ["ERR", "OK"])
+        self.assertIn("Internal error while running CRASH", frames[0].reason)
+        self.assertNotIn(b"secret", conn.client.raw)
+        self.assertNotIn(b"Traceback", conn.client.raw)
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+
+    def test_tooManyInFlightStopsReadingUntilSomeFinish(self):
+        conn = self.connect(maxInflight=4)
+        conn.send(b"".join(request("SLEEP", "1", sequence=f"s{i}") for i in range(10)) + request("PING", sequence="p"))
+        self.assertEqual(len(conn.server._inflight), 4)
+        self.assertEqual(conn.frames(), [])
+        for _ in range(3):
+            conn.advance(1)
+        sequences = sorted(f.sequence for f in conn.frames())
+        self.assertEqual(sequences, sorted([f"s{i}" for i in range(10)] + ["p"]))
+        self.assertFalse(conn.closed)
