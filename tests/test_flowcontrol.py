@@ -15,7 +15,8 @@ from proto.server import ServerConfig
 from tests.support import Credentials, listenInProcess, makeFactory
 
 COUNT = 20000
-PAYLOAD = "p" * 1000  # about 1 KiB each way per request: 20 MB in all
+PAYLOAD = "p" * 2000  # about 2 KiB each way per request: 40 MB in all,
+# well past what loopback socket buffers hold (a few MB each way)
 
 
 class SlowReader(protocol.Protocol):
