@@ -318,9 +318,9 @@ class GNPServerProtocol(LineReceiver):
         matchSimple, simpleRequest, dispatch = _matchSimple, _simpleRequest, self._dispatch
         maxHead = self._maxHead
         try:
-            while pos < end and not self.paused and self.state == READY:
-                missing = self._bodyMissing
-                if missing:
+            while pos < end and not self.paused and self.state is READY:
+                if self._bodyMissing:
+                    missing = self._bodyMissing
                     take = buf[pos : pos + missing]
                     pos += len(take)
                     self._bodyParts.append(take)
@@ -332,13 +332,15 @@ class GNPServerProtocol(LineReceiver):
                         self._dispatch(request)
                     continue
                 simple = matchSimple(buf, pos)
-                if simple is not None and simple.end() - pos <= maxHead:
-                    request = simpleRequest(simple)
-                    if request is not None:
-                        completed = True
-                        pos = simple.end()
-                        dispatch(request)
-                        continue
+                if simple is not None:
+                    stop = simple.end()
+                    if stop - pos <= maxHead:
+                        request = simpleRequest(simple)
+                        if request is not None:
+                            completed = True
+                            pos = stop
+                            dispatch(request)
+                            continue
                 stop = buf.find(self.delimiter, pos)
                 if stop < 0:
                     if end - pos >= self.MAX_LENGTH + len(self.delimiter):
