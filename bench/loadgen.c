@@ -624,6 +624,25 @@ static void loop_once(int timeout_ms) {
     for (int i = 0; i < n; i++) handle((conn_t *)evs[i].data.ptr, evs[i].events);
 }
 
+/* Run the event loop over the measured window: until the deadline, a
+ * signal, or *done reaching --requests; the CPU count restarts when the
+ * warm-up ends. Then stop issuing new work. */
+static void run_window(const long long *done, int poll_ms) {
+    cpu_start = cpu_seconds();
+    int cpu_reset = opt.warmup > 0;
+    while (!stop_flag) {
+        double t = now();
+        if (cpu_reset && t >= t_window_start) { cpu_start = cpu_seconds(); cpu_reset = 0; }
+        if (t >= t_deadline) break;
+        if (opt.requests && *done >= opt.requests) break;
+        loop_once(poll_ms);
+    }
+    t_window_end = now();
+    cpu_end = cpu_seconds();
+    window_over = 1;
+    issuing = 0;
+}
+
 int main(int argc, char **argv) {
     static struct option lo[] = {
         {"host", 1, 0, 'H'},      {"port", 1, 0, 'p'},         {"cert", 1, 0, 'C'},
@@ -751,19 +770,7 @@ int main(int argc, char **argv) {
             conn_start(&conns[i]);
             active_setups++;
         }
-        cpu_start = cpu_seconds();
-        int cpu_reset = opt.warmup > 0;
-        while (!stop_flag) {
-            double t = now();
-            if (cpu_reset && t >= t_window_start) { cpu_start = cpu_seconds(); cpu_reset = 0; }
-            if (t >= t_deadline) break;
-            if (opt.requests && completed_in_window >= opt.requests) break;
-            loop_once(50);
-        }
-        t_window_end = now();
-        cpu_end = cpu_seconds();
-        window_over = 1;
-        issuing = 0;
+        run_window(&completed_in_window, 50);
         /* let the handshakes in progress finish (not counted) */
         double dl = now() + opt.drain_timeout;
         while (active_setups > 0 && now() < dl) loop_once(50);
@@ -813,19 +820,7 @@ int main(int argc, char **argv) {
             if (do_flush(c) < 0) fatal_conn(c, "write failed");
             update_mask(c);
         }
-        cpu_start = cpu_seconds();
-        int cpu_reset = opt.warmup > 0;
-        while (!stop_flag) {
-            double t = now();
-            if (cpu_reset && t >= t_window_start) { cpu_start = cpu_seconds(); cpu_reset = 0; }
-            if (t >= t_deadline) break;
-            if (opt.requests && completed_total >= opt.requests) break;
-            loop_once(opt.requests ? 10 : 50);
-        }
-        t_window_end = now();
-        cpu_end = cpu_seconds();
-        window_over = 1;
-        issuing = 0;
+        run_window(&completed_total, opt.requests ? 10 : 50);
         /* drain what is in flight; replies are still checked */
         double dl = now() + opt.drain_timeout;
         long long inflight;
