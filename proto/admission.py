@@ -16,6 +16,7 @@ is unreadable or malformed.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import os
 import re
@@ -89,59 +90,72 @@ def normaliseThumbprint(text: str) -> str | None:
 
 @dataclass(frozen=True)
 class Identity:
-    """What the server knows about a client certificate, for logs and checks."""
+    """
+    What the server needs of a client certificate: its thumbprints and
+    common name (for the allow-list and the logs) and its validity dates.
+    """
 
     sha1: str
     sha256: str
     commonName: str
+    notBefore: datetime.datetime
+    notAfter: datetime.datetime
 
     @classmethod
     def of(cls, cert: x509.Certificate) -> "Identity":
-        # hashlib over the DER once is several times cheaper than two
-        # cert.fingerprint() calls, and this runs for every handshake.
-        der = cert.public_bytes(Encoding.DER)
-        return cls(
-            hashlib.sha1(der).hexdigest(), hashlib.sha256(der).hexdigest(), certs.commonName(cert)
-        )
+        return identityOfDER(cert.public_bytes(Encoding.DER))
+
+
+@functools.lru_cache(maxsize=1024)
+def identityOfDER(der: bytes) -> Identity:
+    """
+    The L{Identity} of a DER certificate. Cached: parsing and hashing the
+    certificate cost more than the rest of admission, and clients come back
+    with the same certificate (the cache is bounded, so many distinct
+    certificates only evict each other).
+
+    @raise ValueError: if C{der} is not a certificate.
+    """
+    cert = x509.load_der_x509_certificate(der)
+    return Identity(
+        hashlib.sha1(der).hexdigest(),
+        hashlib.sha256(der).hexdigest(),
+        certs.commonName(cert),
+        cert.not_valid_before_utc,
+        cert.not_valid_after_utc,
+    )
 
 
 def _utc(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def judge(
-    cert: x509.Certificate | None,
-    allowList: AllowList,
-    now: datetime.datetime,
-    who: Identity | None = None,
-) -> str | None:
+def judge(who: Identity | None, allowList: AllowList, now: datetime.datetime) -> str | None:
     """
     Decide admission, in the order of PROTOCOL.md section 2.
 
-    @param who: C{Identity.of(cert)}, if the caller has it already.
+    @param who: the client certificate's identity, C{None} if it sent none.
     @return: C{None} to admit, else the reason to send after C{ERR}.
     """
-    if cert is None:
+    if who is None:
         return (
             "No client certificate was provided: connect with a certificate "
             "whose thumbprint is on the server's allow-list"
         )
-    if who is None:
-        who = Identity.of(cert)
     if not allowList.admits(who.sha1, who.sha256):
         return (
             f"Client certificate {who.sha1} (CN={who.commonName!r}) is not on the "
             "allow-list: add its thumbprint to the server's allow-list file"
         )
-    if now < cert.not_valid_before_utc:
+    if now < who.notBefore:
         return (
             f"Client certificate {who.sha1} is not yet valid: "
-            f"valid from {_utc(cert.not_valid_before_utc)}"
+            f"valid from {_utc(who.notBefore)}"
         )
-    if now > cert.not_valid_after_utc:
+    if now > who.notAfter:
         return (
             f"Client certificate {who.sha1} expired on "
-            f"{_utc(cert.not_valid_after_utc)}"
+            f"{_utc(who.notAfter)}"
         )
     return None
 

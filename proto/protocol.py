@@ -38,9 +38,9 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto import wire
-from proto.admission import Identity, judge
+from proto.admission import Identity, identityOfDER, judge
 from proto.commands.base import CommandError, ICommandContext, Result
-from proto.tls import peerCertificate
+from proto.tls import peerCertificateDER
 
 HANDSHAKING = "handshaking"
 READY = "ready"
@@ -125,13 +125,13 @@ class GNPServerProtocol(LineReceiver):
         self._cancelTimer("_handshakeTimer")
         if self.state != HANDSHAKING:
             return
-        cert = peerCertificate(self.transport)
-        if cert is not None:
-            self.identity = Identity.of(cert)
+        der = peerCertificateDER(self.transport)
+        if der is not None:
+            self.identity = identityOfDER(der)
         reason = self.factory.overloadReason()
         if reason is None:
             now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-            reason = judge(cert, self.factory.allowList(), now, self.identity)
+            reason = judge(self.identity, self.factory.allowList(), now)
         who = self.identity
         if reason is not None:
             self.log.info(

@@ -15,7 +15,7 @@ To load a new certificate, build a new L{ServerTLS}.
 from __future__ import annotations
 
 from cryptography import x509
-from OpenSSL import SSL
+from OpenSSL import SSL, crypto
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
@@ -88,10 +88,13 @@ class ServerTLS:
         return SSL.Connection(self._context, None)
 
 
-def peerCertificate(transport) -> x509.Certificate | None:
+def peerCertificateDER(transport) -> bytes | None:
     """
-    The client's certificate on a TLS transport, as a C{cryptography}
-    object, or C{None} when it sent none.
+    The client's certificate on a TLS transport, DER-encoded, or C{None}
+    when it sent none. (DER straight from OpenSSL: converting to a
+    C{cryptography} object on every handshake costs more than admission.)
     """
-    handle = transport.getHandle()
-    return handle.get_peer_certificate(as_cryptography=True)
+    cert = transport.getHandle().get_peer_certificate()
+    if cert is None:
+        return None
+    return crypto.dump_certificate(crypto.FILETYPE_ASN1, cert)
