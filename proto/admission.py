@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.logger import Logger
 
 from proto import certs
@@ -100,10 +99,6 @@ class Identity:
     commonName: str
     notBefore: datetime.datetime
     notAfter: datetime.datetime
-
-    @classmethod
-    def of(cls, cert: x509.Certificate) -> "Identity":
-        return identityOfDER(cert.public_bytes(Encoding.DER))
 
 
 @functools.lru_cache(maxsize=1024)

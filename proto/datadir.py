@@ -35,7 +35,6 @@ class BootstrapReport:
     createdServer: bool
     createdClient: bool
     clientSHA1: str | None
-    clientCN: str | None
 
 
 def path(dataDir: str, name: str) -> str:
@@ -78,7 +77,7 @@ def bootstrap(dataDir: str, makeServerCert: bool = True) -> BootstrapReport:
         certificate and key (then nothing is generated at all).
     """
     os.makedirs(dataDir, mode=0o700, exist_ok=True)
-    report = BootstrapReport(dataDir, False, False, None, None)
+    report = BootstrapReport(dataDir, False, False, None)
     if not makeServerCert:
         return report
 
@@ -111,5 +110,4 @@ def bootstrap(dataDir: str, makeServerCert: bool = True) -> BootstrapReport:
     with open(clientCertPath, "rb") as f:
         cert = certs.loadCertificates(f.read())[0]
     report.clientSHA1 = certs.sha1Thumbprint(cert)
-    report.clientCN = certs.commonName(cert)
     return report

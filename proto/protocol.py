@@ -407,21 +407,12 @@ class GNPServerProtocol(LineReceiver):
         except Exception:
             self._write(self._failureReply(Failure(), request))
             return
-        kind = type(result)
-        if kind is bytes:  # the common cases, checked cheaply first
-            reply = wire.encodeReply(sequence, result)
-            replies = self._replies
-            if replies is not None and self.state is READY:
-                replies.append(reply)
-                return
-            self._write(reply)
-        elif kind is Result:
-            self._write(wire.encodeReply(sequence, result.body, result.headers))
-        elif isinstance(result, defer.Deferred):
+        # Deferred is generic (an ABC), so isinstance() on it is slow: the
+        # common result, bytes, skips that check.
+        if type(result) is not bytes and isinstance(result, defer.Deferred):
             self._track(request, result)
             return
-        else:
-            self._write(self._successReply(result, sequence))
+        self._write(self._successReply(result, sequence))
         if self.state is QUITTING:
             self._finishQuit()
 
@@ -452,11 +443,12 @@ class GNPServerProtocol(LineReceiver):
         d.addBoth(done)
 
     @staticmethod
-    def _successReply(result, sequence: str) -> bytes:
+    def _successReply(result: bytes | Result | None, sequence: str) -> bytes:
+        """The C{OK} reply for what a command returned (bytes: the body)."""
+        if type(result) is bytes:
+            return wire.encodeReply(sequence, result)
         if result is None:
             return wire.encodeReply(sequence)
-        if isinstance(result, bytes):
-            return wire.encodeReply(sequence, result)
         return wire.encodeReply(sequence, result.body, result.headers)
 
     def _failureReply(self, failure: Failure, request: wire.Request) -> bytes:

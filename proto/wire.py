@@ -48,15 +48,14 @@ _TIMEOUT = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\Z")
 _LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f]+")
 
 
-#: The most common request, parsed in one match: a command, arguments
-#: separated by single spaces, and a Sequence header alone. Anything else
-#: takes the general path, which gives the same result (a property test
-#: checks it).
-_SIMPLE = rb"([A-Za-z0-9_-]+)((?: [^ \r\n]+)*)\r\nSequence: ([\x21-\x7e]{1,64})"
-_SIMPLE_HEAD = re.compile(_SIMPLE + rb"\Z")
-#: The same, with the empty line that ends the head: matched in place in
-#: the receive buffer.
-SIMPLE_REQUEST = re.compile(_SIMPLE + HEAD_END)
+#: The most common request, matched in place in the receive buffer: a
+#: command, arguments separated by single spaces, a Sequence header alone,
+#: and the empty line. L{simpleRequest} turns a match into the same
+#: L{Request} that L{parseHead} gives (a property test checks it); any
+#: other head goes to L{parseHead}.
+SIMPLE_REQUEST = re.compile(
+    rb"([A-Za-z0-9_-]+)((?: [^ \r\n]+)*)\r\nSequence: ([\x21-\x7e]{1,64})" + HEAD_END
+)
 
 #: The headers of a request that has none but Sequence: shared, read-only.
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -123,6 +122,7 @@ def oneLine(text: str) -> str:
 
 
 def _splitHeaderLine(line: str) -> tuple[str, str] | None:
+    """C{(lower-cased name, stripped value)}, or C{None} if not C{Name: value}."""
     name, colon, value = line.partition(":")
     name = name.strip()
     if not colon or not name:
@@ -130,31 +130,10 @@ def _splitHeaderLine(line: str) -> tuple[str, str] | None:
     return name.lower(), value.strip(" \t")
 
 
-def parseHead(
-    head: bytes, maxBody: int = DEFAULT_MAX_BODY
-) -> Request:
-    """
-    Parse one request head.
-
-    @param head: the bytes of the head, without the final empty line (that
-        is, what a LineReceiver with delimiter C{HEAD_END} delivers). The
-        caller enforces the head-size limit, since only it knows how the
-        bytes arrived.
-    @param maxBody: the largest Size accepted.
-    @raise FramingError: for every framing error of section 5.
-    """
-    simple = _SIMPLE_HEAD.match(head)
-    if simple is not None:
-        request = simpleRequest(simple)
-        if request is not None:
-            return request
-    return parseHeadGeneral(head, maxBody)
-
-
 def simpleRequest(match: "re.Match[bytes]") -> Request | None:
     """
-    The request matched by L{SIMPLE_REQUEST} (or the head pattern), or
-    C{None} if its arguments are not UTF-8 (the general path reports that).
+    The request matched by L{SIMPLE_REQUEST}, or C{None} if its arguments
+    are not UTF-8 (L{parseHead} reports that).
     """
     command, args, sequence = match.groups()
     if args:
@@ -172,10 +151,18 @@ def simpleRequest(match: "re.Match[bytes]") -> Request | None:
     return Request(name, words, _NO_HEADERS, sequence.decode("ascii"))
 
 
-def parseHeadGeneral(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
+def parseHead(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
     """
-    L{parseHead} without its fast path: every head, every error. (Public
-    so that tests can check the fast path gives the same answers.)
+    Parse one request head: every form the contract allows, every framing
+    error. (The server first tries L{SIMPLE_REQUEST} in place, which gives
+    the same request for the heads it matches, cheaper.)
+
+    @param head: the bytes of the head, without the final empty line (that
+        is, what a LineReceiver with delimiter C{HEAD_END} delivers). The
+        caller enforces the head-size limit, since only it knows how the
+        bytes arrived.
+    @param maxBody: the largest Size accepted.
+    @raise FramingError: for every framing error of section 5.
     """
     try:
         text = head.decode("utf-8")
@@ -197,13 +184,12 @@ def parseHeadGeneral(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
     rawSize: str | None = None
     sizeCount = 0
     for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        name = name.strip().lower()
-        if not colon or not name:
+        pair = _splitHeaderLine(line)
+        if pair is None:
             if badLine is None:
                 badLine = line
             continue
-        value = value.strip(" \t")
+        name, value = pair
         if name == "sequence":
             if sequence is not None and value != sequence:
                 sequenceProblem = "Conflicting Sequence headers"

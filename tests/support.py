@@ -196,11 +196,6 @@ class DataDir:
 
     path: str
 
-    @classmethod
-    def create(cls, path: str) -> "DataDir":
-        datadir.bootstrap(path)
-        return cls(path)
-
     def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 

@@ -72,6 +72,14 @@ class ParseHeadTests(unittest.TestCase):
             r = parseHead(b"PING\r\nSequence: 1\r\nTimeout: " + bad)
             self.assertIn("Malformed Timeout", r.error, bad)
 
+    def test_simpleRequestInPlace(self):
+        """The server's in-place fast path: same request, and where it ends."""
+        buf = b"xx" + wire.encodeRequest("echo", ["a", "b"], "9") + b"PING"
+        match = wire.SIMPLE_REQUEST.match(buf, 2)
+        self.assertEqual(buf[match.end():], b"PING")
+        self.assertEqual(wire.simpleRequest(match), parseHead(b"echo a b\r\nSequence: 9"))
+        self.assertIsNone(wire.SIMPLE_REQUEST.match(wire.encodeRequest("GET", ["a"], "1", {"Include": "X"})))
+
     def test_repeatedHeadersCombine(self):
         r = parseHead(b"GET a\r\nSequence: 1\r\nInclude: A\r\nInclude: B")
         self.assertEqual(r.header("include"), "A,B")
@@ -176,13 +184,11 @@ class PropertyTests(unittest.TestCase):
     def test_fastPathAgreesWithGeneralPath(self, command, args, sequenceLine):
         head = " ".join([command, *args]).encode("utf-8", "surrogatepass") + b"\r\n" + sequenceLine.encode()
 
-        def outcome(parse):
-            try:
-                return parse(head)
-            except FramingError as e:
-                return (e.reason, e.sequence)
-
-        self.assertEqual(outcome(parseHead), outcome(wire.parseHeadGeneral))
+        match = wire.SIMPLE_REQUEST.match(head + wire.HEAD_END)
+        fast = match and wire.simpleRequest(match)
+        if fast is not None:
+            self.assertEqual(fast, parseHead(head))
+            self.assertEqual(match.end(), len(head) + len(wire.HEAD_END))
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=200), st.integers(1, 7))

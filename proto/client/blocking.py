@@ -44,17 +44,16 @@ from proto.client.errors import (
     ServerError,
 )
 from proto.client.messages import (
+    CommandMethods,
+    encodeClientRequest,
+    formatSeconds,
     Headers,
     Reply,
-    documentBody,
-    formatSeconds,
-    headerList,
-    includeHeader,
     TIMEOUT_GRACE,
 )
 from proto.client.tlsconfig import Pin, loadIdentity
 from proto.datadir import DEFAULT_PORT
-from proto.wire import OK, PUSH, FramingError, Frame, Greeting, ReplyParser, encodeRequest
+from proto.wire import OK, PUSH, FramingError, Frame, Greeting, ReplyParser
 
 
 _CHUNK = 1 << 16
@@ -79,7 +78,7 @@ def _sslContext(certPath: str, keyPath: str, pin: Pin | None, caFile: str | None
     return ctx
 
 
-class BlockingClient:
+class BlockingClient(CommandMethods):
     """
     One admitted GNP/1 connection, made in the constructor.
 
@@ -203,13 +202,10 @@ class BlockingClient:
         @raise ValueError: if the request cannot be written.
         @raise ConnectionClosed: if the connection has ended.
         """
-        allHeaders = headerList(headers)
-        if timeout is not None:
-            allHeaders.append(("Timeout", formatSeconds(timeout)))
         future: Future = Future()
         with self._lock:
             sequence = str(next(self._sequences))
-            data = encodeRequest(command, args, sequence, allHeaders, body)
+            data = encodeClientRequest(command, args, sequence, headers, body, timeout)
             if self._endError is not None or self._closing:
                 raise self._endError or ConnectionClosed("the connection is closed")
             self._pending[sequence] = (command.upper(), future)
@@ -269,23 +265,10 @@ class BlockingClient:
             raise self._endError
         return item
 
-    def ping(self, **kw) -> Reply:
-        return self.request("PING", **kw)
 
-    def echo(self, *words: str, **kw) -> Reply:
-        return self.request("ECHO", *words, **kw)
 
-    def get(self, *ids: str, include=None, **kw) -> Reply:
-        """C{GET}; C{include} names fields whose documents to include."""
-        return self.request("GET", *ids, headers=includeHeader(include), **kw)
 
-    def put(self, id: str, document, ifMatch: int | None = None, **kw) -> Reply:
-        """C{PUT} a document (a JSON-able object, or bytes sent as they are)."""
-        headers = [] if ifMatch is None else [("If-Match", str(ifMatch))]
-        return self.request("PUT", id, headers=headers, body=documentBody(document), **kw)
 
-    def delete(self, *ids: str, **kw) -> Reply:
-        return self.request("DELETE", *ids, **kw)
 
     def watch(self, prefix: str, **kw) -> Reply:
         """C{WATCH}: the reply's C{sequence} names the watch; read pushes with L{nextPush}."""
@@ -298,12 +281,7 @@ class BlockingClient:
         """C{REMIND}: the reminder arrives later through L{nextPush}."""
         return self.request("REMIND", formatSeconds(seconds), *text.split(), **kw)
 
-    def sleep(self, seconds: float, **kw) -> Reply:
-        return self.request("SLEEP", formatSeconds(seconds), **kw)
 
-    def quit(self) -> Reply:
-        """C{QUIT}: the server replies, then closes the connection."""
-        return self.request("QUIT")
 
     # -- closing --------------------------------------------------------
 

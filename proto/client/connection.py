@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Callable
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail, succeed
@@ -59,15 +59,14 @@ from proto.client.errors import (
     ServerError,
 )
 from proto.client.messages import (
+    CommandMethods,
+    encodeClientRequest,
+    formatSeconds,
     Headers,
     Reply,
-    documentBody,
-    formatSeconds,
-    headerList,
-    includeHeader,
     TIMEOUT_GRACE,
 )
-from proto.wire import OK, PUSH, FramingError, Greeting, ReplyParser, encodeRequest
+from proto.wire import OK, PUSH, FramingError, Greeting, ReplyParser
 
 
 #: Seconds to wait for the TLS close to complete before aborting (a peer
@@ -83,7 +82,7 @@ class _Pending:
     deferred: Deferred
 
 
-class GNPClientProtocol(Protocol):
+class GNPClientProtocol(Protocol, CommandMethods):
     """
     One admitted GNP/1 connection. Made by L{connect}; see the module
     docstring for the request and push model.
@@ -137,10 +136,7 @@ class GNPClientProtocol(Protocol):
             return fail(self._closedError())
         sequence = str(next(self._sequences))
         try:
-            allHeaders = headerList(headers)
-            if timeout is not None:
-                allHeaders.append(("Timeout", formatSeconds(timeout)))
-            data = encodeRequest(command, args, sequence, allHeaders, body)
+            data = encodeClientRequest(command, args, sequence, headers, body, timeout)
         except ValueError as e:
             return fail(e)
         d = Deferred(lambda _: self._forget(sequence))
@@ -156,23 +152,10 @@ class GNPClientProtocol(Protocol):
         """Deliver no more C{PUSH} frames for the request C{sequence}."""
         self._pushHandlers.pop(sequence, None)
 
-    def ping(self) -> Deferred:
-        return self.request("PING")
 
-    def echo(self, *words: str) -> Deferred:
-        return self.request("ECHO", *words)
 
-    def get(self, *ids: str, include: str | Iterable[str] | None = None, **kw) -> Deferred:
-        """C{GET}; C{include} names fields whose documents to include."""
-        return self.request("GET", *ids, headers=includeHeader(include), **kw)
 
-    def put(self, id: str, document, ifMatch: int | None = None, **kw) -> Deferred:
-        """C{PUT} a document (a JSON-able object, or bytes sent as they are)."""
-        headers = [] if ifMatch is None else [("If-Match", str(ifMatch))]
-        return self.request("PUT", id, headers=headers, body=documentBody(document), **kw)
 
-    def delete(self, *ids: str, **kw) -> Deferred:
-        return self.request("DELETE", *ids, **kw)
 
     def watch(self, prefix: str, onPush: PushHandler, **kw) -> Deferred:
         """
@@ -211,12 +194,7 @@ class GNPClientProtocol(Protocol):
 
         return self.request("REMIND", formatSeconds(seconds), *text.split(), onPush=once, **kw)
 
-    def sleep(self, seconds: float, **kw) -> Deferred:
-        return self.request("SLEEP", formatSeconds(seconds), **kw)
 
-    def quit(self) -> Deferred:
-        """C{QUIT}: the server replies, then closes the connection."""
-        return self.request("QUIT")
 
     # -- connection -----------------------------------------------------
 

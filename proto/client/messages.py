@@ -1,7 +1,7 @@
 """
 What both clients share above the wire module: the L{Reply} they hand
-back for an C{OK} or a C{PUSH}, and small helpers that turn Python values
-into request headers and bodies.
+back for an C{OK} or a C{PUSH}, how a request is encoded, and the
+built-in commands as methods (L{CommandMethods}).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from proto.wire import Frame
+from proto.wire import Frame, encodeRequest
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
 
@@ -87,3 +87,58 @@ def documentBody(document) -> bytes:
 #: Seconds a client waits beyond a request's Timeout for the server's own
 #: C{ERR Timeout} before it gives up locally (both clients).
 TIMEOUT_GRACE = 1.0
+
+
+def encodeClientRequest(
+    command: str,
+    args,
+    sequence: str,
+    headers: Headers = None,
+    body: bytes | None = None,
+    timeout: float | None = None,
+) -> bytes:
+    """
+    One request as a client sends it: the caller's headers, then
+    C{Timeout} if a timeout is given.
+
+    @raise ValueError: if the request cannot be written.
+    """
+    allHeaders = headerList(headers)
+    if timeout is not None:
+        allHeaders.append(("Timeout", formatSeconds(timeout)))
+    return encodeRequest(command, args, sequence, allHeaders, body)
+
+
+class CommandMethods:
+    """
+    The built-in commands as thin methods over C{self.request(command,
+    *args, headers=, body=, timeout=)}, which each client provides: they
+    return whatever it returns (a Deferred, or a L{Reply}). The commands
+    that bring pushes (WATCH, UNWATCH, REMIND) differ between the clients
+    and are theirs.
+    """
+
+    def ping(self, **kw):
+        return self.request("PING", **kw)
+
+    def echo(self, *words: str, **kw):
+        return self.request("ECHO", *words, **kw)
+
+    def get(self, *ids: str, include: str | Iterable[str] | None = None, **kw):
+        """C{GET}; C{include} names fields whose documents to include."""
+        return self.request("GET", *ids, headers=includeHeader(include), **kw)
+
+    def put(self, id: str, document, ifMatch: int | None = None, **kw):
+        """C{PUT} a document (a JSON-able object, or bytes sent as they are)."""
+        headers = [] if ifMatch is None else [("If-Match", str(ifMatch))]
+        return self.request("PUT", id, headers=headers, body=documentBody(document), **kw)
+
+    def delete(self, *ids: str, **kw):
+        return self.request("DELETE", *ids, **kw)
+
+    def sleep(self, seconds: float, **kw):
+        return self.request("SLEEP", formatSeconds(seconds), **kw)
+
+    def quit(self):
+        """C{QUIT}: the server replies, then closes the connection."""
+        return self.request("QUIT")

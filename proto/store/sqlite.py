@@ -16,7 +16,9 @@ threads, each with its own connection, each running a L{_Worker} loop:
     them.
   - the B{reader} does the same for reads, each batch in one read
     transaction. The file is in WAL mode, so reads run concurrently with
-    the writer and see the last committed state.
+    the writer and see the last committed state. A read issued while
+    writes are unfinished joins the writer's queue instead, behind them
+    (read-your-writes; see L{SQLiteStore.get}).
 
 Results go back to the reactor thread with C{callFromThread}. After a
 write batch has committed, first each of its changes is published to the
@@ -416,8 +418,9 @@ class SQLiteStore:
 
     @ivar path: the database file.
     @ivar commits: write transactions committed so far.
-    @ivar writes: write operations run in those transactions (so
-        C{writes / commits} is the mean group-commit batch size).
+    @ivar writes: operations run in those transactions (so C{writes /
+        commits} is the mean group-commit batch size); a read that had to
+        queue behind unfinished writes runs there too and is counted.
     """
 
     def __init__(self, path: str, hub: Any = None, reactor: Any = None) -> None:
