@@ -28,6 +28,7 @@ abort timer), and the producer must be unregistered before a close.
 from __future__ import annotations
 
 import datetime
+from time import perf_counter
 from typing import Callable, Iterable
 
 from twisted.internet import defer
@@ -40,6 +41,7 @@ from zope.interface import implementer
 from proto import wire
 from proto.admission import Identity, identityOfDER, judge
 from proto.commands.base import CommandError, ICommandContext, Result
+from proto.stats import REFUSED_HANDSHAKE_TIMEOUT, UNKNOWN_COMMAND
 from proto.tls import peerCertificateDER
 
 HANDSHAKING = "handshaking"
@@ -87,6 +89,11 @@ class GNPServerProtocol(LineReceiver):
         self.clock = factory.clock
         self.store = factory.store
         self.hub = factory.hub
+        self.stats = factory.stats
+        self._commandStats = factory.stats.commands
+        #: For CLIENTS: when admitted (clock seconds), requests received.
+        self.admittedAt = 0.0
+        self.requestCount = 0
         # LineReceiver's MAX_LENGTH counts a line without its delimiter; the
         # head limit counts the whole head including the empty line.
         self.MAX_LENGTH = self.config.maxHead - len(wire.HEAD_END)
@@ -116,6 +123,7 @@ class GNPServerProtocol(LineReceiver):
         if setNoDelay is not None:
             setNoDelay(True)
         self.transport.registerProducer(self, True)
+        self._openedAt = perf_counter()
         self.factory.connectionOpened(self)
         self._handshakeTimer = self.clock.callLater(
             self.config.handshakeTimeout, self._handshakeTimedOut
@@ -125,6 +133,7 @@ class GNPServerProtocol(LineReceiver):
         self._cancelTimer("_handshakeTimer")
         if self.state != HANDSHAKING:
             return
+        self.stats.handshake.observe(perf_counter() - self._openedAt)
         der = peerCertificateDER(self.transport)
         if der is not None:
             self.identity = identityOfDER(der)
@@ -139,6 +148,7 @@ class GNPServerProtocol(LineReceiver):
                 peer=self.peer, sha1=who and who.sha1, cn=who and who.commonName,
                 reason=reason, admitted=False,
             )
+            self.stats.refusedFor(reason)
             self._closeWith(wire.encodeGreeting(reason))
             return
         self.log.info(
@@ -146,6 +156,8 @@ class GNPServerProtocol(LineReceiver):
             peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
         )
         self.state = READY
+        self.admittedAt = self.clock.seconds()
+        self.stats.certificateSeen(who)
         self.factory.connectionAdmitted(self)
         self.transport.write(wire.encodeGreeting())
         self._lastActivity = self.clock.seconds()
@@ -206,6 +218,9 @@ class GNPServerProtocol(LineReceiver):
             self.paused = False
             self.transport.resumeProducing()
         if data:
+            self.stats.bytesOut += len(data)
+            if data.startswith(b"ERR"):
+                self.stats.errors += 1
             self.transport.write(data)
         self.transport.loseConnection()
         self._abortTimer = self.clock.callLater(self.config.closeGrace, self._abort)
@@ -232,6 +247,8 @@ class GNPServerProtocol(LineReceiver):
         self._handshakeTimer = None
         if self.state == HANDSHAKING:
             self.log.info("Handshake timeout from {peer}", peer=self.peer)
+            refused = self.stats.refused
+            refused[REFUSED_HANDSHAKE_TIMEOUT] = refused.get(REFUSED_HANDSHAKE_TIMEOUT, 0) + 1
             self.state = CLOSING
             self.transport.unregisterProducer()
             self.transport.abortConnection()
@@ -308,6 +325,7 @@ class GNPServerProtocol(LineReceiver):
             return
         if data:
             self._lastActivity = self._now()
+            self.stats.bytesIn += len(data)
         if self._buffer:
             buf, self._buffer = self._buffer + data, b""
         else:
@@ -387,36 +405,53 @@ class GNPServerProtocol(LineReceiver):
     # -- commands --------------------------------------------------------
 
     def _dispatch(self, request: wire.Request) -> None:
+        started = perf_counter()
         sequence = request.sequence
+        self.requestCount += 1
+        counts = self._commandStats.get(request.command)
+        if counts is None:
+            counts = self.stats.command(UNKNOWN_COMMAND)
+        counts.received += 1
         if request.error is not None:
-            self._write(wire.encodeError(request.error, sequence))
+            self._writeError(wire.encodeError(request.error, sequence), counts, started)
             return
         if sequence in self._inflight:
-            self._write(
-                wire.encodeError(f"Sequence already in flight: {sequence}", sequence)
+            self._writeError(
+                wire.encodeError(f"Sequence already in flight: {sequence}", sequence),
+                counts, started,
             )
             return
         handler = self._handlers.get(request.command)
         if handler is None:
-            self._write(
-                wire.encodeError(f"Unknown command: {request.command}", sequence)
+            self._writeError(
+                wire.encodeError(f"Unknown command: {request.command}", sequence),
+                counts, started,
             )
             return
         try:
             result = handler(self, request)
         except Exception:
-            self._write(self._failureReply(Failure(), request))
+            self._writeError(self._failureReply(Failure(), request), counts, started)
             return
         # Deferred is generic (an ABC), so isinstance() on it is slow: the
         # common result, bytes, skips that check.
         if type(result) is not bytes and isinstance(result, defer.Deferred):
-            self._track(request, result)
+            self._track(request, result, counts, started)
             return
         self._write(self._successReply(result, sequence))
+        counts.ok += 1
+        counts.latency.observe(perf_counter() - started)
         if self.state is QUITTING:
             self._finishQuit()
 
-    def _track(self, request: wire.Request, d: defer.Deferred) -> None:
+    def _writeError(self, data: bytes, counts, started: float) -> None:
+        """Send a per-request C{ERR} reply and count it."""
+        self._write(data)
+        counts.err += 1
+        counts.latency.observe(perf_counter() - started)
+        self.stats.errors += 1
+
+    def _track(self, request: wire.Request, d: defer.Deferred, counts, started: float) -> None:
         sequence = request.sequence
         if request.timeout is not None:
             d.addTimeout(request.timeout, self.clock)
@@ -430,10 +465,11 @@ class GNPServerProtocol(LineReceiver):
             if isinstance(result, Failure):
                 if self.state in (CLOSING, CLOSED) and result.check(defer.CancelledError):
                     return None
-                reply = self._failureReply(result, request)
+                self._writeError(self._failureReply(result, request), counts, started)
             else:
-                reply = self._successReply(result, sequence)
-            self._write(reply)
+                self._write(self._successReply(result, sequence))
+                counts.ok += 1
+                counts.latency.observe(perf_counter() - started)
             if _INFLIGHT in self._pauses and len(self._inflight) < self.config.maxInflight // 2:
                 self._resume(_INFLIGHT)
             if self.state == QUITTING:
@@ -473,6 +509,7 @@ class GNPServerProtocol(LineReceiver):
         replies are collected and written together when it is done.
         """
         if self.state is READY or self.state is QUITTING:
+            self.stats.bytesOut += len(data)
             replies = self._replies
             if replies is not None:
                 replies.append(data)
@@ -495,6 +532,7 @@ class GNPServerProtocol(LineReceiver):
     # -- ICommandContext ---------------------------------------------------
 
     def push(self, sequence: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
+        self.stats.pushes += 1
         self._write(wire.encodePush(sequence, body, headers))
 
     def congested(self) -> bool:

@@ -20,6 +20,7 @@ from proto import wire
 from proto.admission import AllowList
 from proto.commands.base import CommandRegistry
 from proto.protocol import GNPServerProtocol
+from proto.stats import ServerStats
 
 
 @dataclass
@@ -74,15 +75,21 @@ class GNPServerFactory(ServerFactory):
         self.clock = clock
         self.connections: set[GNPServerProtocol] = set()
         self.admitted: set[GNPServerProtocol] = set()
+        #: Counters for STATS, CLIENTS and the metrics (L{proto.stats}).
+        self.stats = ServerStats(clock)
+        for name in self.registry.names():
+            self.stats.command(name)
 
     def buildProtocol(self, addr) -> GNPServerProtocol:
         return self.protocol(self)
 
     def connectionOpened(self, proto: GNPServerProtocol) -> None:
         self.connections.add(proto)
+        self.stats.accepted += 1
 
     def connectionAdmitted(self, proto: GNPServerProtocol) -> None:
         self.admitted.add(proto)
+        self.stats.admittedTotal += 1
 
     def connectionClosed(self, proto: GNPServerProtocol) -> None:
         self.connections.discard(proto)

@@ -75,6 +75,9 @@ class Options(usage.Options):
          "Close a connection with nothing to do for this many seconds (0: never).",
          _nonNegativeFloat],
         ["max-connections", None, 10000, "Most admitted connections at once.", _positiveInt],
+        ["metrics", None, None,
+         "Serve /metrics (Prometheus) and /healthz over HTTP on this Twisted endpoint "
+         "description, e.g. tcp:9464:interface=127.0.0.1. [default: off]"],
     ]
 
     def __init__(self) -> None:
@@ -138,6 +141,30 @@ def _firstPort(descriptions: list[str]) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _learnCertificates(factory, dataDir: str) -> None:
+    """
+    Remember the client certificates kept as PEM files in the data
+    directory (the first-start client, minted ones), so that their expiry
+    is exported before they first connect.
+    """
+    import glob
+
+    from cryptography import x509
+
+    from proto.admission import identityOfDER
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    for path in sorted(glob.glob(os.path.join(dataDir, "*.pem"))):
+        if os.path.basename(path) == datadir.SERVER_CERT:
+            continue
+        try:
+            with open(path, "rb") as f:
+                cert = x509.load_pem_x509_certificate(f.read())
+        except (OSError, ValueError):
+            continue
+        factory.stats.certificateSeen(identityOfDER(cert.public_bytes(Encoding.DER)))
+
+
 def makeService(options: Options) -> service.IService:
     """Build the server's service tree from parsed L{Options}."""
     from twisted.internet import reactor
@@ -176,10 +203,20 @@ def makeService(options: Options) -> service.IService:
         options.config(), lambda: allowFile.current, store=store, hub=hub, clock=reactor
     )
     allowFile.onChange = factory.allowListChanged
+    if hasattr(store, "commitObserver"):
+        store.commitObserver = factory.stats.commitObserved
+    _learnCertificates(factory, dataDir)
 
     top = service.MultiService()
     StoreService(store).setServiceParent(top)
     TimerService(ALLOWLIST_POLL_SECONDS, allowFile.check).setServiceParent(top)
+    if options["metrics"]:
+        from proto.metrics import metricsService
+
+        try:
+            metricsService(reactor, options["metrics"], factory, store).setServiceParent(top)
+        except ValueError as e:
+            raise usage.UsageError(f"--metrics {options['metrics']!r}: {e}") from None
     for listener in listenServices(reactor, options["listen"], creator, factory):
         listener.setServiceParent(top)
     _announce(options, report, certPath, keyPath, allowPath)

@@ -63,6 +63,7 @@ from typing import Any, Iterator
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proto.commands.base import (
@@ -81,6 +82,7 @@ from proto.store.base import (
     checkId,
 )
 
+_log = Logger()
 registry = CommandRegistry()
 
 #: A watch is dropped when its connection was congested for this many
@@ -310,6 +312,14 @@ class _Watch:
         )
         self._ctx.push(self._sequence, _jsonBytes({"Type": "Dropped", "Reason": reason}))
         self._ctx.unsubscribe(self._sequence)
+        stats = getattr(self._ctx, "stats", None)
+        if stats is not None:
+            stats.watchesDropped += 1
+        _log.info(
+            "Dropped WATCH {sequence} of {peer}: {reason}",
+            sequence=self._sequence, peer=getattr(self._ctx, "peer", "?"), reason=reason,
+            event="watch_dropped",
+        )
 
     def cancel(self) -> None:
         """Stop watching (UNWATCH, the connection ended, or dropped)."""
@@ -322,6 +332,11 @@ class _Watch:
 #: The active watches of each connection, by the WATCH's sequence, so that
 #: UNWATCH ends only watches (not, say, a REMIND).
 _watches: WeakKeyDictionary[Any, dict[str, _Watch]] = WeakKeyDictionary()
+
+
+def watchCount(ctx: Any) -> int:
+    """How many WATCHes are active on a connection (for CLIENTS)."""
+    return len(_watches.get(ctx, ()))
 
 
 @registry.command("WATCH")

@@ -50,6 +50,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
@@ -293,8 +294,10 @@ class _Worker:
         @param openSession: opens the session, on the worker's thread.
         @param reactor: provides C{callFromThread}.
         @param batchDone: called on the reactor thread with the size of
-            each successful batch and what C{session.runBatch} returned
-            besides the results, before the batch's Deferreds fire.
+            each successful batch, what C{session.runBatch} returned
+            besides the results, and the seconds the batch took (its
+            transaction, commit included), before the batch's Deferreds
+            fire.
         """
         self._name = name
         self._openSession = openSession
@@ -353,12 +356,14 @@ class _Worker:
         self._reactor.callFromThread(self._ready.callback, None)
         try:
             while (jobs := self._take()) is not None:
+                started = time.perf_counter()
                 try:
                     outcomes, info = session.runBatch([job.work for job in jobs])
                 except Exception:
                     failure = Failure()
                     outcomes, info = [failure] * len(jobs), None
-                self._reactor.callFromThread(self._deliver, jobs, outcomes, info)
+                seconds = time.perf_counter() - started
+                self._reactor.callFromThread(self._deliver, jobs, outcomes, info, seconds)
         finally:
             session.close()
             self._reactor.callFromThread(self._ended)
@@ -377,9 +382,9 @@ class _Worker:
                     return None
                 self._lock.wait()
 
-    def _deliver(self, jobs: list[_Job], outcomes: list[Any], info: Any) -> None:
+    def _deliver(self, jobs: list[_Job], outcomes: list[Any], info: Any, seconds: float) -> None:
         if self._batchDone is not None and info is not None:
-            self._batchDone(len(jobs), info)
+            self._batchDone(len(jobs), info, seconds)
         for job, outcome in zip(jobs, outcomes):
             if job.deferred.called:
                 continue  # Cancelled while running: nobody is waiting.
@@ -438,6 +443,9 @@ class SQLiteStore:
         self.path = path
         self.commits = 0
         self.writes = 0
+        #: Called as C{commitObserver(operations, seconds)} after each
+        #: write transaction commits (the metrics use it), or C{None}.
+        self.commitObserver: Callable[[int, float], None] | None = None
         self._unfinishedWrites = 0
         self._hub = hub
         self._started = False
@@ -540,10 +548,12 @@ class SQLiteStore:
         self._unfinishedWrites -= 1
         return result
 
-    def _committed(self, size: int, changes: list[Change]) -> None:
+    def _committed(self, size: int, changes: list[Change], seconds: float) -> None:
         """On the reactor thread, after a write batch committed."""
         self.commits += 1
         self.writes += size
+        if self.commitObserver is not None:
+            self.commitObserver(size, seconds)
         if self._hub is not None:
             for id, type, etag in changes:
                 self._hub.publish(id, type, etag)
