@@ -306,7 +306,7 @@ def metricsService(reactor, description: str, factory=None, store=None,
     """
     mirror = None
     if factory is not None:
-        mirror = PrometheusMirror(factory)
+        mirror = getattr(factory, "metricsMirror", None) or PrometheusMirror(factory)
         factory.metricsMirror = mirror
     site = metricsSite(mirror, factory, store, reactor, draining)
     listener = internet.StreamServerEndpointService(

@@ -201,6 +201,7 @@ class GNPServerProtocol(LineReceiver):
         """
         if self.state in (CLOSING, CLOSED):
             return
+        admitted = self.state is READY or self.state is QUITTING
         replies, self._replies = self._replies, None
         if replies:
             # Replies already due go out before the final frame.
@@ -219,7 +220,7 @@ class GNPServerProtocol(LineReceiver):
             self.transport.resumeProducing()
         if data:
             self.stats.bytesOut += len(data)
-            if data.startswith(b"ERR"):
+            if admitted and data.startswith(b"ERR"):
                 self.stats.errors += 1
             self.transport.write(data)
         self.transport.loseConnection()

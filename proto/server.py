@@ -39,9 +39,9 @@ class ServerConfig:
 
 def defaultRegistry() -> CommandRegistry:
     """Every built-in command: connection commands and the document store."""
-    from proto.commands import builtin, documents
+    from proto.commands import admin, builtin, documents
 
-    return builtin.registry.merged(documents.registry)
+    return builtin.registry.merged(documents.registry).merged(admin.registry)
 
 
 class GNPServerFactory(ServerFactory):
@@ -75,6 +75,11 @@ class GNPServerFactory(ServerFactory):
         self.clock = clock
         self.connections: set[GNPServerProtocol] = set()
         self.admitted: set[GNPServerProtocol] = set()
+        #: Where other processes of this server leave their snapshots
+        #: (C{<data-dir>/run}, with several workers), or C{None}.
+        self.runDir: str | None = None
+        #: Where BACKUP writes (C{<data-dir>/backups}), or C{None}.
+        self.backupDir: str | None = None
         #: Counters for STATS, CLIENTS and the metrics (L{proto.stats}).
         self.stats = ServerStats(clock)
         for name in self.registry.names():

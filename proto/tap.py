@@ -165,6 +165,36 @@ def _learnCertificates(factory, dataDir: str) -> None:
         factory.stats.certificateSeen(identityOfDER(cert.public_bytes(Encoding.DER)))
 
 
+def _shareStats(factory, dataDir: str, parent) -> None:
+    """
+    With several worker processes (the supervisor sets
+    C{PROMETHEUS_MULTIPROC_DIR} for them), each writes its STATS/CLIENTS
+    snapshot to C{<data-dir>/run/} every second and copies its counters
+    into prometheus-client's shared files, so that any process answers
+    for the whole server.
+    """
+    from proto.metrics import MIRROR_SECONDS, PrometheusMirror, multiprocessDirectory
+    from proto.stats import SnapshotWriter, runDirectory
+
+    if multiprocessDirectory() is None:
+        return
+    factory.runDir = runDirectory(dataDir)
+    writer = SnapshotWriter(factory, factory.runDir)
+    mirror = factory.metricsMirror = PrometheusMirror(factory)
+
+    def tick() -> None:
+        writer.write()
+        mirror.sync()
+
+    class _Snapshots(TimerService):
+        def stopService(self):
+            result = super().stopService()
+            writer.remove()
+            return result
+
+    _Snapshots(MIRROR_SECONDS, tick).setServiceParent(parent)
+
+
 def makeService(options: Options) -> service.IService:
     """Build the server's service tree from parsed L{Options}."""
     from twisted.internet import reactor
@@ -206,10 +236,12 @@ def makeService(options: Options) -> service.IService:
     if hasattr(store, "commitObserver"):
         store.commitObserver = factory.stats.commitObserved
     _learnCertificates(factory, dataDir)
+    factory.backupDir = os.path.join(dataDir, "backups")
 
     top = service.MultiService()
     StoreService(store).setServiceParent(top)
     TimerService(ALLOWLIST_POLL_SECONDS, allowFile.check).setServiceParent(top)
+    _shareStats(factory, dataDir, top)
     if options["metrics"]:
         from proto.metrics import metricsService
 

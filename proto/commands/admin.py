@@ -1,0 +1,122 @@
+"""
+Admin commands for operators (PROTOCOL.md section 9): C{STATS}, C{CLIENTS}
+and C{BACKUP}.
+
+They see the whole server: with several worker processes each process
+writes its snapshot to C{<data-dir>/run/} every second and these commands
+add up every live process's (L{proto.stats}); the answering process uses
+its own, fresher, numbers.
+
+Permission: these are admin commands. Until the allow-list carries
+permission levels, every admitted client may use them (README says so).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from twisted.internet import defer
+
+from proto import stats as S
+from proto.commands.base import CommandError, CommandRegistry, requireArgs
+
+registry = CommandRegistry()
+
+#: The commands of this module, for permission declarations.
+ADMIN_COMMANDS = ("STATS", "CLIENTS", "BACKUP")
+
+
+def serverVersion() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("proto")
+    except Exception:
+        return "unknown"
+
+
+def _snapshots(factory) -> list[dict[str, Any]]:
+    own = S.processSnapshot(factory)
+    runDir = getattr(factory, "runDir", None)
+    if not runDir:
+        return [own]
+    return [own, *S.readSnapshots(runDir, skipPid=own["Pid"])]
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, ensure_ascii=False).encode("utf-8")
+
+
+@registry.command("STATS")
+def stats(ctx, request) -> defer.Deferred[bytes]:
+    """
+    C{STATS}: JSON with C{Version}, C{Uptime}, C{Connections}, C{Requests},
+    C{Errors}, C{Watches} and C{Store} for the whole server.
+    """
+    requireArgs(request, 0, 0, "STATS")
+    factory = ctx.factory
+    merged = S.mergeStats(_snapshots(factory))
+    reply = {
+        "Version": serverVersion(),
+        "Uptime": round(max(0.0, time.time() - merged.pop("Started")), 3),
+        **merged,
+        "Store": {"Documents": None, "Etag": None},
+    }
+    store = ctx.store
+    summary = getattr(store, "summary", None)
+    if summary is None:
+        return defer.succeed(_json(reply))
+
+    def withStore(result: dict[str, int]) -> bytes:
+        reply["Store"] = {"Documents": result["Documents"], "Etag": result["Etag"]}
+        return _json(reply)
+
+    def storeFailed(failure) -> bytes:
+        raise CommandError(f"STATS: the store could not be read: {failure.getErrorMessage()}")
+
+    return summary().addCallbacks(withStore, storeFailed)
+
+
+@registry.command("CLIENTS")
+def clients(ctx, request) -> bytes:
+    """
+    C{CLIENTS}: JSON list, one object per admitted connection of the whole
+    server: C{Peer}, C{Sha1}, C{Name}, C{CN}, C{Since}, C{Requests},
+    C{InFlight}, C{Watches}.
+    """
+    requireArgs(request, 0, 0, "CLIENTS")
+    out = []
+    for snap in _snapshots(ctx.factory):
+        out.extend(snap["Clients"])
+    out.sort(key=lambda entry: (entry["Since"], entry["Peer"]))
+    return _json(out)
+
+
+@registry.command("BACKUP")
+def backup(ctx, request) -> defer.Deferred[bytes]:
+    """
+    C{BACKUP}: a consistent copy of the SQLite store in
+    C{<data-dir>/backups/}, made online with SQLite's backup API; replies
+    JSON C{{"File", "Path", "Size"}}. Stores without it (PostgreSQL) say
+    to use their own tool.
+    """
+    requireArgs(request, 0, 0, "BACKUP")
+    store = ctx.store
+    directory = getattr(ctx.factory, "backupDir", None)
+    make = getattr(store, "backup", None)
+    if make is None or directory is None:
+        advice = getattr(store, "backupAdvice", None)
+        raise CommandError(
+            advice or "BACKUP: this server's store cannot be backed up from here"
+        )
+
+    def done(path: str) -> bytes:
+        return _json({"File": os.path.basename(path), "Path": path, "Size": os.path.getsize(path)})
+
+    def failed(failure) -> bytes:
+        raise CommandError(f"BACKUP failed: {failure.getErrorMessage()}")
+
+    return make(directory).addCallbacks(done, failed)
