@@ -55,10 +55,6 @@ class ICommandContext(Interface):
     store = Attribute("The IDocumentStore of the server (proto.store.base).")
     hub = Attribute("The server's ChangeHub: WATCH subscribes to it.")
     peer = Attribute("A short printable name of the peer, for logs.")
-    factory = Attribute(
-        "The server factory (GNPServerFactory): admin commands read its "
-        "connections, stats, runDir and backupDir."
-    )
 
     def push(sequence: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
         """
