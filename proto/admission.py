@@ -8,9 +8,11 @@ refused client can be told in words why.
 
 The allow-list file has one thumbprint per line: SHA-1 (40 hex digits) or
 SHA-256 (64 hex digits) of the DER certificate, any case, C{:} separators
-allowed, an optional name after it, and C{#} comments. L{AllowListFile}
-re-reads it when it changes, and keeps the last good list when the new one
-is unreadable or malformed.
+allowed, an optional name after it (separated by spaces or tabs), and
+C{#} comments; a UTF-8 byte-order mark is ignored. L{AllowListFile}
+re-reads it when it changes (once the change has settled, so a file caught
+half-written is not applied), and keeps the last good list when the new
+one is unreadable or malformed.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from twisted.logger import Logger
 from proto import certs
 
 _HEX = re.compile(r"[0-9a-f]+\Z")
+_NOTHING = object()
 
 
 class AllowListError(ValueError):
@@ -54,11 +57,14 @@ class AllowList:
         @raise AllowListError: naming the first bad line.
         """
         names: dict[str, str] = {}
+        if text.startswith("\ufeff"):
+            text = text[1:]  # a byte-order mark, as some editors write
         for number, raw in enumerate(text.splitlines(), 1):
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
-            thumb, _, name = line.partition(" ")
+            # Any white space (spaces, tabs) separates the name.
+            thumb, _, name = line.replace("\t", " ").partition(" ")
             digest = normaliseThumbprint(thumb)
             if digest is None:
                 raise AllowListError(
@@ -162,6 +168,13 @@ class AllowListFile:
     Call L{check} periodically (the server does, every second, from a
     C{TimerService}); C{onChange(newList)} is called after each successful
     reload that changed the list.
+
+    A change is applied only once the file has stayed the same for one
+    more check: an editor that truncates the file and then writes it can
+    be caught in between, and a half-written list would revoke the clients
+    missing from it (issue 12). L{reload} (on SIGHUP) applies the file at
+    once. The safe way to edit is still to replace the file atomically
+    (write a new file, then rename it over the old one).
     """
 
     log = Logger()
@@ -170,6 +183,8 @@ class AllowListFile:
         self.path = path
         self.onChange = onChange
         self._stamp: tuple | None = None
+        #: The changed stamp seen at the last check, waiting to settle.
+        self._unsettled: object = _NOTHING
         self.current = AllowList({})
         self.current = self._read()
         self._stamp = self._statStamp()
@@ -189,20 +204,35 @@ class AllowListFile:
         with open(self.path, "rb") as f:
             data = f.read()
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise AllowListError("the file is not UTF-8 text") from None
         return AllowList.parse(text)
 
     def check(self) -> bool:
         """
-        Re-read the file if it changed. Return C{True} if the list changed.
-        Never raises: a bad file is logged and the last good list stays.
+        Re-read the file if it changed and has not changed since the
+        previous check. Return C{True} if the list changed. Never raises: a
+        bad file is logged and the last good list stays.
         """
         stamp = self._statStamp()
         if stamp == self._stamp:
+            self._unsettled = _NOTHING
             return False
-        self._stamp = stamp
+        if stamp != self._unsettled:
+            # Changed since the last look: it may be half-written.
+            self._unsettled = stamp
+            return False
+        return self.reload()
+
+    def reload(self) -> bool:
+        """
+        Re-read the file now (SIGHUP), changed or not. Return C{True} if
+        the list changed. Never raises, as L{check}.
+        """
+        self._unsettled = _NOTHING
+        # Stat before reading: a change made meanwhile is seen next time.
+        self._stamp = self._statStamp()
         try:
             new = self._read()
         except (OSError, AllowListError) as e:

@@ -6,11 +6,30 @@ C{LineReceiver} whose "line" is a whole request head (the delimiter is the
 empty line, C{\\r\\n\\r\\n}); bodies are read in raw mode. The life of a
 connection::
 
-    handshaking --(certificate admitted)--> ready --(QUIT)--> quitting
-         |                                    |                  |
-         +--(refused / timeout)--> closing <--+--(framing error)-+
-                                      |
-                                   closed
+    handshaking --(certificate admitted)--> ready --(QUIT, framing error,
+         |                                    |      revocation, shutdown)
+         |                                    v
+         |                                 draining --(every request
+         |                                    |         accepted answered)
+         +--(refused / timeout)----------> closing <----+
+                                              |
+                                           closed
+
+Draining (L{GNPServerProtocol.drainThenClose}) is how every connection
+ends once it was admitted: read nothing more, let the requests already
+accepted finish (each within its Timeout, all within a bounded grace) and
+send their replies, then the final frame (the fatal C{ERR}, say), then
+close. So every request gets exactly one reply (PROTOCOL.md section 4)
+and replies already due go before the final C{ERR} (section 5), also when
+a later request breaks the framing.
+
+A request body must keep arriving: a pending body that gets no byte for
+C{bodyTimeout} seconds ends the connection with a fatal C{ERR}. The
+bytes of partial bodies are reserved against one budget shared by all
+connections (C{maxPendingBodies}, see L{proto.server.GNPServerFactory}
+C{reserveBody}); a body that does not fit is read and dropped, and its
+request answered C{ERR}, so partial bodies can never hold more memory
+than that budget.
 
 Replies are written in completion order: a command that returns a
 Deferred does not hold back the requests after it. Flow control: the
@@ -44,7 +63,7 @@ from proto.tls import peerCertificateDER
 
 HANDSHAKING = "handshaking"
 READY = "ready"
-QUITTING = "quitting"
+DRAINING = "draining"
 CLOSING = "closing"
 CLOSED = "closed"
 
@@ -55,6 +74,11 @@ _simpleRequest = wire.simpleRequest
 #: resume cannot undo the other pause.
 _TRANSPORT = "transport"
 _INFLIGHT = "in-flight"
+
+#: Every timer a connection may run; all are cancelled when it closes.
+_TIMERS = (
+    "_handshakeTimer", "_headTimer", "_idleTimer", "_bodyTimer", "_drainTimer", "_abortTimer",
+)
 
 
 def printablePeer(address) -> str:
@@ -99,6 +123,13 @@ class GNPServerProtocol(LineReceiver):
         self._bodyFor: wire.Request | None = None
         self._bodyParts: list[bytes] = []
         self._bodyMissing = 0
+        #: Bytes of the budget for partial bodies this body holds (0: none
+        #: yet); C{_bodyRefused}: the body did not fit, its bytes are
+        #: dropped as they come and its request is answered ERR.
+        self._bodyHeld = 0
+        self._bodyRefused = False
+        self._bodyLast = 0.0
+        self._finalFrame = b""
         self._replies: list[bytes] | None = None
         self._now = self.clock.seconds
         self._maxHead = self.config.maxHead
@@ -106,6 +137,8 @@ class GNPServerProtocol(LineReceiver):
         self._handshakeTimer = None
         self._headTimer = None
         self._idleTimer = None
+        self._bodyTimer = None
+        self._drainTimer = None
         self._abortTimer = None
 
     # -- connection life -------------------------------------------------
@@ -154,8 +187,9 @@ class GNPServerProtocol(LineReceiver):
 
     def connectionLost(self, reason=None) -> None:
         self.state = CLOSED
-        for name in ("_handshakeTimer", "_headTimer", "_idleTimer", "_abortTimer"):
+        for name in _TIMERS:
             self._cancelTimer(name)
+        self._dropBody()
         self._cancelWork()
         self.factory.connectionClosed(self)
 
@@ -164,6 +198,9 @@ class GNPServerProtocol(LineReceiver):
         inflight, self._inflight = self._inflight, {}
         for d in inflight.values():
             d.cancel()
+        self._cancelSubscriptions()
+
+    def _cancelSubscriptions(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, {}
         for cancel in subscriptions.values():
             self._callSafely(cancel)
@@ -196,8 +233,10 @@ class GNPServerProtocol(LineReceiver):
             del replies[:]
         self.state = CLOSING
         self.clearLineBuffer()
-        for name in ("_handshakeTimer", "_headTimer", "_idleTimer"):
-            self._cancelTimer(name)
+        for name in _TIMERS:
+            if name != "_abortTimer":
+                self._cancelTimer(name)
+        self._dropBody()
         self._cancelWork()
         self.transport.unregisterProducer()
         if self._pauses:
@@ -214,17 +253,86 @@ class GNPServerProtocol(LineReceiver):
         self._abortTimer = None
         self.transport.abortConnection()
 
+    # -- draining: how an admitted connection ends ------------------------
+
+    def drainThenClose(self, finalFrame: bytes = b"", grace: float | None = None) -> None:
+        """
+        End the connection without losing a reply: read no further input,
+        let the requests already accepted finish and send their replies,
+        then send C{finalFrame} and close (PROTOCOL.md sections 4 and 5).
+        Standing subscriptions (WATCH, REMIND) end at once: pushes are not
+        replies.
+
+        @param finalFrame: sent after the last reply (a fatal C{ERR}); may
+            be empty (QUIT).
+        @param grace: seconds after which requests still running are
+            cancelled, each answered C{ERR Cancelled ...}; C{None}: wait for
+            them (each is still bounded by its own Timeout). Called again
+            while draining, a shorter grace applies (a shutdown after a
+            QUIT); the first final frame stays.
+        """
+        if self.state is DRAINING:
+            if grace is not None:
+                self._armDrainGrace(grace)
+            return
+        if self.state is not READY:
+            # Not admitted yet (or already closing): nothing accepted to wait for.
+            self._closeWith(finalFrame)
+            return
+        self.state = DRAINING
+        self._finalFrame = finalFrame
+        self.clearLineBuffer()
+        self._dropBody()
+        for name in ("_headTimer", "_idleTimer"):
+            self._cancelTimer(name)
+        self._cancelSubscriptions()
+        if grace is not None:
+            self._armDrainGrace(grace)
+        self._drainIfDone()
+
+    def _armDrainGrace(self, grace: float) -> None:
+        timer = self._drainTimer
+        deadline = self.clock.seconds() + grace
+        if timer is not None and timer.active():
+            if timer.getTime() <= deadline:
+                return
+            timer.cancel()
+        self._drainTimer = self.clock.callLater(grace, self._drainGraceOver, grace)
+
+    def _drainGraceOver(self, grace: float) -> None:
+        """Cancel what still runs; each is answered (see L{_failureReply})."""
+        self._drainTimer = None
+        if self.state is not DRAINING:
+            return
+        self.log.info(
+            "Closing {peer}: {count} request(s) did not finish within the "
+            "{grace:g} s grace, cancelled", peer=self.peer, count=len(self._inflight),
+            grace=grace,
+        )
+        for d in list(self._inflight.values()):
+            d.cancel()
+        self._drainIfDone()
+
+    def _drainIfDone(self) -> None:
+        """Close once draining and every accepted request is answered."""
+        if self.state is DRAINING and not self._inflight and self._replies is None:
+            self._cancelTimer("_drainTimer")
+            self._closeWith(self._finalFrame)
+
     def fatal(self, reason: str, sequence: str | None = None) -> None:
-        """A framing error (PROTOCOL.md section 5): ERR, flush, close."""
+        """
+        A framing error (PROTOCOL.md section 5): the replies of the
+        requests before it, then C{ERR reason}, then close.
+        """
         self.log.info(
             "Protocol error from {peer}, closing: {reason}", peer=self.peer, reason=reason
         )
-        self._closeWith(wire.encodeError(reason, sequence))
+        self.drainThenClose(wire.encodeError(reason, sequence), self.config.drainGrace)
 
     def revoke(self, reason: str) -> None:
         """End an admitted connection whose admission no longer holds."""
         self.log.info("Closing {peer}: {reason}", peer=self.peer, reason=reason)
-        self._closeWith(wire.encodeError(reason, None))
+        self.drainThenClose(wire.encodeError(reason, None), self.config.drainGrace)
 
     # -- timers ----------------------------------------------------------
 
@@ -255,7 +363,7 @@ class GNPServerProtocol(LineReceiver):
             self._idleTimer = self.clock.callLater(max(wait, 0.001), self._idleCheck)
             return
         self.log.info("Idle timeout for {peer}", peer=self.peer)
-        self._closeWith(
+        self.drainThenClose(
             wire.encodeError(
                 f"Idle timeout: no request for {self.config.idleTimeout:g} s", None
             )
@@ -281,6 +389,78 @@ class GNPServerProtocol(LineReceiver):
             self._headTimer = self.clock.callLater(
                 self.config.headTimeout, self._headTimedOut
             )
+
+    def _watchBody(self) -> None:
+        """
+        A body is pending after a chunk of input (or a resume): reserve its
+        memory the first time, note the time (bytes came, or we just
+        resumed reading, which was not the client's delay), and run the
+        body timer unless we stopped reading.
+        """
+        if not self._bodyHeld and not self._bodyRefused:
+            self._reserveBody()
+        self._bodyLast = self._now()
+        if self._bodyTimer is None and not self.paused:
+            self._bodyTimer = self.clock.callLater(
+                self.config.bodyTimeout, self._bodyTimerFired
+            )
+
+    def _bodyTimerFired(self) -> None:
+        self._bodyTimer = None
+        if self.state is not READY or not self._bodyMissing or self.paused:
+            return
+        quiet = self._now() - self._bodyLast
+        timeout = self.config.bodyTimeout
+        if quiet < timeout:
+            self._bodyTimer = self.clock.callLater(timeout - quiet, self._bodyTimerFired)
+            return
+        request = self._bodyFor
+        self.fatal(
+            f"Timeout: no byte of the {request.size}-byte body came for {timeout:g} s "
+            f"({self._bodyMissing} bytes missing)",
+            request.sequence,
+        )
+
+    def _reserveBody(self) -> None:
+        """Take the pending body's size from the server-wide budget, or refuse it."""
+        size = self._bodyFor.size
+        if self.factory.reserveBody(size):
+            self._bodyHeld = size
+            return
+        self._bodyRefused = True
+        self._bodyParts = []
+        self.log.warn(
+            "Refused a {size}-byte body from {peer}: partial bodies already hold "
+            "the server's limit of {limit} bytes",
+            size=size, peer=self.peer, limit=self.config.maxPendingBodies,
+        )
+
+    def _bodyComplete(self) -> None:
+        """The pending body is all here: run its request (or refuse it)."""
+        request, parts, refused = self._bodyFor, self._bodyParts, self._bodyRefused
+        self._dropBody()
+        if refused:
+            self._write(
+                wire.encodeError(
+                    f"Server busy: request bodies being received already hold its "
+                    f"limit of {self.config.maxPendingBodies} bytes; send this "
+                    "request again later",
+                    request.sequence,
+                )
+            )
+            return
+        request.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._dispatch(request)
+
+    def _dropBody(self) -> None:
+        """Forget the pending body (if any) and give back its memory."""
+        self._bodyFor, self._bodyParts, self._bodyMissing = None, [], 0
+        self._bodyRefused = False
+        if self._bodyHeld:
+            self.factory.releaseBody(self._bodyHeld)
+            self._bodyHeld = 0
+        if self._bodyTimer is not None:
+            self._cancelTimer("_bodyTimer")
 
     # -- input -----------------------------------------------------------
 
@@ -323,13 +503,11 @@ class GNPServerProtocol(LineReceiver):
                     missing = self._bodyMissing
                     take = buf[pos : pos + missing]
                     pos += len(take)
-                    self._bodyParts.append(take)
+                    if not self._bodyRefused:
+                        self._bodyParts.append(take)
                     self._bodyMissing = missing - len(take)
                     if not self._bodyMissing:
-                        request = self._bodyFor
-                        request.body = b"".join(self._bodyParts)
-                        self._bodyFor, self._bodyParts = None, []
-                        self._dispatch(request)
+                        self._bodyComplete()
                     continue
                 simple = matchSimple(buf, pos)
                 if simple is not None:
@@ -364,8 +542,13 @@ class GNPServerProtocol(LineReceiver):
                 self._buffer = b""
             if replies:
                 self._write(b"".join(replies) if len(replies) > 1 else replies[0])
-        if self.state is READY and (self._buffer or self._headTimer is not None):
-            self._watchHead(completed)
+        if self.state is READY:
+            if self._bodyMissing:
+                self._watchBody()
+            if self._buffer or self._headTimer is not None:
+                self._watchHead(completed)
+        else:
+            self._drainIfDone()
 
     def lineReceived(self, head: bytes) -> None:
         """One request head (without the empty line that ended it)."""
@@ -413,8 +596,6 @@ class GNPServerProtocol(LineReceiver):
             self._track(request, result)
             return
         self._write(self._successReply(result, sequence))
-        if self.state is QUITTING:
-            self._finishQuit()
 
     def _track(self, request: wire.Request, d: defer.Deferred) -> None:
         sequence = request.sequence
@@ -436,8 +617,8 @@ class GNPServerProtocol(LineReceiver):
             self._write(reply)
             if _INFLIGHT in self._pauses and len(self._inflight) < self.config.maxInflight // 2:
                 self._resume(_INFLIGHT)
-            if self.state == QUITTING:
-                self._finishQuit()
+            if self.state is DRAINING:
+                self._drainIfDone()
             return None
 
         d.addBoth(done)
@@ -459,6 +640,12 @@ class GNPServerProtocol(LineReceiver):
                 f"Timeout: {request.command} did not finish within "
                 f"{request.timeout:g} s and was cancelled"
             )
+        elif failure.check(defer.CancelledError):
+            # Only a drain's grace cancels a command on an open connection.
+            reason = (
+                f"Cancelled: the connection is closing and {request.command} did "
+                "not finish within the grace period"
+            )
         else:
             self.log.failure(
                 "Command {command} from {peer} failed", failure,
@@ -472,7 +659,7 @@ class GNPServerProtocol(LineReceiver):
         Send C{data} unless closing. While a chunk of input is being parsed,
         replies are collected and written together when it is done.
         """
-        if self.state is READY or self.state is QUITTING:
+        if self.state is READY or self.state is DRAINING:
             replies = self._replies
             if replies is not None:
                 replies.append(data)
@@ -481,16 +668,10 @@ class GNPServerProtocol(LineReceiver):
 
     def quitAfterReplies(self) -> None:
         """
-        QUIT: read no further requests; close once every reply due is sent.
+        QUIT: read no further requests; close once every reply due is sent
+        (no grace: each request still runs to its end or its Timeout).
         """
-        if self.state == READY:
-            self.state = QUITTING
-            self.clearLineBuffer()
-            self._cancelTimer("_headTimer")
-
-    def _finishQuit(self) -> None:
-        if not self._inflight:
-            self._closeWith(b"")
+        self.drainThenClose(b"", None)
 
     # -- ICommandContext ---------------------------------------------------
 
@@ -501,7 +682,7 @@ class GNPServerProtocol(LineReceiver):
         return _TRANSPORT in self._pauses
 
     def subscribe(self, sequence: str, cancel: Callable[[], None]) -> None:
-        if self.state in (CLOSING, CLOSED):
+        if self.state is not READY:
             self._callSafely(cancel)
             return
         previous = self._subscriptions.pop(sequence, None)
@@ -536,6 +717,7 @@ class GNPServerProtocol(LineReceiver):
             self.paused = True
             self.transport.pauseProducing()
             self._cancelTimer("_headTimer")
+            self._cancelTimer("_bodyTimer")
 
     def _resume(self, why: str) -> None:
         if why not in self._pauses:

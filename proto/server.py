@@ -22,6 +22,10 @@ from proto.commands.base import CommandRegistry
 from proto.protocol import GNPServerProtocol
 
 
+#: Default total for partial request bodies across all connections.
+DEFAULT_MAX_PENDING_BODIES = 256 * 1024 * 1024
+
+
 @dataclass
 class ServerConfig:
     """Limits and timeouts; the command-line options map onto these."""
@@ -34,6 +38,14 @@ class ServerConfig:
     maxConnections: int = 10000
     maxInflight: int = 1024
     closeGrace: float = 10.0
+    #: A pending body that gets no byte for this long ends the connection.
+    bodyTimeout: float = 10.0
+    #: Bytes all partial request bodies together may hold (see
+    #: L{GNPServerFactory.reserveBody}).
+    maxPendingBodies: int = DEFAULT_MAX_PENDING_BODIES
+    #: When a connection drains after a framing error or a revocation:
+    #: seconds its accepted requests get to finish before they are cancelled.
+    drainGrace: float = 10.0
 
 
 def defaultRegistry() -> CommandRegistry:
@@ -74,6 +86,11 @@ class GNPServerFactory(ServerFactory):
         self.clock = clock
         self.connections: set[GNPServerProtocol] = set()
         self.admitted: set[GNPServerProtocol] = set()
+        #: Bytes reserved by partial request bodies, all connections together.
+        self.pendingBodyBytes = 0
+        #: Why new connections are refused once L{drainAll} was called.
+        self.drainingReason: str | None = None
+        self._drained: list[defer.Deferred] = []
 
     def buildProtocol(self, addr) -> GNPServerProtocol:
         return self.protocol(self)
@@ -87,9 +104,55 @@ class GNPServerFactory(ServerFactory):
     def connectionClosed(self, proto: GNPServerProtocol) -> None:
         self.connections.discard(proto)
         self.admitted.discard(proto)
+        if self._drained and not self.connections:
+            waiting, self._drained = self._drained, []
+            for d in waiting:
+                d.callback(None)
+
+    def drainAll(self, reason: str = "Server shutting down", grace: float = 10.0) -> defer.Deferred:
+        """
+        End every connection without losing a reply: each admitted one
+        drains (L{GNPServerProtocol.drainThenClose}: reads nothing more,
+        its accepted requests finish within C{grace} seconds or are
+        answered C{ERR Cancelled}, then C{ERR reason}, then close).
+        Connections still in their TLS handshake, and any that arrive
+        later, are refused with C{reason} once their handshake completes.
+        Stopping the listeners is the caller's job (so is calling this
+        again with a shorter grace, if it wants to).
+
+        @return: a Deferred that fires when no connection is left.
+        """
+        self.drainingReason = reason
+        frame = wire.encodeError(reason, None)
+        for proto in list(self.admitted):
+            proto.drainThenClose(frame, grace)
+        if not self.connections:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._drained.append(d)
+        return d
+
+    def reserveBody(self, size: int) -> bool:
+        """
+        Reserve C{size} bytes for a request body that is still arriving.
+        Partial bodies of all connections together hold at most
+        C{config.maxPendingBodies} bytes: past it the body is refused
+        (the connection reads and drops it, and answers its request ERR).
+        Bodies that arrive whole with their head reserve nothing.
+        """
+        if self.pendingBodyBytes + size > self.config.maxPendingBodies:
+            return False
+        self.pendingBodyBytes += size
+        return True
+
+    def releaseBody(self, size: int) -> None:
+        """Give back what L{reserveBody} reserved."""
+        self.pendingBodyBytes -= size
 
     def overloadReason(self) -> str | None:
         """Why a new connection must be refused for load, or C{None}."""
+        if self.drainingReason is not None:
+            return self.drainingReason
         if len(self.admitted) >= self.config.maxConnections:
             return (
                 f"Too many connections: the server's limit of "

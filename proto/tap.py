@@ -18,7 +18,10 @@ from twisted.python import usage
 
 from proto import datadir, wire
 from proto.admission import AllowListError, AllowListFile
-from proto.server import GNPServerFactory, ServerConfig, listenServices
+from proto.server import (
+    DEFAULT_MAX_PENDING_BODIES, GNPServerFactory, ServerConfig, listenServices,
+)
+from proto.sighup import SighupService
 from proto.tls import ServerTLS
 
 log = Logger()
@@ -71,6 +74,13 @@ class Options(usage.Options):
          "Seconds a client has to finish the TLS handshake.", _nonNegativeFloat],
         ["head-timeout", None, 10.0,
          "Seconds a request head may take to arrive, from its first byte.", _nonNegativeFloat],
+        ["body-timeout", None, 10.0,
+         "Close a connection whose request body gets no byte for this many seconds.",
+         _nonNegativeFloat],
+        ["max-pending-bodies", None, DEFAULT_MAX_PENDING_BODIES,
+         "Bytes that request bodies still arriving may hold, all connections "
+         "together; past it a body is read and dropped and its request answered "
+         "ERR Server busy.", _positiveInt],
         ["idle-timeout", None, 300.0,
          "Close a connection with nothing to do for this many seconds (0: never).",
          _nonNegativeFloat],
@@ -88,8 +98,15 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if (self["cert"] is None) != (self["key"] is None):
             raise usage.UsageError("--cert and --key go together: give both or neither")
-        if self["handshake-timeout"] <= 0 or self["head-timeout"] <= 0:
-            raise usage.UsageError("--handshake-timeout and --head-timeout must be > 0")
+        if min(self["handshake-timeout"], self["head-timeout"], self["body-timeout"]) <= 0:
+            raise usage.UsageError(
+                "--handshake-timeout, --head-timeout and --body-timeout must be > 0"
+            )
+        if self["max-pending-bodies"] < self["max-body"]:
+            raise usage.UsageError(
+                "--max-pending-bodies must be at least --max-body "
+                f"({self['max-body']}), or no body that size could ever be read"
+            )
         if self["max-head"] < 64:
             raise usage.UsageError("--max-head must be at least 64 bytes")
 
@@ -99,6 +116,8 @@ class Options(usage.Options):
             maxBody=self["max-body"],
             handshakeTimeout=self["handshake-timeout"],
             headTimeout=self["head-timeout"],
+            bodyTimeout=self["body-timeout"],
+            maxPendingBodies=self["max-pending-bodies"],
             idleTimeout=self["idle-timeout"],
             maxConnections=self["max-connections"],
         )
@@ -180,6 +199,9 @@ def makeService(options: Options) -> service.IService:
     top = service.MultiService()
     StoreService(store).setServiceParent(top)
     TimerService(ALLOWLIST_POLL_SECONDS, allowFile.check).setServiceParent(top)
+    hup = SighupService(reactor)
+    hup.add("the allow-list", allowFile.reload)
+    hup.setServiceParent(top)
     for listener in listenServices(reactor, options["listen"], creator, factory):
         listener.setServiceParent(top)
     _announce(options, report, certPath, keyPath, allowPath)
