@@ -85,6 +85,9 @@ class Options(usage.Options):
          "Close a connection with nothing to do for this many seconds (0: never).",
          _nonNegativeFloat],
         ["max-connections", None, 10000, "Most admitted connections at once.", _positiveInt],
+        ["retain-changes", None, 100_000,
+         "Keep at least this many of the newest changes in the change log, which "
+         "WATCH with Since replays (at least 1).", _positiveInt],
     ]
 
     def __init__(self) -> None:
@@ -187,7 +190,9 @@ def makeService(options: Options) -> service.IService:
 
     hub = ChangeHub()
     try:
-        store = openStore(options["store"], dataDir, hub=hub)
+        store = openStore(
+            options["store"], dataDir, hub=hub, retainChanges=options["retain-changes"]
+        )
     except ValueError as e:
         raise usage.UsageError(str(e)) from None
 

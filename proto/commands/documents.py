@@ -77,6 +77,7 @@ from proto.store.base import (
     ConflictError,
     Document,
     InvalidIdError,
+    Snapshot,
     Version,
     checkId,
 )
@@ -184,17 +185,29 @@ def encodeGetReply(
     return b"".join(parts)
 
 
+def _getResult(snapshot: Snapshot) -> Result:
+    """
+    The GET reply: the body, C{Etag} (the snapshot's high-water etag) and
+    C{Etags} (each result's etag, 0 for a missing one), section 8.
+    """
+    etags = ",".join(str(0 if doc is None else doc.etag) for doc in snapshot.results)
+    return Result(
+        encodeGetReply(snapshot.results, snapshot.includes),
+        (("Etag", str(snapshot.etag)), ("Etags", etags)),
+    )
+
+
 @registry.command("GET")
-def get(ctx: Any, request: Any) -> Deferred[bytes]:
-    """C{GET id [id ...]}, optional C{Include}: documents by id."""
+def get(ctx: Any, request: Any) -> Deferred[Result]:
+    """C{GET id [id ...]}, optional C{Include}: documents by id, with etags."""
     requireArgs(request, 1, None, "GET id [id ...]")
     _checkIds(request.args)
     paths = parseInclude(request.header("include"))
     if not paths:
-        return ctx.store.get(request.args).addCallback(encodeGetReply, [])
-    return ctx.store.getWithReferences(
+        return ctx.store.read(request.args).addCallback(_getResult)
+    return ctx.store.read(
         request.args, lambda results: _includedIds(results, paths)
-    ).addCallback(lambda found: encodeGetReply(*found))
+    ).addCallback(_getResult)
 
 
 # -- PUT, DELETE -------------------------------------------------------------
