@@ -722,3 +722,25 @@ class EndToEndTests(TestCase):
         bySequence = {f.sequence: f for f in frames}
         self.assertEqual(json.loads(bySequence["get"].body)["Results"], [{"v": 1}])
         self.assertEqual(json.loads(bySequence["get2"].body)["Results"], [None])
+
+    @inlineCallbacks
+    def test_getEtagHeaders(self):
+        """GET replies carry Etag and Etags (PROTOCOL.md section 8), byte for byte."""
+        connection = self.connect()
+        request = self.support.request
+        yield self.exchange(connection, request("PUT", "e/1", sequence="1", body=b'{"Boss": "e/2"}'))
+        yield self.exchange(connection, request("PUT", "e/2", sequence="2", body=b"{}"))
+        yield self.exchange(connection, request("PUT", "x", sequence="3", body=b"{}"))
+        yield self.exchange(connection, request("PUT", "e/1", sequence="4", body=b'{"Boss": "e/2"}'))
+        connection.client.raw = b""
+        [reply] = yield self.exchange(
+            connection, request("GET", "e/1", "nope", "e/2", sequence="5", headers={"Include": "Boss"})
+        )
+        self.assertEqual((reply.headers["etag"], reply.headers["etags"]), ("4", "4,0,2"))
+        body = b'{"Results": [{"Boss": "e/2"}, null, {}], "Includes": {"e/2": {}}}'
+        self.assertEqual(
+            connection.client.raw,
+            b"OK\r\nSequence: 5\r\nSize: %d\r\nEtag: 4\r\nEtags: 4,0,2\r\n\r\n%s" % (len(body), body),
+        )
+        [reply] = yield self.exchange(connection, request("GET", "none", sequence="6"))
+        self.assertEqual((reply.headers["etag"], reply.headers["etags"]), ("4", "0"))
