@@ -240,23 +240,27 @@ def _requiredListener(endpoint, factory) -> internet.StreamServerEndpointService
     return listener
 
 
-def listenServices(reactor, descriptions, creator, factory) -> list[service.IService]:
+def listenServices(reactor, descriptions, creator, factory, levers: bool = True) -> list[service.IService]:
     """
     One service per listening address, each wrapped in our TLS. With no
     descriptions: port 4433 on every IPv4 address and every IPv6 address.
+    C{levers}: serve with the fast transport (L{proto.speed}); C{False}
+    is C{--plain-transport}.
     """
+    from proto import speed
     from proto.datadir import DEFAULT_PORT
+
+    def wrap(c, endpoint):
+        return speed.wrapServerTLS(c, endpoint, levers)
 
     services: list[service.IService] = []
     if descriptions:
         for description in descriptions:
-            endpoint = endpoints.wrapServerTLS(
-                creator, endpoints.serverFromString(reactor, description)
-            )
+            endpoint = wrap(creator, endpoints.serverFromString(reactor, description))
             services.append(_requiredListener(endpoint, factory))
         return services
     v4 = endpoints.TCP4ServerEndpoint(reactor, DEFAULT_PORT, backlog=BACKLOG)
-    services.append(_requiredListener(endpoints.wrapServerTLS(creator, v4), factory))
+    services.append(_requiredListener(wrap(creator, v4), factory))
     v6 = V6OnlyTCPEndpoint(reactor, DEFAULT_PORT, backlog=BACKLOG)
-    services.append(OptionalListenService(endpoints.wrapServerTLS(creator, v6), factory))
+    services.append(OptionalListenService(wrap(creator, v6), factory))
     return services

@@ -90,6 +90,13 @@ class Options(usage.Options):
          "WATCH with Since replays (at least 1).", _positiveInt],
     ]
 
+    optFlags = [
+        ["plain-transport", None,
+         "Serve with plain Twisted transports: turn off the speed levers (write-through "
+         "TCP writes, one TLS flush per reactor turn, the proto-epoll reactor), to rule "
+         "them out when debugging."],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
@@ -112,6 +119,12 @@ class Options(usage.Options):
             )
         if self["max-head"] < 64:
             raise usage.UsageError("--max-head must be at least 64 bytes")
+        if not self["plain-transport"]:
+            # twistd parses these options before it imports the reactor: the
+            # one moment the speed levers' reactor can still be installed.
+            from proto.speed import reactor as speedReactor
+
+            speedReactor.installIfFree()
 
     def config(self) -> ServerConfig:
         return ServerConfig(
@@ -158,6 +171,24 @@ def _firstPort(descriptions: list[str]) -> int | None:
         return datadir.DEFAULT_PORT
     match = re.match(r"(?:tcp6?:)?(?:port=)?(\d+)(?::|$)", descriptions[0])
     return int(match.group(1)) if match else None
+
+
+def _announceTransport(levers: bool) -> None:
+    """Say which transport serves, so a debugging user knows what ran."""
+    from proto.speed import reactor as speedReactor
+
+    if not levers:
+        log.info("Transport: plain Twisted (--plain-transport)")
+    elif speedReactor.isInstalled():
+        log.info("Transport: speed levers on (write-through, per-turn TLS flush, proto-epoll reactor)")
+    else:
+        from twisted.internet import reactor
+
+        log.info(
+            "Transport: write-through and per-turn TLS flush on; reactor lever off: "
+            "{reactor} was installed first (use twistd --reactor {name})",
+            reactor=type(reactor).__name__, name=speedReactor.NAME,
+        )
 
 
 def makeService(options: Options) -> service.IService:
@@ -207,8 +238,10 @@ def makeService(options: Options) -> service.IService:
     hup = SighupService(reactor)
     hup.add("the allow-list", allowFile.reload)
     hup.setServiceParent(top)
-    for listener in listenServices(reactor, options["listen"], creator, factory):
+    levers = not options["plain-transport"]
+    for listener in listenServices(reactor, options["listen"], creator, factory, levers):
         listener.setServiceParent(top)
+    _announceTransport(levers)
     _announce(options, report, certPath, keyPath, allowPath)
     log.info(
         "GNP/1 server: certificate {cert} (sha1 {sha1}), allow-list {allow} "
