@@ -22,7 +22,7 @@ from proto.server import (
     DEFAULT_MAX_PENDING_BODIES, GNPServerFactory, ServerConfig, listenServices,
 )
 from proto.sighup import SighupService
-from proto.tls import ServerTLS
+from proto.tls import TICKET_KEY_SECONDS, ServerTLS
 
 log = Logger()
 
@@ -238,6 +238,9 @@ def makeService(options: Options) -> service.IService:
     hup = SighupService(reactor)
     hup.add("the allow-list", allowFile.reload)
     hup.setServiceParent(top)
+    # New TLS session-ticket keys (a new context) every hour, in memory only.
+    ticketKeys = TimerService(TICKET_KEY_SECONDS, creator.rotateTicketKeys)
+    ticketKeys.setServiceParent(top)
     levers = not options["plain-transport"]
     for listener in listenServices(reactor, options["listen"], creator, factory, levers):
         listener.setServiceParent(top)
