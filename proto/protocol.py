@@ -59,6 +59,7 @@ from zope.interface import implementer
 from proto import wire
 from proto.admission import Identity, identityOfDER, judge
 from proto.commands.base import CommandError, ICommandContext, Result
+from proto.permissions import NOTHING, Grant
 from proto.tls import peerCertificateDER
 
 HANDSHAKING = "handshaking"
@@ -107,7 +108,8 @@ class GNPServerProtocol(LineReceiver):
         self.factory = factory
         self.config = factory.config
         self.registry = factory.registry
-        self._handlers = factory.registry.handlers
+        self._commands = factory.registry.commands
+        self.access = getattr(factory, "access", None)
         self.clock = factory.clock
         self.store = factory.store
         self.hub = factory.hub
@@ -116,9 +118,11 @@ class GNPServerProtocol(LineReceiver):
         self.MAX_LENGTH = self.config.maxHead - len(wire.HEAD_END)
         self.state = HANDSHAKING
         self.identity: Identity | None = None
+        self.grant: Grant = NOTHING
         self.peer = "?"
         self._inflight: dict[str, defer.Deferred] = {}
         self._subscriptions: dict[str, Callable[[], None]] = {}
+        self._regrants: dict[str, Callable[[Grant], None]] = {}
         self._pauses: set[str] = set()
         self._bodyFor: wire.Request | None = None
         self._bodyParts: list[bytes] = []
@@ -164,7 +168,14 @@ class GNPServerProtocol(LineReceiver):
         reason = self.factory.overloadReason()
         if reason is None:
             now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-            reason = judge(self.identity, self.factory.allowList(), now)
+            allowList = self.factory.allowList()
+            reason = judge(self.identity, allowList, now)
+            if reason is None:
+                self.grant = allowList.grantFor(self.identity.sha1, self.identity.sha256)
+            else:
+                refused = getattr(self.factory, "certificateRefused", None)
+                if refused is not None and self.identity is not None:
+                    refused(self.identity, self.peer, reason)
         who = self.identity
         if reason is not None:
             self.log.info(
@@ -175,8 +186,9 @@ class GNPServerProtocol(LineReceiver):
             self._closeWith(wire.encodeGreeting(reason))
             return
         self.log.info(
-            "Admitted {peer} sha1={sha1} cn={cn!r}",
+            "Admitted {peer} sha1={sha1} cn={cn!r} {grant}",
             peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
+            grant=self.grant.attributes(),
         )
         self.state = READY
         self.factory.connectionAdmitted(self)
@@ -202,6 +214,7 @@ class GNPServerProtocol(LineReceiver):
 
     def _cancelSubscriptions(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, {}
+        self._regrants = {}
         for cancel in subscriptions.values():
             self._callSafely(cancel)
 
@@ -333,6 +346,36 @@ class GNPServerProtocol(LineReceiver):
         """End an admitted connection whose admission no longer holds."""
         self.log.info("Closing {peer}: {reason}", peer=self.peer, reason=reason)
         self.drainThenClose(wire.encodeError(reason, None), self.config.drainGrace)
+
+    def setGrant(self, grant: Grant) -> None:
+        """
+        The allow-list changed what this certificate may do (section 9):
+        the next request is checked against C{grant}, and standing
+        subscriptions (WATCH) are told, so that one now outside the
+        prefixes ends.
+        """
+        if grant == self.grant or self.state not in (READY, QUITTING):
+            return
+        self.log.info(
+            "Rights of {peer} sha1={sha1} changed: {grant}",
+            peer=self.peer, sha1=self.identity and self.identity.sha1,
+            grant=grant.attributes(),
+        )
+        self.grant = grant
+        for sequence, regrant in list(self._regrants.items()):
+            if self._regrants.get(sequence) is regrant:
+                try:
+                    regrant(grant)
+                except Exception:
+                    self.log.failure(
+                        "Re-checking a subscription of {peer} failed", peer=self.peer
+                    )
+
+    def displayName(self) -> str:
+        """The name on the allow-list, else the certificate's CN (for messages)."""
+        if self.grant.name:
+            return self.grant.name
+        return self.identity.commonName if self.identity is not None else "?"
 
     # -- timers ----------------------------------------------------------
 
@@ -579,12 +622,19 @@ class GNPServerProtocol(LineReceiver):
                 wire.encodeError(f"Sequence already in flight: {sequence}", sequence)
             )
             return
-        handler = self._handlers.get(request.command)
-        if handler is None:
+        command = self._commands.get(request.command)
+        if command is None:
             self._write(
                 wire.encodeError(f"Unknown command: {request.command}", sequence)
             )
             return
+        grant = self.grant
+        if command.rank > grant.rank or (command.ids is not None and grant.prefixes is not None):
+            refusal = self._refusal(command, request)
+            if refusal is not None:
+                self._write(wire.encodeError(refusal, sequence))
+                return
+        handler = command.handler
         try:
             result = handler(self, request)
         except Exception:
@@ -596,6 +646,25 @@ class GNPServerProtocol(LineReceiver):
             self._track(request, result)
             return
         self._write(self._successReply(result, sequence))
+
+    def _refusal(self, command, request: wire.Request) -> str | None:
+        """
+        Why this connection's certificate may not make C{request}, or
+        C{None} (PROTOCOL.md section 9: the command's level, then each id
+        it touches against the prefixes).
+        """
+        try:
+            ids = () if command.ids is None else tuple(command.ids(request))
+        except Exception:
+            self.log.failure(
+                "Ids of {command} from {peer} could not be found",
+                command=request.command, peer=self.peer,
+            )
+            return (
+                f"Internal error while checking the rights for {request.command} "
+                "(details are in the server log)"
+            )
+        return self.grant.refusal(request.command, command.rank, ids, self.displayName())
 
     def _track(self, request: wire.Request, d: defer.Deferred) -> None:
         sequence = request.sequence
@@ -681,16 +750,25 @@ class GNPServerProtocol(LineReceiver):
     def congested(self) -> bool:
         return _TRANSPORT in self._pauses
 
-    def subscribe(self, sequence: str, cancel: Callable[[], None]) -> None:
+    def subscribe(
+        self,
+        sequence: str,
+        cancel: Callable[[], None],
+        regrant: Callable[[Grant], None] | None = None,
+    ) -> None:
         if self.state is not READY:
             self._callSafely(cancel)
             return
+        self._regrants.pop(sequence, None)
         previous = self._subscriptions.pop(sequence, None)
         if previous is not None:
             self._callSafely(previous)
         self._subscriptions[sequence] = cancel
+        if regrant is not None:
+            self._regrants[sequence] = regrant
 
     def unsubscribe(self, sequence: str) -> bool:
+        self._regrants.pop(sequence, None)
         cancel = self._subscriptions.pop(sequence, None)
         if cancel is None:
             return False

@@ -49,10 +49,13 @@ class ServerConfig:
 
 
 def defaultRegistry() -> CommandRegistry:
-    """Every built-in command: connection commands and the document store."""
-    from proto.commands import builtin, documents
+    """
+    Every built-in command: connection commands, the document store, and
+    the access commands (section 9).
+    """
+    from proto.commands import access, builtin, documents
 
-    return builtin.registry.merged(documents.registry)
+    return builtin.registry.merged(documents.registry).merged(access.registry)
 
 
 class GNPServerFactory(ServerFactory):
@@ -161,14 +164,24 @@ class GNPServerFactory(ServerFactory):
         return None
 
     def allowListChanged(self, new: AllowList) -> None:
-        """Close live connections whose certificate is no longer admitted."""
+        """
+        Apply a changed allow-list (file, approvals, enrolments) to live
+        connections (section 9): close those whose certificate is no longer
+        admitted, and give the others their new rights, which apply from
+        their next request on.
+        """
         for proto in list(self.admitted):
             who = proto.identity
-            if who is not None and not new.admits(who.sha1, who.sha256):
+            if who is None:
+                continue
+            grant = new.grantFor(who.sha1, who.sha256)
+            if grant is None:
                 proto.revoke(
                     f"Client certificate {who.sha1} (CN={who.commonName!r}) "
                     "was removed from the allow-list"
                 )
+            else:
+                proto.setGrant(grant)
 
 
 @implementer(IStreamServerEndpoint)

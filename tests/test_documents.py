@@ -30,6 +30,7 @@ from proto.commands.documents import (
     registry,
 )
 from proto.hub import ChangeHub
+from proto.permissions import Grant
 from proto.store.base import PUT, Document
 from proto.store.sqlite import SQLiteStore
 from tests.test_store import GatedStore, waitForThread
@@ -64,6 +65,10 @@ class RecordingContext:
         self.connected = True
         self.quitting = False
         self.subscriptions: dict[str, Callable[[], None]] = {}
+        self.regrants: dict[str, Callable[[Any], None]] = {}
+        self.identity = None
+        self.grant = Grant()
+        self.access = None
 
     def push(self, sequence: str, body: bytes, headers=()) -> None:
         if self.connected:
@@ -77,16 +82,27 @@ class RecordingContext:
     def congested(self) -> bool:
         return self.isCongested
 
-    def subscribe(self, sequence: str, cancel: Callable[[], None]) -> None:
+    def subscribe(self, sequence: str, cancel: Callable[[], None], regrant=None) -> None:
         if not self.connected:
             cancel()
             return
+        self.regrants.pop(sequence, None)
         previous = self.subscriptions.pop(sequence, None)
         if previous is not None:
             previous()
         self.subscriptions[sequence] = cancel
+        if regrant is not None:
+            self.regrants[sequence] = regrant
+
+    def setGrant(self, grant) -> None:
+        """As the protocol does when the allow-list changes."""
+        self.grant = grant
+        for sequence, regrant in list(self.regrants.items()):
+            if self.regrants.get(sequence) is regrant:
+                regrant(grant)
 
     def unsubscribe(self, sequence: str) -> bool:
+        self.regrants.pop(sequence, None)
         cancel = self.subscriptions.pop(sequence, None)
         if cancel is None:
             return False
