@@ -354,7 +354,7 @@ class GNPServerProtocol(LineReceiver):
         subscriptions (WATCH) are told, so that one now outside the
         prefixes ends.
         """
-        if grant == self.grant or self.state not in (READY, QUITTING):
+        if grant == self.grant or self.state not in (READY, DRAINING):
             return
         self.log.info(
             "Rights of {peer} sha1={sha1} changed: {grant}",
