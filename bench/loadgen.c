@@ -856,10 +856,10 @@ int main(int argc, char **argv) {
            "\"errors\": %lld, \"errors_after_window\": %lld, \"seconds\": %.3f, \"%s\": %.1f, "
            "\"p50_us\": %u, \"p99_us\": %u, \"max_us\": %u, \"mean_us\": %.1f, "
            "\"loadgen_cpu\": %.3f, \"pushes\": %lld, \"setup_seconds\": %.3f, \"tls\": \"%s\", "
-           "\"first_error\": \"%s\"}\n",
+           "\"replies_total\": %lld, \"first_error\": \"%s\"}\n",
            opt.mode == MODE_HANDSHAKE ? "handshake" : "rpc", opt.conns, opt.depth, completed_in_window, errors,
            errors_outside, secs, rate_name, completed_in_window / secs, p50, p99, mx, mean, cpu, pushes,
-           setup_seconds, tls_version, first_error);
+           setup_seconds, tls_version, completed_total, first_error);
     fflush(stdout);
     return (errors || errors_outside) ? 1 : 0;
 }

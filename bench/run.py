@@ -33,6 +33,8 @@ import sys
 import tempfile
 import time
 
+import references
+
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 LOADGEN_SRC = os.path.join(BENCH, "loadgen.c")
@@ -445,15 +447,21 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
             print(f"  populate failed: {e}", flush=True)
     put = ["--command", "PUT bench/%d", "--body-file", bodyFile, "--keys", keys,
            "-t", str(a.seconds), "--warmup", str(warmup)]
-    get = ["--command", "GET bench/%d", "--header", "Include: Ref", "--keys", keys,
-           "-t", str(a.seconds), "--warmup", str(warmup)]
-    r1 = one("PUT 1 KiB, 1 client x 1", ["-c", "1", "-d", "1", *put])
-    r50 = one("PUT 1 KiB, 50 clients x 1", ["-c", "50", "-d", "1", *put])
-    one("GET 1 KiB + Include, 1 client x 1", ["-c", "1", "-d", "1", *get])
-    one("GET 1 KiB + Include, 50 clients x 1", ["-c", "50", "-d", "1", *get])
+    plain = ["--command", "GET bench/%d", "--keys", keys, "-t", str(a.seconds), "--warmup", str(warmup)]
+    get = [*plain, "--header", "Include: Ref"]
+    # The rows the references are measured on too (bench/references.py).
+    shapes = {"put": put, "get": plain, "include": get}
+    compared = {}
+    for label, kind, clients in references.ROWS:
+        r = one(label, ["-c", str(clients), "-d", "1", *shapes[kind]])
+        compared[label] = r
+        if r is not None:
+            a.compared.append(references.fromLoadgen(label, r, r["server_cpu"], r["wall"]))
     one("GET 1 KiB + Include, 16 clients x 16", ["-c", "16", "-d", "16", *get])
+    r1, r50 = compared["PUT 1 KiB, 1 client"], compared["PUT 1 KiB, 50 clients"]
     if r1 and r50 and r1["req_per_s"]:
         print(f"group-commit gain (PUT/s 50 clients / 1 client): {r50['req_per_s'] / r1['req_per_s']:.1f}x")
+    a.documentBodies = (open(bodyFile, "rb").read(), open(refFile, "rb").read())
     return rows, raw
 
 
@@ -476,6 +484,9 @@ def main() -> int:
     p.add_argument("--json", help="also write the raw results to this file")
     p.add_argument("--keep", action="store_true", help="keep the temporary data dir and logs")
     p.add_argument("--rebuild", action="store_true", help="rebuild bench/loadgen")
+    p.add_argument("--references", default="redis,postgresql",
+                   help="reference systems of the store suite: a comma list of redis, postgresql, "
+                        "or 'none' (default: redis,postgresql; see bench/references.py)")
     a = p.parse_args()
     if not (0 < a.seconds <= 600):
         p.error("--seconds must be in (0, 600]")
@@ -483,6 +494,12 @@ def main() -> int:
         p.error("--repeat must be in [1, 10]")
     if not (1 <= a.idle <= 100000):
         p.error("--idle must be in [1, 100000]")
+
+    a.references = [] if a.references == "none" else [n.strip() for n in a.references.split(",") if n.strip()]
+    for name in a.references:
+        if name not in references.SYSTEMS:
+            p.error(f"--references: unknown system {name!r}")
+    a.compared = []
 
     buildLoadgen(a.rebuild)
     nofile = raiseFileLimit()
@@ -565,6 +582,16 @@ def main() -> int:
             printTable(["row", "req/s", "p50", "p99", "CPU loadgen / server", "errors"], rows)
             if any("FAILED" in r for row in rows for r in row):
                 rc = 1
+            if a.references:
+                body, ref = a.documentBodies
+                refResults = references.runReferences(
+                    a.references, workdir, body, ref, a.keys, a.seconds,
+                    SERVER_CPU if a.pin else None, LOADGEN_CPU if a.pin else None,
+                )
+                allRaw["references"] = refResults
+                if any("failed" in r for r in refResults):
+                    rc = 1
+            references.printComparison(a.compared + allRaw.get("references", []), printTable, fmtNum)
         print(f"\ntotal {time.monotonic() - t0:.0f} s")
         for s in servers.values():
             if not s.alive():
