@@ -19,6 +19,7 @@ from zope.interface import implementer
 from proto import wire
 from proto.admission import AllowList
 from proto.commands.base import CommandRegistry
+from proto.listen import BACKLOG, serverEndpoint
 from proto.protocol import GNPServerProtocol
 
 
@@ -242,15 +243,30 @@ class OptionalListenService(internet.StreamServerEndpointService):
         self._waitingForPort.addErrback(failed)
 
 
-#: Pending-connection queue of the default listeners (Twisted's is 50).
-BACKLOG = 1024
+class RequiredListenService(internet.StreamServerEndpointService):
+    """
+    A listener whose failure (port in use, say) stops the server's start,
+    with one clear line and a non-zero exit rather than a traceback.
+    """
+
+    def __init__(self, endpoint, factory, description: str) -> None:
+        super().__init__(endpoint, factory)
+        self.description = description
+        self._raiseSynchronously = True
+
+    def privilegedStartService(self):
+        try:
+            super().privilegedStartService()
+        except Exception as e:
+            message = f"proto: cannot listen on {self.description}: {e}"
+            # SystemExit passes twistd's start-up (which prints a traceback
+            # for any Exception): Python prints the message on stderr (which
+            # twistd sends to its log), exit status 1.
+            raise SystemExit(message) from None
 
 
-def _requiredListener(endpoint, factory) -> internet.StreamServerEndpointService:
-    """A listener whose failure (port in use, say) stops the server's start."""
-    listener = internet.StreamServerEndpointService(endpoint, factory)
-    listener._raiseSynchronously = True
-    return listener
+def _requiredListener(endpoint, factory, description: str) -> RequiredListenService:
+    return RequiredListenService(endpoint, factory, description)
 
 
 def listenServices(reactor, descriptions, creator, factory, levers: bool = True) -> list[service.IService]:
@@ -269,11 +285,11 @@ def listenServices(reactor, descriptions, creator, factory, levers: bool = True)
     services: list[service.IService] = []
     if descriptions:
         for description in descriptions:
-            endpoint = wrap(creator, endpoints.serverFromString(reactor, description))
-            services.append(_requiredListener(endpoint, factory))
+            endpoint = wrap(creator, serverEndpoint(reactor, description))
+            services.append(_requiredListener(endpoint, factory, description))
         return services
     v4 = endpoints.TCP4ServerEndpoint(reactor, DEFAULT_PORT, backlog=BACKLOG)
-    services.append(_requiredListener(wrap(creator, v4), factory))
+    services.append(_requiredListener(wrap(creator, v4), factory, f"tcp:{DEFAULT_PORT}"))
     v6 = V6OnlyTCPEndpoint(reactor, DEFAULT_PORT, backlog=BACKLOG)
     services.append(OptionalListenService(wrap(creator, v6), factory))
     return services

@@ -8,6 +8,7 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 
@@ -21,6 +22,7 @@ from proto.admission import AllowListError, AllowListFile
 from proto.server import (
     DEFAULT_MAX_PENDING_BODIES, GNPServerFactory, ServerConfig, listenServices,
 )
+from proto.listen import problemWith
 from proto.sighup import SighupService
 from proto.tls import TICKET_KEY_SECONDS, ServerTLS
 
@@ -117,6 +119,10 @@ class Options(usage.Options):
                 "--max-pending-bodies must be at least --max-body "
                 f"({self['max-body']}), or no body that size could ever be read"
             )
+        for description in self["listen"]:
+            problem = problemWith(description)
+            if problem is not None:
+                raise usage.UsageError(problem)
         if self["max-head"] < 64:
             raise usage.UsageError("--max-head must be at least 64 bytes")
         if not self["plain-transport"]:
@@ -191,6 +197,25 @@ def _announceTransport(levers: bool) -> None:
         )
 
 
+def _oneLineErrors(build):
+    """
+    Start-up problems found while building the service (a certificate that
+    cannot be loaded, a missing allow-list) end twistd with one line on
+    stderr and exit status 1. twistd handles a UsageError only while it
+    parses the options; from here it would print a traceback.
+    """
+
+    @functools.wraps(build)
+    def wrapper(options):
+        try:
+            return build(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"proto: {e}") from None
+
+    return wrapper
+
+
+@_oneLineErrors
 def makeService(options: Options) -> service.IService:
     """Build the server's service tree from parsed L{Options}."""
     from twisted.internet import reactor

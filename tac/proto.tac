@@ -19,9 +19,15 @@ environment wins). Every option of ``twistd proto --help`` is available:
 import os
 
 from twisted.application import service
+from twisted.python import usage
 
 from proto.deploy import optionsFromEnvironment
 from proto.tap import makeService
 
+try:
+    options = optionsFromEnvironment(os.environ)
+except usage.UsageError as e:
+    # One line and exit status 1, not a traceback.
+    raise SystemExit(f"proto.tac: {e}") from None
 application = service.Application("proto")
-makeService(optionsFromEnvironment(os.environ)).setServiceParent(application)
+makeService(options).setServiceParent(application)
