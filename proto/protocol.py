@@ -162,6 +162,10 @@ class GNPServerProtocol(LineReceiver):
         self._cancelTimer("_handshakeTimer")
         if self.state != HANDSHAKING:
             return
+        # Behind HAProxy (--listen haproxy:...) the PROXY header is parsed
+        # after connectionMade, so only now does getPeer() give the
+        # client's address rather than HAProxy's (Twisted #12501).
+        self.peer = printablePeer(self.transport.getPeer())
         der = peerCertificateDER(self.transport)
         if der is not None:
             self.identity = identityOfDER(der)

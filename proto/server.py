@@ -269,12 +269,16 @@ def _requiredListener(endpoint, factory, description: str) -> RequiredListenServ
     return RequiredListenService(endpoint, factory, description)
 
 
-def listenServices(reactor, descriptions, creator, factory, levers: bool = True) -> list[service.IService]:
+def listenServices(
+    reactor, descriptions, creator, factory, levers: bool = True, reusePort: bool = False
+) -> list[service.IService]:
     """
     One service per listening address, each wrapped in our TLS. With no
     descriptions: port 4433 on every IPv4 address and every IPv6 address.
     C{levers}: serve with the fast transport (L{proto.speed}); C{False}
-    is C{--plain-transport}.
+    is C{--plain-transport}. C{reusePort}: one of the workers of
+    C{--workers N}, each with its own C{SO_REUSEPORT} sockets on the same
+    addresses (L{proto.workers}).
     """
     from proto import speed
     from proto.datadir import DEFAULT_PORT
@@ -283,6 +287,13 @@ def listenServices(reactor, descriptions, creator, factory, levers: bool = True)
         return speed.wrapServerTLS(c, endpoint, levers)
 
     services: list[service.IService] = []
+    if reusePort:
+        from proto.workers import listenAddresses
+
+        for endpoint, optional in listenAddresses(reactor, descriptions):
+            listener = OptionalListenService if optional else _requiredListener
+            services.append(listener(wrap(creator, endpoint), factory))
+        return services
     if descriptions:
         for description in descriptions:
             endpoint = wrap(creator, serverEndpoint(reactor, description))

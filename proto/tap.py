@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import sys
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -43,6 +44,19 @@ def _nonNegativeFloat(value: str) -> float:
     number = float(value)
     if not number >= 0 or number == float("inf"):
         raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
+def _workerCount(value: str) -> int:
+    """C{--workers}: a positive number, or C{auto} (the CPUs we may use)."""
+    if value.strip().lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number or 'auto'")
     return number
 
 
@@ -90,6 +104,10 @@ class Options(usage.Options):
         ["retain-changes", None, 100_000,
          "Keep at least this many of the newest changes in the change log, which "
          "WATCH with Since replays (at least 1).", _positiveInt],
+        ["workers", None, 1,
+         "Worker processes sharing the port (SO_REUSEPORT) under a supervisor that "
+         "restarts them; 'auto': one per CPU. See README, Scaling out.", _workerCount],
+        ["worker-index", None, None, "Internal: set by the supervisor on its workers.", int],
     ]
 
     optFlags = [
@@ -98,6 +116,11 @@ class Options(usage.Options):
          "TCP writes, one TLS flush per reactor turn, the proto-epoll reactor), to rule "
          "them out when debugging."],
     ]
+
+    def parseOptions(self, options=None) -> None:
+        # Kept so that a supervisor can give its workers the same options.
+        self.rawArgs = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def __init__(self) -> None:
         super().__init__()
@@ -223,6 +246,11 @@ def makeService(options: Options) -> service.IService:
     from proto.hub import ChangeHub
     from proto.store import StoreService, openStore
 
+    if options["worker-index"] is None and options["workers"] > 1:
+        from proto.workers import makeSupervisor
+
+        return makeSupervisor(options, options["workers"])
+
     dataDir = options["data-dir"]
     ownCert = options["cert"] is not None
     report = datadir.bootstrap(dataDir, makeServerCert=not ownCert)
@@ -267,10 +295,18 @@ def makeService(options: Options) -> service.IService:
     ticketKeys = TimerService(TICKET_KEY_SECONDS, creator.rotateTicketKeys)
     ticketKeys.setServiceParent(top)
     levers = not options["plain-transport"]
-    for listener in listenServices(reactor, options["listen"], creator, factory, levers):
+    worker = options["worker-index"] is not None  # one of --workers N (proto.workers)
+    if worker:
+        from proto.workers import ParentWatch
+
+        ParentWatch(reactor).setServiceParent(top)
+    for listener in listenServices(
+        reactor, options["listen"], creator, factory, levers, reusePort=worker
+    ):
         listener.setServiceParent(top)
     _announceTransport(levers)
-    _announce(options, report, certPath, keyPath, allowPath)
+    if not worker:
+        _announce(options, report, certPath, keyPath, allowPath)
     log.info(
         "GNP/1 server: certificate {cert} (sha1 {sha1}), allow-list {allow} "
         "({count} entries), data in {dataDir}",
