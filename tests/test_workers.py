@@ -109,10 +109,23 @@ class WorkersTests(unittest.TestCase):
         byWorker = {worker: conn for conn in conns
                     for worker in [served[conn.sock.getsockname()[1]]]}
 
-        # One store: a write through one worker is read through the other.
+        # Every connection, in either worker, watches; a PUT through one
+        # reaches them all (the change log's doorbell crosses processes).
+        for conn in conns:
+            conn.send(request("WATCH", "shared/", sequence="w"))
+            self.assertEqual(conn.next().kind, "OK")
         writer, reader = byWorker["worker-0"], byWorker["worker-1"]
-        writer.send(request("PUT", "shared/1", sequence="w", body=b'{"by": 0}'))
-        self.assertEqual(writer.next().kind, "OK")
+        writer.send(request("PUT", "shared/1", sequence="p", body=b'{"by": 0}'))
+        pushes = {}
+        for conn in conns:
+            frames = [conn.next()] + ([conn.next()] if conn is writer else [])
+            [push] = [f for f in frames if f.sequence == "w"]  # and the writer's OK
+            self.assertEqual(push.kind, "PUSH", push)
+            pushes[conn] = json.loads(push.body)
+        self.assertEqual({(p["Id"], p["Type"], p["Etag"]) for p in pushes.values()},
+                         {("shared/1", "Put", 1)})
+
+        # One store: a write through one worker is read through the other.
         reader.send(request("GET", "shared/1", sequence="r"))
         reply = reader.next()
         self.assertEqual(json.loads(reply.body)["Results"][0], {"by": 0})
