@@ -290,9 +290,11 @@ def listenServices(
     if reusePort:
         from proto.workers import listenAddresses
 
-        for endpoint, optional in listenAddresses(reactor, descriptions):
-            listener = OptionalListenService if optional else _requiredListener
-            services.append(listener(wrap(creator, endpoint), factory))
+        for endpoint, optional, description in listenAddresses(reactor, descriptions):
+            if optional:
+                services.append(OptionalListenService(wrap(creator, endpoint), factory))
+            else:
+                services.append(_requiredListener(wrap(creator, endpoint), factory, description))
         return services
     if descriptions:
         for description in descriptions:

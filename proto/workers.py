@@ -120,14 +120,16 @@ def reusePortEndpoint(reactor: Any, description: str) -> ReusePortEndpoint | Any
 
     @raise ValueError: for other kinds of endpoint (C{unix:}, C{systemd:}).
     """
-    parsed = endpoints.serverFromString(reactor, description)
+    from proto.listen import serverEndpoint
+
+    parsed = serverEndpoint(reactor, description)
     proxied = isinstance(parsed, endpoints._WrapperServerEndpoint)
     inner = parsed._wrappedEndpoint if proxied else parsed
     if not isinstance(inner, endpoints.TCP4ServerEndpoint):  # TCP6 is a subclass
         raise ValueError(
             f"--workers needs TCP listeners (tcp:, tcp6: or haproxy:tcp:), not {description!r}"
         )
-    tcp = ReusePortEndpoint(reactor, inner._port, inner._interface, max(inner._backlog, 50))
+    tcp = ReusePortEndpoint(reactor, inner._port, inner._interface, inner._backlog)
     return proxiedEndpoint(tcp) if proxied else tcp
 
 
@@ -136,20 +138,21 @@ def proxiedEndpoint(endpoint):
     return proxyEndpoint(endpoint)
 
 
-def listenAddresses(reactor: Any, descriptions: list[str]) -> list[tuple[ReusePortEndpoint, bool]]:
+def listenAddresses(reactor: Any, descriptions: list[str]) -> list[tuple[Any, bool, str]]:
     """
     The TCP endpoints of the C{--listen} descriptions (default: port 4433 on
     IPv4 and IPv6), each with whether it is optional (the default IPv6 one:
-    a host without IPv6 must still start).
+    a host without IPv6 must still start) and its description.
     """
     from proto.datadir import DEFAULT_PORT
 
     if not descriptions:
         return [
-            (ReusePortEndpoint(reactor, DEFAULT_PORT, "0.0.0.0"), False),
-            (ReusePortEndpoint(reactor, DEFAULT_PORT, "::", v6only=True), True),
+            (ReusePortEndpoint(reactor, DEFAULT_PORT, "0.0.0.0"), False, f"tcp:{DEFAULT_PORT}"),
+            (ReusePortEndpoint(reactor, DEFAULT_PORT, "::", v6only=True), True,
+             f"tcp6:{DEFAULT_PORT}"),
         ]
-    return [(reusePortEndpoint(reactor, d), False) for d in descriptions]
+    return [(reusePortEndpoint(reactor, d), False, d) for d in descriptions]
 
 
 def _tcpPart(endpoint) -> ReusePortEndpoint:
@@ -166,7 +169,7 @@ def holdAddresses(reactor: Any, descriptions: list[str]) -> list[socket.socket]:
     """
     held = []
     try:
-        for endpoint, optional in listenAddresses(reactor, descriptions):
+        for endpoint, optional, _ in listenAddresses(reactor, descriptions):
             tcp = _tcpPart(endpoint)
             try:
                 held.append(reusePortSocket(tcp.port, tcp.interface, tcp._v6only))
