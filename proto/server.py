@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from proto import wire
+from proto.access import AccessControl
 from proto.admission import AllowList
 from proto.commands.base import CommandRegistry
 from proto.listen import BACKLOG, serverEndpoint
@@ -83,7 +84,11 @@ class GNPServerFactory(ServerFactory):
         if clock is None:
             from twisted.internet import reactor as clock
         self.config = config
-        self.allowList = allowList
+        # The effective allow-list: the operator's file (allowList) plus
+        # the approvals and enrolments in the store (section 9).
+        self.access = AccessControl(allowList, store)
+        self.access.onChange = self.allowListChanged
+        self.allowList = self.access.current
         self.registry = registry if registry is not None else defaultRegistry()
         self.store = store
         self.hub = hub
@@ -153,6 +158,10 @@ class GNPServerFactory(ServerFactory):
         """Give back what L{reserveBody} reserved."""
         self.pendingBodyBytes -= size
 
+    def certificateRefused(self, who, peer: str, reason: str) -> None:
+        """A certificate was refused admission: remember it for PENDING."""
+        self.access.pending.record(who, peer, reason, self.clock.seconds())
+
     def overloadReason(self) -> str | None:
         """Why a new connection must be refused for load, or C{None}."""
         if self.drainingReason is not None:
@@ -179,7 +188,7 @@ class GNPServerFactory(ServerFactory):
             if grant is None:
                 proto.revoke(
                     f"Client certificate {who.sha1} (CN={who.commonName!r}) "
-                    "was removed from the allow-list"
+                    "was removed from the allow-list or revoked"
                 )
             else:
                 proto.setGrant(grant)

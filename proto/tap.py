@@ -29,6 +29,10 @@ from proto.tls import TICKET_KEY_SECONDS, ServerTLS
 
 log = Logger()
 
+#: How often the store's approvals and enrolments are checked for changes
+#: (every server sharing the store sees one within 2 seconds).
+GRANTS_POLL_SECONDS = 1.0
+
 #: How often the allow-list file is checked for changes.
 ALLOWLIST_POLL_SECONDS = 1.0
 
@@ -283,11 +287,15 @@ def makeService(options: Options) -> service.IService:
     factory = GNPServerFactory(
         options.config(), lambda: allowFile.current, store=store, hub=hub, clock=reactor
     )
-    allowFile.onChange = factory.allowListChanged
+    # File edits, approvals and enrolments reach live connections through
+    # one path (section 9): the factory's AccessControl.
+    allowFile.onChange = factory.access.fileChanged
 
     top = service.MultiService()
     StoreService(store).setServiceParent(top)
     TimerService(ALLOWLIST_POLL_SECONDS, allowFile.check).setServiceParent(top)
+    # Approvals and enrolments made by any server sharing the store.
+    TimerService(GRANTS_POLL_SECONDS, factory.access.poll).setServiceParent(top)
     hup = SighupService(reactor)
     hup.add("the allow-list", allowFile.reload)
     hup.setServiceParent(top)

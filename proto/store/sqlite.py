@@ -77,6 +77,7 @@ from proto.store.base import (
     idKey,
 )
 from proto.store.sqlite_publisher import Doorbell, Publisher
+from proto.store.grants import IGrantStore, SQLiteGrants
 from proto.store.sqlite_read import ReadSession
 from proto.store.sqlite_worker import Worker
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES, BatchResult, WriteSession
@@ -88,8 +89,8 @@ DEFAULT_FILE_NAME = "documents.sqlite3"
 MAX_PAGE = 10_000
 
 
-@implementer(IDocumentStore)
-class SQLiteStore:
+@implementer(IDocumentStore, IGrantStore)
+class SQLiteStore(SQLiteGrants):
     """
     L{IDocumentStore} in one SQLite file (WAL, C{synchronous=FULL}), with a
     group-committing writer thread, a reader thread and, with a hub, the

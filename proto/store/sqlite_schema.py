@@ -19,6 +19,8 @@ C{user_version} to the last step's number.
     L{proto.store.sqlite_write}) and the counter row C{'log_floor'}: the
     log holds every change with an etag above it. A file upgraded from
     version 1 starts its log empty, with the floor at its current etag.
+  - B{3}: the C{grants} table of approvals and enrolments and the counter
+    row C{'grants'} (L{proto.store.grants}).
 
 Adding a step
 =============
@@ -69,8 +71,15 @@ def _step2(connection: sqlite3.Connection) -> None:
     )
 
 
+def _step3(connection: sqlite3.Connection) -> None:
+    """Approvals and enrolments (section 9): see L{proto.store.grants}."""
+    from proto.store.grants import createTable
+
+    createTable(connection)
+
+
 #: The upgrade steps, in order: C{STEPS[n - 1]} makes version I{n}.
-STEPS: list[Callable[[sqlite3.Connection], None]] = [_step1, _step2]
+STEPS: list[Callable[[sqlite3.Connection], None]] = [_step1, _step2, _step3]
 
 #: The version this release writes.
 VERSION = len(STEPS)
