@@ -119,6 +119,7 @@ class AccessControl:
         self.pending = PendingList()
         self.onChange: Callable[[AllowList], None] | None = None
         self._extra: dict[str, Grant] = {}
+        self._rows: dict[str, GrantRow] = {}
         self._revision = -1
         self._file: AllowList | None = None
         self._merged: AllowList | None = None
@@ -151,10 +152,13 @@ class AccessControl:
         first = self._revision < 0
         self._revision = revision
         extra: dict[str, Grant] = {}
+        byDigest: dict[str, GrantRow] = {}
         for row in rows:
             grant = row.grant()
             for digest in row.digests():
                 extra[digest] = grant
+                byDigest[digest] = row
+        self._rows = byDigest
         if extra == self._extra:
             return
         self._extra = extra
@@ -238,7 +242,8 @@ class AccessControl:
     def approve(self, text: str, grant: Grant, now: float):
         """
         APPROVE: admit the certificate C{text} (a thumbprint) with C{grant}
-        from now on. Without a name, the CN it was refused with is used.
+        from now on. Without a name, the name of the approval it replaces
+        is kept, else the CN it was refused with (PENDING) is used.
 
         @return: a Deferred firing with the stored L{GrantRow}.
         @raise AccessError: malformed thumbprint, an entry of the file, no
@@ -251,11 +256,18 @@ class AccessControl:
                 f"{digest} is on the operator's allow-list file; change it there"
             )
         seen = self.pending.find(digest)
-        if not grant.name and seen is not None:
-            grant = Grant(seen["CN"], grant.level, grant.prefixes)
+        before = self._rows.get(digest)
+        if not grant.name:
+            # Without a name: the one it had, else the CN it knocked with.
+            name = before.name if before is not None else seen["CN"] if seen is not None else ""
+            grant = Grant(name, grant.level, grant.prefixes)
+        # Keep both digests when we know them, so that REVOKE works with
+        # either: from PENDING, or from the approval this one replaces.
         other = None
         if seen is not None:
             other = seen["Sha256"] if digest == seen["Sha1"] else seen["Sha1"]
+        elif before is not None:
+            other = next((d for d in before.digests() if d != digest), None)
         row = GrantRow.of(digest, grant.withOrigin(APPROVED), now, other)
         yield store.putGrant(row)
         self.pending.forget(digest)
