@@ -8,7 +8,9 @@
  *                  loop, for T seconds (--seconds) or N replies (--requests).
  *   handshake      C concurrent workers, each repeatedly: TCP connect, full TLS
  *                  handshake with the client certificate, read the greeting,
- *                  close.  Reports handshakes/s.
+ *                  close.  Reports handshakes/s.  With --resume each worker
+ *                  offers the session (ticket) of its previous connection;
+ *                  "resumed" counts the handshakes that did resume.
  *   idle           open C admitted connections, print one JSON line
  *                  {"event": "admitted", ...} when all are admitted, then hold
  *                  them idle until SIGTERM/SIGINT or --hold S seconds.
@@ -118,6 +120,7 @@ static struct {
     double drain_timeout;
     int tls_max; /* 0 any, 12, 13 */
     int check; /* check ECHO bodies */
+    int resume; /* handshake mode: offer the previous connection's session */
     int quiet;
 } opt = {
     .host = "127.0.0.1",
@@ -165,6 +168,7 @@ typedef struct {
     slot_t *slots;
     int inflight;
     double t_start; /* handshake mode: connect started */
+    SSL_SESSION *sess; /* --resume: the session to offer next time */
 } conn_t;
 
 static int epfd;
@@ -181,7 +185,7 @@ static char first_error[256];
 static double t_window_start, t_window_end, t_deadline;
 static int measuring, issuing = 1, window_over;
 static double cpu_start, cpu_end;
-static long long greetings, dropped;
+static long long greetings, dropped, resumed_in_window;
 static const char *tls_version = "?";
 
 static void note_error(const char *what, size_t n) {
@@ -539,6 +543,7 @@ static void handle(conn_t *c, uint32_t ev) {
         if (!c->ssl) die("SSL_new");
         SSL_set_fd(c->ssl, c->fd);
         SSL_set_connect_state(c->ssl);
+        if (opt.resume && c->sess) SSL_set_session(c->ssl, c->sess);
         c->state = ST_HANDSHAKE;
     }
     if (c->state == ST_HANDSHAKE) {
@@ -586,6 +591,17 @@ static void on_ready(conn_t *c) {
     if (opt.mode == MODE_HANDSHAKE) {
         double t = now();
         record(c->t_start, t, 0);
+        if (opt.resume) {
+            /* Count resumptions inside the window; keep the newest session
+             * (TLS 1.3 tickets arrive before the greeting, so it is there). */
+            if (SSL_session_reused(c->ssl) && measuring && !window_over && t >= t_window_start)
+                resumed_in_window++;
+            SSL_SESSION *s = SSL_get1_session(c->ssl);
+            if (s) {
+                if (c->sess) SSL_SESSION_free(c->sess);
+                c->sess = s;
+            }
+        }
         conn_close(c);
         if (issuing) {
             conn_start(c);
@@ -610,7 +626,7 @@ static void usage(void) {
             "usage: loadgen --cert F --key F [--host 127.0.0.1] [--port N]\n"
             "  [--mode rpc|handshake|idle] [-c CONNS] [-d DEPTH] [-t SECONDS] [-n REQUESTS]\n"
             "  [--warmup S] [--command 'ECHO hello world'] [--header 'Name: v']... [--body-file F]\n"
-            "  [--keys K] [--hold S] [--setup-window W] [--tls 1.2|1.3] [--no-check]\n");
+            "  [--keys K] [--hold S] [--setup-window W] [--tls 1.2|1.3] [--no-check] [--resume]\n");
     exit(2);
 }
 
@@ -652,6 +668,7 @@ int main(int argc, char **argv) {
         {"body-file", 1, 0, 'b'}, {"keys", 1, 0, 'k'},         {"hold", 1, 0, 'o'},
         {"setup-window", 1, 0, 'W'}, {"tls", 1, 0, 'T'},       {"no-check", 0, 0, 'N'},
         {"max-hold", 1, 0, 'M'},  {"drain-timeout", 1, 0, 'D'}, {"setup-timeout", 1, 0, 'S'},
+        {"resume", 0, 0, 'R'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "c:d:t:n:", lo, NULL)) != -1) {
@@ -696,6 +713,7 @@ int main(int argc, char **argv) {
         case 'W': opt.setup_window = atoi(optarg); break;
         case 'T': opt.tls_max = !strcmp(optarg, "1.2") ? 12 : !strcmp(optarg, "1.3") ? 13 : -1; break;
         case 'N': opt.check = 0; break;
+        case 'R': opt.resume = 1; break;
         case 'M': opt.max_hold = atof(optarg); break;
         case 'D': opt.drain_timeout = atof(optarg); break;
         case 'S': opt.setup_timeout = atof(optarg); break;
@@ -736,9 +754,10 @@ int main(int argc, char **argv) {
     if (opt.tls_max == 13) SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
     /* Loopback benchmark: the server certificate is not verified. */
     SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
-    /* No session resumption: every handshake is a full one. */
+    /* No session cache: without --resume every handshake is a full one;
+     * with it, each worker offers the session of its previous connection. */
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    if (!opt.resume) SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
     SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
     if (SSL_CTX_use_certificate_chain_file(ctx, opt.cert) != 1) die("cannot load --cert %s", opt.cert);
     if (SSL_CTX_use_PrivateKey_file(ctx, opt.key, SSL_FILETYPE_PEM) != 1) die("cannot load --key %s", opt.key);
@@ -856,10 +875,10 @@ int main(int argc, char **argv) {
            "\"errors\": %lld, \"errors_after_window\": %lld, \"seconds\": %.3f, \"%s\": %.1f, "
            "\"p50_us\": %u, \"p99_us\": %u, \"max_us\": %u, \"mean_us\": %.1f, "
            "\"loadgen_cpu\": %.3f, \"pushes\": %lld, \"setup_seconds\": %.3f, \"tls\": \"%s\", "
-           "\"first_error\": \"%s\"}\n",
+           "\"replies_total\": %lld, \"first_error\": \"%s\", \"resumed\": %lld}\n",
            opt.mode == MODE_HANDSHAKE ? "handshake" : "rpc", opt.conns, opt.depth, completed_in_window, errors,
            errors_outside, secs, rate_name, completed_in_window / secs, p50, p99, mx, mean, cpu, pushes,
-           setup_seconds, tls_version, first_error);
+           setup_seconds, tls_version, completed_total, first_error, resumed_in_window);
     fflush(stdout);
     return (errors || errors_outside) ? 1 : 0;
 }

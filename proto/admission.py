@@ -8,9 +8,12 @@ refused client can be told in words why.
 
 The allow-list file has one thumbprint per line: SHA-1 (40 hex digits) or
 SHA-256 (64 hex digits) of the DER certificate, any case, C{:} separators
-allowed, an optional name after it, and C{#} comments. L{AllowListFile}
-re-reads it when it changes, and keeps the last good list when the new one
-is unreadable or malformed.
+allowed, then an optional name and the attributes C{can=LEVEL} and
+C{prefix=P1,P2,...} (section 9, L{proto.permissions}), separated by spaces
+or tabs, and C{#} comments; a UTF-8 byte-order mark is ignored.
+L{AllowListFile} re-reads it when it changes (once the change has settled,
+so a file caught half-written is not applied), and keeps the last good
+list when the new one is unreadable or malformed.
 """
 
 from __future__ import annotations
@@ -20,15 +23,17 @@ import functools
 import hashlib
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from cryptography import x509
 from twisted.logger import Logger
 
 from proto import certs
+from proto.permissions import Grant, GrantSyntaxError, parseGrantWords
 
 _HEX = re.compile(r"[0-9a-f]+\Z")
+_NOTHING = object()
 
 
 class AllowListError(ValueError):
@@ -38,42 +43,69 @@ class AllowListError(ValueError):
 @dataclass(frozen=True)
 class AllowList:
     """
-    An immutable set of admitted thumbprints.
+    An immutable map of admitted thumbprints to what each may do.
 
-    @ivar names: normalised thumbprint (lower-case hex, no colons) to the
-        name given after it in the file (possibly empty).
+    @ivar entries: normalised thumbprint (lower-case hex, no colons) to its
+        L{Grant} (name, level, prefixes: PROTOCOL.md section 9), from the
+        operator's file.
+    @ivar extra: the same for approvals and enrolments kept in the store;
+        an entry of the file wins over one of these.
     """
 
-    names: dict[str, str]
+    entries: dict[str, Grant]
+    extra: dict[str, Grant] = field(default_factory=dict)
 
     @classmethod
     def parse(cls, text: str) -> "AllowList":
         """
-        Parse allow-list text.
+        Parse allow-list text: per line C{thumbprint [name ...] [can=LEVEL]
+        [prefix=P1,P2,...]} (section 9), C{#} comments.
 
         @raise AllowListError: naming the first bad line.
         """
-        names: dict[str, str] = {}
+        entries: dict[str, Grant] = {}
+        if text.startswith("\ufeff"):
+            text = text[1:]  # a byte-order mark, as some editors write
         for number, raw in enumerate(text.splitlines(), 1):
-            line = raw.split("#", 1)[0].strip()
-            if not line:
+            # Any white space (spaces, tabs) separates the words.
+            words = raw.split("#", 1)[0].split()
+            if not words:
                 continue
-            thumb, _, name = line.partition(" ")
-            digest = normaliseThumbprint(thumb)
+            digest = normaliseThumbprint(words[0])
             if digest is None:
                 raise AllowListError(
-                    f"line {number}: {thumb[:80]!r} is not a SHA-1 (40 hex digits) "
+                    f"line {number}: {words[0][:80]!r} is not a SHA-1 (40 hex digits) "
                     "or SHA-256 (64 hex digits) thumbprint"
                 )
-            names[digest] = name.strip()
-        return cls(names)
+            try:
+                entries[digest] = parseGrantWords(words[1:])
+            except GrantSyntaxError as e:
+                raise AllowListError(f"line {number}: {e}") from None
+        return cls(entries)
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Thumbprint to name (possibly empty)."""
+        return {digest: grant.name for digest, grant in self.entries.items()}
 
     def __len__(self) -> int:
-        return len(self.names)
+        return len(self.entries) + len(self.extra)
 
     def admits(self, sha1: str, sha256: str) -> bool:
         """Is a certificate with these thumbprints on the list?"""
-        return sha1 in self.names or sha256 in self.names
+        return self.grantFor(sha1, sha256) is not None
+
+    def grantFor(self, sha1: str, sha256: str) -> Grant | None:
+        """What a certificate with these thumbprints may do; C{None}: not listed."""
+        for table in (self.entries, self.extra):
+            grant = table.get(sha256) or table.get(sha1)
+            if grant is not None:
+                return grant
+        return None
+
+    def withExtra(self, extra: dict[str, Grant]) -> "AllowList":
+        """This file's entries plus C{extra} (approvals and enrolments)."""
+        return AllowList(self.entries, dict(extra))
 
 
 def normaliseThumbprint(text: str) -> str | None:
@@ -162,6 +194,13 @@ class AllowListFile:
     Call L{check} periodically (the server does, every second, from a
     C{TimerService}); C{onChange(newList)} is called after each successful
     reload that changed the list.
+
+    A change is applied only once the file has stayed the same for one
+    more check: an editor that truncates the file and then writes it can
+    be caught in between, and a half-written list would revoke the clients
+    missing from it (issue 12). L{reload} (on SIGHUP) applies the file at
+    once. The safe way to edit is still to replace the file atomically
+    (write a new file, then rename it over the old one).
     """
 
     log = Logger()
@@ -170,6 +209,8 @@ class AllowListFile:
         self.path = path
         self.onChange = onChange
         self._stamp: tuple | None = None
+        #: The changed stamp seen at the last check, waiting to settle.
+        self._unsettled: object = _NOTHING
         self.current = AllowList({})
         self.current = self._read()
         self._stamp = self._statStamp()
@@ -189,20 +230,35 @@ class AllowListFile:
         with open(self.path, "rb") as f:
             data = f.read()
         try:
-            text = data.decode("utf-8")
+            text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
             raise AllowListError("the file is not UTF-8 text") from None
         return AllowList.parse(text)
 
     def check(self) -> bool:
         """
-        Re-read the file if it changed. Return C{True} if the list changed.
-        Never raises: a bad file is logged and the last good list stays.
+        Re-read the file if it changed and has not changed since the
+        previous check. Return C{True} if the list changed. Never raises: a
+        bad file is logged and the last good list stays.
         """
         stamp = self._statStamp()
         if stamp == self._stamp:
+            self._unsettled = _NOTHING
             return False
-        self._stamp = stamp
+        if stamp != self._unsettled:
+            # Changed since the last look: it may be half-written.
+            self._unsettled = stamp
+            return False
+        return self.reload()
+
+    def reload(self) -> bool:
+        """
+        Re-read the file now (SIGHUP), changed or not. Return C{True} if
+        the list changed. Never raises, as L{check}.
+        """
+        self._unsettled = _NOTHING
+        # Stat before reading: a change made meanwhile is seen next time.
+        self._stamp = self._statStamp()
         try:
             new = self._read()
         except (OSError, AllowListError) as e:

@@ -61,9 +61,14 @@ def _writePublic(filename: str, data: bytes) -> None:
     os.replace(tmp, filename)
 
 
-def allowlistLine(cert, name: str | None = None) -> str:
-    """The allow-list line that admits C{cert}: its SHA-1 and a name."""
-    return f"{certs.sha1Thumbprint(cert)} {name or certs.commonName(cert)}\n"
+def allowlistLine(cert, name: str | None = None, attributes: str = "") -> str:
+    """
+    The allow-list line that admits C{cert}: its SHA-1, a name, then
+    C{attributes} if any (C{"can=admin"}, C{"can=read prefix=orders/"}:
+    PROTOCOL.md section 9).
+    """
+    line = f"{certs.sha1Thumbprint(cert)} {name or certs.commonName(cert)}"
+    return f"{line} {attributes}\n" if attributes else line + "\n"
 
 
 def bootstrap(dataDir: str, makeServerCert: bool = True) -> BootstrapReport:
@@ -94,7 +99,11 @@ def bootstrap(dataDir: str, makeServerCert: bool = True) -> BootstrapReport:
         _writePublic(clientCertPath, client.certPEM)
         report.createdClient = True
         allow = path(dataDir, ALLOWLIST)
-        line = allowlistLine(client.certificate, "proto client (created on first start)")
+        # The first client is the operator's: it may do everything,
+        # including the admin commands (section 9).
+        line = allowlistLine(
+            client.certificate, "proto client (created on first start)", "can=admin"
+        )
         if os.path.exists(allow):
             with open(allow, "a", encoding="utf-8") as f:
                 f.write(line)
@@ -103,7 +112,9 @@ def bootstrap(dataDir: str, makeServerCert: bool = True) -> BootstrapReport:
                 allow,
                 (
                     "# GNP/1 allow-list: one SHA-1 (40 hex) or SHA-256 (64 hex) thumbprint\n"
-                    "# of a client certificate per line, an optional name after it.\n"
+                    "# of a client certificate per line, an optional name after it, and\n"
+                    "# optionally can=read|write|admin (default write) and\n"
+                    "# prefix=P1,P2,... (the ids it may use; default all).\n"
                     "# ':' separators are ignored; edits apply without a restart.\n" + line
                 ).encode("utf-8"),
             )

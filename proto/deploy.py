@@ -7,7 +7,6 @@ environment variables into the same L{proto.tap.Options} that
 from __future__ import annotations
 
 import configparser
-import shlex
 from typing import Mapping
 
 from twisted.python import usage
@@ -29,7 +28,10 @@ def argumentsFrom(settings: Mapping[str, str]) -> list[str]:
         value = settings.get(name)
         if value is None or value == "":
             continue
-        values = shlex.split(value) if name in _REPEATED else [value]
+        # Split on white space only: endpoint descriptions escape colons
+        # with backslashes (interface=\:\:1), which shell-style splitting
+        # would eat.
+        values = value.split() if name in _REPEATED else [value]
         for each in values:
             args.append(f"--{name}={each}")
     return args

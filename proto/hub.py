@@ -2,37 +2,29 @@
 The change hub: in-process publish/subscribe of document changes by id
 prefix.
 
-The store publishes every committed change (C{publish(id, type, etag)});
-WATCH subscribes a callback for an id prefix. Prefixes match ids
-case-insensitively, by the same key as the store (L{idKey}).
+The store publishes every committed change, in etag order, each once
+(C{publishChanges([...])}; the SQLite store feeds it from its change log,
+including the changes other processes commit: see
+L{proto.store.sqlite_publisher}). C{etag} is the position: every change
+up to it has been published. WATCH subscribes a callback for an id
+prefix; so a subscription made when the position is I{e} receives exactly
+the matching changes above I{e}. Prefixes match ids case-insensitively,
+by the same key as the store (L{idKey}).
 
-It is per process: a server running several processes would need a shared
-feed instead (see C{shared/TWISTED_NOTES.md}, section 6).
+Fan-out: a subscription may also give a C{flush} callable, called once
+after each published batch in which it received something, so that a
+connection with many pushes in one batch writes them at once.
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+from typing import Callable
 
 from twisted.logger import Logger
 
-from proto.store.base import idKey
+from proto.store.base import Change, idKey
 
-
-class Change(NamedTuple):
-    """
-    One committed change.
-
-    @ivar id: the stored id (its original case).
-    @ivar type: C{"Put"} or C{"Delete"} (L{proto.store.base.PUT},
-        L{proto.store.base.DELETE}).
-    @ivar etag: the etag the change took.
-    """
-
-    id: str
-    type: str
-    etag: int
-
+__all__ = ["Change", "ChangeHub", "Subscription"]
 
 Callback = Callable[[Change], None]
 
@@ -43,10 +35,17 @@ class Subscription:
     changes.
     """
 
-    def __init__(self, hub: "ChangeHub", key: str, callback: Callback) -> None:
+    def __init__(
+        self,
+        hub: "ChangeHub",
+        key: str,
+        callback: Callback,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
         self._hub = hub
         self.key = key
         self.callback = callback
+        self.flush = flush
         self.active = True
 
     def cancel(self) -> None:
@@ -72,17 +71,27 @@ class ChangeHub:
     _log = Logger()
 
     def __init__(self) -> None:
+        #: Every change up to this etag has been published.
+        self.etag = 0
         self._byKey: dict[str, dict[Subscription, None]] = {}
         # How many keys of each length there are, and those lengths sorted.
         self._lengthCounts: dict[int, int] = {}
         self._lengths: list[int] = []
 
-    def subscribe(self, prefix: str, callback: Callback) -> Subscription:
+    def startAt(self, etag: int) -> None:
+        """The store's position when it opened: changes above it follow."""
+        self.etag = etag
+
+    def subscribe(
+        self, prefix: str, callback: Callback, flush: Callable[[], None] | None = None
+    ) -> Subscription:
         """
-        Call C{callback(change)} for every change published from now on to
-        a document whose id starts with C{prefix}, ignoring case.
+        Call C{callback(change)} for every change published from now on
+        (every change above C{self.etag}) to a document whose id starts with
+        C{prefix}, ignoring case; and C{flush()} after each published batch
+        that called C{callback}.
         """
-        subscription = Subscription(self, idKey(prefix), callback)
+        subscription = Subscription(self, idKey(prefix), callback, flush)
         subscribers = self._byKey.get(subscription.key)
         if subscribers is None:
             subscribers = self._byKey[subscription.key] = {}
@@ -113,27 +122,46 @@ class ChangeHub:
         return sum(len(subscribers) for subscribers in self._byKey.values())
 
     def publish(self, id: str, type: str, etag: int) -> None:
-        """Tell the subscribers whose prefix matches C{id} about a change."""
+        """Publish one change (see L{publishChanges})."""
+        self.publishChanges([Change(id, type, etag)])
+
+    def publishChanges(self, changes: list[Change]) -> None:
+        """
+        Tell the subscribers whose prefix matches about each change, in
+        order; then flush those that got any.
+        """
         if not self._byKey:
+            if changes:
+                self.etag = changes[-1].etag
             return
-        key = idKey(id)
-        matching = [
-            subscription
-            for length in self._lengths
-            if length <= len(key)
-            for subscription in self._byKey.get(key[:length], ())
-        ]
-        if not matching:
-            return
-        change = Change(id, type, etag)
-        for subscription in matching:
-            if not subscription.active:
-                continue  # Cancelled by an earlier callback of this change.
-            try:
-                subscription.callback(change)
-            except Exception:
-                self._log.failure(
-                    "Change subscriber {callback!r} failed on {change!r}",
-                    callback=subscription.callback,
-                    change=change,
-                )
+        touched: dict[Subscription, None] = {}
+        for change in changes:
+            self.etag = change.etag
+            key = idKey(change.id)
+            for length in self._lengths:
+                if length > len(key):
+                    break
+                subscribers = self._byKey.get(key[:length])
+                if not subscribers:
+                    continue
+                for subscription in list(subscribers):
+                    if not subscription.active:
+                        continue  # Cancelled by an earlier callback.
+                    try:
+                        subscription.callback(change)
+                    except Exception:
+                        self._log.failure(
+                            "Change subscriber {callback!r} failed on {change!r}",
+                            callback=subscription.callback,
+                            change=change,
+                        )
+                    if subscription.flush is not None:
+                        touched[subscription] = None
+        for subscription in touched:
+            if subscription.active:
+                try:
+                    subscription.flush()  # type: ignore[misc]
+                except Exception:
+                    self._log.failure(
+                        "Change subscriber flush {flush!r} failed", flush=subscription.flush
+                    )

@@ -165,7 +165,7 @@ class PrometheusMirror:
         self._inc("dropped", self.dropped, st.watchesDropped)
         self._histogram("commit", self.commit, st.commit)
         self._histogram("batch", self.batch, st.batch)
-        self.draining.set(1 if getattr(factory, "draining", False) else 0)
+        self.draining.set(1 if getattr(factory, "drainingReason", None) is not None else 0)
         self._syncExpiry()
 
     def _syncExpiry(self) -> None:
@@ -202,12 +202,13 @@ class _SyncFirst:
         return []
 
 
-def scrapeRegistry(mirror: PrometheusMirror | None, reactor) -> CollectorRegistry:
+def scrapeRegistry(mirror: PrometheusMirror | None, reactor,
+                   multiprocessDir: str | None = None) -> CollectorRegistry:
     """
     The registry C{/metrics} renders: this process's metrics, or with
     several processes every process's (prometheus-client multiprocess mode).
     """
-    directory = multiprocessDirectory()
+    directory = multiprocessDir or multiprocessDirectory()
     if directory is None:
         assert mirror is not None
         registry = CollectorRegistry()
@@ -248,7 +249,7 @@ class HealthResource(resource.Resource):
         self.factory = factory
         self.store = store
         self.reactor = reactor
-        self._draining = draining or (lambda: bool(getattr(factory, "draining", False)))
+        self._draining = draining or (lambda: getattr(factory, "drainingReason", None) is not None)
 
     def render_GET(self, request):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -288,15 +289,17 @@ class QuietSite(server.Site):
 
 
 def metricsSite(mirror: PrometheusMirror | None, factory, store, reactor,
-                draining: Callable[[], bool] | None = None) -> server.Site:
+                draining: Callable[[], bool] | None = None,
+                multiprocessDir: str | None = None) -> server.Site:
     root = resource.Resource()
-    root.putChild(b"metrics", MetricsResource(scrapeRegistry(mirror, reactor)))
+    root.putChild(b"metrics", MetricsResource(scrapeRegistry(mirror, reactor, multiprocessDir)))
     root.putChild(b"healthz", HealthResource(factory, store, reactor, draining))
     return QuietSite(root)
 
 
 def metricsService(reactor, description: str, factory=None, store=None,
-                   draining: Callable[[], bool] | None = None):
+                   draining: Callable[[], bool] | None = None,
+                   multiprocessDir: str | None = None):
     """
     The service that serves C{/metrics} and C{/healthz} on the Twisted
     endpoint C{description} (for example C{tcp:9464:interface=127.0.0.1}).
@@ -308,12 +311,28 @@ def metricsService(reactor, description: str, factory=None, store=None,
     if factory is not None:
         mirror = getattr(factory, "metricsMirror", None) or PrometheusMirror(factory)
         factory.metricsMirror = mirror
-    site = metricsSite(mirror, factory, store, reactor, draining)
+    site = metricsSite(mirror, factory, store, reactor, draining, multiprocessDir)
     listener = internet.StreamServerEndpointService(
         endpoints.serverFromString(reactor, description), site
     )
     listener._raiseSynchronously = True
     return listener
+
+
+def supervisorHealth(supervisor, runDir: str) -> Callable[[], bool]:
+    """
+    C{/healthz} of a C{--workers} supervisor: "draining" (503) once it is
+    stopping, while any worker drains, or while no worker reports in.
+    """
+    from proto.stats import readSnapshots
+
+    def draining() -> bool:
+        if not supervisor.running:
+            return True
+        snapshots = readSnapshots(runDir)
+        return not snapshots or any(snap.get("Draining") for snap in snapshots)
+
+    return draining
 
 
 #: Every metric family the server exports (dashboards may use these,

@@ -6,11 +6,30 @@ C{LineReceiver} whose "line" is a whole request head (the delimiter is the
 empty line, C{\\r\\n\\r\\n}); bodies are read in raw mode. The life of a
 connection::
 
-    handshaking --(certificate admitted)--> ready --(QUIT)--> quitting
-         |                                    |                  |
-         +--(refused / timeout)--> closing <--+--(framing error)-+
-                                      |
-                                   closed
+    handshaking --(certificate admitted)--> ready --(QUIT, framing error,
+         |                                    |      revocation, shutdown)
+         |                                    v
+         |                                 draining --(every request
+         |                                    |         accepted answered)
+         +--(refused / timeout)----------> closing <----+
+                                              |
+                                           closed
+
+Draining (L{GNPServerProtocol.drainThenClose}) is how every connection
+ends once it was admitted: read nothing more, let the requests already
+accepted finish (each within its Timeout, all within a bounded grace) and
+send their replies, then the final frame (the fatal C{ERR}, say), then
+close. So every request gets exactly one reply (PROTOCOL.md section 4)
+and replies already due go before the final C{ERR} (section 5), also when
+a later request breaks the framing.
+
+A request body must keep arriving: a pending body that gets no byte for
+C{bodyTimeout} seconds ends the connection with a fatal C{ERR}. The
+bytes of partial bodies are reserved against one budget shared by all
+connections (C{maxPendingBodies}, see L{proto.server.GNPServerFactory}
+C{reserveBody}); a body that does not fit is read and dropped, and its
+request answered C{ERR}, so partial bodies can never hold more memory
+than that budget.
 
 Replies are written in completion order: a command that returns a
 Deferred does not hold back the requests after it. Flow control: the
@@ -42,11 +61,12 @@ from proto import wire
 from proto.admission import Identity, identityOfDER, judge
 from proto.commands.base import CommandError, ICommandContext, Result
 from proto.stats import REFUSED_HANDSHAKE_TIMEOUT, UNKNOWN_COMMAND
+from proto.permissions import NOTHING, Grant
 from proto.tls import peerCertificateDER
 
 HANDSHAKING = "handshaking"
 READY = "ready"
-QUITTING = "quitting"
+DRAINING = "draining"
 CLOSING = "closing"
 CLOSED = "closed"
 
@@ -57,6 +77,16 @@ _simpleRequest = wire.simpleRequest
 #: resume cannot undo the other pause.
 _TRANSPORT = "transport"
 _INFLIGHT = "in-flight"
+
+#: Every timer a connection may run; all are cancelled when it closes.
+_TIMERS = (
+    "_handshakeTimer", "_headTimer", "_idleTimer", "_bodyTimer", "_drainTimer", "_abortTimer",
+    "_shutdownTimer",
+)
+
+#: The reason given to requests that arrive during a server shutdown, and
+#: in the final frame of each connection (issue 10: graceful drain).
+SHUTDOWN_REASON = "Server is shutting down"
 
 
 def printablePeer(address) -> str:
@@ -85,7 +115,8 @@ class GNPServerProtocol(LineReceiver):
         self.factory = factory
         self.config = factory.config
         self.registry = factory.registry
-        self._handlers = factory.registry.handlers
+        self._commands = factory.registry.commands
+        self.access = getattr(factory, "access", None)
         self.clock = factory.clock
         self.store = factory.store
         self.hub = factory.hub
@@ -99,13 +130,22 @@ class GNPServerProtocol(LineReceiver):
         self.MAX_LENGTH = self.config.maxHead - len(wire.HEAD_END)
         self.state = HANDSHAKING
         self.identity: Identity | None = None
+        self.grant: Grant = NOTHING
         self.peer = "?"
         self._inflight: dict[str, defer.Deferred] = {}
         self._subscriptions: dict[str, Callable[[], None]] = {}
+        self._regrants: dict[str, Callable[[Grant], None]] = {}
         self._pauses: set[str] = set()
         self._bodyFor: wire.Request | None = None
         self._bodyParts: list[bytes] = []
         self._bodyMissing = 0
+        #: Bytes of the budget for partial bodies this body holds (0: none
+        #: yet); C{_bodyRefused}: the body did not fit, its bytes are
+        #: dropped as they come and its request is answered ERR.
+        self._bodyHeld = 0
+        self._bodyRefused = False
+        self._bodyLast = 0.0
+        self._finalFrame = b""
         self._replies: list[bytes] | None = None
         self._now = self.clock.seconds
         self._maxHead = self.config.maxHead
@@ -113,7 +153,12 @@ class GNPServerProtocol(LineReceiver):
         self._handshakeTimer = None
         self._headTimer = None
         self._idleTimer = None
+        self._bodyTimer = None
+        self._drainTimer = None
         self._abortTimer = None
+        self._shutdownTimer = None
+        #: Set by L{shutdown}: the final frame; new requests get ERR.
+        self._shutdownFrame: bytes | None = None
 
     # -- connection life -------------------------------------------------
 
@@ -133,6 +178,10 @@ class GNPServerProtocol(LineReceiver):
         self._cancelTimer("_handshakeTimer")
         if self.state != HANDSHAKING:
             return
+        # Behind HAProxy (--listen haproxy:...) the PROXY header is parsed
+        # after connectionMade, so only now does getPeer() give the
+        # client's address rather than HAProxy's (Twisted #12501).
+        self.peer = printablePeer(self.transport.getPeer())
         self.stats.handshake.observe(perf_counter() - self._openedAt)
         der = peerCertificateDER(self.transport)
         if der is not None:
@@ -140,7 +189,14 @@ class GNPServerProtocol(LineReceiver):
         reason = self.factory.overloadReason()
         if reason is None:
             now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-            reason = judge(self.identity, self.factory.allowList(), now)
+            allowList = self.factory.allowList()
+            reason = judge(self.identity, allowList, now)
+            if reason is None:
+                self.grant = allowList.grantFor(self.identity.sha1, self.identity.sha256)
+            else:
+                refused = getattr(self.factory, "certificateRefused", None)
+                if refused is not None and self.identity is not None:
+                    refused(self.identity, self.peer, reason)
         who = self.identity
         if reason is not None:
             self.log.info(
@@ -152,8 +208,9 @@ class GNPServerProtocol(LineReceiver):
             self._closeWith(wire.encodeGreeting(reason))
             return
         self.log.info(
-            "Admitted {peer} sha1={sha1} cn={cn!r}",
+            "Admitted {peer} sha1={sha1} cn={cn!r} {grant}",
             peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
+            grant=self.grant.attributes(),
         )
         self.state = READY
         self.admittedAt = self.clock.seconds()
@@ -166,8 +223,9 @@ class GNPServerProtocol(LineReceiver):
 
     def connectionLost(self, reason=None) -> None:
         self.state = CLOSED
-        for name in ("_handshakeTimer", "_headTimer", "_idleTimer", "_abortTimer"):
+        for name in _TIMERS:
             self._cancelTimer(name)
+        self._dropBody()
         self._cancelWork()
         self.factory.connectionClosed(self)
 
@@ -176,7 +234,11 @@ class GNPServerProtocol(LineReceiver):
         inflight, self._inflight = self._inflight, {}
         for d in inflight.values():
             d.cancel()
+        self._cancelSubscriptions()
+
+    def _cancelSubscriptions(self) -> None:
         subscriptions, self._subscriptions = self._subscriptions, {}
+        self._regrants = {}
         for cancel in subscriptions.values():
             self._callSafely(cancel)
 
@@ -201,7 +263,7 @@ class GNPServerProtocol(LineReceiver):
         """
         if self.state in (CLOSING, CLOSED):
             return
-        admitted = self.state is READY or self.state is QUITTING
+        admitted = self.state is READY or self.state is DRAINING
         replies, self._replies = self._replies, None
         if replies:
             # Replies already due go out before the final frame.
@@ -209,8 +271,10 @@ class GNPServerProtocol(LineReceiver):
             del replies[:]
         self.state = CLOSING
         self.clearLineBuffer()
-        for name in ("_handshakeTimer", "_headTimer", "_idleTimer"):
-            self._cancelTimer(name)
+        for name in _TIMERS:
+            if name != "_abortTimer":
+                self._cancelTimer(name)
+        self._dropBody()
         self._cancelWork()
         self.transport.unregisterProducer()
         if self._pauses:
@@ -230,17 +294,140 @@ class GNPServerProtocol(LineReceiver):
         self._abortTimer = None
         self.transport.abortConnection()
 
+    # -- draining: how an admitted connection ends ------------------------
+
+    def drainThenClose(self, finalFrame: bytes = b"", grace: float | None = None) -> None:
+        """
+        End the connection without losing a reply: read no further input,
+        let the requests already accepted finish and send their replies,
+        then send C{finalFrame} and close (PROTOCOL.md sections 4 and 5).
+        Standing subscriptions (WATCH, REMIND) end at once: pushes are not
+        replies.
+
+        @param finalFrame: sent after the last reply (a fatal C{ERR}); may
+            be empty (QUIT).
+        @param grace: seconds after which requests still running are
+            cancelled, each answered C{ERR Cancelled ...}; C{None}: wait for
+            them (each is still bounded by its own Timeout). Called again
+            while draining, a shorter grace applies (a shutdown after a
+            QUIT); the first final frame stays.
+        """
+        if self.state is DRAINING:
+            if grace is not None:
+                self._armDrainGrace(grace)
+            return
+        if self.state is not READY:
+            # Not admitted yet (or already closing): nothing accepted to wait for.
+            self._closeWith(finalFrame)
+            return
+        self.state = DRAINING
+        self._finalFrame = finalFrame
+        self.clearLineBuffer()
+        self._dropBody()
+        for name in ("_headTimer", "_idleTimer"):
+            self._cancelTimer(name)
+        self._cancelSubscriptions()
+        if grace is not None:
+            self._armDrainGrace(grace)
+        self._drainIfDone()
+
+    def shutdown(self, grace: float) -> None:
+        """
+        The server is stopping (SIGTERM, twistd's stop): unlike
+        L{drainThenClose}, keep reading, and answer every request that
+        arrives now with C{ERR Server is shutting down} (with its Sequence),
+        while the requests already accepted finish, for at most C{grace}
+        seconds (then they are cancelled and answered). Then the final
+        C{ERR Server is shutting down} without Sequence, and the close.
+        Standing WATCH/REMIND end when the connection does.
+        """
+        frame = wire.encodeError(SHUTDOWN_REASON, None)
+        if self.state is not READY or not self._inflight:
+            self.drainThenClose(frame, grace)
+            return
+        self._shutdownFrame = frame
+        self._cancelTimer("_idleTimer")
+        self._shutdownTimer = self.clock.callLater(grace, self._shutdownGraceOver)
+
+    def _shutdownGraceOver(self) -> None:
+        self._shutdownTimer = None
+        if self.state is READY:
+            # Cancels what still runs (each answered), then the final frame.
+            self.drainThenClose(self._shutdownFrame, 0)
+
+    def _armDrainGrace(self, grace: float) -> None:
+        timer = self._drainTimer
+        deadline = self.clock.seconds() + grace
+        if timer is not None and timer.active():
+            if timer.getTime() <= deadline:
+                return
+            timer.cancel()
+        self._drainTimer = self.clock.callLater(grace, self._drainGraceOver, grace)
+
+    def _drainGraceOver(self, grace: float) -> None:
+        """Cancel what still runs; each is answered (see L{_failureReply})."""
+        self._drainTimer = None
+        if self.state is not DRAINING:
+            return
+        self.log.info(
+            "Closing {peer}: {count} request(s) did not finish within the "
+            "{grace:g} s grace, cancelled", peer=self.peer, count=len(self._inflight),
+            grace=grace,
+        )
+        for d in list(self._inflight.values()):
+            d.cancel()
+        self._drainIfDone()
+
+    def _drainIfDone(self) -> None:
+        """Close once draining and every accepted request is answered."""
+        if self.state is DRAINING and not self._inflight and self._replies is None:
+            self._cancelTimer("_drainTimer")
+            self._closeWith(self._finalFrame)
+
     def fatal(self, reason: str, sequence: str | None = None) -> None:
-        """A framing error (PROTOCOL.md section 5): ERR, flush, close."""
+        """
+        A framing error (PROTOCOL.md section 5): the replies of the
+        requests before it, then C{ERR reason}, then close.
+        """
         self.log.info(
             "Protocol error from {peer}, closing: {reason}", peer=self.peer, reason=reason
         )
-        self._closeWith(wire.encodeError(reason, sequence))
+        self.drainThenClose(wire.encodeError(reason, sequence), self.config.drainGrace)
 
     def revoke(self, reason: str) -> None:
         """End an admitted connection whose admission no longer holds."""
         self.log.info("Closing {peer}: {reason}", peer=self.peer, reason=reason)
-        self._closeWith(wire.encodeError(reason, None))
+        self.drainThenClose(wire.encodeError(reason, None), self.config.drainGrace)
+
+    def setGrant(self, grant: Grant) -> None:
+        """
+        The allow-list changed what this certificate may do (section 9):
+        the next request is checked against C{grant}, and standing
+        subscriptions (WATCH) are told, so that one now outside the
+        prefixes ends.
+        """
+        if grant == self.grant or self.state not in (READY, DRAINING):
+            return
+        self.log.info(
+            "Rights of {peer} sha1={sha1} changed: {grant}",
+            peer=self.peer, sha1=self.identity and self.identity.sha1,
+            grant=grant.attributes(),
+        )
+        self.grant = grant
+        for sequence, regrant in list(self._regrants.items()):
+            if self._regrants.get(sequence) is regrant:
+                try:
+                    regrant(grant)
+                except Exception:
+                    self.log.failure(
+                        "Re-checking a subscription of {peer} failed", peer=self.peer
+                    )
+
+    def displayName(self) -> str:
+        """The name on the allow-list, else the certificate's CN (for messages)."""
+        if self.grant.name:
+            return self.grant.name
+        return self.identity.commonName if self.identity is not None else "?"
 
     # -- timers ----------------------------------------------------------
 
@@ -273,7 +460,7 @@ class GNPServerProtocol(LineReceiver):
             self._idleTimer = self.clock.callLater(max(wait, 0.001), self._idleCheck)
             return
         self.log.info("Idle timeout for {peer}", peer=self.peer)
-        self._closeWith(
+        self.drainThenClose(
             wire.encodeError(
                 f"Idle timeout: no request for {self.config.idleTimeout:g} s", None
             )
@@ -299,6 +486,78 @@ class GNPServerProtocol(LineReceiver):
             self._headTimer = self.clock.callLater(
                 self.config.headTimeout, self._headTimedOut
             )
+
+    def _watchBody(self) -> None:
+        """
+        A body is pending after a chunk of input (or a resume): reserve its
+        memory the first time, note the time (bytes came, or we just
+        resumed reading, which was not the client's delay), and run the
+        body timer unless we stopped reading.
+        """
+        if not self._bodyHeld and not self._bodyRefused:
+            self._reserveBody()
+        self._bodyLast = self._now()
+        if self._bodyTimer is None and not self.paused:
+            self._bodyTimer = self.clock.callLater(
+                self.config.bodyTimeout, self._bodyTimerFired
+            )
+
+    def _bodyTimerFired(self) -> None:
+        self._bodyTimer = None
+        if self.state is not READY or not self._bodyMissing or self.paused:
+            return
+        quiet = self._now() - self._bodyLast
+        timeout = self.config.bodyTimeout
+        if quiet < timeout:
+            self._bodyTimer = self.clock.callLater(timeout - quiet, self._bodyTimerFired)
+            return
+        request = self._bodyFor
+        self.fatal(
+            f"Timeout: no byte of the {request.size}-byte body came for {timeout:g} s "
+            f"({self._bodyMissing} bytes missing)",
+            request.sequence,
+        )
+
+    def _reserveBody(self) -> None:
+        """Take the pending body's size from the server-wide budget, or refuse it."""
+        size = self._bodyFor.size
+        if self.factory.reserveBody(size):
+            self._bodyHeld = size
+            return
+        self._bodyRefused = True
+        self._bodyParts = []
+        self.log.warn(
+            "Refused a {size}-byte body from {peer}: partial bodies already hold "
+            "the server's limit of {limit} bytes",
+            size=size, peer=self.peer, limit=self.config.maxPendingBodies,
+        )
+
+    def _bodyComplete(self) -> None:
+        """The pending body is all here: run its request (or refuse it)."""
+        request, parts, refused = self._bodyFor, self._bodyParts, self._bodyRefused
+        self._dropBody()
+        if refused:
+            self._write(
+                wire.encodeError(
+                    f"Server busy: request bodies being received already hold its "
+                    f"limit of {self.config.maxPendingBodies} bytes; send this "
+                    "request again later",
+                    request.sequence,
+                )
+            )
+            return
+        request.body = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._dispatch(request)
+
+    def _dropBody(self) -> None:
+        """Forget the pending body (if any) and give back its memory."""
+        self._bodyFor, self._bodyParts, self._bodyMissing = None, [], 0
+        self._bodyRefused = False
+        if self._bodyHeld:
+            self.factory.releaseBody(self._bodyHeld)
+            self._bodyHeld = 0
+        if self._bodyTimer is not None:
+            self._cancelTimer("_bodyTimer")
 
     # -- input -----------------------------------------------------------
 
@@ -342,13 +601,11 @@ class GNPServerProtocol(LineReceiver):
                     missing = self._bodyMissing
                     take = buf[pos : pos + missing]
                     pos += len(take)
-                    self._bodyParts.append(take)
+                    if not self._bodyRefused:
+                        self._bodyParts.append(take)
                     self._bodyMissing = missing - len(take)
                     if not self._bodyMissing:
-                        request = self._bodyFor
-                        request.body = b"".join(self._bodyParts)
-                        self._bodyFor, self._bodyParts = None, []
-                        self._dispatch(request)
+                        self._bodyComplete()
                     continue
                 simple = matchSimple(buf, pos)
                 if simple is not None:
@@ -383,8 +640,13 @@ class GNPServerProtocol(LineReceiver):
                 self._buffer = b""
             if replies:
                 self._write(b"".join(replies) if len(replies) > 1 else replies[0])
-        if self.state is READY and (self._buffer or self._headTimer is not None):
-            self._watchHead(completed)
+        if self.state is READY:
+            if self._bodyMissing:
+                self._watchBody()
+            if self._buffer or self._headTimer is not None:
+                self._watchHead(completed)
+        else:
+            self._drainIfDone()
 
     def lineReceived(self, head: bytes) -> None:
         """One request head (without the empty line that ended it)."""
@@ -413,6 +675,9 @@ class GNPServerProtocol(LineReceiver):
         if counts is None:
             counts = self.stats.command(UNKNOWN_COMMAND)
         counts.received += 1
+        if self._shutdownFrame is not None:
+            self._writeError(wire.encodeError(SHUTDOWN_REASON, sequence), counts, started)
+            return
         if request.error is not None:
             self._writeError(wire.encodeError(request.error, sequence), counts, started)
             return
@@ -422,13 +687,20 @@ class GNPServerProtocol(LineReceiver):
                 counts, started,
             )
             return
-        handler = self._handlers.get(request.command)
-        if handler is None:
+        command = self._commands.get(request.command)
+        if command is None:
             self._writeError(
                 wire.encodeError(f"Unknown command: {request.command}", sequence),
                 counts, started,
             )
             return
+        grant = self.grant
+        if command.rank > grant.rank or (command.ids is not None and grant.prefixes is not None):
+            refusal = self._refusal(command, request)
+            if refusal is not None:
+                self._writeError(wire.encodeError(refusal, sequence), counts, started)
+                return
+        handler = command.handler
         try:
             result = handler(self, request)
         except Exception:
@@ -442,8 +714,25 @@ class GNPServerProtocol(LineReceiver):
         self._write(self._successReply(result, sequence))
         counts.ok += 1
         counts.latency.observe(perf_counter() - started)
-        if self.state is QUITTING:
-            self._finishQuit()
+
+    def _refusal(self, command, request: wire.Request) -> str | None:
+        """
+        Why this connection's certificate may not make C{request}, or
+        C{None} (PROTOCOL.md section 9: the command's level, then each id
+        it touches against the prefixes).
+        """
+        try:
+            ids = () if command.ids is None else tuple(command.ids(request))
+        except Exception:
+            self.log.failure(
+                "Ids of {command} from {peer} could not be found",
+                command=request.command, peer=self.peer,
+            )
+            return (
+                f"Internal error while checking the rights for {request.command} "
+                "(details are in the server log)"
+            )
+        return self.grant.refusal(request.command, command.rank, ids, self.displayName())
 
     def _writeError(self, data: bytes, counts, started: float) -> None:
         """Send a per-request C{ERR} reply and count it."""
@@ -473,8 +762,11 @@ class GNPServerProtocol(LineReceiver):
                 counts.latency.observe(perf_counter() - started)
             if _INFLIGHT in self._pauses and len(self._inflight) < self.config.maxInflight // 2:
                 self._resume(_INFLIGHT)
-            if self.state == QUITTING:
-                self._finishQuit()
+            if self.state is DRAINING:
+                self._drainIfDone()
+            elif self._shutdownFrame is not None and not self._inflight:
+                self._cancelTimer("_shutdownTimer")
+                self.drainThenClose(self._shutdownFrame, 0)
             return None
 
         d.addBoth(done)
@@ -496,6 +788,12 @@ class GNPServerProtocol(LineReceiver):
                 f"Timeout: {request.command} did not finish within "
                 f"{request.timeout:g} s and was cancelled"
             )
+        elif failure.check(defer.CancelledError):
+            # Only a drain's grace cancels a command on an open connection.
+            reason = (
+                f"Cancelled: the connection is closing and {request.command} did "
+                "not finish within the grace period"
+            )
         else:
             self.log.failure(
                 "Command {command} from {peer} failed", failure,
@@ -509,7 +807,7 @@ class GNPServerProtocol(LineReceiver):
         Send C{data} unless closing. While a chunk of input is being parsed,
         replies are collected and written together when it is done.
         """
-        if self.state is READY or self.state is QUITTING:
+        if self.state is READY or self.state is DRAINING:
             self.stats.bytesOut += len(data)
             replies = self._replies
             if replies is not None:
@@ -519,16 +817,10 @@ class GNPServerProtocol(LineReceiver):
 
     def quitAfterReplies(self) -> None:
         """
-        QUIT: read no further requests; close once every reply due is sent.
+        QUIT: read no further requests; close once every reply due is sent
+        (no grace: each request still runs to its end or its Timeout).
         """
-        if self.state == READY:
-            self.state = QUITTING
-            self.clearLineBuffer()
-            self._cancelTimer("_headTimer")
-
-    def _finishQuit(self) -> None:
-        if not self._inflight:
-            self._closeWith(b"")
+        self.drainThenClose(b"", None)
 
     # -- ICommandContext ---------------------------------------------------
 
@@ -539,16 +831,25 @@ class GNPServerProtocol(LineReceiver):
     def congested(self) -> bool:
         return _TRANSPORT in self._pauses
 
-    def subscribe(self, sequence: str, cancel: Callable[[], None]) -> None:
-        if self.state in (CLOSING, CLOSED):
+    def subscribe(
+        self,
+        sequence: str,
+        cancel: Callable[[], None],
+        regrant: Callable[[Grant], None] | None = None,
+    ) -> None:
+        if self.state is not READY:
             self._callSafely(cancel)
             return
+        self._regrants.pop(sequence, None)
         previous = self._subscriptions.pop(sequence, None)
         if previous is not None:
             self._callSafely(previous)
         self._subscriptions[sequence] = cancel
+        if regrant is not None:
+            self._regrants[sequence] = regrant
 
     def unsubscribe(self, sequence: str) -> bool:
+        self._regrants.pop(sequence, None)
         cancel = self._subscriptions.pop(sequence, None)
         if cancel is None:
             return False
@@ -575,6 +876,7 @@ class GNPServerProtocol(LineReceiver):
             self.paused = True
             self.transport.pauseProducing()
             self._cancelTimer("_headTimer")
+            self._cancelTimer("_bodyTimer")
 
     def _resume(self, why: str) -> None:
         if why not in self._pauses:

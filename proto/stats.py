@@ -206,7 +206,7 @@ def processSnapshot(factory) -> dict[str, Any]:
         "Pid": os.getpid(),
         "Started": stats.startedAt,
         "Written": time.time(),
-        "Draining": bool(getattr(factory, "draining", False)),
+        "Draining": getattr(factory, "drainingReason", None) is not None,
         "Connections": {
             "Open": len(factory.connections),
             "Admitted": len(factory.admitted),

@@ -8,8 +8,10 @@ cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import sys
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -18,10 +20,19 @@ from twisted.python import usage
 
 from proto import datadir, wire
 from proto.admission import AllowListError, AllowListFile
-from proto.server import GNPServerFactory, ServerConfig, listenServices
-from proto.tls import ServerTLS
+from proto.lifecycle import DrainService, OrderedShutdown
+from proto.server import (
+    DEFAULT_MAX_PENDING_BODIES, GNPServerFactory, ServerConfig, listenServices,
+)
+from proto.listen import problemWith
+from proto.sighup import SighupService
+from proto.tls import TICKET_KEY_SECONDS, ServerTLS
 
 log = Logger()
+
+#: How often the store's approvals and enrolments are checked for changes
+#: (every server sharing the store sees one within 2 seconds).
+GRANTS_POLL_SECONDS = 1.0
 
 #: How often the allow-list file is checked for changes.
 ALLOWLIST_POLL_SECONDS = 1.0
@@ -38,6 +49,19 @@ def _nonNegativeFloat(value: str) -> float:
     number = float(value)
     if not number >= 0 or number == float("inf"):
         raise ValueError("must be a number of seconds, 0 or more")
+    return number
+
+
+def _workerCount(value: str) -> int:
+    """C{--workers}: a positive number, or C{auto} (the CPUs we may use)."""
+    if value.strip().lower() == "auto":
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # not Linux
+            return max(1, os.cpu_count() or 1)
+    number = int(value)
+    if number <= 0:
+        raise ValueError("must be a positive whole number or 'auto'")
     return number
 
 
@@ -71,14 +95,44 @@ class Options(usage.Options):
          "Seconds a client has to finish the TLS handshake.", _nonNegativeFloat],
         ["head-timeout", None, 10.0,
          "Seconds a request head may take to arrive, from its first byte.", _nonNegativeFloat],
+        ["body-timeout", None, 10.0,
+         "Close a connection whose request body gets no byte for this many seconds.",
+         _nonNegativeFloat],
+        ["max-pending-bodies", None, DEFAULT_MAX_PENDING_BODIES,
+         "Bytes that request bodies still arriving may hold, all connections "
+         "together; past it a body is read and dropped and its request answered "
+         "ERR Server busy.", _positiveInt],
         ["idle-timeout", None, 300.0,
          "Close a connection with nothing to do for this many seconds (0: never).",
          _nonNegativeFloat],
         ["max-connections", None, 10000, "Most admitted connections at once.", _positiveInt],
+        ["retain-changes", None, 100_000,
+         "Keep at least this many of the newest changes in the change log, which "
+         "WATCH with Since replays (at least 1).", _positiveInt],
+        ["workers", None, 1,
+         "Worker processes sharing the port (SO_REUSEPORT) under a supervisor that "
+         "restarts them; 'auto': one per CPU. See README, Scaling out.", _workerCount],
+        ["worker-index", None, None, "Internal: set by the supervisor on its workers.", int],
+        ["drain-timeout", None, 10.0,
+         "On SIGTERM (and twistd's stop), seconds the requests in flight have to "
+         "finish before they are cancelled; meanwhile new requests are answered "
+         "'ERR Server is shutting down'.", _nonNegativeFloat],
         ["metrics", None, None,
          "Serve /metrics (Prometheus) and /healthz over HTTP on this Twisted endpoint "
          "description, e.g. tcp:9464:interface=127.0.0.1. [default: off]"],
     ]
+
+    optFlags = [
+        ["plain-transport", None,
+         "Serve with plain Twisted transports: turn off the speed levers (write-through "
+         "TCP writes, one TLS flush per reactor turn, the proto-epoll reactor), to rule "
+         "them out when debugging."],
+    ]
+
+    def parseOptions(self, options=None) -> None:
+        # Kept so that a supervisor can give its workers the same options.
+        self.rawArgs = list(sys.argv[1:] if options is None else options)
+        super().parseOptions(options)
 
     def __init__(self) -> None:
         super().__init__()
@@ -91,10 +145,27 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if (self["cert"] is None) != (self["key"] is None):
             raise usage.UsageError("--cert and --key go together: give both or neither")
-        if self["handshake-timeout"] <= 0 or self["head-timeout"] <= 0:
-            raise usage.UsageError("--handshake-timeout and --head-timeout must be > 0")
+        if min(self["handshake-timeout"], self["head-timeout"], self["body-timeout"]) <= 0:
+            raise usage.UsageError(
+                "--handshake-timeout, --head-timeout and --body-timeout must be > 0"
+            )
+        if self["max-pending-bodies"] < self["max-body"]:
+            raise usage.UsageError(
+                "--max-pending-bodies must be at least --max-body "
+                f"({self['max-body']}), or no body that size could ever be read"
+            )
+        for description in self["listen"]:
+            problem = problemWith(description)
+            if problem is not None:
+                raise usage.UsageError(problem)
         if self["max-head"] < 64:
             raise usage.UsageError("--max-head must be at least 64 bytes")
+        if not self["plain-transport"]:
+            # twistd parses these options before it imports the reactor: the
+            # one moment the speed levers' reactor can still be installed.
+            from proto.speed import reactor as speedReactor
+
+            speedReactor.installIfFree()
 
     def config(self) -> ServerConfig:
         return ServerConfig(
@@ -102,6 +173,8 @@ class Options(usage.Options):
             maxBody=self["max-body"],
             handshakeTimeout=self["handshake-timeout"],
             headTimeout=self["head-timeout"],
+            bodyTimeout=self["body-timeout"],
+            maxPendingBodies=self["max-pending-bodies"],
             idleTimeout=self["idle-timeout"],
             maxConnections=self["max-connections"],
         )
@@ -141,6 +214,42 @@ def _firstPort(descriptions: list[str]) -> int | None:
     return int(match.group(1)) if match else None
 
 
+def _announceTransport(levers: bool) -> None:
+    """Say which transport serves, so a debugging user knows what ran."""
+    from proto.speed import reactor as speedReactor
+
+    if not levers:
+        log.info("Transport: plain Twisted (--plain-transport)")
+    elif speedReactor.isInstalled():
+        log.info("Transport: speed levers on (write-through, per-turn TLS flush, proto-epoll reactor)")
+    else:
+        from twisted.internet import reactor
+
+        log.info(
+            "Transport: write-through and per-turn TLS flush on; reactor lever off: "
+            "{reactor} was installed first (use twistd --reactor {name})",
+            reactor=type(reactor).__name__, name=speedReactor.NAME,
+        )
+
+
+def _oneLineErrors(build):
+    """
+    Start-up problems found while building the service (a certificate that
+    cannot be loaded, a missing allow-list) end twistd with one line on
+    stderr and exit status 1. twistd handles a UsageError only while it
+    parses the options; from here it would print a traceback.
+    """
+
+    @functools.wraps(build)
+    def wrapper(options):
+        try:
+            return build(options)
+        except usage.UsageError as e:
+            raise SystemExit(f"proto: {e}") from None
+
+    return wrapper
+
+
 def _learnCertificates(factory, dataDir: str) -> None:
     """
     Remember the client certificates kept as PEM files in the data
@@ -150,9 +259,9 @@ def _learnCertificates(factory, dataDir: str) -> None:
     import glob
 
     from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
 
     from proto.admission import identityOfDER
-    from cryptography.hazmat.primitives.serialization import Encoding
 
     for path in sorted(glob.glob(os.path.join(dataDir, "*.pem"))):
         if os.path.basename(path) == datadir.SERVER_CERT:
@@ -195,12 +304,18 @@ def _shareStats(factory, dataDir: str, parent) -> None:
     _Snapshots(MIRROR_SECONDS, tick).setServiceParent(parent)
 
 
+@_oneLineErrors
 def makeService(options: Options) -> service.IService:
     """Build the server's service tree from parsed L{Options}."""
     from twisted.internet import reactor
 
     from proto.hub import ChangeHub
     from proto.store import StoreService, openStore
+
+    if options["worker-index"] is None and options["workers"] > 1:
+        from proto.workers import makeSupervisor
+
+        return makeSupervisor(options, options["workers"])
 
     dataDir = options["data-dir"]
     ownCert = options["cert"] is not None
@@ -225,23 +340,41 @@ def makeService(options: Options) -> service.IService:
 
     hub = ChangeHub()
     try:
-        store = openStore(options["store"], dataDir, hub=hub)
+        store = openStore(
+            options["store"], dataDir, hub=hub, retainChanges=options["retain-changes"]
+        )
     except ValueError as e:
         raise usage.UsageError(str(e)) from None
 
     factory = GNPServerFactory(
         options.config(), lambda: allowFile.current, store=store, hub=hub, clock=reactor
     )
-    allowFile.onChange = factory.allowListChanged
+    # File edits, approvals and enrolments reach live connections through
+    # one path (section 9): the factory's AccessControl.
+    allowFile.onChange = factory.access.fileChanged
     if hasattr(store, "commitObserver"):
         store.commitObserver = factory.stats.commitObserved
     _learnCertificates(factory, dataDir)
     factory.backupDir = os.path.join(dataDir, "backups")
 
-    top = service.MultiService()
+    top = OrderedShutdown()  # stops last-added first, one at a time (proto.lifecycle)
     StoreService(store).setServiceParent(top)
     TimerService(ALLOWLIST_POLL_SECONDS, allowFile.check).setServiceParent(top)
     _shareStats(factory, dataDir, top)
+    # Approvals and enrolments made by any server sharing the store.
+    TimerService(GRANTS_POLL_SECONDS, factory.access.poll).setServiceParent(top)
+    hup = SighupService(reactor)
+    hup.add("the allow-list", allowFile.reload)
+    hup.setServiceParent(top)
+    # New TLS session-ticket keys (a new context) every hour, in memory only.
+    ticketKeys = TimerService(TICKET_KEY_SECONDS, creator.rotateTicketKeys)
+    ticketKeys.setServiceParent(top)
+    levers = not options["plain-transport"]
+    worker = options["worker-index"] is not None  # one of --workers N (proto.workers)
+    if worker:
+        from proto.workers import ParentWatch
+
+        ParentWatch(reactor).setServiceParent(top)
     if options["metrics"]:
         from proto.metrics import metricsService
 
@@ -249,9 +382,15 @@ def makeService(options: Options) -> service.IService:
             metricsService(reactor, options["metrics"], factory, store).setServiceParent(top)
         except ValueError as e:
             raise usage.UsageError(f"--metrics {options['metrics']!r}: {e}") from None
-    for listener in listenServices(reactor, options["listen"], creator, factory):
+    # Stopped after the listeners, before the store: the graceful drain.
+    DrainService(factory, options["drain-timeout"], reactor).setServiceParent(top)
+    for listener in listenServices(
+        reactor, options["listen"], creator, factory, levers, reusePort=worker
+    ):
         listener.setServiceParent(top)
-    _announce(options, report, certPath, keyPath, allowPath)
+    _announceTransport(levers)
+    if not worker:
+        _announce(options, report, certPath, keyPath, allowPath)
     log.info(
         "GNP/1 server: certificate {cert} (sha1 {sha1}), allow-list {allow} "
         "({count} entries), data in {dataDir}",

@@ -12,16 +12,22 @@ environment wins). Every option of ``twistd proto --help`` is available:
   with ``-`` as ``_``: ``PROTO_DATA_DIR``, ``PROTO_LISTEN`` (several
   descriptions separated by spaces), ``PROTO_CERT``, ``PROTO_KEY``,
   ``PROTO_ALLOW``, ``PROTO_STORE``, ``PROTO_MAX_HEAD``, ``PROTO_MAX_BODY``,
-  ``PROTO_HANDSHAKE_TIMEOUT``, ``PROTO_HEAD_TIMEOUT``,
-  ``PROTO_IDLE_TIMEOUT``, ``PROTO_MAX_CONNECTIONS``.
+  ``PROTO_HANDSHAKE_TIMEOUT``, ``PROTO_HEAD_TIMEOUT``, ``PROTO_BODY_TIMEOUT``,
+  ``PROTO_MAX_PENDING_BODIES``, ``PROTO_IDLE_TIMEOUT``, ``PROTO_MAX_CONNECTIONS``.
 """
 
 import os
 
 from twisted.application import service
+from twisted.python import usage
 
 from proto.deploy import optionsFromEnvironment
 from proto.tap import makeService
 
+try:
+    options = optionsFromEnvironment(os.environ)
+except usage.UsageError as e:
+    # One line and exit status 1, not a traceback.
+    raise SystemExit(f"proto.tac: {e}") from None
 application = service.Application("proto")
-makeService(optionsFromEnvironment(os.environ)).setServiceParent(application)
+makeService(options).setServiceParent(application)

@@ -22,9 +22,10 @@ from twisted.internet.task import Clock
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 
-from proto import certs, datadir, wire
+from proto import certs, datadir, speed, wire
 from proto.admission import AllowList
 from proto.server import GNPServerFactory, ServerConfig
+from proto.speed.tlsflush import FastTLSFactory
 from proto.tls import ServerTLS
 
 #: Runs the real twistd of this interpreter, wherever its scripts are.
@@ -155,10 +156,13 @@ def connectInMemory(
     client: certs.Minted | None | str = "default",
     clock: Clock | None = None,
     config: ServerConfig | None = None,
+    levers: bool = True,
 ) -> MemoryConnection:
     """
     Connect a client to a real L{GNPServerProtocol} over real TLS in
     memory. C{client} is the certificate to present (C{None}: none).
+    C{levers}: serve through L{proto.speed}'s TLS transport (its per-turn
+    flush; write-through needs a real socket), as the server does.
     """
     creds = Credentials.get()
     if client == "default":
@@ -167,7 +171,8 @@ def connectInMemory(
         clock = clock or realTimeClock()
         factory = makeFactory(clock, config)
     clock = factory.clock
-    serverTLS = TLSMemoryBIOFactory(creds.serverTLS(), False, factory, clock=clock).buildProtocol(
+    serverFactory = FastTLSFactory if levers else TLSMemoryBIOFactory
+    serverTLS = serverFactory(creds.serverTLS(), False, factory, clock=clock).buildProtocol(
         iosim.FakeAddress()
     )
     collector = FrameCollector()
@@ -312,11 +317,15 @@ class BlockingConnection:
 
 
 @defer.inlineCallbacks
-def listenInProcess(reactor, factory, creator=None):
-    """Listen on 127.0.0.1, port 0, wrapped in our TLS; returns the port."""
+def listenInProcess(reactor, factory, creator=None, levers: bool = True):
+    """
+    Listen on 127.0.0.1, port 0, wrapped in our TLS (with the speed levers
+    of L{proto.speed}, as the server runs by default, unless C{levers} is
+    false); returns the port.
+    """
     creator = creator or Credentials.get().serverTLS()
-    endpoint = endpoints.wrapServerTLS(
-        creator, endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1")
+    endpoint = speed.wrapServerTLS(
+        creator, endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), levers
     )
     port = yield endpoint.listen(factory)
     return port

@@ -17,6 +17,7 @@ from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
 from proto import certs, stats
+from proto.admission import AllowList
 from proto.client import ServerError
 from proto.hub import ChangeHub
 from proto.store import SQLiteStore
@@ -24,14 +25,24 @@ from tests import support
 from tests.test_client import ClientTestMixin, waitUntil
 
 
+def adminAllowList(level: str = "admin") -> AllowList:
+    """The test client with C{can=level}; the stranger with write rights."""
+    creds = support.Credentials.get()
+    return AllowList.parse(
+        f"{certs.sha1Thumbprint(creds.client.certificate)} operator can={level}\n"
+    )
+
+
 class AdminTestMixin(ClientTestMixin):
     @defer.inlineCallbacks
-    def startServer(self):
+    def startServer(self, level: str = "admin"):
         hub = ChangeHub()
         self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=hub)
         yield self.store.start()
         self.addCleanup(self.store.close)
-        self.factory = support.makeFactory(reactor, store=self.store, hub=hub)
+        self.factory = support.makeFactory(
+            reactor, store=self.store, hub=hub, allowList=adminAllowList(level)
+        )
         self.factory.backupDir = os.path.abspath(self.mktemp())
         self.port = yield self.listen(self.factory, lambda: self.factory.connections)
 
@@ -69,6 +80,14 @@ class StatsTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(reply["Errors"], 1)
         self.assertEqual(reply["Watches"], 1)
         self.assertEqual(reply["Store"], {"Documents": 2, "Etag": 2})
+
+    @defer.inlineCallbacks
+    def test_adminOnly(self):
+        yield self.startServer(level="write")
+        client = yield self.connect(self.port)
+        for command in ("STATS", "CLIENTS", "BACKUP"):
+            error = yield self.assertFailure(client.request(command), ServerError)
+            self.assertIn("Forbidden", str(error))
 
     @defer.inlineCallbacks
     def test_wholeServer(self):
@@ -144,6 +163,7 @@ class ClientsTests(AdminTestMixin, unittest.TestCase):
             )
             self.assertEqual(entry["Sha1"], sha1)
             self.assertEqual(entry["CN"], "admitted client")
+            self.assertEqual(entry["Name"], "operator")
             self.assertRegex(entry["Since"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
             self.assertRegex(entry["Peer"], r"^127\.0\.0\.1:\d+$")
         byRequests = sorted(listed, key=lambda e: e["Requests"])

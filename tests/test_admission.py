@@ -55,6 +55,7 @@ class AllowListFileTests(unittest.TestCase):
     def test_reload(self):
         self.assertFalse(self.allow.check())
         self.write(f"{SHA256} two\n")
+        self.assertFalse(self.allow.check(), "applied once it stayed the same for one more check")
         self.assertTrue(self.allow.check())
         self.assertEqual(self.changes[-1].names, {SHA256: "two"})
         self.assertEqual(self.allow.current.names, {SHA256: "two"})
@@ -63,8 +64,10 @@ class AllowListFileTests(unittest.TestCase):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.write("garbage\n")
         self.assertFalse(self.allow.check())
+        self.assertFalse(self.allow.check())
         self.assertEqual(self.allow.current.names, {SHA1: "one"})
         os.remove(self.path)
+        self.assertFalse(self.allow.check())
         self.assertFalse(self.allow.check())
         self.assertEqual(self.allow.current.names, {SHA1: "one"})
         self.assertEqual(self.changes, [])

@@ -30,6 +30,7 @@ from proto.commands.documents import (
     registry,
 )
 from proto.hub import ChangeHub
+from proto.permissions import Grant
 from proto.store.base import PUT, Document
 from proto.store.sqlite import SQLiteStore
 from tests.test_store import GatedStore, waitForThread
@@ -64,6 +65,10 @@ class RecordingContext:
         self.connected = True
         self.quitting = False
         self.subscriptions: dict[str, Callable[[], None]] = {}
+        self.regrants: dict[str, Callable[[Any], None]] = {}
+        self.identity = None
+        self.grant = Grant()
+        self.access = None
 
     def push(self, sequence: str, body: bytes, headers=()) -> None:
         if self.connected:
@@ -77,16 +82,27 @@ class RecordingContext:
     def congested(self) -> bool:
         return self.isCongested
 
-    def subscribe(self, sequence: str, cancel: Callable[[], None]) -> None:
+    def subscribe(self, sequence: str, cancel: Callable[[], None], regrant=None) -> None:
         if not self.connected:
             cancel()
             return
+        self.regrants.pop(sequence, None)
         previous = self.subscriptions.pop(sequence, None)
         if previous is not None:
             previous()
         self.subscriptions[sequence] = cancel
+        if regrant is not None:
+            self.regrants[sequence] = regrant
+
+    def setGrant(self, grant) -> None:
+        """As the protocol does when the allow-list changes."""
+        self.grant = grant
+        for sequence, regrant in list(self.regrants.items()):
+            if self.regrants.get(sequence) is regrant:
+                regrant(grant)
 
     def unsubscribe(self, sequence: str) -> bool:
+        self.regrants.pop(sequence, None)
         cancel = self.subscriptions.pop(sequence, None)
         if cancel is None:
             return False
@@ -722,3 +738,25 @@ class EndToEndTests(TestCase):
         bySequence = {f.sequence: f for f in frames}
         self.assertEqual(json.loads(bySequence["get"].body)["Results"], [{"v": 1}])
         self.assertEqual(json.loads(bySequence["get2"].body)["Results"], [None])
+
+    @inlineCallbacks
+    def test_getEtagHeaders(self):
+        """GET replies carry Etag and Etags (PROTOCOL.md section 8), byte for byte."""
+        connection = self.connect()
+        request = self.support.request
+        yield self.exchange(connection, request("PUT", "e/1", sequence="1", body=b'{"Boss": "e/2"}'))
+        yield self.exchange(connection, request("PUT", "e/2", sequence="2", body=b"{}"))
+        yield self.exchange(connection, request("PUT", "x", sequence="3", body=b"{}"))
+        yield self.exchange(connection, request("PUT", "e/1", sequence="4", body=b'{"Boss": "e/2"}'))
+        connection.client.raw = b""
+        [reply] = yield self.exchange(
+            connection, request("GET", "e/1", "nope", "e/2", sequence="5", headers={"Include": "Boss"})
+        )
+        self.assertEqual((reply.headers["etag"], reply.headers["etags"]), ("4", "4,0,2"))
+        body = b'{"Results": [{"Boss": "e/2"}, null, {}], "Includes": {"e/2": {}}}'
+        self.assertEqual(
+            connection.client.raw,
+            b"OK\r\nSequence: 5\r\nSize: %d\r\nEtag: 4\r\nEtags: 4,0,2\r\n\r\n%s" % (len(body), body),
+        )
+        [reply] = yield self.exchange(connection, request("GET", "none", sequence="6"))
+        self.assertEqual((reply.headers["etag"], reply.headers["etags"]), ("4", "0"))

@@ -149,7 +149,7 @@ class HealthTests(MetricsTestMixin, unittest.TestCase):
         yield self.startServer()
         code, body = yield self.get("/healthz")
         self.assertEqual((code, body), (200, "serving\n"))
-        self.factory.draining = True
+        self.factory.drainingReason = "Server shutting down"
         code, body = yield self.get("/healthz")
         self.assertEqual((code, body), (503, "draining\n"))
         page = yield self.scrape()

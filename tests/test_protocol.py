@@ -60,7 +60,7 @@ class AdmissionTests(Base):
         clock = realTimeClock()
         ran = []
         registry = builtin.registry.merged(builtin.registry)
-        registry.add("MARK", lambda ctx, req: ran.append(req) or b"")
+        registry.add("MARK", lambda ctx, req: ran.append(req) or b"", level="any")
         self.factory = makeFactory(clock, registry=registry)
         creds = Credentials.get()
         conn = connectInMemory(self.factory, client=creds.stranger)
@@ -306,7 +306,7 @@ class RobustnessTests(Base):
         def crash(ctx, request):
             raise ZeroDivisionError("secret internals")
 
-        registry.add("CRASH", crash)
+        registry.add("CRASH", crash, level="any")
         self.factory = makeFactory(clock, registry=registry)
         conn = connectInMemory(self.factory)
         conn.send(request("CRASH") + request("PING", sequence="2"))

@@ -42,9 +42,9 @@ class RecordingHub(ChangeHub):
         super().__init__()
         self.published: list[Change] = []
 
-    def publish(self, id: str, type: str, etag: int) -> None:
-        self.published.append(Change(id, type, etag))
-        super().publish(id, type, etag)
+    def publishChanges(self, changes) -> None:
+        self.published.extend(changes)
+        super().publishChanges(changes)
 
 
 class Gate:
@@ -77,6 +77,9 @@ class Gate:
 
             def close(self) -> None:
                 self._session.close()
+
+            def __getattr__(self, name):
+                return getattr(self._session, name)
 
         return GatedSession
 

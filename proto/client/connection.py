@@ -54,6 +54,7 @@ from proto.client.errors import (
     ClientTimeout,
     ConnectFailed,
     ConnectionClosed,
+    ServerShuttingDown,
     ProtocolError,
     Refused,
     ServerError,
@@ -311,6 +312,8 @@ class GNPClientProtocol(Protocol, CommandMethods):
             return self._endError
         if not self._admitted and not self._lost:
             return ClientError("not admitted yet: wait for connect() to fire")
+        if self._fatalReason is not None and self._fatalReason.startswith("Server is shutting down"):
+            return ServerShuttingDown("the server is shutting down: the connection is closed")
         return ConnectionClosed("the connection is closed")
 
     def _lossError(self, reason: Failure) -> ClientError:
@@ -322,6 +325,10 @@ class GNPClientProtocol(Protocol, CommandMethods):
         pending = len(self._pending)
         tail = f" ({pending} request(s) pending)" if pending else ""
         if self._fatalReason is not None:
+            if self._fatalReason.startswith("Server is shutting down"):
+                return ServerShuttingDown(
+                    f"the server is shutting down: it closed the connection{tail}"
+                )
             return ConnectionClosed(f"the server closed the connection: {self._fatalReason}{tail}")
         if reason.check(SSL.Error) and not self._admitted:
             return ConnectionClosed(f"TLS handshake with the server failed: {reason.getErrorMessage()}")

@@ -52,6 +52,14 @@ class ConnectionClosed(ClientError):
     """
 
 
+class ServerShuttingDown(ConnectionClosed):
+    """
+    The server is stopping (a graceful drain): it answered the requests it
+    had accepted, then sent a final C{ERR Server is shutting down} and
+    closed. Reconnect (to it once restarted, or to another one).
+    """
+
+
 class ProtocolError(ClientError):
     """The server sent bytes that are not GNP/1; the client dropped it."""
 

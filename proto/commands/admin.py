@@ -7,8 +7,8 @@ writes its snapshot to C{<data-dir>/run/} every second and these commands
 add up every live process's (L{proto.stats}); the answering process uses
 its own, fresher, numbers.
 
-Permission: these are admin commands. Until the allow-list carries
-permission levels, every admitted client may use them (README says so).
+Permission: these are admin commands (C{can=admin} on the allow-list;
+others get C{ERR Forbidden}, checked at dispatch, see L{proto.permissions}).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from twisted.internet import defer
 
 from proto import stats as S
 from proto.commands.base import CommandError, CommandRegistry, requireArgs
+from proto.permissions import ADMIN
 
 registry = CommandRegistry()
 
@@ -50,7 +51,7 @@ def _json(value: Any) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
-@registry.command("STATS")
+@registry.command("STATS", level=ADMIN)
 def stats(ctx, request) -> defer.Deferred[bytes]:
     """
     C{STATS}: JSON with C{Version}, C{Uptime}, C{Connections}, C{Requests},
@@ -80,7 +81,7 @@ def stats(ctx, request) -> defer.Deferred[bytes]:
     return summary().addCallbacks(withStore, storeFailed)
 
 
-@registry.command("CLIENTS")
+@registry.command("CLIENTS", level=ADMIN)
 def clients(ctx, request) -> bytes:
     """
     C{CLIENTS}: JSON list, one object per admitted connection of the whole
@@ -95,7 +96,7 @@ def clients(ctx, request) -> bytes:
     return _json(out)
 
 
-@registry.command("BACKUP")
+@registry.command("BACKUP", level=ADMIN)
 def backup(ctx, request) -> defer.Deferred[bytes]:
     """
     C{BACKUP}: a consistent copy of the SQLite store in

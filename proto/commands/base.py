@@ -17,10 +17,11 @@ document store, the change hub, and C{push()} for server-initiated frames.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 from zope.interface import Attribute, Interface
 
+from proto.permissions import ADMIN, LEVELS, RANK
 from proto.wire import parseSeconds
 
 
@@ -55,6 +56,19 @@ class ICommandContext(Interface):
     store = Attribute("The IDocumentStore of the server (proto.store.base).")
     hub = Attribute("The server's ChangeHub: WATCH subscribes to it.")
     peer = Attribute("A short printable name of the peer, for logs.")
+    identity = Attribute(
+        "The client certificate's proto.admission.Identity (thumbprints, CN, dates)."
+    )
+    grant = Attribute(
+        "What the certificate may do now (proto.permissions.Grant); replaced "
+        "when the allow-list changes. The protocol has checked the command's "
+        "level and ids already; commands use it to filter what they add "
+        "(Include, pushes)."
+    )
+    access = Attribute(
+        "The server's proto.access.AccessControl (approvals, enrolments, "
+        "refused certificates), or None when the server has none (tests)."
+    )
 
     def push(sequence: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
         """
@@ -69,11 +83,18 @@ class ICommandContext(Interface):
         queue for a slow reader.
         """
 
-    def subscribe(sequence: str, cancel: Callable[[], None]) -> None:
+    def subscribe(
+        sequence: str,
+        cancel: Callable[[], None],
+        regrant: Callable[[Any], None] | None = None,
+    ) -> None:
         """
         Record a standing subscription (WATCH, REMIND) under C{sequence}.
         C{cancel()} is called when the connection ends or by
-        L{unsubscribe}; it is called at most once.
+        L{unsubscribe}; it is called at most once. C{regrant(grant)}, if
+        given, is called whenever the certificate's grant changes while
+        the subscription stands (a WATCH ends itself if it is now outside
+        the prefixes).
         """
 
     def unsubscribe(sequence: str) -> bool:
@@ -91,32 +112,98 @@ class ICommandContext(Interface):
 
 Handler = Callable[[Any, Any], Any]
 
+#: Which of a request's arguments are document ids (or WATCH prefixes):
+#: given the request, return them. The permission check (PROTOCOL.md
+#: section 9) tests each against the certificate's prefixes.
+IdsOf = Callable[[Any], Iterable[str]]
+
+
+def ARGS(request: Any) -> tuple[str, ...]:
+    """L{IdsOf} for commands whose arguments are all ids (GET, DELETE...)."""
+    return request.args
+
+
+def FIRST_ARG(request: Any) -> tuple[str, ...]:
+    """L{IdsOf} for commands whose first argument is the id (PUT...)."""
+    return request.args[:1]
+
+
+class Command(NamedTuple):
+    """
+    A registered command: its handler and what a certificate needs to run
+    it (section 9).
+
+    @ivar level: C{"any"}, C{"read"}, C{"write"} or C{"admin"}
+        (L{proto.permissions.LEVELS}).
+    @ivar rank: the level's rank (its index in that tuple), for a fast test.
+    @ivar ids: the ids the request touches, or C{None} if it touches none.
+    """
+
+    name: str
+    handler: Handler
+    level: str
+    rank: int
+    ids: IdsOf | None
+
+
+class DuplicateCommandError(ValueError):
+    """Two registries define the same command (see L{CommandRegistry.merged})."""
+
 
 class CommandRegistry:
     """
-    Command name (upper case) to handler. The server looks commands up
-    here; tests and embedders may build their own registry.
+    Command name (upper case) to handler and permission level. The server
+    looks commands up here, and checks the level and ids before running
+    the handler (L{proto.protocol.GNPServerProtocol}); tests, embedders and
+    plugins (L{proto.plugins}) build their own registries.
     """
 
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
+        self._commands: dict[str, Command] = {}
 
     @property
     def handlers(self) -> dict[str, Handler]:
         """The name-to-handler mapping itself (read it, don't change it)."""
         return self._handlers
 
-    def command(self, name: str) -> Callable[[Handler], Handler]:
-        """Decorator: register the function as command C{name}."""
+    @property
+    def commands(self) -> dict[str, Command]:
+        """Name to L{Command} (read it, don't change it)."""
+        return self._commands
+
+    def command(
+        self, name: str, level: str = ADMIN, ids: IdsOf | None = None
+    ) -> Callable[[Handler], Handler]:
+        """
+        Decorator: register the function as command C{name}.
+
+        @param level: what a certificate needs to run it: C{"any"} (every
+            admitted client), C{"read"}, C{"write"} or C{"admin"}. Without
+            it a command is admin-only: a forgotten declaration fails
+            closed.
+        @param ids: which arguments are document ids (L{ARGS},
+            L{FIRST_ARG}, or a function of the request); each must be
+            within the certificate's prefixes. Leave it out for commands
+            that touch no documents.
+        """
 
         def register(handler: Handler) -> Handler:
-            self.add(name, handler)
+            self.add(name, handler, level, ids)
             return handler
 
         return register
 
-    def add(self, name: str, handler: Handler) -> None:
-        self._handlers[name.upper()] = handler
+    def add(
+        self, name: str, handler: Handler, level: str = ADMIN, ids: IdsOf | None = None
+    ) -> None:
+        if level not in RANK:
+            raise ValueError(
+                f"command {name}: level {level!r} is not one of {', '.join(LEVELS)}"
+            )
+        name = name.upper()
+        self._handlers[name] = handler
+        self._commands[name] = Command(name, handler, level, RANK[level], ids)
 
     def get(self, name: str) -> Handler | None:
         return self._handlers.get(name)
@@ -124,11 +211,23 @@ class CommandRegistry:
     def names(self) -> list[str]:
         return sorted(self._handlers)
 
-    def merged(self, other: "CommandRegistry") -> "CommandRegistry":
-        """A new registry with this one's commands, then C{other}'s."""
+    def merged(self, other: "CommandRegistry", strict: bool = False) -> "CommandRegistry":
+        """
+        A new registry with this one's commands, then C{other}'s.
+
+        @param strict: refuse (L{DuplicateCommandError}) a command of
+            C{other} that this one already has, instead of replacing it.
+        """
+        if strict:
+            clash = sorted(set(self._commands) & set(other._commands))
+            if clash:
+                raise DuplicateCommandError(
+                    f"command {', '.join(clash)} is already defined"
+                )
         new = CommandRegistry()
-        new._handlers.update(self._handlers)
-        new._handlers.update(other._handlers)
+        for source in (self, other):
+            new._handlers.update(source._handlers)
+            new._commands.update(source._commands)
         return new
 
 

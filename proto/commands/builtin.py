@@ -1,17 +1,18 @@
 """
 The connection-level commands: PING, ECHO, QUIT and the diagnostic SLEEP
-(PROTOCOL.md section 6).
+(PROTOCOL.md section 6). Every admitted client may run them (section 9).
 """
 
 from __future__ import annotations
 
 from twisted.internet.task import deferLater
 
+from proto.permissions import ANY
 from proto.commands.base import CommandRegistry, Result, requireArgs, secondsArgument
 
 registry = CommandRegistry()
 
-@registry.command("PING")
+@registry.command("PING", level=ANY)
 def ping(ctx, request) -> bytes:
     """Reply C{PONG}: the cheapest way to see the server is alive."""
     if request.args:
@@ -19,13 +20,13 @@ def ping(ctx, request) -> bytes:
     return b"PONG"
 
 
-@registry.command("ECHO")
+@registry.command("ECHO", level=ANY)
 def echo(ctx, request) -> bytes:
     """Reply with the arguments joined by single spaces."""
     return " ".join(request.args).encode("utf-8")
 
 
-@registry.command("QUIT")
+@registry.command("QUIT", level=ANY)
 def quit(ctx, request) -> Result:
     """
     Reply C{OK}; read nothing more; close once every earlier reply is sent.
@@ -35,7 +36,7 @@ def quit(ctx, request) -> Result:
     return Result()
 
 
-@registry.command("SLEEP")
+@registry.command("SLEEP", level=ANY)
 def sleep(ctx, request):
     """
     Reply C{OK} after the given seconds (like Redis's C{DEBUG SLEEP}, but

@@ -67,6 +67,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proto.commands.base import (
+    ARGS,
+    FIRST_ARG,
     CommandError,
     CommandRegistry,
     Result,
@@ -74,10 +76,12 @@ from proto.commands.base import (
     secondsArgument,
 )
 from proto.hub import Change, Subscription
+from proto.permissions import ANY, RANK, READ, WRITE
 from proto.store.base import (
     ConflictError,
     Document,
     InvalidIdError,
+    Snapshot,
     Version,
     checkId,
 )
@@ -186,17 +190,35 @@ def encodeGetReply(
     return b"".join(parts)
 
 
-@registry.command("GET")
-def get(ctx: Any, request: Any) -> Deferred[bytes]:
-    """C{GET id [id ...]}, optional C{Include}: documents by id."""
+def _getResult(snapshot: Snapshot) -> Result:
+    """
+    The GET reply: the body, C{Etag} (the snapshot's high-water etag) and
+    C{Etags} (each result's etag, 0 for a missing one), section 8.
+    """
+    etags = ",".join(str(0 if doc is None else doc.etag) for doc in snapshot.results)
+    return Result(
+        encodeGetReply(snapshot.results, snapshot.includes),
+        (("Etag", str(snapshot.etag)), ("Etags", etags)),
+    )
+
+
+@registry.command("GET", level=READ, ids=ARGS)
+def get(ctx: Any, request: Any) -> Deferred[Result]:
+    """C{GET id [id ...]}, optional C{Include}: documents by id, with etags."""
     requireArgs(request, 1, None, "GET id [id ...]")
     _checkIds(request.args)
     paths = parseInclude(request.header("include"))
     if not paths:
-        return ctx.store.get(request.args).addCallback(encodeGetReply, [])
-    return ctx.store.getWithReferences(
-        request.args, lambda results: _includedIds(results, paths)
-    ).addCallback(lambda found: encodeGetReply(*found))
+        return ctx.store.read(request.args).addCallback(_getResult)
+    allowed = ctx.grant.filterIds()
+
+    def references(results: list[Document | None]) -> Iterator[str]:
+        # Section 9: documents outside the certificate's prefixes are
+        # left out of Includes, without an error.
+        ids = _includedIds(results, paths)
+        return ids if allowed is None else filter(allowed, ids)
+
+    return ctx.store.read(request.args, references).addCallback(_getResult)
 
 
 # -- PUT, DELETE -------------------------------------------------------------
@@ -254,7 +276,7 @@ def _encodeVersion(version: Version) -> bytes:
     return _jsonBytes({"Id": version.id, "Etag": version.etag})
 
 
-@registry.command("PUT")
+@registry.command("PUT", level=WRITE, ids=FIRST_ARG)
 def put(ctx: Any, request: Any) -> Deferred[bytes]:
     """C{PUT id} with a JSON object body, optional C{If-Match}."""
     requireArgs(request, 1, 1, "PUT id (with a JSON object as the body)")
@@ -267,7 +289,7 @@ def put(ctx: Any, request: Any) -> Deferred[bytes]:
     )
 
 
-@registry.command("DELETE")
+@registry.command("DELETE", level=WRITE, ids=ARGS)
 def delete(ctx: Any, request: Any) -> Deferred[bytes]:
     """C{DELETE id [id ...]}: how many documents were removed."""
     requireArgs(request, 1, None, "DELETE id [id ...]")
@@ -289,10 +311,33 @@ class _Watch:
     def __init__(self, ctx: Any, sequence: str, prefix: str) -> None:
         self._ctx = ctx
         self._sequence = sequence
+        self._prefix = prefix
         self._congestedStreak = 0
+        self._allowed = ctx.grant.filterIds()
         self._subscription: Subscription = ctx.hub.subscribe(prefix, self._changed)
 
+    def regrant(self, grant: Any) -> None:
+        """
+        The certificate's rights changed (section 9): a watch now outside
+        its prefixes ends with a C{Dropped} push.
+        """
+        self._allowed = grant.filterIds()
+        if grant.rank < RANK[READ] or not grant.allowsId(self._prefix):
+            self._ctx.push(
+                self._sequence,
+                _jsonBytes(
+                    {
+                        "Type": "Dropped",
+                        "Reason": f"the certificate may no longer WATCH {self._prefix}",
+                    }
+                ),
+            )
+            self._ctx.unsubscribe(self._sequence)
+
     def _changed(self, change: Change) -> None:
+        allowed = self._allowed
+        if allowed is not None and not allowed(change.id):
+            return  # Never a push outside the prefixes (section 9).
         if self._ctx.congested():
             self._congestedStreak += 1
             if self._congestedStreak >= SLOW_WATCHER_LIMIT:
@@ -339,7 +384,7 @@ def watchCount(ctx: Any) -> int:
     return len(_watches.get(ctx, ()))
 
 
-@registry.command("WATCH")
+@registry.command("WATCH", level=READ, ids=ARGS)
 def watch(ctx: Any, request: Any) -> Result:
     """C{WATCH prefix}: push every change to ids starting with C{prefix}."""
     requireArgs(request, 1, 1, "WATCH prefix")
@@ -347,11 +392,11 @@ def watch(ctx: Any, request: Any) -> Result:
     _checkIds(request.args, "prefix")
     watcher = _Watch(ctx, request.sequence, prefix)
     _watches.setdefault(ctx, {})[request.sequence] = watcher
-    ctx.subscribe(request.sequence, watcher.cancel)
+    ctx.subscribe(request.sequence, watcher.cancel, watcher.regrant)
     return Result()
 
 
-@registry.command("UNWATCH")
+@registry.command("UNWATCH", level=READ)
 def unwatch(ctx: Any, request: Any) -> Result:
     """C{UNWATCH sequence}: end the WATCH that had that Sequence."""
     requireArgs(request, 1, 1, "UNWATCH sequence-of-the-WATCH")
@@ -365,7 +410,7 @@ def unwatch(ctx: Any, request: Any) -> Result:
 # -- REMIND --------------------------------------------------------------------
 
 
-@registry.command("REMIND")
+@registry.command("REMIND", level=ANY)
 def remind(ctx: Any, request: Any) -> Result:
     """C{REMIND seconds text...}: push the text after that many seconds."""
     requireArgs(request, 2, None, "REMIND seconds text...")

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 
 from proto.store.base import IDocumentStore
 from proto.store.sqlite import DEFAULT_FILE_NAME, SQLiteStore
+from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES
 
 __all__ = ["IDocumentStore", "SQLiteStore", "StoreService", "openStore"]
 
@@ -23,7 +24,11 @@ _USAGE = "expected 'sqlite' or 'sqlite:PATH' (for example 'sqlite:/var/lib/proto
 
 
 def openStore(
-    spec: str, dataDir: str, hub: Any = None, reactor: Any = None
+    spec: str,
+    dataDir: str,
+    hub: Any = None,
+    reactor: Any = None,
+    retainChanges: int = DEFAULT_RETAIN_CHANGES,
 ) -> IDocumentStore:
     """
     Make the store described by C{spec}, not yet started.
@@ -35,6 +40,8 @@ def openStore(
         (the same one the WATCH command subscribes to: C{ctx.hub}).
     @param reactor: for the store's C{callFromThread}; the global one by
         default.
+    @param retainChanges: the change log keeps at least this many of the
+        newest changes (C{--retain-changes}, at least 1).
     @raise ValueError: if C{spec} names no known store.
     """
     kind, colon, location = spec.partition(":")
@@ -44,7 +51,9 @@ def openStore(
         location = DEFAULT_FILE_NAME
     elif not location:
         raise ValueError(f"Store {spec!r} has an empty path: {_USAGE}")
-    return SQLiteStore(os.path.join(dataDir, location), hub=hub, reactor=reactor)
+    return SQLiteStore(
+        os.path.join(dataDir, location), hub=hub, reactor=reactor, retainChanges=retainChanges
+    )
 
 
 class StoreService(Service):

@@ -17,12 +17,19 @@ that is what makes a case-insensitive I{prefix} (WATCH) well defined. A
 document keeps the id it was first written with; a later PUT with other
 case updates it but does not rename it.
 
-Etags
-=====
-One counter for the whole store, persisted, never reused: every change
-(a PUT, or the removal of a document by DELETE) takes the next value. So
-the etags of a store's changes are increasing in the order the changes
-were committed.
+Etags and the change log
+========================
+One counter for the whole store, persisted, never reused, shared by every
+process writing it: every change (a PUT, or the removal of a document by
+DELETE) takes the next value inside its write transaction. So the etags
+of a store's changes increase in commit order, and once etag n is
+committed every lower one is too (C{shared/PROTOCOL.md}, section 8).
+
+Every change is also appended to the store's change log, in the same
+transaction. The log keeps at least the newest C{retainChanges} changes;
+L{IDocumentStore.changesSince} reads it (WATCH with C{Since}), and the
+store feeds the change hub from it in etag order, including the changes
+that other processes commit to the same store.
 """
 
 from __future__ import annotations
@@ -50,6 +57,15 @@ class StoreError(Exception):
 
 class StoreClosedError(StoreError):
     """The store is closed (or failed to start): it takes no more work."""
+
+
+class StorageFullError(StoreError):
+    """
+    The storage has no room for the write (a full disk, or the database's
+    size limit). Nothing of the failed operation was written; operations
+    that free space (DELETE) may still succeed. The message is one line
+    for the client.
+    """
 
 
 class ConflictError(Exception):
@@ -105,6 +121,55 @@ class Version(NamedTuple):
     etag: int
 
 
+class Change(NamedTuple):
+    """
+    One committed change, as the log keeps it and the hub publishes it.
+
+    @ivar id: the stored id (its original case).
+    @ivar type: L{PUT} or L{DELETE}.
+    @ivar etag: the etag the change took.
+    """
+
+    id: str
+    type: str
+    etag: int
+
+
+class ChangePage(NamedTuple):
+    """
+    What L{IDocumentStore.changesSince} read from the change log.
+
+    @ivar changes: the retained changes to matching ids with an etag above
+        the one asked for, in etag order (at most the limit asked for).
+    @ivar scanned: the log was read through this etag: every matching
+        change in (since, scanned] that is retained is in C{changes}. It
+        is the last change's etag when the page is full, the store's
+        current etag otherwise; read the next page from it.
+    @ivar floor: the log holds every change with an etag above C{floor};
+        changes at or below it may have been pruned (so a C{since} below
+        C{floor} has a gap: C{(since, floor]}).
+    """
+
+    changes: list[Change]
+    scanned: int
+    floor: int
+
+
+class Snapshot(NamedTuple):
+    """
+    What L{IDocumentStore.read} returns: one consistent read.
+
+    @ivar results: one entry per id asked for, in order, C{None} if missing.
+    @ivar includes: the referenced documents that exist, each once, in the
+        order first referenced (empty without C{references}).
+    @ivar etag: the highest etag committed when the snapshot was read.
+    """
+
+    results: list[Document | None]
+    includes: list[Document]
+    etag: int
+
+
 def idKey(id: str) -> str:
     """
     The case-insensitive key of C{id}: equal keys, same document.
@@ -148,11 +213,20 @@ class IDocumentStore(Interface):
     Documents (the UTF-8 text of JSON objects) under case-insensitive ids.
 
     Every method returns a L{Deferred} and never blocks the caller.
-    Writes are durable when their Deferred fires. Each committed change is
-    published to the store's change hub (if it has one) as
-    C{hub.publish(id, type, etag)} after it is durable and before the
-    write's Deferred fires, I{also} when that Deferred was cancelled too
-    late to stop the write.
+    Writes are durable when their Deferred fires. Every committed change
+    is appended to the change log in its transaction, and published to
+    the store's change hub (if it has one, a L{proto.hub.ChangeHub}) with
+    C{hub.publishChanges([...])} in etag order, each change exactly once,
+    with no etag left out (changes by other processes sharing the store
+    too); the hub's C{etag} is then the highest etag published. A change
+    made through this store object is published after it is durable and
+    before the write's Deferred fires, I{also} when that Deferred was
+    cancelled too late to stop the write. At start, before any change is
+    published, the store sets the hub's position with C{hub.startAt(etag)}
+    to the current etag.
+
+    A write that finds the storage full fails with L{StorageFullError}
+    and writes nothing; the store keeps serving.
 
     Cancelling the Deferred of an operation that has not started yet
     guarantees it never happens; cancelling one that has started only
@@ -196,6 +270,27 @@ class IDocumentStore(Interface):
         @return: fires with the L{get} result and the referenced documents
             that exist, each once, in the order first referenced.
         """
+
+    def read(
+        ids: Sequence[str],
+        references: Callable[[list[Document | None]], Iterable[str]] | None = None,
+    ) -> Deferred[Snapshot]:
+        """
+        L{getWithReferences} (or L{get}, without C{references}) that also
+        says the highest etag committed when its snapshot was read (GET's
+        C{Etag} header, C{shared/PROTOCOL.md} section 8).
+        """
+
+    def changesSince(since: int, prefix: str = "", limit: int = 1000) -> Deferred[ChangePage]:
+        """
+        Read the change log: the retained changes with an etag above
+        C{since} to ids whose L{idKey} starts with C{idKey(prefix)}, in
+        etag order, at most C{limit} of them, from one snapshot. See
+        L{ChangePage} for how to go on and how to tell a gap.
+        """
+
+    def currentEtag() -> Deferred[int]:
+        """The highest etag committed (0 for a store that never changed)."""
 
     def put(id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:
         """

@@ -15,3 +15,14 @@ proto = ServiceMaker(
     "GNP/1: TLS-secured text protocol for RPC and server push, clients admitted by thumbprint",
     "proto",
 )
+
+# ``twistd --reactor proto-epoll``: the epoll reactor without the per-event
+# log context (proto/speed/reactor.py). ``twistd proto`` installs it by
+# itself; name it to use it with ``twistd -ny tac/proto.tac``.
+from twisted.application.reactors import Reactor  # noqa: E402
+
+protoEpoll = Reactor(
+    "proto-epoll",
+    "proto.speed.reactor",
+    "epoll without the per-event log context (the GNP/1 server's speed lever)",
+)

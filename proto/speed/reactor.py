@@ -1,0 +1,136 @@
+"""
+Lever 3: an epoll reactor without the per-event log context.
+
+C{EPollReactor.doPoll} runs every ready descriptor's C{doRead}/C{doWrite}
+inside C{log.callWithLogger(selectable, ...)}: it asks the selectable for
+its C{logPrefix()}, copies the legacy log context dictionary and installs
+it, for every event, just so that a legacy C{log.msg}/C{log.err} made
+during the event can be stamped with C{system=<prefix>}. On a busy server
+that bookkeeping costs more than the TLS record it wraps.
+
+L{QuietEPollReactor} keeps what matters of it: an exception from an event
+handler is still caught, logged (with C{system} set to the selectable's
+log prefix, computed only then) and the selectable is still disconnected,
+exactly as before. What it drops: legacy C{twisted.python.log} messages
+emitted during an event no longer carry the connection's prefix as their
+C{system} (our code logs with C{twisted.logger}, which never used it).
+
+Installing it (a reactor must be installed before anything imports
+C{twisted.internet.reactor}):
+
+  - C{twistd -n proto} installs it itself, unless C{--plain-transport} is
+    given: twistd parses the plugin's options before it imports the
+    reactor, and L{proto.tap.Options.postOptions} calls L{installIfFree};
+  - C{twistd --reactor proto-epoll ...} selects it by name (the reactor
+    plugin in C{twisted/plugins/proto_plugin.py}), for example for
+    C{twistd -ny tac/proto.tac};
+  - if another reactor was installed first (C{twistd --reactor=poll}, a
+    C{.tac} importing the reactor), that one is kept and the server logs
+    that this lever is off.
+
+The two methods below follow Twisted's C{EPollReactor.doPoll} and
+C{PosixReactorBase._doReadOrWrite} (26.x) line for line apart from the log
+context; pyproject.toml pins the Twisted range.
+"""
+
+from __future__ import annotations
+
+import errno
+import sys
+
+from twisted.internet import epollreactor
+from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
+from twisted.internet.posixbase import _NO_FILEDESC
+from twisted.python import log
+
+#: The name given to C{twistd --reactor}.
+NAME = "proto-epoll"
+
+
+def _prefix(selectable) -> str:
+    try:
+        return selectable.logPrefix()
+    except BaseException:
+        return "(buggy logPrefix method)"
+
+
+class QuietEPollReactor(epollreactor.EPollReactor):
+    """C{EPollReactor} without C{log.callWithLogger} around each event."""
+
+    def doPoll(self, timeout):
+        if timeout is None:
+            timeout = -1
+        try:
+            events = self._poller.poll(timeout, len(self._selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        selectables = self._selectables
+        handle = self._doReadOrWrite
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            try:
+                handle(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                log.err(system=_prefix(selectable))
+
+    doIteration = doPoll
+
+    def _doReadOrWrite(self, selectable, fd, event):
+        why = None
+        inRead = False
+        if event & self._POLL_DISCONNECTED and not (event & self._POLL_IN):
+            if fd in self._reads:
+                inRead = True
+                why = CONNECTION_DONE
+            else:
+                why = CONNECTION_LOST
+        else:
+            try:
+                if selectable.fileno() == -1:
+                    why = _NO_FILEDESC
+                else:
+                    if event & self._POLL_IN:
+                        why = selectable.doRead()
+                        inRead = True
+                    if not why and event & self._POLL_OUT:
+                        why = selectable.doWrite()
+                        inRead = False
+            except BaseException:
+                why = sys.exc_info()[1]
+                log.err(system=_prefix(selectable))
+        if why:
+            self._disconnectSelectable(selectable, why, inRead)
+
+
+def install() -> QuietEPollReactor:
+    """Install L{QuietEPollReactor} as the global reactor."""
+    from twisted.internet.main import installReactor
+
+    reactor = QuietEPollReactor()
+    installReactor(reactor)
+    return reactor
+
+
+def installIfFree() -> bool:
+    """
+    Install L{QuietEPollReactor} unless a reactor is already installed (or
+    epoll is missing). Return whether the global reactor is now one.
+    """
+    if "twisted.internet.reactor" not in sys.modules:
+        try:
+            install()
+        except Exception:
+            return False
+    return isInstalled()
+
+
+def isInstalled() -> bool:
+    """Is the global reactor a L{QuietEPollReactor}?"""
+    reactor = sys.modules.get("twisted.internet.reactor")
+    return isinstance(reactor, QuietEPollReactor)

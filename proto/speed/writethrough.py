@@ -1,0 +1,95 @@
+"""
+Lever 1: write-through TCP writes.
+
+Twisted's TCP transport never sends in C{write()}: it appends to a list and
+asks the reactor for EPOLLOUT, so every reply waits for the next reactor
+turn and costs an extra C{epoll_ctl} and wake-up (Twisted ticket 5303 has
+the same idea open upstream). L{WriteThrough.write} instead calls
+C{send()} at once when nothing is queued, and hands whatever the kernel did
+not take to the stock buffered path, which then works exactly as before
+(EPOLLOUT, C{doWrite}, producer pausing, close after drain).
+
+The stock path is used for the whole write, so that behaviour never
+changes, whenever:
+
+  - anything is already queued (bytes must not overtake older bytes);
+  - the connection is closing (C{loseConnection}, a half-close pending or
+    done, C{abortConnection} called: an aborted connection sends nothing);
+  - a I{pull} (non-streaming) producer is registered: it is asked for more
+    only by C{doWrite}, when the queue drains, so its writes must queue.
+    A I{streaming} producer (the server protocol registers itself, through
+    TLS, for backpressure) keeps write-through: when the kernel does not
+    take everything the rest is queued and the stock high-water check
+    pauses the producer as before. Falling back for every producer would
+    switch the lever off for every GNP/1 connection;
+  - C{send()} fails with anything but EAGAIN: the data is queued and the
+    stock C{doWrite} meets the same error and closes the connection with
+    the usual reason.
+
+Relies on private attributes of C{twisted.internet.abstract.FileDescriptor}
+and C{twisted.internet.tcp.Connection} (C{dataBuffer}, C{_tempDataLen},
+C{_writeDisconnecting}, C{_writeDisconnected}, C{_aborting},
+C{writeSomeData}); pyproject.toml pins the Twisted range this is tested
+with.
+"""
+
+from __future__ import annotations
+
+from twisted.internet import tcp
+
+
+class WriteThrough:
+    """
+    Mixed in front of a C{tcp.Connection} subclass by L{enableWriteThrough}.
+    """
+
+    def write(self, data: bytes) -> None:
+        if (
+            data.__class__ is bytes
+            and not self._tempDataLen
+            and not self.dataBuffer
+            and self.connected
+            and not self.disconnecting
+            and not self._aborting
+            and not self._writeDisconnecting
+            and not self._writeDisconnected
+            and (self.producer is None or self.streamingProducer)
+            and data
+        ):
+            sent = self.writeSomeData(data)
+            if sent.__class__ is int:
+                if sent == len(data):
+                    return
+                if sent:
+                    data = data[sent:]
+            # else: an error object; queue, and let doWrite report it.
+        super().write(data)
+
+
+_classes: dict[type, type] = {}
+
+
+def enableWriteThrough(transport) -> bool:
+    """
+    Make C{transport} (a connected C{tcp.Connection}: TCP or UNIX) write
+    through, by switching its class to a subclass with L{WriteThrough}
+    mixed in (the connection was built by Twisted's port, which we do not
+    choose). Anything else is left alone.
+
+    @return: whether the transport now writes through.
+    """
+    cls = type(transport)
+    if issubclass(cls, WriteThrough):
+        return True
+    if not issubclass(cls, tcp.Connection):
+        return False
+    fast = _classes.get(cls)
+    if fast is None:
+        fast = type(
+            "WriteThrough" + cls.__name__,
+            (WriteThrough, cls),
+            {"__module__": __name__, "__doc__": f"L{{{cls.__module__}.{cls.__qualname__}}} writing through."},
+        )
+        _classes[cls] = fast
+    transport.__class__ = fast
+    return True

@@ -1,0 +1,202 @@
+"""
+Approvals and enrolments kept in the store (PROTOCOL.md section 9): the
+C{grants} table.
+
+Why in the store and not in a file: every server sharing the store (every
+worker, every host on a networked store) must see an APPROVE, REVOKE or
+ENROLL made on any of them within 2 seconds, and they must survive
+restarts; the operator's allow-list file stays theirs (the server never
+writes it). L{proto.access.AccessControl} polls L{IGrantStore.grantsRevision}
+every second and reloads the table when it moved.
+
+A store that keeps grants provides L{IGrantStore} besides
+L{proto.store.base.IDocumentStore}. The table (SQLite: schema step 3, see
+L{proto.store.sqlite_schema}; any other backend: the same columns)::
+
+    grants(thumbprint TEXT PRIMARY KEY,  -- lower-case hex, 40 or 64 digits
+           other TEXT,                   -- the other digest, when known (ENROLL)
+           name TEXT NOT NULL,
+           level TEXT NOT NULL,          -- read | write | admin
+           prefixes TEXT,                -- NULL: every id; else JSON list of strings
+           origin TEXT NOT NULL,         -- approved | enrolled
+           enrolled_by TEXT,             -- SHA-1 of the enrolling certificate
+           created REAL NOT NULL)        -- Unix time
+    counters row 'grants'                -- the revision: +1 on every change
+
+Every change to the table bumps the C{'grants'} counter in the same
+transaction, so a reader that sees the same revision has seen the same
+table.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from typing import Any, NamedTuple
+
+from twisted.internet.defer import Deferred
+from zope.interface import Interface
+
+
+
+class GrantRow(NamedTuple):
+    """One row of the C{grants} table."""
+
+    thumbprint: str
+    other: str | None
+    name: str
+    level: str
+    prefixes: tuple[str, ...] | None
+    origin: str
+    enrolledBy: str | None
+    created: float
+
+    def grant(self) -> Any:
+        """The row as a L{proto.permissions.Grant}."""
+        # Imported here: proto.permissions imports the store package.
+        from proto.permissions import Grant
+
+        return Grant(self.name, self.level, self.prefixes, self.origin, self.enrolledBy)
+
+    def digests(self) -> tuple[str, ...]:
+        """The thumbprints this row admits."""
+        return (self.thumbprint,) if self.other is None else (self.thumbprint, self.other)
+
+    @classmethod
+    def of(cls, thumbprint: str, grant: Any, created: float, other: str | None = None) -> "GrantRow":
+        return cls(
+            thumbprint, other, grant.name, grant.level, grant.prefixes,
+            grant.origin, grant.enrolledBy, created,
+        )
+
+
+class IGrantStore(Interface):
+    """
+    The C{grants} table of a store. Every method returns a Deferred and
+    never blocks. Writes are durable when their Deferred fires.
+    """
+
+    def grantsRevision() -> Deferred[int]:
+        """The C{'grants'} counter: cheap, polled every second."""
+
+    def loadGrants() -> Deferred[tuple[int, list[GrantRow]]]:
+        """The revision and every row, read in one snapshot."""
+
+    def putGrant(row: GrantRow, replaceEnrolment: bool = False) -> Deferred[list[GrantRow]]:
+        """
+        Insert or replace the row of C{row.thumbprint} (and any row whose
+        C{thumbprint} or C{other} is one of C{row.digests()}). With
+        C{replaceEnrolment}, also delete every row enrolled by
+        C{row.enrolledBy} (one successor per certificate). One
+        transaction; bumps the revision.
+
+        @return: the rows deleted (replaced ones included).
+        """
+
+    def removeGrant(thumbprint: str) -> Deferred[list[GrantRow]]:
+        """
+        Delete the rows whose C{thumbprint} or C{other} is C{thumbprint};
+        bumps the revision if any was.
+
+        @return: the rows deleted (none: nothing was approved or enrolled
+            under it).
+        """
+
+
+# -- SQLite --------------------------------------------------------------------------
+
+
+def createTable(connection: sqlite3.Connection) -> None:
+    """Schema step 3 (see L{proto.store.sqlite_schema})."""
+    connection.execute(
+        "CREATE TABLE grants ("
+        " thumbprint TEXT PRIMARY KEY, other TEXT, name TEXT NOT NULL,"
+        " level TEXT NOT NULL, prefixes TEXT, origin TEXT NOT NULL,"
+        " enrolled_by TEXT, created REAL NOT NULL)"
+    )
+    connection.execute("CREATE INDEX grants_other ON grants (other)")
+    connection.execute("CREATE INDEX grants_enrolled_by ON grants (enrolled_by)")
+    connection.execute("INSERT OR IGNORE INTO counters (name, value) VALUES ('grants', 0)")
+
+
+_COLUMNS = "thumbprint, other, name, level, prefixes, origin, enrolled_by, created"
+
+
+def _row(values: tuple[Any, ...]) -> GrantRow:
+    thumbprint, other, name, level, prefixes, origin, enrolledBy, created = values
+    return GrantRow(
+        thumbprint, other, name, level,
+        None if prefixes is None else tuple(json.loads(prefixes)),
+        origin, enrolledBy, created,
+    )
+
+
+def revision(connection: sqlite3.Connection) -> int:
+    found = connection.execute("SELECT value FROM counters WHERE name = 'grants'").fetchone()
+    return 0 if found is None else int(found[0])
+
+
+def load(connection: sqlite3.Connection) -> tuple[int, list[GrantRow]]:
+    rows = [_row(values) for values in connection.execute(f"SELECT {_COLUMNS} FROM grants")]
+    return revision(connection), rows
+
+
+def _deleteWhere(connection: sqlite3.Connection, where: str, args: tuple) -> list[GrantRow]:
+    rows = [
+        _row(values)
+        for values in connection.execute(f"SELECT {_COLUMNS} FROM grants WHERE {where}", args)
+    ]
+    if rows:
+        connection.execute(f"DELETE FROM grants WHERE {where}", args)
+    return rows
+
+
+def _bump(connection: sqlite3.Connection) -> None:
+    connection.execute("UPDATE counters SET value = value + 1 WHERE name = 'grants'")
+
+
+def put(connection: sqlite3.Connection, row: GrantRow, replaceEnrolment: bool) -> list[GrantRow]:
+    """L{IGrantStore.putGrant}, inside the caller's transaction."""
+    removed: list[GrantRow] = []
+    for digest in row.digests():
+        removed += _deleteWhere(connection, "thumbprint = ? OR other = ?", (digest, digest))
+    if replaceEnrolment and row.enrolledBy is not None:
+        removed += _deleteWhere(connection, "enrolled_by = ?", (row.enrolledBy,))
+    connection.execute(
+        f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            row.thumbprint, row.other, row.name, row.level,
+            None if row.prefixes is None else json.dumps(list(row.prefixes)),
+            row.origin, row.enrolledBy, row.created,
+        ),
+    )
+    _bump(connection)
+    return removed
+
+
+def remove(connection: sqlite3.Connection, thumbprint: str) -> list[GrantRow]:
+    """L{IGrantStore.removeGrant}, inside the caller's transaction."""
+    removed = _deleteWhere(connection, "thumbprint = ? OR other = ?", (thumbprint, thumbprint))
+    if removed:
+        _bump(connection)
+    return removed
+
+
+class SQLiteGrants:
+    """
+    L{IGrantStore} for L{proto.store.sqlite.SQLiteStore} (a mixin: it uses
+    the store's writer, through C{_write}, and its reader thread). Writes
+    run in the writer's group-committed transactions like document writes.
+    """
+
+    def grantsRevision(self) -> Deferred[int]:
+        return self._reader.submit(lambda session: revision(session.connection))
+
+    def loadGrants(self) -> Deferred[tuple[int, list[GrantRow]]]:
+        return self._reader.submit(lambda session: load(session.connection))
+
+    def putGrant(self, row: GrantRow, replaceEnrolment: bool = False) -> Deferred[list[GrantRow]]:
+        return self._write(lambda session: put(session.connection, row, replaceEnrolment))
+
+    def removeGrant(self, thumbprint: str) -> Deferred[list[GrantRow]]:
+        return self._write(lambda session: remove(session.connection, thumbprint))

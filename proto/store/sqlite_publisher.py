@@ -1,0 +1,149 @@
+"""
+Feeding the change hub from the SQLite change log, in etag order, with
+the changes of every process that writes the same file.
+
+One L{Publisher} per store object (so one per process), on the reactor
+thread. It keeps C{etag}, the position: every change up to it has been
+published to the hub, in order, once. Changes reach it two ways:
+
+  - B{own commits}: the writer thread hands over each committed batch's
+    changes, preceded by any changes other processes committed since the
+    position (read from the log right after the commit), so that a write's
+    Deferred fires after its change is published (read-your-writes for
+    WATCH, see L{proto.store.base.IDocumentStore});
+  - the B{doorbell}: a thread with its own connection polls
+    C{PRAGMA data_version} every L{POLL_SECONDS} (a few microseconds each;
+    the value changes when another connection commits) and, when it rang
+    and the counter row is above the position, reads the log from the
+    position and hands the rows over. So a commit by another process is
+    published within about L{POLL_SECONDS} plus a read.
+
+Both may hand over the same change (the doorbell also rings for the
+writer's own commits): L{Publisher.deliver} drops whatever is at or below
+the position, so each change is published once, in order. Both read the
+position from their thread (a plain int: a stale value only means a
+longer read, never a hole, since the position only grows).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Any
+
+from twisted.logger import Logger
+
+from proto.store.base import Change
+from proto.store import sqlite_read
+
+#: How often the doorbell checks for commits by other connections.
+POLL_SECONDS = 0.01
+
+#: Most changes the doorbell reads (and hands over) at once.
+PAGE = 5_000
+
+
+class Publisher:
+    """
+    Publishes changes to the hub in etag order, each once (on the reactor
+    thread).
+
+    @ivar etag: every change up to this etag has been published.
+    """
+
+    _log = Logger()
+
+    def __init__(self, hub: Any) -> None:
+        self.hub = hub
+        self.etag = 0
+
+    def startAt(self, etag: int) -> None:
+        """The store opened at C{etag}: publish what comes after it."""
+        self.etag = etag
+        self.hub.startAt(etag)
+
+    def deliver(self, changes: list[Change]) -> None:
+        """Publish the changes (in etag order) that are above the position."""
+        position = self.etag
+        if not changes or changes[-1].etag <= position:
+            return
+        if changes[0].etag <= position:
+            changes = [change for change in changes if change.etag > position]
+        if changes[0].etag != position + 1:
+            # Only if the log was pruned past changes never published here
+            # (this process stalled for longer than the retention).
+            self._log.warn(
+                "Change log: changes {first} to {last} were pruned before this "
+                "process published them; watchers here miss them",
+                first=position + 1, last=changes[0].etag - 1,
+            )
+        self.etag = changes[-1].etag
+        self.hub.publishChanges(changes)
+
+
+class Doorbell:
+    """
+    The thread that notices commits made by other connections (other
+    processes) and hands their changes to the L{Publisher}.
+    """
+
+    _log = Logger()
+
+    def __init__(self, path: str, publisher: Publisher, reactor: Any) -> None:
+        self._path = path
+        self._publisher = publisher
+        self._reactor = reactor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._main, name="proto-store-doorbell", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop polling; returns once the thread has ended."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _main(self) -> None:
+        try:
+            connection = sqlite_read.connect(self._path)
+            connection.execute("PRAGMA query_only = ON")
+        except sqlite3.Error as e:
+            self._log.error("Change log doorbell cannot open the store: {error}", error=e)
+            return
+        version = None
+        failing = False
+        try:
+            while not self._stop.wait(POLL_SECONDS):
+                try:
+                    (now,) = connection.execute("PRAGMA data_version").fetchone()
+                    if now == version:
+                        continue
+                    version = now
+                    self._catchUp(connection)
+                    failing = False
+                except sqlite3.Error as e:
+                    version = None  # Try again at the next poll.
+                    if not failing:
+                        self._log.error("Change log doorbell: {error}", error=e)
+                    failing = True
+        finally:
+            connection.close()
+
+    def _catchUp(self, connection: sqlite3.Connection) -> None:
+        """Hand over every change above the publisher's position."""
+        position = self._publisher.etag
+        while not self._stop.is_set():
+            current = sqlite_read.counter(connection, "etag")
+            if current <= position:
+                return
+            upTo = min(current, position + PAGE)
+            changes = sqlite_read.logRange(connection, position, upTo)
+            if changes:
+                self._reactor.callFromThread(self._publisher.deliver, changes)
+            position = upTo

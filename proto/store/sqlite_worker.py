@@ -1,0 +1,177 @@
+"""
+The SQLite store's worker threads: each owns one session (connection)
+and runs the jobs queued for it in batches (see L{proto.store.sqlite}).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from proto.store.base import StoreClosedError
+
+
+class Job:
+    """One queued operation: what to run on the worker thread, and for whom."""
+
+    QUEUED, RUNNING, CANCELLED = "queued", "running", "cancelled"
+
+    def __init__(self, work: Callable[[Any], Any], lock: threading.Condition) -> None:
+        """
+        @param lock: the worker's lock, which guards C{state}.
+        """
+        self.work = work
+        self.state = self.QUEUED
+        self.deferred: Deferred[Any] = Deferred(self._cancel)
+        self._lock = lock
+
+    def _cancel(self, deferred: Deferred[Any]) -> None:
+        # Still queued: the worker will skip it. Already running: too late;
+        # Deferred.cancel fails the Deferred with CancelledError either way.
+        with self._lock:
+            if self.state == self.QUEUED:
+                self.state = self.CANCELLED
+
+
+class Worker:
+    """
+    A thread with one session (connection) that runs queued jobs in
+    batches: it takes every job queued since its last turn and hands them
+    to C{session.runBatch} together.
+
+    Jobs are submitted, and their Deferreds fire, on the reactor thread.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        openSession: Callable[[], Any],
+        reactor: Any,
+        batchDone: Callable[[int, Any, float], None] | None = None,
+    ) -> None:
+        """
+        @param name: for the thread's name and errors.
+        @param openSession: opens the session, on the worker's thread.
+        @param reactor: provides C{callFromThread}.
+        @param batchDone: called on the reactor thread with the size of
+            each successful batch and what C{session.runBatch} returned
+            besides the results, before the batch's Deferreds fire.
+        """
+        self._name = name
+        self._openSession = openSession
+        self._reactor = reactor
+        self._batchDone = batchDone
+        self._lock = threading.Condition()
+        self._queue: list[Job] = []
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._ready: Deferred[Any] = Deferred()
+        self._stopWaiters: list[Deferred[None]] | None = []
+
+    def submit(self, work: Callable[[Any], Any]) -> Deferred[Any]:
+        """Queue C{work(session)}; the result fires on the reactor thread."""
+        job = Job(work, self._lock)
+        with self._lock:
+            if self._stopping:
+                return fail(StoreClosedError(f"the store's {self._name} is closed"))
+            self._queue.append(job)
+            self._lock.notify()
+        return job.deferred
+
+    def start(self) -> Deferred[Any]:
+        """Start the thread; fires with the session once it is open."""
+        with self._lock:
+            if self._stopping:
+                return fail(StoreClosedError(f"the store's {self._name} is closed"))
+        self._thread = threading.Thread(
+            target=self._main, name=f"proto-store-{self._name}", daemon=True
+        )
+        self._thread.start()
+        return self._ready
+
+    def stop(self) -> Deferred[None]:
+        """
+        Take no more jobs, run those queued, close the session, end the
+        thread. Fires when the thread has ended.
+        """
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is None:
+            self._ended()
+        if self._stopWaiters is None:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._stopWaiters.append(waiter)
+        return waiter
+
+    def _main(self) -> None:
+        try:
+            session = self._openSession()
+        except Exception:
+            self._reactor.callFromThread(self._failedToOpen, Failure())
+            return
+        self._reactor.callFromThread(self._ready.callback, session)
+        try:
+            while (jobs := self._take()) is not None:
+                try:
+                    started = time.perf_counter()
+                    outcomes, info = session.runBatch([job.work for job in jobs])
+                except Exception:
+                    failure = Failure()
+                    outcomes, info = [failure] * len(jobs), None
+                seconds = time.perf_counter() - started
+                self._reactor.callFromThread(self._deliver, jobs, outcomes, info, seconds)
+        finally:
+            session.close()
+            self._reactor.callFromThread(self._ended)
+
+    def _take(self) -> list[Job] | None:
+        """Wait for jobs; return all those queued, or C{None} when stopped."""
+        with self._lock:
+            while True:
+                jobs = [job for job in self._queue if job.state == Job.QUEUED]
+                self._queue = []
+                if jobs:
+                    for job in jobs:
+                        job.state = Job.RUNNING
+                    return jobs
+                if self._stopping:
+                    return None
+                self._lock.wait()
+
+    def _deliver(self, jobs: list[Job], outcomes: list[Any], info: Any, seconds: float) -> None:
+        if self._batchDone is not None and info is not None:
+            self._batchDone(len(jobs), info, seconds)
+        for job, outcome in zip(jobs, outcomes):
+            if job.deferred.called:
+                continue  # Cancelled while running: nobody is waiting.
+            if isinstance(outcome, Failure):
+                job.deferred.errback(outcome)
+            else:
+                job.deferred.callback(outcome)
+
+    def _failedToOpen(self, failure: Failure) -> None:
+        with self._lock:
+            self._stopping = True
+        self._ready.errback(failure)
+        self._ended()
+
+    def _ended(self) -> None:
+        """The thread is gone (or never ran): fail what is left, tell the waiters."""
+        if self._thread is not None:
+            self._thread.join()
+        with self._lock:
+            leftover, self._queue = self._queue, []
+        for job in leftover:
+            if not job.deferred.called:
+                job.deferred.errback(
+                    StoreClosedError(f"the store's {self._name} is closed")
+                )
+        waiters, self._stopWaiters = self._stopWaiters or [], None
+        for waiter in waiters:
+            waiter.callback(None)

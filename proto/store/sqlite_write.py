@@ -1,0 +1,283 @@
+"""
+Writing the SQLite store: the writer thread's session.
+
+One write transaction per batch (group commit, see
+L{proto.store.sqlite}), C{BEGIN IMMEDIATE}, so that several processes can
+write the same file: the transaction takes the write lock before it reads
+anything, and waits (busy timeout) while another process holds it.
+
+Inside it:
+  1. the counter rows are read (C{'etag'}: the last etag handed out;
+     C{'log_floor'}: see L{proto.store.sqlite_schema}). Never from a value
+     kept in memory: another process may have written since.
+  2. each operation runs; every change takes the next etag and appends a
+     row to C{changes(etag, key, id, type)}, the change log;
+  3. the log is pruned if it holds more than C{retain} changes beyond a
+     step (at most L{PRUNE_MAX} rows per transaction, so that pruning
+     never stalls a writer for long): C{log_floor} moves up;
+  4. the counters are written back and the transaction commits.
+
+A full storage (C{SQLITE_FULL}: disk full, or C{max_page_count}) fails
+the batch's transaction; the batch is then run again one operation per
+transaction, so that the operations that need no new space (a DELETE
+frees space) still succeed and only the others fail, with
+L{StorageFullError}.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from typing import Any, Callable, Sequence
+
+from twisted.python.failure import Failure
+
+from proto.store.base import (
+    DELETE,
+    PUT,
+    Change,
+    ConflictError,
+    Document,
+    Snapshot,
+    StorageFullError,
+    StoreError,
+    Version,
+)
+from proto.store import sqlite_read, sqlite_schema
+from proto.store.sqlite_schema import CHANGE_DELETE, CHANGE_PUT
+
+#: Retain at least this many of the newest changes, by default.
+DEFAULT_RETAIN_CHANGES = 100_000
+
+#: Most log rows one write transaction prunes.
+PRUNE_MAX = 10_000
+
+#: C{sqlite3.Error.sqlite_errorcode} of a full database or disk.
+_SQLITE_FULL = 13
+
+_TYPE_CODES = {PUT: CHANGE_PUT, DELETE: CHANGE_DELETE}
+
+
+def isStorageFull(error: BaseException) -> bool:
+    """Is C{error} SQLite saying the database or the disk is full?"""
+    return isinstance(error, sqlite3.Error) and (
+        getattr(error, "sqlite_errorcode", None) == _SQLITE_FULL
+        or "database or disk is full" in str(error)
+    )
+
+
+def storageFull(path: str, error: BaseException) -> StorageFullError:
+    return StorageFullError(
+        f"the document store {os.path.basename(path)} has no room left ({error}); "
+        "free disk space or delete documents"
+    )
+
+
+class BatchResult:
+    """
+    What a committed write batch hands to the reactor thread.
+
+    @ivar changes: the changes to publish, in etag order: those of other
+        processes committed since the publisher's position (read from the
+        log after the commit), then the batch's own.
+    @ivar size: how many operations the batch ran.
+    """
+
+    def __init__(self, changes: list[Change], size: int) -> None:
+        self.changes = changes
+        self.size = size
+
+
+class WriteSession:
+    """
+    The writer thread's connection. Lives on (and is only touched by) the
+    writer thread.
+
+    @ivar changes: the changes made by the transaction in progress.
+    """
+
+    def __init__(
+        self,
+        path: str,
+        retain: int = DEFAULT_RETAIN_CHANGES,
+        published: Callable[[], int] = lambda: 0,
+        configure: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
+        """
+        @param retain: keep at least this many of the newest changes (> 0).
+        @param published: the publisher's position (read from another
+            thread: an int, so a stale value is the only risk, and a stale
+            value only makes the read of other processes' changes longer).
+        @param configure: called with the new connection (tests use it to
+            set C{max_page_count}).
+        """
+        if retain < 1:
+            raise ValueError("the change log must retain at least 1 change")
+        directory = os.path.dirname(os.path.abspath(path))
+        os.makedirs(directory, exist_ok=True)
+        self.path = path
+        self.retain = retain
+        self._pruneStep = min(1000, max(1, retain // 10))
+        self._published = published
+        self.connection = sqlite_read.connect(path)
+        try:
+            (mode,) = self.connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode.lower() != "wal":
+                raise StoreError(f"{path}: SQLite refused WAL journal mode (got {mode!r})")
+            self.connection.execute("PRAGMA synchronous = FULL")
+            sqlite_schema.upgrade(self.connection, path)
+            if configure is not None:
+                configure(self.connection)
+        except BaseException:
+            self.connection.close()
+            raise
+        self.changes: list[Change] = []
+        self._lastEtag = 0
+
+    def close(self) -> None:
+        self.connection.close()
+
+    # -- transactions ----------------------------------------------------------
+
+    def runBatch(
+        self, works: Sequence[Callable[["WriteSession"], Any]]
+    ) -> tuple[list[Any], BatchResult]:
+        """
+        Run C{works} in one transaction and commit it.
+
+        A L{ConflictError} fails only its own operation (it wrote nothing).
+        A full storage: see the module's docstring. Anything else rolls the
+        whole transaction back and propagates.
+
+        @return: each work's result or L{Failure}, and the L{BatchResult}.
+        """
+        try:
+            outcomes, before = self._transaction(works)
+        except sqlite3.Error as e:
+            if not isStorageFull(e):
+                raise
+            outcomes, before = self._oneByOne(works)
+        own = self.changes
+        changes = own
+        if own and before > self._published():
+            # Other processes committed since we last published: their
+            # changes go out first (the hub gets every etag, in order).
+            others = sqlite_read.logRange(self.connection, self._published(), before)
+            changes = others + own
+        return outcomes, BatchResult(changes, len(works))
+
+    def _oneByOne(self, works: Sequence[Callable[["WriteSession"], Any]]) -> tuple[list[Any], int]:
+        """After SQLITE_FULL: each work in its own transaction."""
+        outcomes: list[Any] = []
+        allChanges: list[Change] = []
+        before: int | None = None
+        for work in works:
+            try:
+                [outcome], start = self._transaction([work])
+            except sqlite3.Error as e:
+                if not isStorageFull(e):
+                    raise
+                outcome = Failure(storageFull(self.path, e))
+            else:
+                if before is None and self.changes:
+                    before = start
+                allChanges += self.changes
+            outcomes.append(outcome)
+        self.changes = allChanges
+        return outcomes, before if before is not None else 0
+
+    def _transaction(self, works: Sequence[Callable[["WriteSession"], Any]]) -> tuple[list[Any], int]:
+        """One transaction; returns the outcomes and the etag it started from."""
+        self.changes = []
+        connection = self.connection
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            counters = dict(
+                connection.execute(
+                    "SELECT name, value FROM counters WHERE name IN ('etag', 'log_floor')"
+                )
+            )
+            before = self._lastEtag = counters["etag"]
+            outcomes = [self._attempt(work) for work in works]
+            if self._lastEtag != before:
+                connection.execute(
+                    "UPDATE counters SET value = ? WHERE name = 'etag'", (self._lastEtag,)
+                )
+                self._prune(counters["log_floor"])
+            connection.execute("COMMIT")
+        except BaseException:
+            self.changes = []
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return outcomes, before
+
+    def _prune(self, floor: int) -> None:
+        """Drop the oldest log rows beyond C{retain} (a bounded number)."""
+        excess = self._lastEtag - self.retain - floor
+        if excess < self._pruneStep:
+            return
+        newFloor = floor + min(excess, PRUNE_MAX)
+        self.connection.execute("DELETE FROM changes WHERE etag <= ?", (newFloor,))
+        self.connection.execute(
+            "UPDATE counters SET value = ? WHERE name = 'log_floor'", (newFloor,)
+        )
+
+    def _attempt(self, work: Callable[["WriteSession"], Any]) -> Any:
+        try:
+            return work(self)
+        except ConflictError:
+            return Failure()
+
+    # -- operations (inside a transaction) ----------------------------------
+
+    def _record(self, key: str, id: str, type: str) -> int:
+        self._lastEtag += 1
+        etag = self._lastEtag
+        self.connection.execute(
+            "INSERT INTO changes (etag, key, id, type) VALUES (?, ?, ?, ?)",
+            (etag, key, id, _TYPE_CODES[type]),
+        )
+        self.changes.append(Change(id, type, etag))
+        return etag
+
+    def _find(self, key: str) -> tuple[str, int] | None:
+        return self.connection.execute(
+            "SELECT id, etag FROM documents WHERE key = ?", (key,)
+        ).fetchone()
+
+    def put(self, key: str, id: str, body: bytes, ifMatch: int | None) -> Version:
+        found = self._find(key)
+        if ifMatch is not None:
+            actual = None if found is None else found[1]
+            if (actual or 0) != ifMatch:
+                raise ConflictError(id, ifMatch, actual)
+        storedId = id if found is None else found[0]
+        etag = self._record(key, storedId, PUT)
+        self.connection.execute(
+            "INSERT INTO documents (key, id, etag, body) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, body = excluded.body",
+            (key, storedId, etag, body),
+        )
+        return Version(storedId, etag)
+
+    def delete(self, keys: Sequence[str]) -> list[Version]:
+        deleted = []
+        for key in keys:
+            found = self._find(key)
+            if found is None:
+                continue
+            self.connection.execute("DELETE FROM documents WHERE key = ?", (key,))
+            deleted.append(Version(found[0], self._record(key, found[0], DELETE)))
+        return deleted
+
+    # -- reads queued behind writes (read-your-writes) -----------------------
+
+    def get(self, keys: Sequence[str]) -> list[Document | None]:
+        return sqlite_read.select(self.connection, keys)
+
+    def read(self, keys: Sequence[str], references: sqlite_read.References | None) -> Snapshot:
+        found = sqlite_read.snapshot(self.connection, keys, references)
+        # Inside the batch's transaction the counter row is not written
+        # yet: the etag of this snapshot is the last one handed out.
+        return found._replace(etag=max(found.etag, self._lastEtag))

@@ -1,0 +1,453 @@
+"""
+The speed levers (proto/speed): they must not change behaviour.
+
+Write-through over real loopback TCP sockets (its fallbacks: partial send,
+EAGAIN, producers, abort, close and half-close), the per-turn TLS flusher,
+the quiet reactor's exception handling, and the server over real TCP+TLS
+with the levers on: close_notify on QUIT, a fatal ERR flushed before the
+close, abort of a peer that never answers close_notify. (Backpressure with
+the levers on: tests/test_flowcontrol.py.)
+"""
+
+from __future__ import annotations
+
+import socket
+
+from twisted.internet import defer, endpoints, error, protocol, reactor, task
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IPullProducer, IPushProducer
+from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
+from twisted.trial import unittest
+from zope.interface import implementer
+
+from proto import wire
+from proto.commands import builtin
+from proto.server import ServerConfig
+from proto.speed import reactor as speedReactor
+from proto.speed.tlsflush import FastTLSTransport, TurnAggregator, TurnFlusher
+from proto.speed.writethrough import WriteThrough, enableWriteThrough
+from tests.support import Credentials, listenInProcess, makeFactory, request
+
+
+def waitFor(predicate, timeout: float = 10.0, interval: float = 0.005):
+    """Poll C{predicate} on the reactor until true (bounded)."""
+    d = defer.Deferred()
+    calls = int(timeout / interval)
+
+    def check(left):
+        if predicate():
+            d.callback(None)
+        elif left <= 0:
+            d.errback(AssertionError(f"condition not met within {timeout} s"))
+        else:
+            reactor.callLater(interval, check, left - 1)
+
+    check(calls)
+    return d
+
+
+class Server(protocol.Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.lost = None
+
+    def connectionMade(self) -> None:
+        self.factory.made.append(self)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason) -> None:
+        self.lost = reason
+
+
+class RawClient:
+    """A plain, non-blocking standard-library socket: reads only when told."""
+
+    def __init__(self, port: int, rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.connect(("127.0.0.1", port))
+        self.sock.setblocking(False)
+        self.data = b""
+        self.eof = False
+        self.reset = False
+
+    def drain(self) -> None:
+        while True:
+            try:
+                chunk = self.sock.recv(1 << 20)
+            except BlockingIOError:
+                return
+            except ConnectionResetError:
+                self.reset = True
+                return
+            if not chunk:
+                self.eof = True
+                return
+            self.data += chunk
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class WriteThroughTests(unittest.TestCase):
+    """L{WriteThrough} on a real TCP connection accepted by a Twisted port."""
+
+    @inlineCallbacks
+    def setUp(self):
+        factory = protocol.Factory.forProtocol(Server)
+        factory.made = []
+        self.port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+        self.client = RawClient(self.port.getHost().port, rcvbuf=4096)
+        self.addCleanup(self.client.close)
+        yield waitFor(lambda: factory.made)
+        self.server = factory.made[0]
+        self.transport = self.server.transport
+        self.addCleanup(self._disconnect)
+        self.assertTrue(enableWriteThrough(self.transport))
+        self.assertIsInstance(self.transport, WriteThrough)
+
+    def _disconnect(self):
+        if self.server.lost is None:
+            self.transport.abortConnection()
+            return waitFor(lambda: self.server.lost is not None)
+
+    def queued(self) -> int:
+        t = self.transport
+        return len(t.dataBuffer) - t.offset + t._tempDataLen
+
+    def fillKernelBuffer(self) -> None:
+        """Fill the socket's send buffer behind Twisted's back (bounded)."""
+        sock = self.transport.socket
+        for _ in range(100000):
+            try:
+                sock.send(b"k" * 65536)
+            except BlockingIOError:
+                return
+        self.fail("the kernel never refused")
+
+    @inlineCallbacks
+    def readAll(self, expected: int):
+        def enough():
+            self.client.drain()
+            return len(self.client.data) >= expected or self.client.eof
+
+        yield waitFor(enough, timeout=20)
+
+    def test_sentAtOnce(self):
+        """With nothing queued, write() is one send(): no reactor turn."""
+        self.transport.write(b"hello")
+        self.assertEqual(self.queued(), 0)
+        self.assertNotIn(self.transport, reactor.getWriters())
+        self.client.sock.setblocking(True)
+        self.client.sock.settimeout(5)
+        self.assertEqual(self.client.sock.recv(100), b"hello")
+
+    @inlineCallbacks
+    def test_partialSend(self):
+        """What the kernel does not take is queued and sent in order."""
+        self.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        big = bytes(range(256)) * 8192  # 2 MiB: far more than the buffers hold
+        self.transport.write(big)
+        self.assertGreater(self.queued(), 0)
+        self.assertLess(self.queued(), len(big), "part of it went straight out")
+        self.assertIn(self.transport, reactor.getWriters())
+        self.transport.write(b"tail")  # must queue behind the rest
+        self.assertEqual(self.queued() > len(b"tail"), True)
+        yield self.readAll(len(big) + 4)
+        self.assertEqual(self.client.data, big + b"tail")
+        yield waitFor(lambda: self.queued() == 0)
+        # Drained: the next write goes straight out again.
+        self.transport.write(b"again")
+        self.assertEqual(self.queued(), 0)
+
+    @inlineCallbacks
+    def test_eagain(self):
+        """A full kernel buffer (send() -> EAGAIN) queues the write."""
+        self.fillKernelBuffer()
+        self.client.data = b""
+        self.transport.write(b"after-eagain")
+        self.assertEqual(self.queued(), len(b"after-eagain"))
+        self.assertIn(self.transport, reactor.getWriters())
+
+        def done():
+            self.client.drain()
+            return self.client.data.endswith(b"after-eagain")
+
+        yield waitFor(done, timeout=20)
+        self.assertEqual(self.client.data.strip(b"k"), b"after-eagain")
+
+    @inlineCallbacks
+    def test_pullProducerQueues(self):
+        """A pull producer is asked for more by doWrite: its writes queue."""
+
+        @implementer(IPullProducer)
+        class Pull:
+            asked = 0
+
+            def resumeProducing(self):
+                Pull.asked += 1
+
+            def stopProducing(self):
+                pass
+
+        self.transport.registerProducer(Pull(), False)
+        asked = Pull.asked
+        self.transport.write(b"pulled")
+        self.assertEqual(self.queued(), len(b"pulled"))
+        yield self.readAll(6)
+        self.assertEqual(self.client.data, b"pulled")
+        yield waitFor(lambda: Pull.asked > asked)
+        self.transport.unregisterProducer()
+
+    @inlineCallbacks
+    def test_streamingProducerPausedOnPartialSend(self):
+        """
+        A streaming producer keeps write-through; when the kernel stops
+        taking bytes and the queue passes the high-water mark, it is paused
+        exactly as on the stock path, and resumed once drained.
+        """
+
+        @implementer(IPushProducer)
+        class Push:
+            paused = 0
+            resumed = 0
+
+            def pauseProducing(self):
+                self.paused += 1
+
+            def resumeProducing(self):
+                self.resumed += 1
+
+            def stopProducing(self):
+                pass
+
+        producer = Push()
+        self.transport.registerProducer(producer, True)
+        self.transport.write(b"x")
+        self.assertEqual(self.queued(), 0, "streaming producer: still written through")
+        self.fillKernelBuffer()
+        self.transport.write(b"y" * (self.transport.bufferSize + 1))
+        self.assertEqual(producer.paused, 1)
+        yield self.readAll(0)  # start reading: the queue drains
+
+        def drained():
+            self.client.drain()
+            return producer.resumed
+
+        yield waitFor(drained, timeout=20)
+        self.transport.unregisterProducer()
+
+    @inlineCallbacks
+    def test_abortSendsNothing(self):
+        self.transport.write(b"before")
+        self.transport.abortConnection()
+        self.transport.write(b"after")
+        yield waitFor(lambda: self.server.lost is not None)
+        self.server.lost.trap(error.ConnectionAborted)
+        yield self.readAll(10**9)
+        self.assertEqual(self.client.data, b"before")
+
+    @inlineCallbacks
+    def test_writeAfterLoseConnection(self):
+        """Queued, then sent before the close (as on the stock path)."""
+        self.transport.write(b"first ")
+        self.transport.loseConnection()
+        self.transport.write(b"late")
+        self.assertEqual(self.queued(), len(b"late"))
+        yield self.readAll(10**9)
+        self.assertEqual(self.client.data, b"first late")
+        self.assertTrue(self.client.eof)
+        yield waitFor(lambda: self.server.lost is not None)
+        self.server.lost.trap(error.ConnectionDone)
+
+    @inlineCallbacks
+    def test_halfClose(self):
+        """After loseWriteConnection: bytes queued, then FIN; reading goes on."""
+        self.transport.write(b"a")
+        self.transport.loseWriteConnection()
+        self.transport.write(b"b")
+        self.assertEqual(self.queued(), 1)
+        yield self.readAll(10**9)
+        self.assertEqual(self.client.data, b"ab")
+        self.assertTrue(self.client.eof)
+        self.client.sock.send(b"still reading")
+        yield waitFor(lambda: self.server.received == b"still reading")
+        self.transport.write(b"dropped")  # write side closed: dropped, as before
+        self.assertEqual(self.queued(), 0)
+
+    def test_onlyTCPConnections(self):
+        self.assertFalse(enableWriteThrough(object()))
+
+
+class TurnFlusherTests(unittest.TestCase):
+    def test_oneCallForAllConnections(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        out = {1: [], 2: []}
+        a = TurnAggregator(out[1].append, flusher)
+        b = TurnAggregator(out[2].append, flusher)
+        a.write(b"a1")
+        b.write(b"b1")
+        a.write(b"a2")
+        self.assertEqual(len(clock.getDelayedCalls()), 1)
+        self.assertEqual(out, {1: [], 2: []})
+        clock.advance(0)
+        self.assertEqual(out, {1: [b"a1a2"], 2: [b"b1"]})
+        self.assertEqual(clock.getDelayedCalls(), [])
+        a.write(b"a3")
+        clock.advance(0)
+        self.assertEqual(out[1], [b"a1a2", b"a3"])
+
+    def test_bigWriteAtOnce(self):
+        clock = Clock()
+        out = []
+        a = TurnAggregator(out.append, TurnFlusher(clock))
+        a.write(b"x" * (TurnAggregator.MAX_BUFFER_SIZE + 1))
+        self.assertEqual(len(out), 1)
+
+    def test_oneFailureDoesNotStopTheOthers(self):
+        clock = Clock()
+        flusher = TurnFlusher(clock)
+        out = []
+
+        def broken(data):
+            raise RuntimeError("boom")
+
+        TurnAggregator(broken, flusher).write(b"x")
+        TurnAggregator(out.append, flusher).write(b"y")
+        clock.advance(0)
+        self.assertEqual(out, [b"y"])
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class Exploding:
+    """A reader whose doRead raises, on one end of a socket pair."""
+
+    def __init__(self, sock) -> None:
+        self.sock = sock
+        self.lost = None
+
+    def fileno(self):
+        return self.sock.fileno()
+
+    def logPrefix(self):
+        return "Exploding,7"
+
+    def doRead(self):
+        raise ValueError("handler bug")
+
+    def connectionLost(self, reason):
+        self.lost = reason
+
+
+class QuietReactorTests(unittest.TestCase):
+    def test_handlerExceptionLoggedWithPrefixAndDisconnected(self):
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        reader = Exploding(a)
+        r.addReader(reader)
+        events = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        b.send(b"x")
+        r.doPoll(1)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        self.assertIsNotNone(reader.lost)
+        reader.lost.trap(ValueError)
+        self.assertNotIn(reader, r.getReaders())
+        systems = [e.get("log_system") for e in events if e.get("isError")]
+        self.assertIn("Exploding,7", systems)
+
+
+@implementer(IPushProducer)
+class _Never:
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
+
+
+class Client(protocol.Protocol):
+    def __init__(self) -> None:
+        self.parser = wire.ReplyParser()
+        self.frames = []
+        self.raw = b""
+        self.lost = defer.Deferred()
+
+    def dataReceived(self, data):
+        self.raw += data
+        self.frames.extend(self.parser.feed(data))
+
+    def connectionLost(self, reason):
+        self.reason = reason
+        self.lost.callback(None)
+
+
+class ServerWithLeversTests(unittest.TestCase):
+    """Our server over real loopback TCP+TLS, served by the fast transport."""
+
+    @inlineCallbacks
+    def setUp(self):
+        self.factory = makeFactory(reactor, ServerConfig(closeGrace=1.0), registry=builtin.registry)
+        self.port = yield listenInProcess(reactor, self.factory, levers=True)
+        self.addCleanup(self.port.stopListening)
+
+    @inlineCallbacks
+    def connect(self):
+        creds = Credentials.get()
+        endpoint = endpoints.wrapClientTLS(
+            creds.clientOptions(creds.client),
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+        )
+        client = yield endpoint.connect(protocol.Factory.forProtocol(Client))
+        yield waitFor(lambda: client.frames)
+        self.assertTrue(client.frames[0].ok)
+        (server,) = self.factory.admitted
+        self.assertIsInstance(server.transport, FastTLSTransport)
+        self.assertIsInstance(server.transport.transport, WriteThrough)
+        return client
+
+    @inlineCallbacks
+    def test_quitEndsWithCloseNotify(self):
+        client = yield self.connect()
+        client.transport.write(request("PING", sequence="1") + request("QUIT", sequence="2"))
+        yield client.lost
+        client.reason.trap(error.ConnectionDone)  # a clean TLS close, not a lost one
+        kinds = [(f.kind, f.sequence) for f in client.frames[1:]]
+        self.assertEqual(kinds, [("OK", "1"), ("OK", "2")])
+
+    @inlineCallbacks
+    def test_fatalErrorFlushedBeforeClose(self):
+        client = yield self.connect()
+        client.transport.write(request("PING", sequence="1") + b"PING\r\nno colon\r\n\r\n")
+        yield client.lost
+        client.reason.trap(error.ConnectionDone)
+        frames = client.frames[1:]
+        self.assertEqual([f.kind for f in frames], ["OK", "ERR"])
+        self.assertIn("Malformed header line", frames[1].reason)
+
+    @inlineCallbacks
+    def test_peerIgnoringCloseNotifyIsAborted(self):
+        """
+        A client that never answers close_notify (it stops reading) is
+        aborted after the close grace: the server's connection ends.
+        """
+        client = yield self.connect()
+        (server,) = self.factory.admitted
+        client.transport.pauseProducing()
+        server.revoke("test: go away")
+        yield waitFor(lambda: server not in self.factory.connections, timeout=15)
+        client.transport.abortConnection()
+        yield client.lost

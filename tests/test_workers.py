@@ -1,0 +1,186 @@
+"""
+C{--workers N}: a real C{twistd -n proto --workers 2} supervisor and its
+worker processes on one port (L{proto.workers}).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+
+from twisted.trial import unittest
+
+from proto import workers
+from tests.support import TWISTD, ROOT, BlockingConnection, freePort, request, startTwistd
+from tests.test_twistd import waitFor
+
+#: Connections opened to reach both workers: the kernel hashes each to one
+#: of the two sockets, so all 20 on one has a chance of 2 in a million.
+CONNECTIONS = 20
+
+
+def workerPids(log: str) -> dict[str, list[int]]:
+    """Every pid the supervisor logged for each worker, oldest first."""
+    pids: dict[str, list[int]] = {}
+    for name, pid in re.findall(r"Started (worker-\d+) \(pid (\d+)\)", log):
+        pids.setdefault(name, []).append(int(pid))
+    return pids
+
+
+def processGone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie of ours is gone too
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+class WorkerOptionTests(unittest.TestCase):
+    def test_workerCount(self):
+        from proto.tap import _workerCount
+
+        self.assertEqual(_workerCount("3"), 3)
+        self.assertGreaterEqual(_workerCount("auto"), 1)
+        self.assertRaises(ValueError, _workerCount, "0")
+
+    def test_workersGetTheSameOptionsButNotTheSupervisors(self):
+        args = workers.workerArguments(
+            ["--workers", "2", "--max-head=256", "--metrics", "tcp:9464", "--listen", "tcp:1"], 1
+        )
+        tail = args[args.index("proto") + 1:]
+        self.assertEqual(
+            tail, ["--workers", "2", "--max-head=256", "--listen", "tcp:1", "--workers=1",
+                   "--worker-index=1"],
+        )
+
+    def test_onlyTCPListeners(self):
+        from twisted.internet import reactor
+
+        self.assertRaises(ValueError, workers.reusePortEndpoint, reactor, "unix:/tmp/x.sock")
+        endpoint = workers.reusePortEndpoint(reactor, "haproxy:tcp:4999:interface=127.0.0.1")
+        self.assertEqual(endpoint._wrappedEndpoint.port, 4999)
+
+
+class WorkersTests(unittest.TestCase):
+    def setUp(self):
+        self.workdir = os.path.abspath(self.mktemp())
+        self.server = startTwistd(self.workdir, extraArgs=["--workers", "2", "--max-head", "256"])
+        self.addCleanup(self.server.stop)
+        # Both workers listen before we connect, or the first takes all.
+        waitFor(lambda: self.server.log().count(f"starting on {self.server.port}") >= 2,
+                seconds=30, what="both workers to listen")
+
+    def connect(self) -> BlockingConnection:
+        conn = BlockingConnection(self.server.port, self.server.dataDir.clientContext())
+        self.addCleanup(conn.close)
+        greeting = conn.next()
+        self.assertTrue(greeting.ok, greeting)
+        return conn
+
+    def servedBy(self, conns: list[BlockingConnection]) -> dict[int, str]:
+        """Which worker admitted each connection, from the supervisor's log."""
+        ports = {conn.sock.getsockname()[1] for conn in conns}
+
+        def found():
+            seen = {
+                int(port): worker
+                for worker, port in re.findall(
+                    r"\[(worker-\d+)\] \S+ Admitted 127\.0\.0\.1:(\d+)", self.server.log()
+                )
+            }
+            return seen if ports <= set(seen) else None
+
+        seen = waitFor(found, seconds=15, what="every admission in the log")
+        return {port: seen[port] for port in ports}
+
+    def test_connectionsReachBothWorkersWhichShareTheStore(self):
+        conns = [self.connect() for _ in range(CONNECTIONS)]
+        served = self.servedBy(conns)
+        self.assertEqual(set(served.values()), {"worker-0", "worker-1"}, served)
+        byWorker = {worker: conn for conn in conns
+                    for worker in [served[conn.sock.getsockname()[1]]]}
+
+        # Every connection, in either worker, watches; a PUT through one
+        # reaches them all (the change log's doorbell crosses processes).
+        for conn in conns:
+            conn.send(request("WATCH", "shared/", sequence="w"))
+            self.assertEqual(conn.next().kind, "OK")
+        writer, reader = byWorker["worker-0"], byWorker["worker-1"]
+        writer.send(request("PUT", "shared/1", sequence="p", body=b'{"by": 0}'))
+        pushes = {}
+        for conn in conns:
+            frames = [conn.next()] + ([conn.next()] if conn is writer else [])
+            [push] = [f for f in frames if f.sequence == "w"]  # and the writer's OK
+            self.assertEqual(push.kind, "PUSH", push)
+            pushes[conn] = json.loads(push.body)
+        self.assertEqual({(p["Id"], p["Type"], p["Etag"]) for p in pushes.values()},
+                         {("shared/1", "Put", 1)})
+
+        # One store: a write through one worker is read through the other.
+        reader.send(request("GET", "shared/1", sequence="r"))
+        reply = reader.next()
+        self.assertEqual(json.loads(reply.body)["Results"][0], {"by": 0})
+
+        # The options apply in every worker (an oversized head is fatal).
+        for conn in byWorker.values():
+            conn.send(request("ECHO", "x" * 300, sequence="big"))
+            self.assertIn("over the limit of 256 bytes", conn.next().reason)
+
+    def test_killedWorkerIsReplacedAndThePortKeepsAnswering(self):
+        pids = waitFor(lambda: (lambda p: p if len(p) == 2 else None)(workerPids(self.server.log())),
+                       what="both worker pids")
+        victim = pids["worker-0"][0]
+        os.kill(victim, signal.SIGKILL)
+        waitFor(lambda: len(workerPids(self.server.log()).get("worker-0", [])) == 2,
+                seconds=30, what="worker-0 to be replaced")
+        self.assertTrue(waitFor(lambda: processGone(victim), what="the victim to be gone"))
+        self.assertNotEqual(workerPids(self.server.log())["worker-0"][1], victim)
+        self.assertIn("worker-0 exited", self.server.log())
+        # The port answers throughout: every new connection is served.
+        for _ in range(10):
+            conn = self.connect()
+            conn.send(request("PING", sequence="p"))
+            self.assertEqual(conn.next().body, b"PONG")
+            conn.close()
+
+    def test_sigtermStopsEveryWorker(self):
+        pids = waitFor(lambda: (lambda p: p if len(p) == 2 else None)(workerPids(self.server.log())),
+                       what="both worker pids")
+        self.server.process.send_signal(signal.SIGTERM)
+        # twistd ends by re-raising the signal that stopped it.
+        self.assertEqual(self.server.process.wait(30), -signal.SIGTERM)
+        self.assertIn("Server Shut Down", self.server.log().splitlines()[-1])
+        for worker in pids.values():
+            self.assertTrue(waitFor(lambda: processGone(worker[-1]), what="workers to exit"))
+        with self.assertRaises(OSError):
+            socket.create_connection(("127.0.0.1", self.server.port), timeout=2).close()
+
+
+class SupervisorStartTests(unittest.TestCase):
+    def test_portInUseIsReportedBeforeAnyWorkerStarts(self):
+        workdir = os.path.abspath(self.mktemp())
+        os.makedirs(workdir)
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [*TWISTD, "--pidfile=", "-n", "proto", "--workers", "2",
+             "--listen", f"tcp:{port}:interface=127.0.0.1"],
+            cwd=workdir, env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True,
+            timeout=60, stdin=subprocess.DEVNULL,
+        )
+        output = (result.stdout + result.stderr).decode()
+        self.assertNotEqual(result.returncode, 0, output)
+        self.assertIn(f"cannot listen on 127.0.0.1:{port}", output)
+        self.assertNotIn("Started worker", output)
