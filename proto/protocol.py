@@ -751,6 +751,14 @@ class GNPServerProtocol(LineReceiver):
     def push(self, sequence: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
         self._write(wire.encodePush(sequence, body, headers))
 
+    def pushFrames(self, data: bytes) -> None:
+        self._write(data)
+
+    def unsentBytes(self) -> int:
+        from proto.unsent import unsentBytes
+
+        return unsentBytes(self.transport)
+
     def congested(self) -> bool:
         return _TRANSPORT in self._pauses
 

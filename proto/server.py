@@ -52,12 +52,16 @@ class ServerConfig:
 
 def defaultRegistry() -> CommandRegistry:
     """
-    Every built-in command: connection commands, the document store, and
-    the access commands (section 9).
+    Every built-in command: connection commands, the document store,
+    WATCH, and the access commands (section 9).
     """
-    from proto.commands import access, builtin, documents
+    from proto.commands import access, builtin, documents, watch
 
-    return builtin.registry.merged(documents.registry).merged(access.registry)
+    return (
+        builtin.registry.merged(documents.registry)
+        .merged(watch.registry)
+        .merged(access.registry)
+    )
 
 
 class GNPServerFactory(ServerFactory):
