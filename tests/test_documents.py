@@ -738,3 +738,47 @@ class EndToEndTests(TestCase):
         )
         [reply] = yield self.exchange(connection, request("GET", "none", sequence="6"))
         self.assertEqual((reply.headers["etag"], reply.headers["etags"]), ("4", "0"))
+
+
+class StorageFullTests(CommandTestCase):
+    """Issue 12 item 7: ERR Storage full, logged once per interval; DELETE works."""
+
+    def setUp(self) -> defer.Deferred:
+        from twisted.logger import Logger
+
+        from proto.commands import documents
+
+        self.hub = ChangeHub()
+        self.clock = Clock()
+        path = os.path.join(self.mktemp(), "docs.sqlite3")
+        self.store = SQLiteStore(
+            path, hub=self.hub, configure=lambda c: c.execute("PRAGMA max_page_count = 40")
+        )
+        self.addCleanup(self.store.close)
+        self.ctx = self.connect()
+        self.events: list[dict] = []
+        full = documents._StorageFullLog()
+        full.log = Logger(observer=self.events.append)
+        self.patch(documents, "_storageFull", full)
+        return self.store.start()
+
+    @inlineCallbacks
+    def test_storageFull(self):
+        body = b'{"pad": "%s"}' % (b"x" * 3000)
+        replies = []
+        for n in range(60):
+            replies.append((yield self.ctx.call("PUT", f"f/{n}", body=body)))
+        refused = [reply for reply in replies if reply.kind == "ERR"]
+        self.assertGreater(len(refused), 5)
+        for reply in refused:
+            self.assertTrue(reply.payload.startswith("Storage full: "), reply)
+            self.assertNotIn("Traceback", reply.payload)
+        self.assertEqual(len(self.events), 1)  # once per interval, not per request
+        self.clock.advance(61)
+        yield self.ctx.call("PUT", "f/again", body=body)
+        self.assertEqual(len(self.events), 2)
+        self.assertIn("write(s) refused", self.events[1]["log_format"])
+        reply = yield self.ctx.call("DELETE", "f/0", "f/1", "f/2")
+        self.assertEqual(reply.json(), {"Deleted": 3})
+        reply = yield self.ctx.call("PUT", "f/small", body=b"{}")
+        self.assertEqual(reply.kind, "OK")

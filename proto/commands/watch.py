@@ -191,6 +191,7 @@ class _Watch:
         self._pending: deque[_Item] = deque()  # to push (catch-up, documents)
         self._outbox: list[bytes] = []
         self._outboxEtag = 0
+        self._outboxBytes = 0  # of live pushes in the outbox
         self._subscription: Any = None
         self._reading = False  # a page of the log is being read
         self._fetching = False  # documents are being read
@@ -285,9 +286,13 @@ class _Watch:
             self._pump()
         else:
             body = changeBody(change)
-            self._outbox.append(self._head + b"%d\r\n\r\n" % len(body) + body)
+            frame = self._head + b"%d\r\n\r\n" % len(body) + body
+            self._outbox.append(frame)
             self._outboxEtag = change.etag
-            # The hub calls _flush after its batch.
+            self._outboxBytes += len(frame)
+            if self._outboxBytes > CATCHUP_WINDOW:
+                self._flush()  # a big batch: apply the bound within it
+            # Otherwise the hub calls _flush after its batch.
 
     # -- output ------------------------------------------------------------------
 
@@ -402,6 +407,7 @@ class _Watch:
             return
         data = b"".join(self._outbox)
         self._outbox = []
+        self._outboxBytes = 0
         self._resume = self._outboxEtag
         self._ctx.pushFrames(data)
 
@@ -428,6 +434,7 @@ class _Watch:
         etag = self._resume
         reason = f"{why}; WATCH again with Since: {etag} to resume"
         self._outbox = []
+        self._outboxBytes = 0
         self._ctx.push(self._sequence, _json({"Type": "Dropped", "Reason": reason, "Etag": etag}))
         self._ctx.unsubscribe(self._sequence)
 
