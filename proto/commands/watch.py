@@ -347,12 +347,15 @@ class _Watch:
         puts = [change.id for change in batch if change.type == PUT]
         references: list[list[str]] = []
         paths = self._paths
+        allowed = self._allowed
 
         def referenced(results: list[Document | None]) -> list[str]:
             # On the store's thread; touches only this batch's list.
             every: list[str] = []
             for document in results:
                 ids = list(_includedIds([document], paths)) if document else []
+                if allowed is not None:  # section 9: left out, no error
+                    ids = [id for id in ids if allowed(id)]
                 references.append(ids)
                 every += ids
             return every
