@@ -158,7 +158,7 @@ class PrometheusMirror:
         self._inc("in", self.bytesIn, st.bytesIn)
         self._inc("out", self.bytesOut, st.bytesOut)
         self.inflight.set(sum(len(p._inflight) for p in list(factory.connections)))
-        from proto.commands.documents import watchCount
+        from proto.commands.watch import watchCount
 
         self.watches.set(sum(watchCount(p) for p in list(factory.admitted)))
         self._inc("pushes", self.pushes, st.pushes)

@@ -828,6 +828,16 @@ class GNPServerProtocol(LineReceiver):
         self.stats.pushes += 1
         self._write(wire.encodePush(sequence, body, headers))
 
+    def pushFrames(self, data: bytes) -> None:
+        # Whole frames of JSON bodies: "PUSH\r\n" only starts a frame.
+        self.stats.pushes += data.count(b"PUSH\r\n")
+        self._write(data)
+
+    def unsentBytes(self) -> int:
+        from proto.unsent import unsentBytes
+
+        return unsentBytes(self.transport)
+
     def congested(self) -> bool:
         return _TRANSPORT in self._pauses
 

@@ -53,12 +53,17 @@ class ServerConfig:
 
 def defaultRegistry() -> CommandRegistry:
     """
-    Every built-in command: connection commands, the document store, and
-    the access commands (section 9).
+    Every built-in command: connection commands, the document store,
+    WATCH, and the access commands (section 9).
     """
-    from proto.commands import access, admin, builtin, documents
+    from proto.commands import access, admin, builtin, documents, watch
 
-    return builtin.registry.merged(documents.registry).merged(access.registry).merged(admin.registry)
+    return (
+        builtin.registry.merged(documents.registry)
+        .merged(watch.registry)
+        .merged(access.registry)
+        .merged(admin.registry)
+    )
 
 
 class GNPServerFactory(ServerFactory):

@@ -170,7 +170,7 @@ def isoTime(seconds: float) -> str:
 
 def clientsOf(factory) -> list[dict[str, Any]]:
     """C{CLIENTS} entries of this process's admitted connections."""
-    from proto.commands.documents import watchCount
+    from proto.commands.watch import watchCount
 
     names = factory.allowList().names
     out = []

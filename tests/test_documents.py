@@ -22,18 +22,16 @@ from zope.interface.verify import verifyObject
 
 from proto import wire
 from proto.commands.base import CommandError, ICommandContext, Result
-from proto.commands.documents import (
-    SLOW_WATCHER_LIMIT,
-    encodeGetReply,
-    parseInclude,
-    referencedIds,
-    registry,
-)
+from proto.commands.documents import encodeGetReply, parseInclude, referencedIds
+from proto.server import defaultRegistry
 from proto.hub import ChangeHub
 from proto.permissions import Grant
 from proto.store.base import PUT, Document
 from proto.store.sqlite import SQLiteStore
 from tests.test_store import GatedStore, waitForThread
+
+
+registry = defaultRegistry()
 
 
 class Reply(NamedTuple):
@@ -62,6 +60,8 @@ class RecordingContext:
         self.peer = "test"
         self.pushes: list[tuple[str, bytes]] = []
         self.isCongested = False
+        self.unsent = 0  # what unsentBytes() says
+        self.countUnsent = False  # add what is pushed to it (a client that reads nothing)
         self.connected = True
         self.quitting = False
         self.subscriptions: dict[str, Callable[[], None]] = {}
@@ -73,6 +73,16 @@ class RecordingContext:
     def push(self, sequence: str, body: bytes, headers=()) -> None:
         if self.connected:
             self.pushes.append((sequence, body))
+
+    def pushFrames(self, data: bytes) -> None:
+        if self.connected:
+            frames = wire.ReplyParser(expectGreeting=False).feed(data)
+            assert all(frame.kind == "PUSH" for frame in frames), frames
+            self.pushes += [(frame.sequence, frame.body) for frame in frames]
+            self.unsent += len(data) if self.countUnsent else 0
+
+    def unsentBytes(self) -> int:
+        return self.unsent
 
     def pushed(self) -> list[tuple[str, Any]]:
         """The pushes so far, JSON bodies parsed; and forget them."""
@@ -533,38 +543,6 @@ class WatchTests(CommandTestCase):
         yield self.assertRefused("usage: WATCH prefix", "WATCH")
         self.assertEqual(self.hub.subscriberCount(), 0)
 
-    @inlineCallbacks
-    def test_slowWatcherDropped(self):
-        """
-        A watcher whose connection stays congested for SLOW_WATCHER_LIMIT
-        changes gets a final Dropped push and nothing more.
-        """
-        yield self.ctx.call("WATCH", "a", sequence="w")
-        self.ctx.isCongested = True
-        for etag in range(1, SLOW_WATCHER_LIMIT + 10):
-            self.hub.publish(f"a/{etag}", PUT, etag)
-        pushes = self.ctx.pushed()
-        self.assertEqual(len(pushes), SLOW_WATCHER_LIMIT)
-        self.assertEqual(pushes[-2][1]["Etag"], SLOW_WATCHER_LIMIT - 1)
-        self.assertEqual(pushes[-1][1]["Type"], "Dropped")
-        self.assertIn("congested", pushes[-1][1]["Reason"])
-        self.assertEqual(self.hub.subscriberCount(), 0)
-        self.assertEqual(self.ctx.subscriptions, {})
-        yield self.assertRefused("No WATCH", "UNWATCH", "w")
-
-    @inlineCallbacks
-    def test_congestionMustBeConsecutive(self):
-        """One change pushed while not congested starts the count again."""
-        yield self.ctx.call("WATCH", "a", sequence="w")
-        for congested in (True, False, True):
-            self.ctx.isCongested = congested
-            for _ in range(SLOW_WATCHER_LIMIT - 1 if congested else 1):
-                self.hub.publish("a", PUT, 1)
-        pushes = self.ctx.pushed()
-        self.assertEqual(len(pushes), 2 * SLOW_WATCHER_LIMIT - 1)
-        self.assertNotIn("Dropped", {push["Type"] for _, push in pushes})
-        self.assertEqual(self.hub.subscriberCount(), 1)
-
 
 class RemindTests(CommandTestCase):
     """REMIND, with a fake clock."""
@@ -760,3 +738,47 @@ class EndToEndTests(TestCase):
         )
         [reply] = yield self.exchange(connection, request("GET", "none", sequence="6"))
         self.assertEqual((reply.headers["etag"], reply.headers["etags"]), ("4", "0"))
+
+
+class StorageFullTests(CommandTestCase):
+    """Issue 12 item 7: ERR Storage full, logged once per interval; DELETE works."""
+
+    def setUp(self) -> defer.Deferred:
+        from twisted.logger import Logger
+
+        from proto.commands import documents
+
+        self.hub = ChangeHub()
+        self.clock = Clock()
+        path = os.path.join(self.mktemp(), "docs.sqlite3")
+        self.store = SQLiteStore(
+            path, hub=self.hub, configure=lambda c: c.execute("PRAGMA max_page_count = 40")
+        )
+        self.addCleanup(self.store.close)
+        self.ctx = self.connect()
+        self.events: list[dict] = []
+        full = documents._StorageFullLog()
+        full.log = Logger(observer=self.events.append)
+        self.patch(documents, "_storageFull", full)
+        return self.store.start()
+
+    @inlineCallbacks
+    def test_storageFull(self):
+        body = b'{"pad": "%s"}' % (b"x" * 3000)
+        replies = []
+        for n in range(60):
+            replies.append((yield self.ctx.call("PUT", f"f/{n}", body=body)))
+        refused = [reply for reply in replies if reply.kind == "ERR"]
+        self.assertGreater(len(refused), 5)
+        for reply in refused:
+            self.assertTrue(reply.payload.startswith("Storage full: "), reply)
+            self.assertNotIn("Traceback", reply.payload)
+        self.assertEqual(len(self.events), 1)  # once per interval, not per request
+        self.clock.advance(61)
+        yield self.ctx.call("PUT", "f/again", body=body)
+        self.assertEqual(len(self.events), 2)
+        self.assertIn("write(s) refused", self.events[1]["log_format"])
+        reply = yield self.ctx.call("DELETE", "f/0", "f/1", "f/2")
+        self.assertEqual(reply.json(), {"Deleted": 3})
+        reply = yield self.ctx.call("PUT", "f/small", body=b"{}")
+        self.assertEqual(reply.kind, "OK")

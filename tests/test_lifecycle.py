@@ -171,7 +171,7 @@ class LifecycleTests(ServerMixin, unittest.TestCase):
     def test_enrollThenConnectWithSuccessor(self):
         reader = yield self.client("reader")
         successor = certs.mint("reader v2")
-        reply = yield reader.request("ENROLL", body=successor.certPEM)
+        reply = yield reader.enroll(successor.certPEM.decode())  # the client library's method
         self.assertEqual(
             reply.json(),
             {

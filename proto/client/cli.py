@@ -16,6 +16,7 @@ import sys
 import threading
 
 from proto import certs, datadir
+from proto.client import lifecycle
 from proto.client.blocking import BlockingClient
 from proto.client.errors import ClientError, ServerError
 from proto.client.messages import Reply
@@ -83,9 +84,9 @@ def buildParser() -> argparse.ArgumentParser:
         prog="proto-cli",
         usage="proto-cli [options] [COMMAND [ARG ...]]\n"
         "       proto-cli --thumbprint FILE\n"
-        "       proto-cli --mint NAME [--out PREFIX] [--days N]",
+        "       proto-cli --mint NAME [--out PREFIX] [--days N] [--enroll]",
         description=DESCRIPTION,
-        epilog=EPILOG,
+        epilog=EPILOG + "\n" + lifecycle.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("request", nargs="*", metavar="COMMAND ARG",
@@ -130,6 +131,7 @@ def buildParser() -> argparse.ArgumentParser:
     tools.add_argument("--out", metavar="PREFIX",
                        help="with --mint: write PREFIX.pem and PREFIX.key (default: NAME, made file-safe)")
     tools.add_argument("--days", type=int, default=825, help="with --mint: validity in days (default %(default)s)")
+    lifecycle.addArguments(tools)
     return parser
 
 
@@ -529,6 +531,12 @@ def run(argv: list[str] | None = None) -> int:
     try:
         if options.thumbprint:
             return showThumbprint(options.thumbprint)
+        handled = lifecycle.run(
+            options, openClient, fail,
+            {"ok": EXIT_OK, "err": EXIT_ERR_REPLY, "usage": EXIT_USAGE},
+        )
+        if handled is not None:
+            return handled
         if options.mint:
             return mintClient(options.mint, options.out, options.days)
         if options.request:

@@ -142,3 +142,37 @@ class CommandMethods:
     def quit(self):
         """C{QUIT}: the server replies, then closes the connection."""
         return self.request("QUIT")
+
+    # -- section 9: who may do what ------------------------------------------
+
+    def whoami(self, **kw):
+        """C{WHOAMI}: this certificate, its name, level and prefixes (JSON)."""
+        return self.request("WHOAMI", **kw)
+
+    def enroll(self, newCertPem: bytes | str, **kw):
+        """
+        C{ENROLL}: have the server admit the successor certificate
+        C{newCertPem} (PEM, the certificate only, never the key) with this
+        certificate's name, level and prefixes. Connect with it from now
+        on; a later enrol replaces (and revokes) this successor.
+        """
+        body = newCertPem.encode("ascii") if isinstance(newCertPem, str) else newCertPem
+        return self.request("ENROLL", body=body, **kw)
+
+    def pending(self, **kw):
+        """C{PENDING} (admin): recently refused certificates, newest first."""
+        return self.request("PENDING", **kw)
+
+    def approve(self, thumbprint: str, name: str | None = None, can: str | None = None,
+                prefixes: Iterable[str] | None = None, **kw):
+        """C{APPROVE} (admin): admit a certificate by thumbprint."""
+        args = [thumbprint, *(name.split() if name else [])]
+        if can is not None:
+            args.append(f"can={can}")
+        if prefixes is not None:
+            args.append("prefix=" + ",".join(prefixes))
+        return self.request("APPROVE", *args, **kw)
+
+    def revoke(self, thumbprint: str, **kw):
+        """C{REVOKE} (admin): undo an approval or enrolment; cuts its connections."""
+        return self.request("REVOKE", thumbprint, **kw)

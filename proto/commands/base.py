@@ -76,6 +76,19 @@ class ICommandContext(Interface):
         connection is closing or gone.
         """
 
+    def pushFrames(data: bytes) -> None:
+        """
+        Send C{data}: one or more whole C{PUSH} frames already encoded (so
+        that a change pushed to many watchers is encoded once and a batch
+        of pushes goes out in one write). Nothing once closing or gone.
+        """
+
+    def unsentBytes() -> int:
+        """
+        How many bytes written to the connection the client has not taken
+        yet (server buffers and the kernel's send queue: L{proto.unsent}).
+        """
+
     def congested() -> bool:
         """
         C{True} while the connection's unsent output is over its high-water

@@ -1,6 +1,6 @@
 """
-The document commands: GET, PUT, DELETE, WATCH, UNWATCH and REMIND
-(C{shared/PROTOCOL.md}, section 6).
+The document commands: GET, PUT, DELETE and REMIND (C{shared/PROTOCOL.md},
+sections 6 and 8).
 
 They use the connection's context (L{ICommandContext}): C{ctx.store} (an
 L{IDocumentStore}), C{ctx.hub} (the L{proto.hub.ChangeHub} that store
@@ -41,18 +41,17 @@ started (its transaction is committing) still completes, and its change
 is still published to watchers; the client cannot tell which happened, as
 with any timeout.
 
-WATCH and slow watchers
-=======================
-A WATCH pushes each change after it is committed, to the connection that
-asked, until UNWATCH or the end of the connection. A watcher must neither
-slow down writers nor make the server buffer without bound for a client
-that does not read: pushes are never waited for, and if the connection is
-congested (its unsent output is over the high-water mark,
-C{ctx.congested()}) for L{SLOW_WATCHER_LIMIT} changes in a row, the watch
-is dropped: its last push is C{"Type": "Dropped", "Reason": "..."} and
-nothing more comes. So a watch queues at most that many pushes beyond the
-high-water mark. A client that is told Dropped may WATCH again and re-read
-what it cares about.
+WATCH and UNWATCH
+=================
+In L{proto.commands.watch} (catch-up from the change log, documents in
+pushes, the slow-watcher bound).
+
+Storage full
+============
+A PUT (or DELETE) that finds the storage full gets
+C{ERR Storage full: ...} and writes nothing; the server logs it at most
+once per L{STORAGE_FULL_LOG_SECONDS} (with the count of refused writes),
+not once per request. DELETE keeps working where SQLite can free space.
 """
 
 from __future__ import annotations
@@ -60,8 +59,6 @@ from __future__ import annotations
 import json
 import re
 from typing import Any, Iterator
-from weakref import WeakKeyDictionary
-
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -75,23 +72,21 @@ from proto.commands.base import (
     requireArgs,
     secondsArgument,
 )
-from proto.hub import Change, Subscription
-from proto.permissions import ANY, RANK, READ, WRITE
+from proto.permissions import ANY, READ, WRITE
 from proto.store.base import (
     ConflictError,
     Document,
     InvalidIdError,
     Snapshot,
+    StorageFullError,
     Version,
     checkId,
 )
 
-_log = Logger()
 registry = CommandRegistry()
 
-#: A watch is dropped when its connection was congested for this many
-#: changes in a row.
-SLOW_WATCHER_LIMIT = 1000
+#: A full storage is logged at most once per this many seconds.
+STORAGE_FULL_LOG_SECONDS = 60.0
 
 _ETAG = re.compile(r"[0-9]{1,18}\Z")
 
@@ -272,6 +267,32 @@ def _conflict(failure: Failure) -> None:
     raise CommandError(f"Conflict: {failure.value}")
 
 
+class _StorageFullLog:
+    """Logs a full storage once per interval, with how many writes it refused."""
+
+    log = Logger()
+
+    def __init__(self) -> None:
+        self.lastLogged: float | None = None
+        self.refused = 0
+
+    def refuse(self, ctx: Any, failure: Failure) -> None:
+        failure.trap(StorageFullError)
+        self.refused += 1
+        now = ctx.clock.seconds()
+        if self.lastLogged is None or now - self.lastLogged >= STORAGE_FULL_LOG_SECONDS:
+            self.log.error(
+                "Storage full: {refused} write(s) refused since the last report: {reason}",
+                refused=self.refused, reason=str(failure.value),
+            )
+            self.lastLogged = now
+            self.refused = 0
+        raise CommandError(f"Storage full: {failure.value}")
+
+
+_storageFull = _StorageFullLog()
+
+
 def _encodeVersion(version: Version) -> bytes:
     return _jsonBytes({"Id": version.id, "Etag": version.etag})
 
@@ -284,9 +305,8 @@ def put(ctx: Any, request: Any) -> Deferred[bytes]:
     _checkIds(request.args)
     ifMatch = _parseIfMatch(request.header("if-match"))
     _checkObjectBody(request)
-    return ctx.store.put(id, request.body, ifMatch).addCallbacks(
-        _encodeVersion, _conflict
-    )
+    d = ctx.store.put(id, request.body, ifMatch).addCallbacks(_encodeVersion, _conflict)
+    return d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
 
 
 @registry.command("DELETE", level=WRITE, ids=ARGS)
@@ -294,117 +314,10 @@ def delete(ctx: Any, request: Any) -> Deferred[bytes]:
     """C{DELETE id [id ...]}: how many documents were removed."""
     requireArgs(request, 1, None, "DELETE id [id ...]")
     _checkIds(request.args)
-    return ctx.store.delete(request.args).addCallback(
+    d = ctx.store.delete(request.args).addCallback(
         lambda deleted: _jsonBytes({"Deleted": len(deleted)})
     )
-
-
-# -- WATCH, UNWATCH ------------------------------------------------------------
-
-
-class _Watch:
-    """
-    One WATCH: pushes the matching changes the hub reports to its
-    connection, and drops itself if that connection stays congested.
-    """
-
-    def __init__(self, ctx: Any, sequence: str, prefix: str) -> None:
-        self._ctx = ctx
-        self._sequence = sequence
-        self._prefix = prefix
-        self._congestedStreak = 0
-        self._allowed = ctx.grant.filterIds()
-        self._subscription: Subscription = ctx.hub.subscribe(prefix, self._changed)
-
-    def regrant(self, grant: Any) -> None:
-        """
-        The certificate's rights changed (section 9): a watch now outside
-        its prefixes ends with a C{Dropped} push.
-        """
-        self._allowed = grant.filterIds()
-        if grant.rank < RANK[READ] or not grant.allowsId(self._prefix):
-            self._ctx.push(
-                self._sequence,
-                _jsonBytes(
-                    {
-                        "Type": "Dropped",
-                        "Reason": f"the certificate may no longer WATCH {self._prefix}",
-                    }
-                ),
-            )
-            self._ctx.unsubscribe(self._sequence)
-
-    def _changed(self, change: Change) -> None:
-        allowed = self._allowed
-        if allowed is not None and not allowed(change.id):
-            return  # Never a push outside the prefixes (section 9).
-        if self._ctx.congested():
-            self._congestedStreak += 1
-            if self._congestedStreak >= SLOW_WATCHER_LIMIT:
-                self._drop()
-                return
-        else:
-            self._congestedStreak = 0
-        self._ctx.push(
-            self._sequence,
-            _jsonBytes({"Id": change.id, "Type": change.type, "Etag": change.etag}),
-        )
-
-    def _drop(self) -> None:
-        reason = (
-            f"the connection was congested for {SLOW_WATCHER_LIMIT} changes "
-            "in a row; WATCH again (and re-read) to resume"
-        )
-        self._ctx.push(self._sequence, _jsonBytes({"Type": "Dropped", "Reason": reason}))
-        self._ctx.unsubscribe(self._sequence)
-        stats = getattr(self._ctx, "stats", None)
-        if stats is not None:
-            stats.watchesDropped += 1
-        _log.info(
-            "Dropped WATCH {sequence} of {peer}: {reason}",
-            sequence=self._sequence, peer=getattr(self._ctx, "peer", "?"), reason=reason,
-            event="watch_dropped",
-        )
-
-    def cancel(self) -> None:
-        """Stop watching (UNWATCH, the connection ended, or dropped)."""
-        self._subscription.cancel()
-        watches = _watches.get(self._ctx)
-        if watches is not None and watches.get(self._sequence) is self:
-            del watches[self._sequence]
-
-
-#: The active watches of each connection, by the WATCH's sequence, so that
-#: UNWATCH ends only watches (not, say, a REMIND).
-_watches: WeakKeyDictionary[Any, dict[str, _Watch]] = WeakKeyDictionary()
-
-
-def watchCount(ctx: Any) -> int:
-    """How many WATCHes are active on a connection (for CLIENTS)."""
-    return len(_watches.get(ctx, ()))
-
-
-@registry.command("WATCH", level=READ, ids=ARGS)
-def watch(ctx: Any, request: Any) -> Result:
-    """C{WATCH prefix}: push every change to ids starting with C{prefix}."""
-    requireArgs(request, 1, 1, "WATCH prefix")
-    (prefix,) = request.args
-    _checkIds(request.args, "prefix")
-    watcher = _Watch(ctx, request.sequence, prefix)
-    _watches.setdefault(ctx, {})[request.sequence] = watcher
-    ctx.subscribe(request.sequence, watcher.cancel, watcher.regrant)
-    return Result()
-
-
-@registry.command("UNWATCH", level=READ)
-def unwatch(ctx: Any, request: Any) -> Result:
-    """C{UNWATCH sequence}: end the WATCH that had that Sequence."""
-    requireArgs(request, 1, 1, "UNWATCH sequence-of-the-WATCH")
-    (sequence,) = request.args
-    if sequence not in _watches.get(ctx, {}):
-        raise CommandError(f"No WATCH with Sequence {sequence} on this connection")
-    ctx.unsubscribe(sequence)
-    return Result()
+    return d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
 
 
 # -- REMIND --------------------------------------------------------------------

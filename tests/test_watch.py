@@ -1,0 +1,423 @@
+"""
+Tests for WATCH with the change log (C{shared/PROTOCOL.md} section 8):
+C{Since} catch-up and its seam with live pushes while writers commit from
+their threads, C{Gap} after pruning, C{Documents} with C{Include}, the
+C{Dropped} etag and the slow-watcher bound (issue 12, item 5: by bytes and
+time, independent of socket buffers, over real sockets with small and
+default buffers), and the wire bytes end to end through TLS.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+from twisted.internet import defer, endpoints, protocol
+from twisted.internet.defer import gatherResults, inlineCallbacks
+from twisted.trial.unittest import TestCase
+
+from proto import wire
+from proto.commands import watch as watchModule
+from proto.hub import ChangeHub
+from proto.store.base import PUT, Change
+from proto.store.sqlite import SQLiteStore
+from tests import support
+from tests.test_changelog import sleep, waitUntil
+from tests.test_documents import CommandTestCase, Reply
+
+
+class WatchTestCase(CommandTestCase):
+    """A store with a small retention knob; helpers to watch and wait."""
+
+    retain = 100_000
+
+    def setUp(self) -> defer.Deferred:
+        self.hub = ChangeHub()
+        self.clock = support.realTimeClock()
+        self.path = os.path.join(os.path.abspath(self.mktemp()), "docs.sqlite3")
+        self.store = SQLiteStore(self.path, hub=self.hub, retainChanges=self.retain)
+        self.addCleanup(self.store.close)
+        self.ctx = self.connect()
+        return self.store.start()
+
+    @inlineCallbacks
+    def watch(self, ctx, prefix, sequence="w", **headers):
+        d = ctx.invoke("WATCH", prefix, sequence=sequence, headers=headers)
+        result = yield d
+        return int(dict(result.headers)["Etag"])
+
+    def pushesOf(self, ctx, sequence="w"):
+        return [json.loads(body) for seq, body in ctx.pushes if seq == sequence]
+
+    @inlineCallbacks
+    def waitForEtag(self, ctx, etag, sequence="w", timeout=20.0):
+        """Until a push of C{sequence} has an etag >= C{etag} (or it is Dropped)."""
+
+        def reached():
+            pushes = self.pushesOf(ctx, sequence)
+            return any(p.get("Etag", 0) >= etag or p["Type"] == "Dropped" for p in pushes)
+
+        yield waitUntil(reached, timeout, f"push with etag {etag}")
+
+
+class SinceTests(WatchTestCase):
+    """Catch-up from the log, then live."""
+
+    @inlineCallbacks
+    def test_sinceReplaysThenLive(self):
+        yield self.putAll({"u/1": {}, "x/1": {}, "U/2": {}, "u/3": {}})
+        etag = yield self.watch(self.ctx, "u/", Since="1")
+        self.assertEqual(etag, 4)
+        yield self.ctx.call("PUT", "u/4", body=b"{}")
+        yield self.waitForEtag(self.ctx, 5)
+        self.assertEqual(
+            self.pushesOf(self.ctx),
+            [
+                {"Id": "U/2", "Type": "Put", "Etag": 3},
+                {"Id": "u/3", "Type": "Put", "Etag": 4},
+                {"Id": "u/4", "Type": "Put", "Etag": 5},
+            ],
+        )
+
+    @inlineCallbacks
+    def test_withoutSinceReplyEtag(self):
+        """Without Since: the reply's Etag, then only later changes."""
+        yield self.putAll({"a": {}, "b": {}})
+        etag = yield self.watch(self.ctx, "a")
+        self.assertEqual(etag, 2)
+        yield self.ctx.call("PUT", "a", body=b"{}")
+        yield self.waitForEtag(self.ctx, 3)
+        self.assertEqual(self.pushesOf(self.ctx), [{"Id": "a", "Type": "Put", "Etag": 3}])
+
+    @inlineCallbacks
+    def test_sinceAboveCurrent(self):
+        """A Since above the current etag is accepted: nothing to replay, nothing up to it."""
+        yield self.putAll({"a": {}})
+        etag = yield self.watch(self.ctx, "a", Since="3")
+        self.assertEqual(etag, 1)
+        for _ in range(3):
+            yield self.ctx.call("PUT", "a", body=b"{}")
+        yield self.waitForEtag(self.ctx, 4)
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], [4])
+
+    @inlineCallbacks
+    def test_badHeaders(self):
+        for headers, expected in [
+            ({"Since": "-1"}, "Malformed Since"),
+            ({"Since": "x"}, "Malformed Since"),
+            ({"Since": ""}, "Malformed Since"),
+            ({"Documents": "maybe"}, "Malformed Documents"),
+            ({"Documents": "yes", "Include": "a,,b"}, "Malformed Include"),
+        ]:
+            yield self.assertRefused(expected, "WATCH", "a", headers=headers)
+        self.assertEqual(self.hub.subscriberCount(), 0)
+        self.assertEqual(self.ctx.subscriptions, {})
+
+    @inlineCallbacks
+    def test_seamWhileWritersCommit(self):
+        """
+        Watches subscribe (Since 0, mid-stream Since, none) while two
+        stores commit from their writer threads as fast as they can: each
+        watch gets every matching change above its start exactly once, in
+        etag order. Small pages make the catch-up cross many page
+        boundaries and the seam.
+        """
+        self.patch(watchModule, "CATCHUP_PAGE", 7)
+        other = SQLiteStore(self.path, retainChanges=self.retain)  # no hub: another "process"
+        self.addCleanup(other.close)
+        yield other.start()
+        total = 600
+        writes = []
+
+        def write(n):
+            store = self.store if n % 2 else other
+            id = f"{'m' if n % 3 else 'z'}/{n}"
+            return store.put(id, b'{"n": %d}' % n) if n % 5 else store.delete([f"m/{n - 1}"])
+
+        watchers = {}
+        for n in range(total):
+            writes.append(write(n))
+            if n in (50, 300, 450):
+                ctx = self.connect()
+                since = {50: "0", 300: "120", 450: None}[n]
+                headers = {"Since": since} if since is not None else {}
+                watchers[n] = (ctx, since, self.watch(ctx, "M/", **headers))
+            if n % 40 == 0:
+                yield sleep(0)  # let commits and catch-up interleave
+        yield gatherResults(writes)
+        last = yield self.store.currentEtag()
+        page = yield self.store.changesSince(0, "m/", limit=10_000)
+        matching = [change.etag for change in page.changes]
+        for n, (ctx, since, began) in watchers.items():
+            replyEtag = yield began
+            start = replyEtag if since is None else int(since)
+            expected = [etag for etag in matching if etag > start]
+            yield self.waitForEtag(ctx, expected[-1])
+            got = [p["Etag"] for p in self.pushesOf(ctx)]
+            self.assertEqual(got, expected, f"watch started at write {n}")
+        self.assertGreater(last, total - total // 5 - 5)
+
+
+class GapTests(WatchTestCase):
+    """History older than the retention gives one Gap push first."""
+
+    retain = 10
+
+    @inlineCallbacks
+    def test_gapAfterPruning(self):
+        for n in range(60):
+            yield self.ctx.call("PUT", f"g/{n % 4}", body=b"{}")
+        page = yield self.store.changesSince(0)
+        floor = page.floor
+        self.assertGreater(floor, 0)
+        yield self.watch(self.ctx, "g/", Since="3")
+        yield self.waitForEtag(self.ctx, 60)
+        pushes = self.pushesOf(self.ctx)
+        self.assertEqual(pushes[0], {"Type": "Gap", "Since": 3, "Etag": floor})
+        self.assertEqual([p["Etag"] for p in pushes[1:]], list(range(floor + 1, 61)))
+
+    @inlineCallbacks
+    def test_noGapWhenRetained(self):
+        for n in range(60):
+            yield self.ctx.call("PUT", f"g/{n % 4}", body=b"{}")
+        yield self.watch(self.ctx, "g/", Since="55")
+        yield self.waitForEtag(self.ctx, 60)
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], [56, 57, 58, 59, 60])
+
+
+class DocumentsTests(WatchTestCase):
+    """Documents: yes (and Include) pushes carry the documents."""
+
+    @inlineCallbacks
+    def test_documentsAndIncludes(self):
+        yield self.putAll({"e/1": {"Boss": "P/2", "Peers": ["p/3", "nope"]}, "p/2": {"N": 2}, "p/3": {"N": 3}})
+        yield self.watch(self.ctx, "e/", Since="0", Documents="YES", Include="Boss,Peers")
+        yield self.ctx.call("PUT", "e/2", body=b'{"Boss": "p/3"}')
+        yield self.ctx.call("DELETE", "e/2")
+        yield self.waitForEtag(self.ctx, 5)
+        self.assertEqual(
+            self.pushesOf(self.ctx)[0],
+            {
+                "Id": "e/1", "Type": "Put", "Etag": 1,
+                "Document": {"Boss": "P/2", "Peers": ["p/3", "nope"]},
+                "Includes": {"p/2": {"N": 2}, "p/3": {"N": 3}},
+            },
+        )
+        # e/2 may be read before or after its deletion: its document or null.
+        later = self.pushesOf(self.ctx)[1:]
+        self.assertEqual([(p["Type"], p["Etag"]) for p in later], [("Put", 4), ("Delete", 5)])
+        self.assertIn(
+            (later[0]["Document"], later[0]["Includes"]),
+            [({"Boss": "p/3"}, {"p/3": {"N": 3}}), (None, {})],
+        )
+        self.assertNotIn("Document", later[1])
+
+    @inlineCallbacks
+    def test_documentsLive(self):
+        yield self.watch(self.ctx, "d/", Documents="yes")
+        yield self.ctx.call("PUT", "d/1", body=b'{"v": "\xc3\xa9"}')
+        yield self.waitForEtag(self.ctx, 1)
+        [(_, body)] = self.ctx.pushes
+        self.assertEqual(body, '{"Id": "d/1", "Type": "Put", "Etag": 1, "Document": {"v": "é"}}'.encode())
+
+    @inlineCallbacks
+    def test_documentsNo(self):
+        yield self.watch(self.ctx, "d/", Documents="no", Include="X")
+        yield self.ctx.call("PUT", "d/1", body=b"{}")
+        yield self.waitForEtag(self.ctx, 1)
+        self.assertEqual(self.pushesOf(self.ctx), [{"Id": "d/1", "Type": "Put", "Etag": 1}])
+
+
+class SlowWatcherTests(WatchTestCase):
+    """The bound by bytes and by time, and the Dropped push's Etag."""
+
+    @inlineCallbacks
+    def test_droppedByBytes(self):
+        etag = yield self.watch(self.ctx, "s/")
+        self.ctx.countUnsent = True  # a client that reads nothing
+        pad = "x" * 300
+        for n in range(1000):
+            self.hub.publishChanges([Change(f"s/{n}{pad}", PUT, etag + n + 1)])
+        pushes = self.pushesOf(self.ctx)
+        dropped = pushes[-1]
+        self.assertEqual(dropped["Type"], "Dropped")
+        self.assertEqual(dropped["Etag"], pushes[-2]["Etag"])
+        self.assertIn(f"Since: {dropped['Etag']}", dropped["Reason"])
+        # Checked before each write: at most one batch (here one push) beyond.
+        self.assertLessEqual(self.ctx.unsent, watchModule.DROP_BYTES + 500)
+        self.assertEqual(self.hub.subscriberCount(), 0)
+        yield self.assertRefused("No WATCH", "UNWATCH", "w")
+
+    @inlineCallbacks
+    def test_droppedByTime(self):
+        """Over SLOW_BYTES for SLOW_SECONDS: dropped at the next push."""
+        yield self.watch(self.ctx, "s/")
+        self.ctx.unsent = watchModule.SLOW_BYTES + 1
+        self.hub.publish("s/1", PUT, 1)
+        self.clock.advance(watchModule.SLOW_SECONDS - 1)
+        self.hub.publish("s/2", PUT, 2)
+        self.assertEqual([p["Type"] for p in self.pushesOf(self.ctx)], ["Put", "Put"])
+        self.clock.advance(1)
+        self.hub.publish("s/3", PUT, 3)
+        pushes = self.pushesOf(self.ctx)
+        self.assertEqual(pushes[-1]["Type"], "Dropped")
+        self.assertEqual(pushes[-1]["Etag"], 2)
+
+    @inlineCallbacks
+    def test_droppedBeforeAnyPush(self):
+        """Nothing pushed yet: Dropped carries the WATCH reply's Etag."""
+        yield self.putAll({"a": {}, "b": {}})
+        etag = yield self.watch(self.ctx, "s/")
+        self.ctx.unsent = watchModule.DROP_BYTES + 1
+        self.hub.publish("s/1", PUT, 3)
+        [dropped] = self.pushesOf(self.ctx)
+        self.assertEqual((dropped["Type"], dropped["Etag"]), ("Dropped", etag))
+
+    @inlineCallbacks
+    def test_catchUpWaitsForTheClient(self):
+        """Catch-up stops while the client is behind, and goes on when it reads."""
+        self.patch(watchModule, "CATCHUP_PAGE", 5)
+        yield gatherResults([self.store.put(f"c/{n}", b"{}") for n in range(40)])
+        self.ctx.unsent = watchModule.CATCHUP_WINDOW
+        yield self.watch(self.ctx, "c/", Since="0")
+        yield sleep(0.05)
+        self.assertEqual(self.ctx.pushes, [])
+        self.ctx.unsent = 0
+        self.clock.advance(watchModule.POLL_SECONDS)
+        yield self.waitForEtag(self.ctx, 40)
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], list(range(1, 41)))
+
+    @inlineCallbacks
+    def test_resumeAfterDropLosesNothing(self):
+        """WATCH again with Since: the Dropped Etag gives exactly the rest."""
+        yield self.watch(self.ctx, "r/")
+        self.ctx.countUnsent = True
+        for start in range(0, 1200, 100):
+            yield gatherResults(
+                [self.store.put(f"r/{n:04d}" + "x" * 300, b"{}") for n in range(start, start + 100)]
+            )
+        pushes = self.pushesOf(self.ctx)
+        self.assertEqual(pushes[-1]["Type"], "Dropped")
+        resumeFrom = pushes[-1]["Etag"]
+        again = self.connect()
+        yield self.watch(again, "r/", Since=str(resumeFrom))
+        yield self.waitForEtag(again, 1200)
+        seen = [p["Etag"] for p in pushes[:-1]] + [p["Etag"] for p in self.pushesOf(again)]
+        self.assertEqual(seen, list(range(1, 1201)))
+
+
+class EndToEndTests(TestCase):
+    """Through the real server protocol over TLS in memory: the exact bytes."""
+
+    def setUp(self) -> defer.Deferred:
+        self.hub = ChangeHub()
+        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
+        self.addCleanup(self.store.close)
+        self.factory = support.makeFactory(support.realTimeClock(), store=self.store, hub=self.hub)
+        return self.store.start()
+
+    @inlineCallbacks
+    def exchange(self, connection, data: bytes, until):
+        connection.send(data)
+        for _ in range(2000):
+            if until():
+                return
+            yield sleep(0.005)
+            connection.flush()
+        raise AssertionError("no reply")
+
+    @inlineCallbacks
+    def test_sinceBytes(self):
+        connection = support.connectInMemory(factory=self.factory)
+        for n, id in enumerate(["k/1", "k/2", "j/1"]):
+            yield self.exchange(
+                connection,
+                support.request("PUT", id, sequence=f"p{n}", body=b'{"n": 1}'),
+                lambda: b"Etag" in connection.client.raw,
+            )
+            connection.client.raw = b""
+        yield self.exchange(
+            connection,
+            support.request("WATCH", "K/", sequence="w", headers={"Since": "1", "Documents": "yes"}),
+            lambda: b"PUSH" in connection.client.raw,
+        )
+        body = b'{"Id": "k/2", "Type": "Put", "Etag": 2, "Document": {"n": 1}}'
+        self.assertEqual(
+            connection.client.raw,
+            b"OK\r\nSequence: w\r\nEtag: 3\r\n\r\n"
+            + b"PUSH\r\nSequence: w\r\nSize: %d\r\n\r\n%s" % (len(body), body),
+        )
+
+
+class _Collector(protocol.Protocol):
+    """A client that can stop reading (pauses its transport)."""
+
+    def __init__(self) -> None:
+        self.parser = wire.ReplyParser()
+        self.frames = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self.frames += [f for f in self.parser.feed(data) if isinstance(f, wire.Frame)]
+
+
+class RealSocketTests(TestCase):
+    """
+    Issue 12 item 5 over real TCP+TLS: a watcher that stops reading is
+    dropped within the documented bound, whatever the socket buffers.
+    """
+
+    timeout = 60
+
+    @inlineCallbacks
+    def dropCount(self, smallBuffers: bool):
+        from twisted.internet import reactor
+
+        hub = ChangeHub()
+        store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=hub)
+        self.addCleanup(store.close)
+        yield store.start()
+        factory = support.makeFactory(reactor, store=store, hub=hub)
+        port = yield support.listenInProcess(reactor, factory)
+        self.addCleanup(port.stopListening)
+        endpoint = endpoints.wrapClientTLS(
+            support.Credentials.get().clientOptions(support.Credentials.get().client),
+            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port),
+        )
+        client = _Collector()
+        yield endpoints.connectProtocol(endpoint, client)
+        self.addCleanup(client.transport.abortConnection)
+        yield waitUntil(lambda: client.parser._greeted, what="greeting")
+        client.transport.write(support.request("WATCH", "big/", sequence="w"))
+        yield waitUntil(lambda: client.frames, what="WATCH reply")
+        [server] = factory.admitted
+        if smallBuffers:
+            server.transport.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            client.transport.transport.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.transport.pauseProducing()  # stops reading
+        pad = "x" * 400  # a push of about 480 bytes
+        total = 6000
+        for start in range(0, total, 300):
+            yield gatherResults([store.put(f"big/{n}{pad}", b"{}") for n in range(start, start + 300)])
+        client.transport.resumeProducing()
+        yield waitUntil(
+            lambda: any(b'"Dropped"' in f.body for f in client.frames), 30, "Dropped push"
+        )
+        pushes = [json.loads(f.body) for f in client.frames if f.kind == "PUSH"]
+        dropped = pushes[-1]
+        self.assertEqual(dropped["Type"], "Dropped")
+        self.assertEqual(dropped["Etag"], pushes[-2]["Etag"])
+        print(f"\n{'small' if smallBuffers else 'default'} buffers: dropped after {len(pushes) - 1} pushes")
+        return len(pushes) - 1
+
+    @inlineCallbacks
+    def test_defaultBuffers(self):
+        count = yield self.dropCount(smallBuffers=False)
+        # DROP_BYTES plus what the client's kernel took (it never read, so
+        # its receive buffer did not grow): far below the 6,000 written.
+        self.assertLess(count * 480, watchModule.DROP_BYTES + 512 * 1024)
+
+    @inlineCallbacks
+    def test_smallBuffers(self):
+        count = yield self.dropCount(smallBuffers=True)
+        self.assertLess(count * 480, watchModule.DROP_BYTES + 512 * 1024)
