@@ -702,7 +702,7 @@ class PostgresBackend:
 
         self.directory = self.mktemp()
         self.cluster = sharedCluster()
-        self.conninfo = self.cluster.createDatabase()
+        self.conninfo = self.cluster.createSchema()
 
     def newStore(self, hub=None, **kwargs):
         from proto.store.postgres import PostgresStore

@@ -52,13 +52,19 @@ def openStore(
     if kind in ("postgresql", "postgres"):
         try:
             from proto.store.postgres import PostgresStore
-            from proto.store.postgres_schema import parseSpec
+            from proto.store.postgres_schema import hasPassword, parseSpec
         except ImportError as e:
             raise ValueError(
                 f"--store {kind}: needs psycopg 3 ({e}); install the extra: "
                 "pip install 'proto[postgres]'"
             ) from None
-        return PostgresStore(parseSpec(spec), hub=hub, reactor=reactor, retainChanges=retainChanges)
+        conninfo = parseSpec(spec)
+        if hasPassword(conninfo):
+            Logger().warn(
+                "--store: the connection string holds a password, which other users "
+                "can read in the process list; use PGPASSWORD, PGPASSFILE or ~/.pgpass"
+            )
+        return PostgresStore(conninfo, hub=hub, reactor=reactor, retainChanges=retainChanges)
     if kind != "sqlite":
         raise ValueError(f"Unknown store {spec!r}: {_USAGE}")
     if not colon:

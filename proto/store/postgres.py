@@ -59,6 +59,10 @@ from proto.store.sqlite_write import BatchResult
 #: The listener reads the log this often even without a notification.
 CATCH_UP_SECONDS = 2.0
 
+#: The listener's longest wait for a notification at a time (how quickly
+#: it notices that the store is closing).
+WAIT_SECONDS = 0.1
+
 #: After the listener's connection failed, wait this long to try again.
 LISTEN_RETRY_SECONDS = 1.0
 
@@ -129,7 +133,7 @@ class Listener:
             rang = False
             # notifies() holds the connection while it waits: this
             # connection does nothing else (TWISTED_NOTES, section 9).
-            for _ in connection.notifies(timeout=CATCH_UP_SECONDS / 4, stop_after=1):
+            for _ in connection.notifies(timeout=WAIT_SECONDS, stop_after=1):
                 rang = True
             if rang or self._due():
                 self._catchUp(connection)
