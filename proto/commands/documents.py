@@ -74,12 +74,12 @@ from proto.commands.base import (
 )
 from proto.permissions import ANY, READ, WRITE
 from proto.store.base import (
-    StoreUnavailableError,
     ConflictError,
     Document,
     InvalidIdError,
     Snapshot,
     StorageFullError,
+    StoreUnavailableError,
     Version,
     checkId,
 )
