@@ -63,6 +63,8 @@ from proto.commands.base import CommandError, ICommandContext, Result
 from proto.permissions import NOTHING, Grant
 from proto.tls import peerCertificateDER
 
+_encodeReply = wire.encodeReply
+
 HANDSHAKING = "handshaking"
 READY = "ready"
 DRAINING = "draining"
@@ -594,7 +596,11 @@ class GNPServerProtocol(LineReceiver):
             return
         # Deferred is generic (an ABC), so isinstance() on it is slow: the
         # common result, bytes, skips that check.
-        if type(result) is not bytes and isinstance(result, defer.Deferred):
+        if type(result) is bytes:
+            # The hot path: a body, encoded without the generic helper.
+            self._write(_encodeReply(sequence, result))
+            return
+        if isinstance(result, defer.Deferred):
             self._track(request, result)
             return
         self._write(self._successReply(result, sequence))

@@ -320,6 +320,20 @@ class RequestParser:
         @raise FramingError: the bytes break the framing; the parser is
             then cleared (nothing after a framing error can be trusted).
         """
+        # The hot path first: a simple head, matched in place.
+        pos = self._pos
+        if not self.bodyMissing:
+            simple = _matchSimple(self._buf, pos)
+            if simple is not None:
+                stop = simple.end()
+                if stop - pos <= self._maxHead:
+                    request = simpleRequest(simple)
+                    if request is not None:
+                        self._pos = stop
+                        return request
+        return self._next()
+
+    def _next(self) -> Request | None:
         buf, pos = self._buf, self._pos
         end = len(buf)
         while pos < end:
