@@ -117,16 +117,17 @@ def pin(pid: int, cpu: int, enabled: bool) -> None:
 class Server:
     """One server process under test."""
 
-    def __init__(self, name: str, argv: list[str], port: int, workdir: str, pinning: bool) -> None:
+    def __init__(self, name: str, argv: list[str], port: int, workdir: str, pinning: bool,
+                 root: str = ROOT) -> None:
         self.name = name
         self.port = port
         self.log = os.path.join(workdir, f"{name}.log")
         env = dict(os.environ)
-        env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.pop("PYTHONDEVMODE", None)
         with open(self.log, "wb") as logf:
             self.proc = subprocess.Popen(
-                argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT
+                argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT
             )
         pin(self.proc.pid, SERVER_CPU, pinning)
         waitForPort(port, self.proc, name, self.log)
@@ -378,15 +379,18 @@ def echoSuite(servers: dict[str, Server], dataDir: str, a) -> tuple[list, list]:
         vals = [get(key, n, field) for n in ("ours", "floor")]
         return " / ".join("—" if v is None else f"{v:.2f}" for v in vals)
 
+    refs = [n for n in ("uvloop", "base") if n in servers]
+
     def refCols(key, field, higherBetter, unit=""):
-        """The asyncio + uvloop reference: its figure, and ours against it."""
-        if "uvloop" not in servers:
-            return []
-        ref, ours = get(key, "uvloop", field), get(key, "ours", field)
-        ratio = "—"
-        if isinstance(ref, (int, float)) and isinstance(ours, (int, float)) and ref and ours:
-            ratio = f"{(ours / ref if higherBetter else ref / ours):.2f}"
-        return [fmtNum(ref, unit), ratio]
+        """The references (asyncio + uvloop; --baseline): each one's figure, and ours against it."""
+        cols = []
+        for name in refs:
+            ref, ours = get(key, name, field), get(key, "ours", field)
+            ratio = "—"
+            if isinstance(ref, (int, float)) and isinstance(ours, (int, float)) and ref and ours:
+                ratio = f"{(ours / ref if higherBetter else ref / ours):.2f}"
+            cols += [fmtNum(ref, unit), ratio]
+        return cols
 
     def add(label, key, field, unit, higherBetter, target, targetText):
         ours, floor = get(key, "ours", field), get(key, "floor", field)
@@ -426,7 +430,7 @@ def echoSuite(servers: dict[str, Server], dataDir: str, a) -> tuple[list, list]:
     add(f"TLS handshakes/s ({a.handshake_conns} conc.)", ("handshake",), "handshakes_per_s", "",
         True, 1.0, ">= 1 x floor")
     # Resumed against OUR full handshakes of the same TLS version.
-    noRef = ["—", "—"] if "uvloop" in servers else []
+    noRef = ["—", "—"] * len(refs)
     for tls in ("1.3", "1.2"):
         full = get(("handshake",) if tls == "1.3" else ("handshake", tls), "ours", "handshakes_per_s")
         res = get(("resumed", tls), "ours", "handshakes_per_s")
@@ -462,7 +466,7 @@ def echoSuite(servers: dict[str, Server], dataDir: str, a) -> tuple[list, list]:
         f"RSS per idle conn ({a.idle})", fmtNum(ours, " KiB"), fmtNum(floor, " KiB"),
         f"{ours / floor:.2f}" if ours and floor else "—", "<= 32 KiB (ours)",
         ("ok" if ours <= 32 else "ABOVE") if ours is not None else "—",
-        *([fmtNum(get(("idle",), "uvloop", "kib_per_conn"), " KiB"), "—"] if "uvloop" in servers else []),
+        *[c for n in refs for c in (fmtNum(get(("idle",), n, "kib_per_conn"), " KiB"), "—")],
         "—", "—",
         " / ".join(str(get(("idle",), n, "dropped")) if get(("idle",), n, "dropped") is not None else "—"
                    for n in ("ours", "floor")),
@@ -546,6 +550,9 @@ def main() -> int:
     p.add_argument("--handshake-conns", type=int, default=8, help="concurrent handshakes")
     p.add_argument("--keys", type=int, default=1000, help="distinct document ids in the store rows")
     p.add_argument("--only", choices=["ours", "floor", "uvloop"], help="run one server only")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="also run the server of another checkout of this repository (e.g. a git "
+                        "worktree of main) as 'before', measured in the same runs: before/after")
     p.add_argument("--no-uvloop", dest="uvloop", action="store_false",
                    help="leave out the asyncio + uvloop reference server")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin processes to CPUs")
@@ -633,6 +640,15 @@ def main() -> int:
                  "--cert", os.path.join(dataDir, "server.pem"), "--key", os.path.join(dataDir, "server.key")],
                 port, workdir, a.pin,
             )
+        if a.baseline and wantOurs:
+            port = freePort()
+            base = os.path.abspath(a.baseline)
+            servers["base"] = Server(
+                "base",
+                [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "proto", "--data-dir", dataDir,
+                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000"],
+                port, workdir, a.pin, root=base,
+            )
         if wantUvloop:
             port = freePort()
             servers["uvloop"] = Server(
@@ -652,6 +668,7 @@ def main() -> int:
             printTable(
                 ["row", "ours", "floor", "ratio", "target", "verdict",
                  *(["asyncio+uvloop", "ours/uvloop"] if "uvloop" in servers else []),
+                 *(["before", "ours/before"] if "base" in servers else []),
                  "loadgen CPU o/f", "server CPU o/f", "errors o/f"],
                 rows,
             )

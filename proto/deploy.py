@@ -14,7 +14,7 @@ from twisted.python import usage
 from proto.tap import Options
 
 #: Options that take several values, separated by white space.
-_REPEATED = {"listen"}
+_REPEATED = {"listen", "commands"}
 
 
 def _optionNames() -> list[str]:

@@ -2,9 +2,10 @@
 The GNP/1 server protocol: a thin Twisted shell around L{proto.wire}.
 
 One L{GNPServerProtocol} serves one TLS connection. It is a
-C{LineReceiver} whose "line" is a whole request head (the delimiter is the
-empty line, C{\\r\\n\\r\\n}); bodies are read in raw mode. The life of a
-connection::
+C{LineReceiver} with the empty line (C{\\r\\n\\r\\n}) as its delimiter,
+but the framing itself (heads, bodies by Size, the head limit) is done by
+L{proto.wire.RequestParser}, sans I/O; this class never touches
+LineReceiver's buffer. The life of a connection::
 
     handshaking --(certificate admitted)--> ready --(QUIT, framing error,
          |                                    |      revocation, shutdown)
@@ -64,14 +65,13 @@ from proto.stats import REFUSED_HANDSHAKE_TIMEOUT, UNKNOWN_COMMAND
 from proto.permissions import NOTHING, Grant
 from proto.tls import peerCertificateDER
 
+_encodeReply = wire.encodeReply
+
 HANDSHAKING = "handshaking"
 READY = "ready"
 DRAINING = "draining"
 CLOSING = "closing"
 CLOSED = "closed"
-
-_matchSimple = wire.SIMPLE_REQUEST.match
-_simpleRequest = wire.simpleRequest
 
 #: Pause reasons. The transport's and our own are kept apart, so that one
 #: resume cannot undo the other pause.
@@ -125,9 +125,9 @@ class GNPServerProtocol(LineReceiver):
         #: For CLIENTS: when admitted (clock seconds), requests received.
         self.admittedAt = 0.0
         self.requestCount = 0
-        # LineReceiver's MAX_LENGTH counts a line without its delimiter; the
-        # head limit counts the whole head including the empty line.
-        self.MAX_LENGTH = self.config.maxHead - len(wire.HEAD_END)
+        # The framing (heads, bodies, the head limit) is the sans-I/O
+        # parser's; LineReceiver's own buffer is never used.
+        self._parser = wire.RequestParser(self.config.maxHead, self.config.maxBody)
         self.state = HANDSHAKING
         self.identity: Identity | None = None
         self.grant: Grant = NOTHING
@@ -136,9 +136,6 @@ class GNPServerProtocol(LineReceiver):
         self._subscriptions: dict[str, Callable[[], None]] = {}
         self._regrants: dict[str, Callable[[Grant], None]] = {}
         self._pauses: set[str] = set()
-        self._bodyFor: wire.Request | None = None
-        self._bodyParts: list[bytes] = []
-        self._bodyMissing = 0
         #: Bytes of the budget for partial bodies this body holds (0: none
         #: yet); C{_bodyRefused}: the body did not fit, its bytes are
         #: dropped as they come and its request is answered ERR.
@@ -148,7 +145,6 @@ class GNPServerProtocol(LineReceiver):
         self._finalFrame = b""
         self._replies: list[bytes] | None = None
         self._now = self.clock.seconds
-        self._maxHead = self.config.maxHead
         self._lastActivity = 0.0
         self._handshakeTimer = None
         self._headTimer = None
@@ -454,7 +450,7 @@ class GNPServerProtocol(LineReceiver):
         if self.state != READY:
             return
         idleFor = self.clock.seconds() - self._lastActivity
-        busy = self._inflight or self._subscriptions or self._pauses or self._bodyFor
+        busy = self._inflight or self._subscriptions or self._pauses or self._parser.bodyPending
         if busy or idleFor < self.config.idleTimeout:
             wait = self.config.idleTimeout - idleFor if not busy else self.config.idleTimeout
             self._idleTimer = self.clock.callLater(max(wait, 0.001), self._idleCheck)
@@ -475,7 +471,7 @@ class GNPServerProtocol(LineReceiver):
         @param headCompleted: a head was completed since the last call, so
             any partial head now buffered is a new one.
         """
-        pending = self._buffer and not self._bodyMissing and not self.paused
+        pending = self._parser.headPending and not self.paused
         timer = self._headTimer
         if timer is not None and (headCompleted or not pending):
             self._headTimer = None
@@ -504,37 +500,38 @@ class GNPServerProtocol(LineReceiver):
 
     def _bodyTimerFired(self) -> None:
         self._bodyTimer = None
-        if self.state is not READY or not self._bodyMissing or self.paused:
+        parser = self._parser
+        if self.state is not READY or not parser.bodyMissing or self.paused:
             return
         quiet = self._now() - self._bodyLast
         timeout = self.config.bodyTimeout
         if quiet < timeout:
             self._bodyTimer = self.clock.callLater(timeout - quiet, self._bodyTimerFired)
             return
-        request = self._bodyFor
+        request = parser.bodyPending
         self.fatal(
             f"Timeout: no byte of the {request.size}-byte body came for {timeout:g} s "
-            f"({self._bodyMissing} bytes missing)",
+            f"({parser.bodyMissing} bytes missing)",
             request.sequence,
         )
 
     def _reserveBody(self) -> None:
         """Take the pending body's size from the server-wide budget, or refuse it."""
-        size = self._bodyFor.size
+        size = self._parser.bodyPending.size
         if self.factory.reserveBody(size):
             self._bodyHeld = size
             return
         self._bodyRefused = True
-        self._bodyParts = []
+        self._parser.discardBody()
         self.log.warn(
             "Refused a {size}-byte body from {peer}: partial bodies already hold "
             "the server's limit of {limit} bytes",
             size=size, peer=self.peer, limit=self.config.maxPendingBodies,
         )
 
-    def _bodyComplete(self) -> None:
-        """The pending body is all here: run its request (or refuse it)."""
-        request, parts, refused = self._bodyFor, self._bodyParts, self._bodyRefused
+    def _bodyComplete(self, request: wire.Request) -> None:
+        """A request's body is all here: run the request (or refuse it)."""
+        refused = self._bodyRefused
         self._dropBody()
         if refused:
             self._write(
@@ -546,12 +543,10 @@ class GNPServerProtocol(LineReceiver):
                 )
             )
             return
-        request.body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._dispatch(request)
 
     def _dropBody(self) -> None:
-        """Forget the pending body (if any) and give back its memory."""
-        self._bodyFor, self._bodyParts, self._bodyMissing = None, [], 0
+        """Give back the pending body's memory (if any); stop its timer."""
         self._bodyRefused = False
         if self._bodyHeld:
             self.factory.releaseBody(self._bodyHeld)
@@ -563,107 +558,62 @@ class GNPServerProtocol(LineReceiver):
 
     def dataReceived(self, data: bytes) -> None:
         """
-        Split the input into heads (delimited by the empty line, as a
-        LineReceiver with our C{delimiter} would) and bodies of C{Size}
-        bytes, and run each request.
-
-        This replaces C{LineReceiver.dataReceived}: that one copies the
-        rest of the buffer for every line and leaves bodies to
-        C{rawDataReceived} one call at a time; here one pass over each
-        chunk finds every head with C{find}, takes bodies by slicing, and
-        the replies of the commands that finish at once go out in one
-        write. The limits are the same: C{MAX_LENGTH} caps a head without
-        its delimiter. Parsing stops while paused; what is left waits in
-        C{_buffer} and is parsed on resume, without waiting for new bytes.
+        Feed the input to the request parser (L{wire.RequestParser}: heads
+        up to the empty line, as a LineReceiver with our C{delimiter} would
+        split them, and bodies of C{Size} bytes) and run each request it
+        gives, until it needs more bytes, we pause, or the connection
+        starts to close. What is left stays in the parser and is taken on
+        resume, without waiting for new bytes. The replies of the commands
+        that finish at once go out in one write.
         """
         if self.state is not READY:
             # Before admission, after QUIT, and while closing, input is
             # never executed (TLS keeps delivering after loseConnection).
             return
-        if self._busyReceiving:
-            self._buffer += data
-            return
+        parser = self._parser
         if data:
             self._lastActivity = self._now()
             self.stats.bytesIn += len(data)
-        if self._buffer:
-            buf, self._buffer = self._buffer + data, b""
-        else:
-            buf = data
+            parser.receive(data)
+        if self._busyReceiving:
+            # Re-entered (a command's work made the transport deliver more):
+            # the loop already running takes the new bytes too.
+            return
         self._busyReceiving = True
         self._replies = replies = []
-        pos, end, completed = 0, len(buf), False
-        matchSimple, simpleRequest, dispatch = _matchSimple, _simpleRequest, self._dispatch
-        maxHead = self._maxHead
+        completed = False
+        take, dispatch = parser.next, self._dispatch
         try:
-            while pos < end and not self.paused and self.state is READY:
-                if self._bodyMissing:
-                    missing = self._bodyMissing
-                    take = buf[pos : pos + missing]
-                    pos += len(take)
-                    if not self._bodyRefused:
-                        self._bodyParts.append(take)
-                    self._bodyMissing = missing - len(take)
-                    if not self._bodyMissing:
-                        self._bodyComplete()
-                    continue
-                simple = matchSimple(buf, pos)
-                if simple is not None:
-                    stop = simple.end()
-                    if stop - pos <= maxHead:
-                        request = simpleRequest(simple)
-                        if request is not None:
-                            completed = True
-                            pos = stop
-                            dispatch(request)
-                            continue
-                stop = buf.find(self.delimiter, pos)
-                if stop < 0:
-                    if end - pos >= self.MAX_LENGTH + len(self.delimiter):
-                        self.lineLengthExceeded(buf[pos:])
-                    break
-                if stop - pos > self.MAX_LENGTH:
-                    self.lineLengthExceeded(buf[pos:])
+            while not self.paused and self.state is READY:
+                request = take()
+                if request is None:
                     break
                 completed = True
-                head = buf[pos:stop]
-                pos = stop + len(self.delimiter)
-                self.lineReceived(head)
+                if request.size:
+                    self._bodyComplete(request)
+                else:
+                    dispatch(request)
+        except wire.FramingError as e:
+            self.fatal(e.reason, e.sequence)
         finally:
             self._busyReceiving = False
             self._replies = None
-            if self.state is READY:
-                if pos < end:
-                    # Anything added while busy (re-entrant calls) comes after.
-                    self._buffer = buf[pos:] + self._buffer
-            else:
-                self._buffer = b""
             if replies:
                 self._write(b"".join(replies) if len(replies) > 1 else replies[0])
         if self.state is READY:
-            if self._bodyMissing:
+            if parser.bodyMissing:
                 self._watchBody()
-            if self._buffer or self._headTimer is not None:
+            if self._headTimer is not None or parser.headPending:
                 self._watchHead(completed)
         else:
             self._drainIfDone()
 
-    def lineReceived(self, head: bytes) -> None:
-        """One request head (without the empty line that ended it)."""
-        try:
-            request = wire.parseHead(head, self.config.maxBody)
-        except wire.FramingError as e:
-            self.fatal(e.reason, e.sequence)
-            return
-        if request.size:
-            self._bodyFor = request
-            self._bodyParts = []
-            self._bodyMissing = request.size
-            return
-        self._dispatch(request)
-
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.fatal(f"Request head is over the limit of {self.config.maxHead} bytes")
+    def clearLineBuffer(self) -> bytes:
+        """
+        C{LineReceiver}'s API over our parser: forget the input not yet
+        taken, and any partial body. Returns the input dropped.
+        """
+        return self._parser.clear()
 
     # -- commands --------------------------------------------------------
 
@@ -708,7 +658,13 @@ class GNPServerProtocol(LineReceiver):
             return
         # Deferred is generic (an ABC), so isinstance() on it is slow: the
         # common result, bytes, skips that check.
-        if type(result) is not bytes and isinstance(result, defer.Deferred):
+        if type(result) is bytes:
+            # The hot path: a body, encoded without the generic helper.
+            self._write(_encodeReply(sequence, result))
+            counts.ok += 1
+            counts.latency.observe(perf_counter() - started)
+            return
+        if isinstance(result, defer.Deferred):
             self._track(request, result, counts, started)
             return
         self._write(self._successReply(result, sequence))

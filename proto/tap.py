@@ -18,11 +18,11 @@ from twisted.application.internet import TimerService
 from twisted.logger import Logger
 from twisted.python import usage
 
-from proto import datadir, wire
+from proto import datadir, plugins, wire
 from proto.admission import AllowListError, AllowListFile
 from proto.lifecycle import DrainService, OrderedShutdown
 from proto.server import (
-    DEFAULT_MAX_PENDING_BODIES, GNPServerFactory, ServerConfig, listenServices,
+    DEFAULT_MAX_PENDING_BODIES, GNPServerFactory, ServerConfig, defaultRegistry, listenServices,
 )
 from proto.listen import problemWith
 from proto.sighup import SighupService
@@ -137,6 +137,11 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
+        self["commands"] = []
+
+    def opt_commands(self, target: str) -> None:
+        """Add the commands of this module's CommandRegistry (package.module, or package.module:attribute; default attribute 'registry'); repeatable. Installed packages can add theirs through the 'proto.commands' entry-point group instead (README: Commands of your own)."""
+        self["commands"].append(target)
 
     def opt_listen(self, description: str) -> None:
         """Listen on this Twisted endpoint description, wrapped in the server's TLS; repeatable (tcp:4433:interface=127.0.0.1, tcp6:4433:interface=\\:\\:1). [default: port 4433 on IPv4 and IPv6]"""
@@ -312,6 +317,13 @@ def makeService(options: Options) -> service.IService:
     from proto.hub import ChangeHub
     from proto.store import StoreService, openStore
 
+    # Plugins first: one that cannot be used stops the start (also of a
+    # supervisor, before it starts workers that would fail the same way).
+    try:
+        registry = plugins.withPlugins(defaultRegistry(), options["commands"])
+    except plugins.PluginError as e:
+        raise usage.UsageError(f"cannot start with the commands of {e}") from None
+
     if options["worker-index"] is None and options["workers"] > 1:
         from proto.workers import makeSupervisor
 
@@ -347,7 +359,8 @@ def makeService(options: Options) -> service.IService:
         raise usage.UsageError(str(e)) from None
 
     factory = GNPServerFactory(
-        options.config(), lambda: allowFile.current, store=store, hub=hub, clock=reactor
+        options.config(), lambda: allowFile.current, registry=registry,
+        store=store, hub=hub, clock=reactor,
     )
     # File edits, approvals and enrolments reach live connections through
     # one path (section 9): the factory's AccessControl.

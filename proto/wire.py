@@ -8,9 +8,10 @@ C{shared/PROTOCOL.md}; section numbers below refer to it.
 
 Server side::
 
-    request = parseHead(head, maxBody=...)   # may raise FramingError
-    ... read request.size body bytes ...
-    data = encodeReply(OK, request.sequence, body)
+    parser = RequestParser(maxHead, maxBody)
+    parser.receive(received)
+    request = parser.next()                  # None: need more; may raise FramingError
+    data = encodeReply(request.sequence, body)
 
 Client side::
 
@@ -56,6 +57,8 @@ _LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f]+")
 SIMPLE_REQUEST = re.compile(
     rb"([A-Za-z0-9_-]+)((?: [^ \r\n]+)*)\r\nSequence: ([\x21-\x7e]{1,64})" + HEAD_END
 )
+
+_matchSimple = SIMPLE_REQUEST.match
 
 #: The headers of a request that has none but Sequence: shared, read-only.
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
@@ -264,6 +267,150 @@ def parseHead(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
         timeout=timeout,
         error=error,
     )
+
+
+class RequestParser:
+    """
+    The server's framing, sans I/O (sections 3 and 5): bytes in, requests
+    out, the way the client side's L{ReplyParser} (and h11's
+    C{receive_data}/C{next_event}) work::
+
+        parser = RequestParser(maxHead, maxBody)
+        parser.receive(data)
+        while (request := parser.next()) is not None:   # FramingError: fatal
+            run(request)
+
+    A head ends with the empty line and may be at most C{maxHead} bytes
+    including it (a partial head that already has C{maxHead} bytes is over
+    the limit: no delimiter can make it shorter). A head with C{Size} is
+    followed by that many body bytes; its request comes out once they are
+    all here, with C{body} set. The caller may stop taking requests at any
+    point (paused, closing): what is left stays buffered for the next
+    L{next}. The most common head, a command and a Sequence
+    (L{SIMPLE_REQUEST}), is matched in place in the buffer; any other goes
+    to L{parseHead}, which gives the same request for the heads both take.
+
+    @ivar bodyPending: the request whose body is being read, or C{None}.
+    @ivar bodyMissing: how many of its body bytes are still to come.
+    """
+
+    __slots__ = ("_buf", "_pos", "_maxHead", "_maxBody", "bodyPending", "bodyMissing", "_parts", "_keep")
+
+    def __init__(self, maxHead: int = DEFAULT_MAX_HEAD, maxBody: int = DEFAULT_MAX_BODY) -> None:
+        self._buf = b""
+        self._pos = 0
+        self._maxHead = maxHead
+        self._maxBody = maxBody
+        self.bodyPending: Request | None = None
+        self.bodyMissing = 0
+        self._parts: list[bytes] = []
+        self._keep = True
+
+    def receive(self, data: bytes) -> None:
+        """Add bytes that arrived (may be called while requests are being taken)."""
+        if self._pos >= len(self._buf):
+            self._buf, self._pos = data, 0
+        elif data:
+            self._buf, self._pos = self._buf[self._pos :] + data, 0
+
+    def next(self) -> Request | None:
+        """
+        The next complete request, or C{None} when more bytes are needed.
+
+        @raise FramingError: the bytes break the framing; the parser is
+            then cleared (nothing after a framing error can be trusted).
+        """
+        # The hot path first: a simple head, matched in place.
+        pos = self._pos
+        if not self.bodyMissing:
+            simple = _matchSimple(self._buf, pos)
+            if simple is not None:
+                stop = simple.end()
+                if stop - pos <= self._maxHead:
+                    request = simpleRequest(simple)
+                    if request is not None:
+                        self._pos = stop
+                        return request
+        return self._next()
+
+    def _next(self) -> Request | None:
+        buf, pos = self._buf, self._pos
+        end = len(buf)
+        while pos < end:
+            missing = self.bodyMissing
+            if missing:
+                take = buf[pos : pos + missing]
+                pos += len(take)
+                self._pos = pos
+                if self._keep:
+                    self._parts.append(take)
+                missing -= len(take)
+                self.bodyMissing = missing
+                if missing:
+                    return None
+                request, parts = self.bodyPending, self._parts
+                self.bodyPending, self._parts, self._keep = None, [], True
+                request.body = parts[0] if len(parts) == 1 else b"".join(parts)
+                return request
+            simple = _matchSimple(buf, pos)
+            if simple is not None:
+                stop = simple.end()
+                if stop - pos <= self._maxHead:
+                    request = simpleRequest(simple)
+                    if request is not None:
+                        self._pos = stop
+                        return request
+            stop = buf.find(HEAD_END, pos)
+            if stop < 0:
+                if end - pos >= self._maxHead:
+                    self._overLimit()
+                self._pos = pos
+                return None
+            if stop + len(HEAD_END) - pos > self._maxHead:
+                self._overLimit()
+            head = buf[pos:stop]
+            pos = stop + len(HEAD_END)
+            self._pos = pos
+            try:
+                request = parseHead(head, self._maxBody)
+            except FramingError:
+                self.clear()
+                raise
+            if not request.size:
+                return request
+            self.bodyPending, self.bodyMissing = request, request.size
+        self._pos = pos
+        return None
+
+    def _overLimit(self) -> None:
+        self.clear()
+        raise FramingError(f"Request head is over the limit of {self._maxHead} bytes")
+
+    def discardBody(self) -> None:
+        """
+        Do not keep the pending body's bytes (it was refused for memory):
+        they are still read, and its request still comes out, with an
+        empty body, so that it can be answered.
+        """
+        self._keep = False
+        self._parts = []
+
+    @property
+    def headPending(self) -> bool:
+        """Are bytes buffered that are not (yet) a whole request nor body bytes?"""
+        return self._pos < len(self._buf) and not self.bodyMissing
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held: unparsed input and the pending body's bytes so far."""
+        return len(self._buf) - self._pos + sum(len(p) for p in self._parts)
+
+    def clear(self) -> bytes:
+        """Forget everything buffered (input and any pending body); return the input."""
+        rest = self._buf[self._pos :]
+        self._buf, self._pos = b"", 0
+        self.bodyPending, self.bodyMissing, self._parts, self._keep = None, 0, [], True
+        return rest
 
 
 def parseSeconds(value: str, allowZero: bool = False) -> float | None:

@@ -1,10 +1,11 @@
 """
 A child process for the multi-process tests of the change log: opens the
-SQLite store at argv[1] (its own connections, no hub) and PUTs argv[2]
+store argv[1] (a C{--store} value: C{sqlite:PATH} or
+C{postgresql:CONNINFO}; its own connections, no hub) and PUTs argv[2]
 documents named argv[3] + number, argv[4] at a time, then prints the
 etags it was given as one JSON list and exits.
 
-Run as C{python -m tests.changelog_writer PATH COUNT PREFIX CONCURRENCY}.
+Run as C{python -m tests.changelog_writer STORE COUNT PREFIX CONCURRENCY}.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import sys
 
 from twisted.internet import defer, task
 
-from proto.store.sqlite import SQLiteStore
+from proto.store import openStore
 
 
 @defer.inlineCallbacks
 def main(reactor, path: str, count: str, prefix: str, concurrency: str):
-    store = SQLiteStore(path, reactor=reactor)
+    store = openStore(path, ".", reactor=reactor)
     yield store.start()
     etags: list[int] = []
     total, width = int(count), int(concurrency)

@@ -115,6 +115,7 @@ class PostgresCluster:
         self.logPath = os.path.join(self.baseDir, "log")
         self._fsync = fsync
         self._databases = itertools.count(1)
+        self._testDatabase: str | None = None
         self.running = False
         self._run(
             "initdb", "-D", self.dataDir, "-A", "trust", "-U", self.USER,
@@ -162,6 +163,22 @@ class PostgresCluster:
     def conninfo(self, dbname: str = "postgres") -> str:
         """A libpq keyword string for C{dbname} (no password: trust)."""
         return f"host={self.socketDir} dbname={dbname} user={self.USER}"
+
+    def createSchema(self) -> str:
+        """
+        A new, empty namespace (a schema of one shared database, first on
+        the connection's C{search_path}): what a fresh database gives a
+        store, in milliseconds instead of the third of a second of
+        C{CREATE DATABASE}. Returns its conninfo.
+        """
+        import psycopg
+
+        if self._testDatabase is None:
+            self._testDatabase = self.createDatabase()
+        name = f"test_{os.getpid()}_{next(self._databases)}"
+        with psycopg.connect(self._testDatabase, autocommit=True) as connection:
+            connection.execute(f'CREATE SCHEMA "{name}"')
+        return f"{self._testDatabase} options='-c search_path={name}'"
 
     def createDatabase(self) -> str:
         """A new, empty database; returns its conninfo."""

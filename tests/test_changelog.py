@@ -30,7 +30,7 @@ from proto.store.base import (
 from proto.store import sqlite_schema
 from proto.store.sqlite import SQLiteStore
 from tests.support import ROOT
-from tests.test_store import RecordingHub
+from tests.test_store import PostgresBackend, RecordingHub, SQLiteBackend
 
 #: The schema of the first release (commit af61e5b), as its files have it.
 FIRST_RELEASE_SCHEMA = """
@@ -65,28 +65,26 @@ def waitUntil(predicate, timeout: float = 10.0, what: str = "condition"):
         waited += 0.005
 
 
-class LogTestCase(TestCase):
-    """A fresh store (with a recording hub) in a temporary directory."""
+class LogTestCase(SQLiteBackend, TestCase):
+    """
+    A fresh store (with a recording hub). On SQLite (a file in a temporary
+    directory) here; the C{Postgres*} subclasses at the end run the same
+    tests on PostgreSQL (L{tests.test_store.PostgresBackend}).
+    """
 
     retain = 100_000
 
     def setUp(self) -> defer.Deferred:
-        self.directory = os.path.abspath(self.mktemp())
-        os.makedirs(self.directory)
-        self.path = os.path.join(self.directory, "docs.sqlite3")
+        self.setUpBackend()
         self.hub = RecordingHub()
         self.store = self.open(self.hub)
         return self.store.start()
 
-    def open(self, hub=None, **kwargs) -> SQLiteStore:
+    def open(self, hub=None, **kwargs):
         kwargs.setdefault("retainChanges", self.retain)
-        store = SQLiteStore(self.path, hub=hub, **kwargs)
+        store = self.newStore(hub=hub, **kwargs)
         self.addCleanup(store.close)
         return store
-
-    def logRows(self) -> list[tuple[int, str, str, int]]:
-        with sqlite3.connect(self.path) as connection:
-            return connection.execute("SELECT etag, key, id, type FROM changes ORDER BY etag").fetchall()
 
 
 class SchemaTests(TestCase):
@@ -267,7 +265,7 @@ class RetentionTests(LogTestCase):
         self.assertEqual(page.changes[0].etag, page.floor + 1)
 
     def test_zeroRefused(self):
-        self.assertRaises(ValueError, SQLiteStore, self.path, retainChanges=0)
+        self.assertRaises(ValueError, self.newStore, retainChanges=0)
 
 
 class SharedFileTests(LogTestCase):
@@ -305,7 +303,7 @@ class SharedFileTests(LogTestCase):
         children = [
             utils.getProcessOutputAndValue(
                 sys.executable,
-                ["-m", "tests.changelog_writer", self.path, str(count), prefix, "25"],
+                ["-m", "tests.changelog_writer", self.storeSpec(), str(count), prefix, "25"],
                 env=os.environ,
                 path=ROOT,
             )
@@ -362,3 +360,18 @@ class StorageFullTests(LogTestCase):
         # Space was freed: a write fits again, with the next etag.
         version = yield store.put("f/small", b"{}")
         self.assertEqual(version.etag, versions[-1].etag + 1)
+
+
+# -- the same tests on PostgreSQL ---------------------------------------------------------
+
+
+class PostgresChangeLogTests(PostgresBackend, ChangeLogTests):
+    """L{ChangeLogTests} on PostgreSQL."""
+
+
+class PostgresRetentionTests(PostgresBackend, RetentionTests):
+    """L{RetentionTests} on PostgreSQL."""
+
+
+class PostgresSharedDatabaseTests(PostgresBackend, SharedFileTests):
+    """L{SharedFileTests} on PostgreSQL: several writers on one database."""

@@ -84,19 +84,26 @@ class Gate:
         return GatedSession
 
 
+def gate(store):
+    """
+    Slow a real store down (any backend on the worker threads of
+    L{proto.store.sqlite_worker}): its writer waits for C{store.writeGate}
+    to be opened before each batch (its reader for C{store.readGate}, open
+    at first), so a test can hold a worker busy and queue work behind it.
+    """
+    store.writeGate = Gate(open=False)
+    store.readGate = Gate(open=True)
+    store._writer._openSession = store.writeGate.wrap(store._writer._openSession)
+    store._reader._openSession = store.readGate.wrap(store._reader._openSession)
+    return store
+
+
 class GatedStore(SQLiteStore):
-    """
-    A real store, slowed down: its writer thread waits for C{writeGate} to
-    be opened before each batch (its reader for C{readGate}, open at
-    first), so a test can hold a worker busy and queue work behind it.
-    """
+    """An L{SQLiteStore} slowed down by L{gate}."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.writeGate = Gate(open=False)
-        self.readGate = Gate(open=True)
-        self._writer._openSession = self.writeGate.wrap(self._writer._openSession)
-        self._reader._openSession = self.readGate.wrap(self._reader._openSession)
+        gate(self)
 
 
 @inlineCallbacks
@@ -112,19 +119,66 @@ def waitForThread(event: threading.Event, timeout: float = 10.0):
         waited += 0.001
 
 
-class StoreTestMixin:
-    """Opens a fresh store in a temporary directory; closes it afterwards."""
+class SQLiteBackend:
+    """
+    Where the store tests keep their stores: a temporary SQLite file.
+    L{PostgresBackend} (at the end) runs the same tests on PostgreSQL.
+    """
 
-    storeClass = SQLiteStore
+    backend = "SQLite"
+
+    def setUpBackend(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        self.path = os.path.join(self.directory, "docs.sqlite3")
+
+    def storeSpec(self) -> str:
+        """The C{--store} value (for child processes)."""
+        return f"sqlite:{self.path}"
+
+    def logRows(self) -> list[tuple[int, str, str, int]]:
+        """The change log: (etag, key, id, type) rows, in etag order."""
+        with sqlite3.connect(self.path) as connection:
+            return connection.execute(
+                "SELECT etag, key, id, type FROM changes ORDER BY etag"
+            ).fetchall()
+
+    def newStore(self, hub=None, **kwargs):
+        return SQLiteStore(self.path, hub=hub, **kwargs)
+
+    def committedEtag(self, key: str) -> int | None:
+        """The etag of C{key} as another connection sees it (committed)."""
+        connection = sqlite3.connect(self.path)
+        try:
+            row = connection.execute(
+                "SELECT etag FROM documents WHERE key = ?", (key,)
+            ).fetchone()
+        finally:
+            connection.close()
+        return None if row is None else row[0]
+
+    def unopenableStore(self):
+        """A store whose start() must fail, and the exception it fails with."""
+        blocker = os.path.join(self.directory, "file")
+        os.makedirs(self.directory, exist_ok=True)
+        with open(blocker, "w"):
+            pass
+        return SQLiteStore(os.path.join(blocker, "docs.sqlite3")), OSError
+
+
+class StoreTestMixin(SQLiteBackend):
+    """Opens a fresh store (gated if C{gated}); closes it afterwards."""
+
+    gated = False
 
     def setUp(self):
-        self.directory = self.mktemp()
-        self.path = os.path.join(self.directory, "docs.sqlite3")
+        self.setUpBackend()
         self.hub = RecordingHub()
         return self.openStore()
 
     def openStore(self) -> defer.Deferred:
-        self.store = self.storeClass(self.path, hub=self.hub)
+        self.store = self.newStore(hub=self.hub)
+        if self.gated:
+            gate(self.store)
         self.addCleanup(self.store.close)
         return self.store.start()
 
@@ -246,6 +300,11 @@ class SQLiteStoreTests(StoreTestMixin, TestCase):
         yield self.assertFailure(self.store.get(["ok", ""]), InvalidIdError)
         yield self.assertFailure(self.store.delete(["\x00"]), InvalidIdError)
 
+
+
+class SQLiteFileTests(StoreTestMixin, TestCase):
+    """What only the SQLite backend has."""
+
     def test_fileIsWAL(self) -> None:
         connection = sqlite3.connect(self.path)
         self.addCleanup(connection.close)
@@ -314,7 +373,7 @@ class EtagTests(StoreTestMixin, TestCase):
 class GroupCommitTests(StoreTestMixin, TestCase):
     """The writer commits everything queued in one transaction."""
 
-    storeClass = GatedStore
+    gated = True
 
     def setUp(self):
         d = super().setUp()
@@ -373,27 +432,20 @@ class GroupCommitTests(StoreTestMixin, TestCase):
 
         def onChange(change: Change) -> None:
             # The change must be durable: a separate connection sees it.
-            connection = sqlite3.connect(self.path)
-            try:
-                row = connection.execute(
-                    "SELECT etag FROM documents WHERE key = ?", (idKey(change.id),)
-                ).fetchone()
-            finally:
-                connection.close()
-            seen.append((change, row))
+            seen.append((change, self.committedEtag(idKey(change.id))))
 
         self.hub.subscribe("", onChange)
         yield self.store.put("A", b"{}")
         yield self.store.delete(["a"])
         self.assertEqual(
-            seen, [(Change("A", PUT, 1), (1,)), (Change("A", DELETE, 2), None)]
+            seen, [(Change("A", PUT, 1), 1), (Change("A", DELETE, 2), None)]
         )
 
 
 class CancellationTests(StoreTestMixin, TestCase):
     """Cancelling an operation's Deferred."""
 
-    storeClass = GatedStore
+    gated = True
 
     @inlineCallbacks
     def test_cancelQueuedWrite(self):
@@ -443,22 +495,21 @@ class CancellationTests(StoreTestMixin, TestCase):
         self.assertEqual(reads.batches, [1, 1])
 
 
-class LifecycleTests(TestCase):
+class LifecycleTests(SQLiteBackend, TestCase):
     """start(), close() and failures to open."""
 
     def setUp(self) -> None:
-        self.directory = self.mktemp()
-        self.path = os.path.join(self.directory, "sub", "docs.sqlite3")
+        self.setUpBackend()
 
     @inlineCallbacks
     def test_closeDrainsQueuedWrites(self):
         """close() commits every write queued before it, then closes."""
-        store = SQLiteStore(self.path)
+        store = self.newStore()
         yield store.start()
         puts = [store.put(f"d/{i}", b"{}") for i in range(50)]
         yield store.close()
         self.assertEqual(len((yield gatherResults(puts))), 50)
-        reopened = SQLiteStore(self.path)
+        reopened = self.newStore()
         yield reopened.start()
         try:
             found = yield reopened.get([f"d/{i}" for i in range(50)])
@@ -468,7 +519,7 @@ class LifecycleTests(TestCase):
 
     @inlineCallbacks
     def test_startTwice(self):
-        store = SQLiteStore(self.path)
+        store = self.newStore()
         self.addCleanup(store.close)
         yield store.start()
         error = yield self.assertFailure(store.start(), StoreError)
@@ -477,7 +528,7 @@ class LifecycleTests(TestCase):
 
     @inlineCallbacks
     def test_closedStoreRefuses(self):
-        store = SQLiteStore(self.path)
+        store = self.newStore()
         yield store.start()
         yield store.close()
         yield self.assertFailure(store.put("a", b"{}"), StoreClosedError)
@@ -487,7 +538,7 @@ class LifecycleTests(TestCase):
     @inlineCallbacks
     def test_operationsBeforeStartWait(self):
         """Work issued before start() runs once the store is open."""
-        store = SQLiteStore(self.path)
+        store = self.newStore()
         put = store.put("a", b"{}")
         get = store.get(["a"])
         yield store.start()
@@ -499,7 +550,7 @@ class LifecycleTests(TestCase):
 
     @inlineCallbacks
     def test_closeBeforeStart(self):
-        store = SQLiteStore(self.path)
+        store = self.newStore()
         queued = store.get(["a"])
         yield store.close()
         yield self.assertFailure(queued, StoreClosedError)
@@ -511,14 +562,10 @@ class LifecycleTests(TestCase):
         A file that cannot be opened fails start(), fails the work queued
         for it, and leaves the store closed.
         """
-        blocker = os.path.join(self.directory, "file")
-        os.makedirs(self.directory)
-        with open(blocker, "w"):
-            pass
-        store = SQLiteStore(os.path.join(blocker, "docs.sqlite3"))
+        store, expected = self.unopenableStore()
         queued = store.put("a", b"{}")
         read = store.get(["a"])
-        yield self.assertFailure(store.start(), OSError)
+        yield self.assertFailure(store.start(), expected)
         yield self.assertFailure(queued, StoreClosedError)
         yield self.assertFailure(read, StoreClosedError)
         yield store.close()
@@ -526,7 +573,7 @@ class LifecycleTests(TestCase):
     @inlineCallbacks
     def test_service(self):
         """StoreService opens the store with the application and closes it."""
-        store = SQLiteStore(self.path)
+        store = self.newStore()
         top = MultiService()
         StoreService(store).setServiceParent(top)
         top.startService()
@@ -556,7 +603,26 @@ class OpenStoreTests(SynchronousTestCase):
         for spec in ["mysql", "", "SQLite", "sqlite:"]:
             with self.assertRaises(ValueError, msg=spec) as caught:
                 openStore(spec, "/data")
-            self.assertIn("expected 'sqlite' or 'sqlite:PATH'", str(caught.exception))
+            self.assertIn("expected 'sqlite', 'sqlite:PATH'", str(caught.exception))
+            self.assertIn("'postgresql:CONNINFO'", str(caught.exception))
+
+    def test_postgresql(self) -> None:
+        from proto.store.postgres import PostgresStore
+
+        for spec, conninfo in [
+            ("postgresql:host=/run/pg dbname=proto", "host=/run/pg dbname=proto"),
+            ("postgresql://proto@db/proto", "postgresql://proto@db/proto"),
+            ("postgresql:postgresql://proto@db/proto", "postgresql://proto@db/proto"),
+            ("postgres:", ""),
+        ]:
+            store = openStore(spec, "/data")
+            self.assertIsInstance(store, PostgresStore)
+            self.assertEqual(store.conninfo, conninfo)
+
+    def test_postgresqlPasswordNotShown(self) -> None:
+        store = openStore("postgresql://proto:s3cret@db/proto", "/data")
+        self.assertNotIn("s3cret", repr(store))
+        self.assertIn("db", repr(store))
 
 
 class ChangeHubTests(SynchronousTestCase):
@@ -618,3 +684,83 @@ class ChangeHubTests(SynchronousTestCase):
         hub.subscribe("b", lambda change: 1 / 0)
         hub.publish("a", PUT, 2)
         self.assertEqual(self.flushLoggedErrors(), [])
+
+
+# -- the same tests on PostgreSQL ---------------------------------------------------------
+
+
+class PostgresBackend:
+    """
+    Runs a store test class on PostgreSQL: a fresh database of the test
+    run's throwaway cluster (L{tests.pgsupport}) for every test.
+    """
+
+    backend = "PostgreSQL"
+
+    def setUpBackend(self) -> None:
+        from tests.pgsupport import sharedCluster
+
+        self.directory = self.mktemp()
+        self.cluster = sharedCluster()
+        self.conninfo = self.cluster.createSchema()
+
+    def newStore(self, hub=None, **kwargs):
+        from proto.store.postgres import PostgresStore
+
+        return PostgresStore(self.conninfo, hub=hub, **kwargs)
+
+    def storeSpec(self) -> str:
+        return f"postgresql:{self.conninfo}"
+
+    def logRows(self) -> list[tuple[int, str, str, int]]:
+        import psycopg
+
+        with psycopg.connect(self.conninfo) as connection:
+            return connection.execute(
+                "SELECT etag, key, id, type FROM proto_changes ORDER BY etag"
+            ).fetchall()
+
+    def committedEtag(self, key: str) -> int | None:
+        import psycopg
+
+        with psycopg.connect(self.conninfo) as connection:
+            row = connection.execute(
+                "SELECT etag FROM proto_documents WHERE key = %s", (key,)
+            ).fetchone()
+        return None if row is None else row[0]
+
+    def unopenableStore(self):
+        import psycopg
+
+        from proto.store.postgres import PostgresStore
+
+        missing = self.cluster.conninfo("no_such_database")
+        return PostgresStore(missing), psycopg.OperationalError
+
+
+class PostgresStoreTests(PostgresBackend, SQLiteStoreTests):
+    """L{SQLiteStoreTests} on PostgreSQL."""
+
+    @inlineCallbacks
+    def test_bodyKeptAsBytes(self):
+        """Bodies are bytea: key order, duplicates and \\u0000 kept (jsonb would not)."""
+        body = b'{"b": 1, "a": 2, "a": "\\u0000"}'
+        yield self.store.put("x", body)
+        [document] = yield self.store.get(["x"])
+        self.assertEqual(document.body, body)
+
+
+class PostgresEtagTests(PostgresBackend, EtagTests):
+    """L{EtagTests} on PostgreSQL."""
+
+
+class PostgresGroupCommitTests(PostgresBackend, GroupCommitTests):
+    """L{GroupCommitTests} on PostgreSQL."""
+
+
+class PostgresCancellationTests(PostgresBackend, CancellationTests):
+    """L{CancellationTests} on PostgreSQL."""
+
+
+class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
+    """L{LifecycleTests} on PostgreSQL."""

@@ -199,3 +199,152 @@ class PropertyTests(unittest.TestCase):
                 parser.feed(data[i:i + step])
         except FramingError:
             pass
+
+
+def takeAll(parser, chunks):
+    """Feed C{chunks} one by one, taking every request: (requests, error reason or None)."""
+    out = []
+    try:
+        for chunk in chunks:
+            parser.receive(chunk)
+            while (request := parser.next()) is not None:
+                out.append((request.command, request.args, dict(request.headers), request.sequence,
+                            request.size, request.body, request.error))
+    except FramingError as e:
+        return out, e.reason
+    return out, None
+
+
+def chunked(data: bytes, cuts) -> list:
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    edges = [0, *points, len(data)]
+    return [data[a:b] for a, b in zip(edges, edges[1:])]
+
+
+_word = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FFF, blacklist_characters="\x7f"),
+                min_size=1, max_size=6)
+_requests = st.lists(
+    st.tuples(
+        st.sampled_from(["PING", "ECHO", "get", "x-y_z"]),
+        st.lists(_word, max_size=3),
+        st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=10),
+        st.lists(st.tuples(st.sampled_from(["Include", "Timeout", "X-Note"]),
+                           st.sampled_from(["a", "1.5", "b c"])), max_size=2),
+        st.one_of(st.none(), st.binary(max_size=40)),
+    ),
+    min_size=1, max_size=6,
+)
+
+
+class RequestParserTests(unittest.TestCase):
+    """L{wire.RequestParser}: the server's framing, sans I/O."""
+
+    STREAM = (
+        b"PING\r\nSequence: 1\r\n\r\n"
+        b"ECHO hello  world\r\nSequence: 2\r\nSize: 5\r\nX-Note: n\r\n\r\nab\r\n\r"
+        b"PUT d/1\r\nSequence: 3\r\nSize: 0\r\n\r\n"
+        b"FROB\r\nSequence: 4\r\n\r\n"
+    )
+
+    def check(self, requests, error):
+        self.assertIsNone(error)
+        self.assertEqual([(r[0], r[1], r[3], r[5]) for r in requests], [
+            ("PING", (), "1", b""), ("ECHO", ("hello", "world"), "2", b"ab\r\n\r"),
+            ("PUT", ("d/1",), "3", b""), ("FROB", (), "4", b""),
+        ])
+        self.assertEqual(requests[1][2], {"x-note": "n"})
+
+    def test_whole(self):
+        self.check(*takeAll(wire.RequestParser(), [self.STREAM]))
+
+    def test_byteByByte(self):
+        parser = wire.RequestParser()
+        self.check(*takeAll(parser, [self.STREAM[i:i + 1] for i in range(len(self.STREAM))]))
+        self.assertFalse(parser.headPending)
+        self.assertEqual(parser.buffered, 0)
+
+    def test_needMoreAndPending(self):
+        parser = wire.RequestParser()
+        parser.receive(b"PING\r\nSeq")
+        self.assertIsNone(parser.next())
+        self.assertTrue(parser.headPending)
+        parser.receive(b"uence: 1\r\n\r\nECHO a\r\nSequence: 2\r\nSize: 4\r\n\r\nab")
+        self.assertEqual(parser.next().sequence, "1")
+        self.assertIsNone(parser.next())
+        self.assertFalse(parser.headPending, "body bytes are not a pending head")
+        self.assertEqual((parser.bodyPending.sequence, parser.bodyMissing), ("2", 2))
+
+    def test_stopAndResume(self):
+        """Requests not taken stay buffered; new bytes go after them."""
+        parser = wire.RequestParser()
+        parser.receive(b"PING\r\nSequence: 1\r\n\r\nPING\r\nSequence: 2\r\n\r\n")
+        self.assertEqual(parser.next().sequence, "1")
+        parser.receive(b"PING\r\nSequence: 3\r\n\r\n")
+        self.assertEqual([parser.next().sequence, parser.next().sequence, parser.next()], ["2", "3", None])
+
+    def test_headLimit(self):
+        head = b"PING\r\nSequence: 1\r\nX: "
+        exact = head + b"x" * (64 - len(head) - 4) + b"\r\n\r\n"
+        self.assertEqual(len(exact), 64)
+        requests, error = takeAll(wire.RequestParser(maxHead=64), [exact[i:i + 1] for i in range(64)])
+        self.assertEqual((len(requests), error), (1, None))
+        over = head + b"x" * (65 - len(head) - 4) + b"\r\n\r\n"
+        for chunks in ([over], [over[i:i + 1] for i in range(len(over))]):
+            requests, error = takeAll(wire.RequestParser(maxHead=64), chunks)
+            self.assertEqual(requests, [])
+            self.assertEqual(error, "Request head is over the limit of 64 bytes")
+        # No delimiter at all: refused once maxHead bytes are held.
+        parser = wire.RequestParser(maxHead=64)
+        parser.receive(b"x" * 63)
+        self.assertIsNone(parser.next())
+        parser.receive(b"x")
+        self.assertRaises(FramingError, parser.next)
+
+    def test_framingErrorClears(self):
+        parser = wire.RequestParser()
+        parser.receive(b"PING\r\nSequence: 1\r\n\r\nPING\r\nno colon\r\n\r\nPING\r\nSequence: 3\r\n\r\n")
+        self.assertEqual(parser.next().sequence, "1")
+        e = self.assertRaises(FramingError, parser.next)
+        self.assertIn("Malformed header line", e.reason)
+        self.assertEqual((parser.next(), parser.buffered), (None, 0))
+
+    def test_sizeOverLimit(self):
+        parser = wire.RequestParser(maxBody=10)
+        parser.receive(b"PUT a\r\nSequence: 1\r\nSize: 11\r\n\r\n")
+        e = self.assertRaises(FramingError, parser.next)
+        self.assertEqual(e.sequence, "1")
+
+    def test_discardBody(self):
+        """A refused body is read and dropped; its request still comes out."""
+        parser = wire.RequestParser()
+        parser.receive(b"PUT a\r\nSequence: 1\r\nSize: 6\r\n\r\nabc")
+        self.assertIsNone(parser.next())
+        parser.discardBody()
+        self.assertEqual(parser.buffered, 0)
+        parser.receive(b"defPING\r\nSequence: 2\r\n\r\n")
+        refused = parser.next()
+        self.assertEqual((refused.sequence, refused.size, refused.body), ("1", 6, b""))
+        self.assertEqual(parser.next().sequence, "2")
+
+    @settings(max_examples=300, deadline=None)
+    @given(_requests, st.lists(st.integers(0, 10_000), max_size=12))
+    def test_anyChunkingGivesTheSameRequests(self, specs, cuts):
+        """Whole, byte by byte, or cut anywhere: the same requests, bodies included."""
+        data = b"".join(
+            wire.encodeRequest(command, args, sequence, headers, body)
+            for command, args, sequence, headers, body in specs
+        )
+        whole = takeAll(wire.RequestParser(), [data])
+        self.assertIsNone(whole[1])
+        self.assertEqual(len(whole[0]), len(specs))
+        for (command, args, sequence, headers, body), got in zip(specs, whole[0]):
+            self.assertEqual((got[0], got[1], got[3], got[5]), (command.upper(), tuple(args), sequence, body or b""))
+        self.assertEqual(takeAll(wire.RequestParser(), chunked(data, cuts)), whole)
+        self.assertEqual(takeAll(wire.RequestParser(), [data[i:i + 1] for i in range(len(data))]), whole)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=8))
+    def test_randomBytesOnlyFramingErrorWhateverTheChunks(self, data, cuts):
+        """Arbitrary bytes: requests or FramingError, and the same however they arrive."""
+        whole = takeAll(wire.RequestParser(maxHead=128), [data])
+        self.assertEqual(takeAll(wire.RequestParser(maxHead=128), chunked(data, cuts)), whole)

@@ -270,8 +270,21 @@ class BlockingClient(CommandMethods):
 
 
 
-    def watch(self, prefix: str, **kw) -> Reply:
-        """C{WATCH}: the reply's C{sequence} names the watch; read pushes with L{nextPush}."""
+    def watch(
+        self, prefix: str, since: int | None = None, documents: bool = False, include=None, **kw
+    ) -> Reply:
+        """
+        C{WATCH} (optionally C{Since}, C{Documents}, C{Include}: section 8):
+        the reply's C{sequence} names the watch, C{headers["etag"]} where it
+        began; read pushes with L{nextPush}. To resume by itself across
+        reconnects, see L{proto.client.follow.WatchFollower}.
+        """
+        from proto.client.follow import watchHeaders
+        from proto.client.messages import headerList
+
+        extra = watchHeaders(since, documents, include)
+        if extra:
+            kw["headers"] = headerList(kw.get("headers")) + extra
         return self.request("WATCH", prefix, **kw)
 
     def unwatch(self, watchSequence: str, **kw) -> Reply:

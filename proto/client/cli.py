@@ -16,7 +16,7 @@ import sys
 import threading
 
 from proto import certs, datadir
-from proto.client import lifecycle
+from proto.client import lifecycle, watchcli
 from proto.client.blocking import BlockingClient
 from proto.client.errors import ClientError, ServerError
 from proto.client.messages import Reply
@@ -120,6 +120,7 @@ def buildParser() -> argparse.ArgumentParser:
     req.add_argument("--follow", action="store_true",
                      help="after the reply, print PUSH frames until Ctrl-C or the connection ends")
     req.add_argument("--count", type=int, metavar="N", help="with --follow: stop after N pushes")
+    watchcli.addOptions(req)
     req.add_argument("--raw", action="store_true", help="print bodies as sent, without pretty-printing JSON")
     req.add_argument("-i", "--include", action="store_true",
                      help="also print the status line and headers of replies and pushes")
@@ -327,6 +328,14 @@ def oneShot(options) -> int:
     command = command.upper()
     headers = [parseHeader(h) for h in options.header]
     body = readBody(options, command)
+    if command == "WATCH":
+        if options.follow and len(args) == 1:
+            show = lambda push: emit(formatFrame(push, options))  # noqa: E731
+            try:
+                return watchcli.follow(options, args[0], headers, openClient, show, options.count)
+            except ServerError as e:
+                return fail(f"ERR {e.reason}", EXIT_ERR_REPLY)
+        headers += watchcli.extraHeaders(options)
     client = openClient(options)
     try:
         try:

@@ -158,13 +158,30 @@ class GNPClientProtocol(Protocol, CommandMethods):
 
 
 
-    def watch(self, prefix: str, onPush: PushHandler, **kw) -> Deferred:
+    def watch(
+        self,
+        prefix: str,
+        onPush: PushHandler,
+        since: int | None = None,
+        documents: bool = False,
+        include=None,
+        **kw,
+    ) -> Deferred:
         """
-        C{WATCH} a prefix. The reply's C{sequence} identifies the watch for
-        L{unwatch}. A push of C{"Type": "Dropped"} (the server gave up on a
-        client that did not read) is the watch's last: it is delivered,
-        then the watch's handler is removed.
+        C{WATCH} a prefix (optionally C{Since} an etag, with C{Documents}
+        and C{Include}: section 8). The reply's C{sequence} identifies the
+        watch for L{unwatch}, its C{headers["etag"]} where it began. A push
+        of C{"Type": "Dropped"} (the server gave up on a client that did
+        not read) is the watch's last: it is delivered, then the watch's
+        handler is removed. To resume by itself across reconnects, see
+        L{proto.client.follow.followWatch}.
         """
+        from proto.client.follow import watchHeaders
+        from proto.client.messages import headerList
+
+        extra = watchHeaders(since, documents, include)
+        if extra:
+            kw["headers"] = headerList(kw.get("headers")) + extra
 
         def deliver(push: Reply) -> None:
             if push.body.startswith(b"{") and b'"Dropped"' in push.body:

@@ -79,6 +79,7 @@ from proto.store.base import (
     InvalidIdError,
     Snapshot,
     StorageFullError,
+    StoreUnavailableError,
     Version,
     checkId,
 )
@@ -204,7 +205,7 @@ def get(ctx: Any, request: Any) -> Deferred[Result]:
     _checkIds(request.args)
     paths = parseInclude(request.header("include"))
     if not paths:
-        return ctx.store.read(request.args).addCallback(_getResult)
+        return ctx.store.read(request.args).addCallbacks(_getResult, storeTrouble)
     allowed = ctx.grant.filterIds()
 
     def references(results: list[Document | None]) -> Iterator[str]:
@@ -213,7 +214,7 @@ def get(ctx: Any, request: Any) -> Deferred[Result]:
         ids = _includedIds(results, paths)
         return ids if allowed is None else filter(allowed, ids)
 
-    return ctx.store.read(request.args, references).addCallback(_getResult)
+    return ctx.store.read(request.args, references).addCallbacks(_getResult, storeTrouble)
 
 
 # -- PUT, DELETE -------------------------------------------------------------
@@ -262,6 +263,15 @@ def _parseIfMatch(value: str | None) -> int | None:
     return int(value)
 
 
+def storeTrouble(failure: Failure) -> None:
+    """
+    A store whose database cannot be reached is the client's C{ERR} with
+    the store's reason, not an internal error: the request may be retried.
+    """
+    failure.trap(StoreUnavailableError)
+    raise CommandError(f"Store unavailable: {failure.value}")
+
+
 def _conflict(failure: Failure) -> None:
     failure.trap(ConflictError)
     raise CommandError(f"Conflict: {failure.value}")
@@ -306,7 +316,8 @@ def put(ctx: Any, request: Any) -> Deferred[bytes]:
     ifMatch = _parseIfMatch(request.header("if-match"))
     _checkObjectBody(request)
     d = ctx.store.put(id, request.body, ifMatch).addCallbacks(_encodeVersion, _conflict)
-    return d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
+    d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
+    return d.addErrback(storeTrouble)
 
 
 @registry.command("DELETE", level=WRITE, ids=ARGS)
@@ -317,7 +328,8 @@ def delete(ctx: Any, request: Any) -> Deferred[bytes]:
     d = ctx.store.delete(request.args).addCallback(
         lambda deleted: _jsonBytes({"Deleted": len(deleted)})
     )
-    return d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
+    d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
+    return d.addErrback(storeTrouble)
 
 
 # -- REMIND --------------------------------------------------------------------

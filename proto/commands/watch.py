@@ -507,7 +507,9 @@ def watch(ctx: Any, request: Any) -> Deferred[Result]:
         ctx.unsubscribe(sequence)  # no reply OK, no watch
         return failure
 
-    return ctx.store.currentEtag().addCallbacks(watcher.begin, failed)
+    from proto.commands.documents import storeTrouble  # its database gone: a clear ERR
+
+    return ctx.store.currentEtag().addCallbacks(watcher.begin, failed).addErrback(storeTrouble)
 
 
 @registry.command("UNWATCH", level=READ)

@@ -20,7 +20,10 @@ from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES
 
 __all__ = ["IDocumentStore", "SQLiteStore", "StoreService", "openStore"]
 
-_USAGE = "expected 'sqlite' or 'sqlite:PATH' (for example 'sqlite:/var/lib/proto/docs.db')"
+_USAGE = (
+    "expected 'sqlite', 'sqlite:PATH' (for example 'sqlite:/var/lib/proto/docs.db') "
+    "or 'postgresql:CONNINFO' (for example 'postgresql://proto@db/proto')"
+)
 
 
 def openStore(
@@ -35,7 +38,8 @@ def openStore(
 
     @param spec: C{"sqlite"}: the file L{DEFAULT_FILE_NAME} in C{dataDir};
         C{"sqlite:PATH"}: the file C{PATH} (a relative one is taken
-        relative to C{dataDir}).
+        relative to C{dataDir}); C{"postgresql:CONNINFO"}: a PostgreSQL
+        database (L{proto.store.postgres}; needs the C{postgres} extra).
     @param hub: the change hub the store publishes committed changes to
         (the same one the WATCH command subscribes to: C{ctx.hub}).
     @param reactor: for the store's C{callFromThread}; the global one by
@@ -45,6 +49,22 @@ def openStore(
     @raise ValueError: if C{spec} names no known store.
     """
     kind, colon, location = spec.partition(":")
+    if kind in ("postgresql", "postgres"):
+        try:
+            from proto.store.postgres import PostgresStore
+            from proto.store.postgres_schema import hasPassword, parseSpec
+        except ImportError as e:
+            raise ValueError(
+                f"--store {kind}: needs psycopg 3 ({e}); install the extra: "
+                "pip install 'proto[postgres]'"
+            ) from None
+        conninfo = parseSpec(spec)
+        if hasPassword(conninfo):
+            Logger().warn(
+                "--store: the connection string holds a password, which other users "
+                "can read in the process list; use PGPASSWORD, PGPASSFILE or ~/.pgpass"
+            )
+        return PostgresStore(conninfo, hub=hub, reactor=reactor, retainChanges=retainChanges)
     if kind != "sqlite":
         raise ValueError(f"Unknown store {spec!r}: {_USAGE}")
     if not colon:

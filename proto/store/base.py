@@ -59,6 +59,14 @@ class StoreClosedError(StoreError):
     """The store is closed (or failed to start): it takes no more work."""
 
 
+class StoreUnavailableError(StoreError):
+    """
+    The store's database cannot be reached (or did not answer in time);
+    the store keeps trying to reconnect. The message is one line for the
+    client, and says when the outcome of a write is unknown.
+    """
+
+
 class StorageFullError(StoreError):
     """
     The storage has no room for the write (a full disk, or the database's

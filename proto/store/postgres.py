@@ -1,0 +1,335 @@
+"""
+The document store in PostgreSQL (C{--store postgresql:<conninfo>}), with
+the same semantics as the SQLite store (L{proto.store.sqlite}): durable
+C{OK} after commit, group commit, GET with Include from one snapshot,
+If-Match, etags from one counter row, bodies kept byte for byte, the
+change log as the truth that WATCH reads. Several servers (worker
+processes, hosts) sharing one database behave as one.
+
+Threads (psycopg 3's sync API, each thread with its own connection; none
+runs on the reactor thread, and not on the reactor's thread pool):
+
+  - the B{writer} (L{proto.store.postgres_session.WriteSession}) runs
+    every write queued since its last turn in one transaction;
+  - the B{reader} runs reads in read-only snapshots;
+  - the B{listener} (L{Listener}) waits on C{LISTEN proto_changes}: a
+    doorbell only. When it rings (or every L{CATCH_UP_SECONDS} anyway) it
+    reads the change log from the publisher's position and hands the
+    changes to the L{proto.store.sqlite_publisher.Publisher}, which
+    publishes each once, in etag order. A dropped listener connection is
+    opened again and catches up from the log: no change is lost.
+
+A database that goes away: operations fail with
+L{proto.store.base.StoreUnavailableError} (the client gets C{ERR} with
+the reason) within seconds, the sessions connect again when it is back,
+and the listener catches up, so a WATCH resumes without a gap.
+
+The connection string comes from the command line, but a password should
+not: use libpq's C{PGPASSWORD}, C{PGPASSFILE} or C{~/.pgpass}. Logs show
+the connection string without its password.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, Callable, Iterable, Sequence
+
+from twisted.internet.defer import Deferred, fail
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from proto.store import postgres_grants, postgres_schema, postgres_session
+from proto.store.base import (
+    ChangePage,
+    Document,
+    IDocumentStore,
+    Snapshot,
+    StoreError,
+    Version,
+    checkId,
+    idKey,
+)
+from proto.store.grants import IGrantStore
+from proto.store.postgres_session import DEFAULT_RETAIN_CHANGES, ReadSession, WriteSession
+from proto.store.sqlite_publisher import Publisher
+from proto.store.sqlite_worker import Worker
+from proto.store.sqlite_write import BatchResult
+
+#: The listener reads the log this often even without a notification.
+CATCH_UP_SECONDS = 2.0
+
+#: The listener's longest wait for a notification at a time (how quickly
+#: it notices that the store is closing).
+WAIT_SECONDS = 0.1
+
+#: After the listener's connection failed, wait this long to try again.
+LISTEN_RETRY_SECONDS = 1.0
+
+#: Most changes the listener reads (and hands over) at once.
+PAGE = 5_000
+
+#: The most changes one L{PostgresStore.changesSince} returns.
+MAX_PAGE = 10_000
+
+
+class Listener:
+    """
+    The thread that hears C{NOTIFY proto_changes} and feeds the publisher
+    from the change log (see the module docstring).
+    """
+
+    _log = Logger()
+
+    def __init__(self, conninfo: str, publisher: Publisher, reactor: Any) -> None:
+        self._conninfo = conninfo
+        self._where = postgres_schema.displayed(conninfo)
+        self._publisher = publisher
+        self._reactor = reactor
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connects = 0  # how many times it connected (tests: reconnection)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._main, name="proto-store-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening; returns once the thread has ended (within about a second)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _main(self) -> None:
+        import psycopg
+
+        failing = False
+        while not self._stop.is_set():
+            connection = None
+            try:
+                connection = postgres_schema.connect(self._conninfo)
+                connection.execute(f"LISTEN {postgres_schema.CHANNEL}")
+                self.connects += 1
+                if failing:
+                    self._log.info("PostgreSQL store (listener): connected again to {where}; "
+                                   "catching up from the change log", where=self._where)
+                    failing = False
+                self._listen(connection)
+            except psycopg.Error as e:
+                if not failing:
+                    self._log.error("PostgreSQL store (listener): {error}; connecting again",
+                                    error=e)
+                    failing = True
+                self._stop.wait(LISTEN_RETRY_SECONDS)
+            finally:
+                if connection is not None:
+                    connection.close()
+
+    def _listen(self, connection: Any) -> None:
+        """Catch up, then wait for the doorbell; until stopped or an error."""
+        self._catchUp(connection)  # after LISTEN: whatever comes later rings
+        while not self._stop.is_set():
+            rang = False
+            # notifies() holds the connection while it waits: this
+            # connection does nothing else (TWISTED_NOTES, section 9).
+            for _ in connection.notifies(timeout=WAIT_SECONDS, stop_after=1):
+                rang = True
+            if rang or self._due():
+                self._catchUp(connection)
+
+    _lastCatchUp = 0.0
+
+    def _due(self) -> bool:
+        import time
+
+        return time.monotonic() - self._lastCatchUp >= CATCH_UP_SECONDS
+
+    def _catchUp(self, connection: Any) -> None:
+        """Hand over every change above the publisher's position."""
+        import time
+
+        self._lastCatchUp = time.monotonic()
+        position = self._publisher.etag
+        while not self._stop.is_set():
+            current = postgres_session.counter(connection, "etag")
+            if current <= position:
+                return
+            upTo = min(current, position + PAGE)
+            found = postgres_session.logRange(connection, position, upTo)
+            if found:
+                self._reactor.callFromThread(self._publisher.deliver, found)
+            position = upTo
+
+
+@implementer(IDocumentStore, IGrantStore)
+class PostgresStore(postgres_grants.PostgresGrants):
+    """
+    L{IDocumentStore} (and the grants of L{IGrantStore}) in a PostgreSQL
+    database.
+
+    @ivar commits: write transactions committed so far.
+    @ivar writes: operations run in those transactions.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        hub: Any = None,
+        reactor: Any = None,
+        retainChanges: int = DEFAULT_RETAIN_CHANGES,
+    ) -> None:
+        """
+        @param conninfo: a libpq connection string or URI.
+        @param hub: a L{proto.hub.ChangeHub} told of every committed
+            change (of every server sharing the database), or C{None}.
+        @param retainChanges: keep at least this many of the newest
+            changes in the log (at least 1).
+        @raise ValueError: if C{retainChanges} is below 1.
+        """
+        if reactor is None:
+            from twisted.internet import reactor  # type: ignore[no-redef]
+        if retainChanges < 1:
+            raise ValueError("retainChanges must be at least 1: the log is the source of WATCH")
+        self.conninfo = conninfo
+        self.where = postgres_schema.displayed(conninfo)
+        self.commits = 0
+        self.writes = 0
+        #: Called as C{commitObserver(operations, seconds)} after each
+        #: write transaction commits (the metrics use it), or C{None}.
+        self.commitObserver: Any = None
+        self.retainChanges = retainChanges
+        self._unfinishedWrites = 0
+        self._started = False
+        self._publisher = Publisher(hub) if hub is not None else None
+        self.listener = (
+            Listener(conninfo, self._publisher, reactor) if self._publisher is not None else None
+        )
+        published = (lambda: self._publisher.etag) if self._publisher is not None else (lambda: 0)
+        self._writer = Worker(
+            "writer", lambda: self._openWriter(retainChanges, published), reactor, self._committed
+        )
+        self._reader = Worker("reader", lambda: ReadSession(conninfo), reactor)
+
+    def __repr__(self) -> str:
+        return f"<PostgresStore {self.where!r}>"
+
+    def _openWriter(self, retain: int, published: Callable[[], int]) -> WriteSession:
+        session = WriteSession(self.conninfo, retain, published)
+        try:
+            postgres_schema.upgrade(session.connection, self.where)
+            session.startEtag = postgres_session.counter(session.connection, "etag")
+        except BaseException:
+            session.close()
+            raise
+        return session
+
+    def start(self) -> Deferred[None]:
+        if self._started:
+            return fail(StoreError(f"{self!r} is already started"))
+        self._started = True
+        # The writer creates (or upgrades) the schema: the others open after it.
+        started = self._writer.start()
+        started.addCallback(self._writerOpen)
+        started.addCallback(lambda _: self._reader.start())
+        started.addCallback(lambda _: None)
+        started.addErrback(self._startFailed)
+        return started
+
+    def _writerOpen(self, session: WriteSession) -> None:
+        if self._publisher is not None:
+            self._publisher.startAt(session.startEtag)
+            self.listener.start()
+
+    def _startFailed(self, failure: Failure) -> Failure:
+        self.close()
+        return failure
+
+    def close(self) -> Deferred[None]:
+        if self.listener is not None:
+            self.listener.stop()
+        closing = [self._writer.stop(), self._reader.stop()]
+        done = closing[0].addCallback(lambda _: closing[1])
+        return done.addCallback(lambda _: None)
+
+    # -- reads -----------------------------------------------------------------
+
+    def _readWorker(self) -> Worker:
+        """Read-your-writes: behind unfinished writes, reads join the writer."""
+        return self._writer if self._unfinishedWrites else self._reader
+
+    def read(
+        self,
+        ids: Sequence[str],
+        references: Callable[[list[Document | None]], Iterable[str]] | None = None,
+    ) -> Deferred[Snapshot]:
+        try:
+            keys = [checkId(id) for id in ids]
+        except ValueError:
+            return fail()
+        return self._readWorker().submit(lambda session: session.read(keys, references))
+
+    def get(self, ids: Sequence[str]) -> Deferred[list[Document | None]]:
+        return self.read(ids).addCallback(lambda found: found.results)
+
+    def getWithReferences(
+        self,
+        ids: Sequence[str],
+        references: Callable[[list[Document | None]], Iterable[str]],
+    ) -> Deferred[tuple[list[Document | None], list[Document]]]:
+        return self.read(ids, references).addCallback(
+            lambda found: (found.results, found.includes)
+        )
+
+    def changesSince(self, since: int, prefix: str = "", limit: int = 1000) -> Deferred[ChangePage]:
+        prefixKey = idKey(prefix)
+        limit = max(1, min(limit, MAX_PAGE))
+        return self._reader.submit(
+            lambda session: postgres_session.changes(session.connection, since, prefixKey, limit)
+        )
+
+    def currentEtag(self) -> Deferred[int]:
+        return self._reader.submit(
+            lambda session: postgres_session.counter(session.connection, "etag")
+        )
+
+    # -- writes ----------------------------------------------------------------
+
+    def put(self, id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:
+        try:
+            key = checkId(id)
+        except ValueError:
+            return fail()
+        return self._write(lambda session: session.put(key, id, bytes(body), ifMatch))
+
+    def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
+        try:
+            keys = [checkId(id) for id in ids]
+        except ValueError:
+            return fail()
+        return self._write(lambda session: session.delete(keys))
+
+    def _write(self, work: Callable[[WriteSession], Any]) -> Deferred[Any]:
+        self._unfinishedWrites += 1
+        d = self._writer.submit(work)
+        d.addBoth(self._writeFinished)
+        return d
+
+    #: What the admin command BACKUP answers: PostgreSQL has its own tools.
+    backupAdvice = (
+        "BACKUP copies SQLite stores only: this server's store is PostgreSQL; "
+        "back it up with pg_dump (or your PostgreSQL backups)"
+    )
+
+    def _writeFinished(self, result: Any) -> Any:
+        self._unfinishedWrites -= 1
+        return result
+
+    def _committed(self, size: int, batch: BatchResult, seconds: float) -> None:
+        """On the reactor thread, after a write batch committed."""
+        self.commits += 1
+        self.writes += size
+        if self.commitObserver is not None:
+            self.commitObserver(size, seconds)
+        if self._publisher is not None:
+            self._publisher.deliver(batch.changes)

@@ -1,0 +1,413 @@
+"""
+The PostgreSQL store's sessions: one connection per thread (writer,
+reader), the SQL they run, and what a lost database becomes.
+
+Write transaction (one per batch: group commit, as in the SQLite store):
+
+  1. C{SELECT ... FROM proto_counters WHERE name IN ('etag', 'log_floor')
+     FOR UPDATE}: the row lock serialises every writer of the database
+     (every worker, every host), so etags are handed out in commit order:
+     once etag I{n} is visible, every change below it is committed;
+  2. each operation runs: it reads the documents it needs (once per key
+     per batch), and its writes are kept and sent together at the end
+     (C{executemany}, pipelined by psycopg); every change takes the next
+     etag and a row of C{proto_changes};
+  3. the counters are written back, the log pruned beyond the retention,
+     one C{NOTIFY proto_changes} sent (delivered at commit: the doorbell
+     of every server's listener), and the transaction commits.
+
+A lost connection is not fatal: the next batch connects again (at most
+one attempt per L{RETRY_SECONDS}; meanwhile batches fail at once), and
+every failure is a L{StoreUnavailableError} with a reason for the client.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from proto.store.base import (
+    DELETE,
+    PUT,
+    Change,
+    ChangePage,
+    ConflictError,
+    Document,
+    Snapshot,
+    StorageFullError,
+    StoreError,
+    StoreUnavailableError,
+    Version,
+    checkId,
+    idKey,
+)
+from proto.store.postgres_schema import CHANGE_DELETE, CHANGE_PUT, CHANNEL, connect, displayed
+from proto.store.sqlite_write import BatchResult
+
+#: After a failed connection attempt, batches fail at once for this long
+#: before the next attempt.
+RETRY_SECONDS = 1.0
+
+#: Keep at least this many of the newest changes, by default.
+DEFAULT_RETAIN_CHANGES = 100_000
+
+#: Most log rows one write transaction prunes.
+PRUNE_MAX = 10_000
+
+_TYPE_CODES = {PUT: CHANGE_PUT, DELETE: CHANGE_DELETE}
+
+References = Callable[[list["Document | None"]], Iterable[str]]
+
+
+# -- queries (any connection, in the caller's transaction) ------------------------------
+
+
+def counter(connection: Any, name: str) -> int:
+    row = connection.execute("SELECT value FROM proto_counters WHERE name = %s", (name,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def select(connection: Any, keys: Sequence[str]) -> list[Document | None]:
+    """Documents by key, C{None} where there is none."""
+    found: dict[str, Document] = {}
+    unique = list(dict.fromkeys(keys))
+    if unique:
+        for key, id, etag, body in connection.execute(
+            "SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)", (unique,)
+        ):
+            found[key] = Document(id, etag, bytes(body))
+    return [found.get(key) for key in keys]
+
+
+def snapshot(connection: Any, keys: Sequence[str], references: References | None) -> Snapshot:
+    """The documents, those they reference, and the etag: GET (with Include)."""
+    etag = counter(connection, "etag")
+    results = select(connection, keys)
+    if references is None:
+        return Snapshot(results, [], etag)
+    found = {idKey(doc.id): doc for doc in results if doc is not None}
+    wanted: dict[str, None] = {}  # ordered, unique
+    for id in references(results):
+        try:
+            wanted[checkId(id)] = None
+        except ValueError:
+            continue
+    missing = [key for key in wanted if key not in found]
+    for doc in select(connection, missing):
+        if doc is not None:
+            found[idKey(doc.id)] = doc
+    return Snapshot(results, [found[key] for key in wanted if key in found], etag)
+
+
+def _change(etag: int, id: str, type: int) -> Change:
+    return Change(id, PUT if type == CHANGE_PUT else DELETE, etag)
+
+
+def changes(connection: Any, since: int, prefixKey: str, limit: int) -> ChangePage:
+    """One page of the change log (L{ChangePage}), prefix matched in SQL."""
+    current = counter(connection, "etag")
+    floor = counter(connection, "log_floor")
+    rows = connection.execute(
+        "SELECT etag, id, type FROM proto_changes WHERE etag > %s AND starts_with(key, %s) "
+        "ORDER BY etag LIMIT %s",
+        (since, prefixKey, limit),
+    ).fetchall()
+    found = [_change(*row) for row in rows]
+    scanned = found[-1].etag if len(found) >= limit else max(current, since)
+    return ChangePage(found, scanned, floor)
+
+
+def logRange(connection: Any, after: int, upTo: int) -> list[Change]:
+    """Every retained change with an etag in (after, upTo], in order."""
+    rows = connection.execute(
+        "SELECT etag, id, type FROM proto_changes WHERE etag > %s AND etag <= %s ORDER BY etag",
+        (after, upTo),
+    ).fetchall()
+    return [_change(*row) for row in rows]
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+def trouble(error: BaseException, where: str, committing: bool = False) -> Exception:
+    """What a psycopg error becomes: a reason for the client, or an internal error."""
+    import psycopg
+    from psycopg import errors
+
+    if isinstance(error, errors.DiskFull):
+        return StorageFullError(f"the PostgreSQL database has no room left ({error}); "
+                                "free space on its server or delete documents")
+    if isinstance(error, (errors.QueryCanceled, errors.LockNotAvailable)):
+        return StoreUnavailableError(
+            "the database did not answer in time (PostgreSQL at "
+            f"{where}); the outcome of a write is unknown"
+        )
+    if isinstance(error, psycopg.OperationalError):
+        outcome = "; the outcome of this write is unknown" if committing else ""
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return StoreUnavailableError(
+            f"the database is unreachable (PostgreSQL at {where}: {first}){outcome}; "
+            "the server reconnects by itself"
+        )
+    return StoreError(f"PostgreSQL error ({where}): {error}")
+
+
+class Session:
+    """
+    One thread's connection, connected again when lost. Only touched by
+    its thread.
+    """
+
+    _log = Logger()
+
+    def __init__(self, conninfo: str, what: str) -> None:
+        self._conninfo = conninfo
+        self.where = displayed(conninfo)
+        self._what = what
+        self._failedAt: float | None = None
+        self._lastError: BaseException | None = None
+        self.connection: Any = None
+        self.connection = connect(conninfo)  # At start, a failure is the caller's.
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
+    def live(self) -> Any:
+        """
+        The connection, connected again if it was lost.
+
+        @raise StoreUnavailableError: if the database cannot be reached.
+        """
+        connection = self.connection
+        if connection is not None and not connection.closed and not connection.broken:
+            return connection
+        self.close()
+        now = time.monotonic()
+        if self._failedAt is not None and now - self._failedAt < RETRY_SECONDS:
+            raise trouble(self._lastError, self.where)
+        import psycopg
+
+        try:
+            self.connection = connect(self._conninfo)
+        except psycopg.Error as e:
+            if self._failedAt is None:
+                self._log.error("PostgreSQL store ({what}): cannot connect to {where}: {error}",
+                                what=self._what, where=self.where, error=e)
+            self._failedAt, self._lastError = now, e
+            raise trouble(e, self.where) from None
+        if self._failedAt is not None or self._lastError is not None:
+            self._log.info("PostgreSQL store ({what}): connected again to {where}",
+                           what=self._what, where=self.where)
+        self._failedAt = self._lastError = None
+        return self.connection
+
+    def lost(self, error: BaseException) -> None:
+        """A statement failed: forget a broken connection (logged once)."""
+        if self.connection is not None and (self.connection.broken or self.connection.closed):
+            self._log.error("PostgreSQL store ({what}): lost the connection to {where}: {error}",
+                            what=self._what, where=self.where, error=error)
+            self._lastError = error
+            self.close()
+
+    def rollback(self) -> None:
+        connection = self.connection
+        if connection is not None and not connection.broken and not connection.closed:
+            try:
+                connection.execute("ROLLBACK")
+            except Exception:
+                self.close()
+
+
+class ReadSession(Session):
+    """The reader thread's session: each batch in one read-only snapshot."""
+
+    def __init__(self, conninfo: str) -> None:
+        super().__init__(conninfo, "reader")
+
+    def runBatch(self, works: Sequence[Callable[[Any], Any]]) -> tuple[list[Any], None]:
+        import psycopg
+
+        connection = self.live()
+        try:
+            connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            results = [work(self) for work in works]
+            connection.execute("COMMIT")
+        except psycopg.Error as e:
+            self.rollback()
+            self.lost(e)
+            raise trouble(e, self.where) from None
+        except BaseException:
+            self.rollback()
+            raise
+        return results, None
+
+    def read(self, keys: Sequence[str], references: References | None) -> Snapshot:
+        return snapshot(self.connection, keys, references)
+
+
+class WriteSession(Session):
+    """
+    The writer thread's session: see the module docstring.
+
+    @ivar changes: the changes made by the transaction in progress.
+    """
+
+    def __init__(self, conninfo: str, retain: int, published: Callable[[], int]) -> None:
+        """
+        @param published: the publisher's position (read from this thread;
+            a stale value only makes the read of others' changes longer).
+        """
+        if retain < 1:
+            raise ValueError("the change log must retain at least 1 change")
+        super().__init__(conninfo, "writer")
+        self.retain = retain
+        self._pruneStep = min(1000, max(1, retain // 10))
+        self._published = published
+        self.changes: list[Change] = []
+        self._lastEtag = 0
+        self._known: dict[str, tuple[str, int] | None] = {}
+        self._upserts: dict[str, tuple[str, str, int, bytes]] = {}
+        self._deletes: set[str] = set()
+        self._logRows: list[tuple[int, str, str, int]] = []
+
+    def runBatch(self, works: Sequence[Callable[["WriteSession"], Any]]) -> tuple[list[Any], BatchResult]:
+        import psycopg
+
+        connection = self.live()
+        committing = False
+        try:
+            connection.execute("BEGIN")
+            counters = dict(connection.execute(
+                "SELECT name, value FROM proto_counters WHERE name IN ('etag', 'log_floor') "
+                "FOR UPDATE"
+            ).fetchall())
+            before = self._lastEtag = counters["etag"]
+            self._known, self._upserts, self._deletes, self._logRows = {}, {}, set(), []
+            self.changes = []
+            outcomes = [self._attempt(work) for work in works]
+            self.flush()
+            if self._lastEtag != before:
+                connection.execute(
+                    "UPDATE proto_counters SET value = %s WHERE name = 'etag'", (self._lastEtag,)
+                )
+                self._prune(counters["log_floor"])
+                connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(self._lastEtag)))
+            committing = True
+            connection.execute("COMMIT")
+        except psycopg.Error as e:
+            self.changes = []
+            self.rollback()
+            self.lost(e)
+            raise trouble(e, self.where, committing) from None
+        except BaseException:
+            self.changes = []
+            self.rollback()
+            raise
+        own = changes = self.changes
+        published = self._published()
+        if own and before > published:
+            # Others committed since we last published: theirs go first
+            # (the hub gets every etag, in order). If this read fails, the
+            # listener delivers both theirs and ours.
+            try:
+                changes = logRange(connection, published, before) + own
+            except psycopg.Error as e:
+                self.lost(e)
+                changes = []
+        return outcomes, BatchResult(changes, len(works))
+
+    def _attempt(self, work: Callable[["WriteSession"], Any]) -> Any:
+        try:
+            return work(self)
+        except ConflictError:
+            return Failure()
+
+    def _prune(self, floor: int) -> None:
+        excess = self._lastEtag - self.retain - floor
+        if excess < self._pruneStep:
+            return
+        newFloor = floor + min(excess, PRUNE_MAX)
+        self.connection.execute("DELETE FROM proto_changes WHERE etag <= %s", (newFloor,))
+        self.connection.execute(
+            "UPDATE proto_counters SET value = %s WHERE name = 'log_floor'", (newFloor,)
+        )
+
+    # -- operations (inside the transaction) -------------------------------------------
+
+    def _find(self, key: str) -> tuple[str, int] | None:
+        if key not in self._known:
+            row = self.connection.execute(
+                "SELECT id, etag FROM proto_documents WHERE key = %s", (key,)
+            ).fetchone()
+            self._known[key] = None if row is None else (row[0], row[1])
+        return self._known[key]
+
+    def _record(self, key: str, id: str, type: str) -> int:
+        self._lastEtag += 1
+        etag = self._lastEtag
+        self._logRows.append((etag, key, id, _TYPE_CODES[type]))
+        self.changes.append(Change(id, type, etag))
+        return etag
+
+    def put(self, key: str, id: str, body: bytes, ifMatch: int | None) -> Version:
+        found = self._find(key)
+        if ifMatch is not None:
+            actual = None if found is None else found[1]
+            if (actual or 0) != ifMatch:
+                raise ConflictError(id, ifMatch, actual)
+        storedId = id if found is None else found[0]
+        etag = self._record(key, storedId, PUT)
+        self._known[key] = (storedId, etag)
+        self._upserts[key] = (key, storedId, etag, body)
+        self._deletes.discard(key)
+        return Version(storedId, etag)
+
+    def delete(self, keys: Sequence[str]) -> list[Version]:
+        deleted = []
+        for key in keys:
+            found = self._find(key)
+            if found is None:
+                continue
+            self._known[key] = None
+            self._upserts.pop(key, None)
+            self._deletes.add(key)
+            deleted.append(Version(found[0], self._record(key, found[0], DELETE)))
+        return deleted
+
+    def flush(self) -> None:
+        """Send the writes kept so far (before a read, and at the end)."""
+        connection = self.connection
+        if self._deletes:
+            connection.execute(
+                "DELETE FROM proto_documents WHERE key = ANY(%s)", (list(self._deletes),)
+            )
+            self._deletes = set()
+        with connection.cursor() as cursor:
+            if self._upserts:
+                cursor.executemany(
+                    "INSERT INTO proto_documents (key, id, etag, body) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (key) DO UPDATE SET id = excluded.id, etag = excluded.etag, "
+                    "body = excluded.body",
+                    list(self._upserts.values()),
+                )
+                self._upserts = {}
+            if self._logRows:
+                cursor.executemany(
+                    "INSERT INTO proto_changes (etag, key, id, type) VALUES (%s, %s, %s, %s)",
+                    self._logRows,
+                )
+                self._logRows = []
+
+    # -- reads queued behind writes (read-your-writes) ---------------------------------
+
+    def read(self, keys: Sequence[str], references: References | None) -> Snapshot:
+        self.flush()
+        found = snapshot(self.connection, keys, references)
+        # The counter row is written at the end of the batch: the etag of
+        # this snapshot is the last one handed out.
+        return found._replace(etag=max(found.etag, self._lastEtag))

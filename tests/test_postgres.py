@@ -1,0 +1,171 @@
+"""
+C{--store postgresql:...} end to end: real C{twistd -n proto} servers on a
+real PostgreSQL (L{tests.pgsupport}). Two servers sharing one database
+behave as one; a database that goes away gives clear errors, and the
+servers recover by themselves with WATCH intact. The store's own suite
+runs on PostgreSQL in L{tests.test_store} and L{tests.test_changelog}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial import unittest
+
+from proto.store import postgres_schema
+from proto.store.base import StoreError
+from tests.pgsupport import PostgresCluster, sharedCluster
+from tests.support import BlockingConnection, request, startTwistd
+
+
+def connect(server) -> BlockingConnection:
+    conn = BlockingConnection(server.port, server.dataDir.clientContext(), timeout=20)
+    assert conn.next().ok
+    return conn
+
+
+def call(conn: BlockingConnection, *args: str, sequence: str = "r", body: bytes | None = None,
+         headers=()):
+    """Send one request and return its reply, keeping pushes in C{conn.pushes}."""
+    conn.send(request(*args, sequence=sequence, body=body, headers=headers))
+    while True:
+        frame = conn.next()
+        if frame.kind == "PUSH":
+            conn.pushes.append(json.loads(frame.body))
+            continue
+        return frame
+
+
+def nextPush(conn: BlockingConnection) -> dict:
+    if conn.pushes:
+        return conn.pushes.pop(0)
+    frame = conn.next()
+    assert frame.kind == "PUSH", frame
+    return json.loads(frame.body)
+
+
+class SharedDatabaseTests(unittest.TestCase):
+    """Two servers (two hosts, say) on one PostgreSQL database."""
+
+    def setUp(self):
+        workdir = os.path.abspath(self.mktemp())
+        store = "postgresql:" + sharedCluster().createSchema()
+        self.a = startTwistd(os.path.join(workdir, "a"), extraArgs=["--store", store])
+        self.addCleanup(self.a.stop)
+        # The same data directory: one certificate and allow-list for both.
+        self.b = startTwistd(os.path.join(workdir, "b"), extraArgs=["--store", store],
+                             dataDir=self.a.dataDir.path)
+        self.addCleanup(self.b.stop)
+
+    def client(self, server) -> BlockingConnection:
+        conn = connect(server)
+        conn.pushes = []
+        self.addCleanup(conn.close)
+        return conn
+
+    def test_watchOnOneSeesWritesThroughTheOther(self):
+        watcher, writer = self.client(self.a), self.client(self.b)
+        self.assertEqual(call(watcher, "WATCH", "shared/", sequence="w").kind, "OK")
+        body = b'{"z": 1, "a": [1, 2.50], "a": "dup"}'
+        reply = call(writer, "PUT", "Shared/1", body=body)
+        self.assertEqual(json.loads(reply.body), {"Id": "Shared/1", "Etag": 1})
+        self.assertEqual(nextPush(watcher), {"Id": "Shared/1", "Type": "Put", "Etag": 1})
+        # Read back through the other server, byte for byte.
+        reply = call(watcher, "GET", "shared/1")
+        self.assertEqual(reply.body, b'{"Results": [' + body + b'], "Includes": {}}')
+        self.assertEqual(reply.headers["etag"], "1")
+        # If-Match across servers: B's write is seen by A's check.
+        self.assertEqual(call(writer, "PUT", "shared/1", body=b"{}").kind, "OK")
+        stale = call(watcher, "PUT", "shared/1", body=b"{}", headers=[("If-Match", "1")])
+        self.assertEqual(stale.kind, "ERR")
+        self.assertIn("Conflict: shared/1 has etag 2; If-Match was 1", stale.reason)
+
+
+class OutageTests(unittest.TestCase):
+    """A PostgreSQL that goes away and comes back."""
+
+    def setUp(self):
+        self.cluster = PostgresCluster()
+        self.addCleanup(self.cluster.destroy)
+        self.cluster.start()
+        workdir = os.path.abspath(self.mktemp())
+        store = "postgresql:" + self.cluster.createDatabase()
+        self.a = startTwistd(os.path.join(workdir, "a"), extraArgs=["--store", store])
+        self.addCleanup(self.a.stop)
+        self.b = startTwistd(os.path.join(workdir, "b"), extraArgs=["--store", store],
+                             dataDir=self.a.dataDir.path)
+        self.addCleanup(self.b.stop)
+
+    def client(self, server) -> BlockingConnection:
+        conn = connect(server)
+        conn.pushes = []
+        self.addCleanup(conn.close)
+        return conn
+
+    def test_errorsWithinSecondsThenRecoveryWithoutGap(self):
+        watcher, writer, other = self.client(self.a), self.client(self.a), self.client(self.b)
+        self.assertEqual(call(watcher, "WATCH", "f/", sequence="w").kind, "OK")
+        self.assertEqual(call(writer, "PUT", "f/1", body=b"{}").kind, "OK")
+        self.assertEqual(nextPush(watcher)["Etag"], 1)
+
+        self.cluster.stop()
+        for command in (("PUT", "f/2"), ("GET", "f/1")):
+            started = time.monotonic()
+            reply = call(writer, *command, body=b"{}" if command[0] == "PUT" else None)
+            self.assertLess(time.monotonic() - started, 10)
+            self.assertEqual(reply.kind, "ERR", reply)
+            self.assertIn("Store unavailable", reply.reason)
+            self.assertIn("PostgreSQL", reply.reason)
+        self.assertIn("lost the connection", self.a.log())
+
+        self.cluster.start()
+        # The other server writes as soon as it can; this one's listener
+        # may still be reconnecting: it catches up from the change log.
+        deadline = time.monotonic() + 20
+        while True:
+            reply = call(other, "PUT", "f/3", body=b"{}")
+            if reply.kind == "OK" or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertEqual(reply.kind, "OK", reply)
+        etag = json.loads(reply.body)["Etag"]
+        self.assertEqual(call(writer, "PUT", "f/4", body=b"{}").kind, "OK")
+        pushes = [nextPush(watcher), nextPush(watcher)]
+        self.assertEqual([(p["Id"], p["Etag"]) for p in pushes], [("f/3", etag), ("f/4", etag + 1)])
+        # No gap: f/2 was never committed, so f/3 took the etag after f/1.
+        self.assertEqual(etag, 2)
+
+
+class SchemaTests(unittest.TestCase):
+    """The PostgreSQL schema is versioned and upgraded by the server."""
+
+    def setUp(self):
+        import psycopg
+
+        self.conninfo = sharedCluster().createSchema()
+        self.connection = psycopg.connect(self.conninfo, autocommit=True)
+        self.addCleanup(self.connection.close)
+
+    def test_upgradeFromVersionOne(self):
+        with self.connection.transaction(), self.connection.cursor() as cursor:
+            postgres_schema.STEPS[0](cursor)
+            cursor.execute("CREATE TABLE proto_schema (version integer NOT NULL)")
+            cursor.execute("INSERT INTO proto_schema VALUES (1)")
+        self.assertEqual(postgres_schema.upgrade(self.connection, "test"), 1)
+        (version,) = self.connection.execute("SELECT version FROM proto_schema").fetchone()
+        self.assertEqual(version, postgres_schema.VERSION)
+        self.assertEqual(postgres_schema.upgrade(self.connection, "test"), postgres_schema.VERSION)
+        self.connection.execute("SELECT count(*) FROM proto_grants")
+
+    @inlineCallbacks
+    def test_newerRefused(self):
+        from proto.store.postgres import PostgresStore
+
+        self.connection.execute("CREATE TABLE proto_schema (version integer NOT NULL)")
+        self.connection.execute("INSERT INTO proto_schema VALUES (99)")
+        store = PostgresStore(self.conninfo)
+        error = yield self.assertFailure(store.start(), StoreError)
+        self.assertIn("newer release", str(error))
