@@ -378,6 +378,12 @@ def makeService(options: Options) -> service.IService:
     TimerService(GRANTS_POLL_SECONDS, factory.access.poll).setServiceParent(top)
     hup = SighupService(reactor)
     hup.add("the allow-list", allowFile.reload)
+    # The server certificate and key: polled, and on SIGHUP (proto.certreload).
+    from proto.certreload import CertificateFiles
+
+    certFiles = CertificateFiles(creator, certPath, keyPath)
+    TimerService(ALLOWLIST_POLL_SECONDS, certFiles.check).setServiceParent(top)
+    hup.add("the server certificate", certFiles.reload)
     hup.setServiceParent(top)
     # New TLS session-ticket keys (a new context) every hour, in memory only.
     ticketKeys = TimerService(TICKET_KEY_SECONDS, creator.rotateTicketKeys)

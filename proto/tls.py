@@ -115,6 +115,27 @@ class ServerTLS:
         """
         self._context = self.newContext()
 
+    def replaceCertificate(self, chain: list[x509.Certificate], key) -> None:
+        """
+        Serve C{chain} and C{key} to new connections from now on (a
+        certificate reload: L{proto.certreload}); connections already open
+        keep theirs. The new context is built completely before it is
+        swapped in, so a pair that does not match changes nothing.
+
+        @raise ValueError: the key does not match the certificate (or
+            OpenSSL refuses them); the old pair stays in use.
+        """
+        old = self._chain, self._key
+        self._chain, self._key = chain, key
+        try:
+            context = self.newContext()
+        except SSL.Error as e:
+            self._chain, self._key = old
+            raise ValueError(f"the key does not match the certificate: {e}") from None
+        self._context = context
+        self.certificate = chain[0]
+        self.fingerprintSHA1 = certs.sha1Thumbprint(chain[0])
+
     @classmethod
     def fromFiles(cls, certPath: str, keyPath: str) -> "ServerTLS":
         """
