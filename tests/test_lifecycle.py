@@ -261,12 +261,18 @@ class PersistenceTests(ServerMixin, unittest.TestCase):
 class TwoServersTests(unittest.TestCase):
     """Two real twistd processes on one data directory (one SQLite store)."""
 
+    def storeArguments(self) -> list[str]:
+        return []
+
     def test_approvalReachesTheOtherServer(self):
         work = os.path.abspath(self.mktemp())
-        first = support.startTwistd(os.path.join(work, "a"), dataDir=os.path.join(work, "data"))
+        store = self.storeArguments()
+        first = support.startTwistd(
+            os.path.join(work, "a"), extraArgs=store, dataDir=os.path.join(work, "data")
+        )
         self.addCleanup(first.stop)
         data = first.dataDir
-        second = support.startTwistd(os.path.join(work, "b"), dataDir=data.path)
+        second = support.startTwistd(os.path.join(work, "b"), extraArgs=store, dataDir=data.path)
         self.addCleanup(second.stop)
         knocker = Minted.get("knocker")
         certPath, keyPath = os.path.join(work, "k.pem"), os.path.join(work, "k.key")
@@ -319,3 +325,85 @@ class TwoServersTests(unittest.TestCase):
         frame = live.next()
         self.assertEqual(frame.kind, "ERR")
         self.assertIn("revoked", frame.reason)
+
+
+class TwoServersPostgresTests(TwoServersTests):
+    """The same with two servers on one PostgreSQL database (two hosts, say)."""
+
+    def storeArguments(self) -> list[str]:
+        from tests.pgsupport import sharedCluster
+
+        return ["--store", "postgresql:" + sharedCluster().createSchema()]
+
+
+class ResumedSessionTests(ServerMixin, unittest.TestCase):
+    """REVOKE cuts connections that resumed a TLS session too, and they cannot resume again."""
+
+    @defer.inlineCallbacks
+    def revokeCutsResumed(self, version):
+        import socket
+        import ssl
+
+        from twisted.internet import threads
+
+        yield self.startServer(grantsFile(boss=(Minted.get("boss"), "can=admin")))
+        boss = yield self.client("boss")
+        knocker = Minted.get("knocker")
+        yield boss.approve(sha1(knocker), "knocker", can="read")
+        certPath, keyPath = self.mktemp() + "k.pem", self.mktemp() + "k.key"
+        with open(certPath, "wb") as f:
+            f.write(knocker.certPEM)
+        with open(keyPath, "wb") as f:
+            f.write(knocker.keyPEM)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=support.Credentials.get().server.certPEM.decode())
+        ctx.load_cert_chain(certPath, keyPath)
+        ctx.minimum_version = ctx.maximum_version = version
+
+        def dial(session=None):
+            raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+            greeting = b""
+            while not greeting.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                greeting += chunk
+            return s, greeting
+
+        def readToEnd(s):
+            data = b""
+            try:
+                while chunk := s.recv(4096):
+                    data += chunk
+            except (OSError, ssl.SSLError):
+                pass
+            s.close()
+            return data
+
+        first, greeting = yield threads.deferToThread(dial)
+        self.assertEqual(greeting, b"OK\r\n")
+        session = first.session
+        first.close()
+        live, greeting = yield threads.deferToThread(dial, session)
+        self.assertEqual(greeting, b"OK\r\n")
+        self.assertTrue(live.session_reused)
+        yield boss.revoke(sha1(knocker))
+        tail = yield threads.deferToThread(readToEnd, live)
+        self.assertTrue(tail.startswith(b"ERR "), tail)
+        self.assertIn(b"revoked", tail)
+        again, greeting = yield threads.deferToThread(dial, session)
+        reused = again.session_reused
+        again.close()
+        self.assertTrue(reused)
+        self.assertIn(b"is not on the allow-list", greeting)
+
+    def test_tls13(self):
+        import ssl
+
+        return self.revokeCutsResumed(ssl.TLSVersion.TLSv1_3)
+
+    def test_tls12(self):
+        import ssl
+
+        return self.revokeCutsResumed(ssl.TLSVersion.TLSv1_2)
