@@ -63,6 +63,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from proto.commands import jsonbody
 from proto.commands.base import (
     ARGS,
     FIRST_ARG,
@@ -220,38 +221,6 @@ def get(ctx: Any, request: Any) -> Deferred[Result]:
 # -- PUT, DELETE -------------------------------------------------------------
 
 
-def _rejectConstant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _jsonKind(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "a string" if isinstance(value, str) else "an array"
-
-
-def _checkObjectBody(request: Any) -> None:
-    """Refuse the request unless its body is UTF-8 JSON text of an object."""
-    if request.size is None:
-        raise CommandError(
-            "PUT needs a body: a JSON object, sent after the head with a Size header"
-        )
-    try:
-        text = request.body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CommandError(f"Body is not valid UTF-8: {e.reason} at byte {e.start}") from None
-    try:
-        value = json.loads(text, parse_constant=_rejectConstant)
-    except ValueError as e:
-        raise CommandError(f"Body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise CommandError("Body is not usable JSON: nested too deeply") from None
-    if not isinstance(value, dict):
-        raise CommandError(f"Body must be a JSON object, not {_jsonKind(value)}")
-
-
 def _parseIfMatch(value: str | None) -> int | None:
     if value is None:
         return None
@@ -314,8 +283,14 @@ def put(ctx: Any, request: Any) -> Deferred[bytes]:
     (id,) = request.args
     _checkIds(request.args)
     ifMatch = _parseIfMatch(request.header("if-match"))
-    _checkObjectBody(request)
-    d = ctx.store.put(id, request.body, ifMatch).addCallbacks(_encodeVersion, _conflict)
+    checking = jsonbody.checkObjectBody(request)
+    if checking is None:
+        d = ctx.store.put(id, request.body, ifMatch)
+    else:
+        # A large body is checked off the reactor thread; cancelling
+        # (Timeout) while it is checked means the store never sees it.
+        d = checking.addCallback(lambda _: ctx.store.put(id, request.body, ifMatch))
+    d.addCallbacks(_encodeVersion, _conflict)
     d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
     return d.addErrback(storeTrouble)
 
