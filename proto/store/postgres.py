@@ -172,6 +172,12 @@ class PostgresStore(postgres_grants.PostgresGrants):
     @ivar writes: operations run in those transactions.
     """
 
+    #: What BACKUP answers: the database is backed up by PostgreSQL's tools.
+    backupAdvice = (
+        "BACKUP: this server's store is PostgreSQL: back it up with pg_dump "
+        "(or your database's backups)"
+    )
+
     def __init__(
         self,
         conninfo: str,
@@ -316,8 +322,8 @@ class PostgresStore(postgres_grants.PostgresGrants):
         self._unfinishedWrites -= 1
         return result
 
-    def _committed(self, size: int, batch: BatchResult) -> None:
-        """On the reactor thread, after a write batch committed."""
+    def _committed(self, size: int, batch: BatchResult, seconds: float | None = None) -> None:
+        """On the reactor thread, after a write batch committed (in C{seconds})."""
         self.commits += 1
         self.writes += size
         if self._publisher is not None:
