@@ -288,7 +288,7 @@ class PostgresStore(postgres_grants.PostgresGrants):
         prefixKey = idKey(prefix)
         limit = max(1, min(limit, MAX_PAGE))
         return self._reader.submit(
-            lambda session: postgres_session.changes(session.connection, since, prefixKey, limit)
+            lambda session: session.inSnapshot(postgres_session.changes, since, prefixKey, limit)
         )
 
     def currentEtag(self) -> Deferred[int]:
@@ -303,14 +303,22 @@ class PostgresStore(postgres_grants.PostgresGrants):
             key = checkId(id)
         except ValueError:
             return fail()
-        return self._write(lambda session: session.put(key, id, bytes(body), ifMatch))
+        def work(session: WriteSession) -> Version:
+            return session.put(key, id, bytes(body), ifMatch)
+
+        work.keys = (key,)  # read with the batch's lock (WriteSession.runBatch)
+        return self._write(work)
 
     def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
         try:
             keys = [checkId(id) for id in ids]
         except ValueError:
             return fail()
-        return self._write(lambda session: session.delete(keys))
+        def work(session: WriteSession) -> list[Version]:
+            return session.delete(keys)
+
+        work.keys = keys
+        return self._write(work)
 
     def _write(self, work: Callable[[WriteSession], Any]) -> Deferred[Any]:
         self._unfinishedWrites += 1

@@ -75,7 +75,7 @@ class PostgresGrants:
         return self._reader.submit(lambda session: revision(session.connection))
 
     def loadGrants(self) -> Deferred[tuple[int, list[GrantRow]]]:
-        return self._reader.submit(lambda session: load(session.connection))
+        return self._reader.submit(lambda session: session.inSnapshot(load))
 
     def putGrant(self, row: GrantRow, replaceEnrolment: bool = False) -> Deferred[list[GrantRow]]:
         return self._write(lambda session: put(session.connection, row, replaceEnrolment))
