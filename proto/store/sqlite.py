@@ -168,7 +168,7 @@ class SQLiteStore(SQLiteGrants):
 
     def _writerOpen(self, session: WriteSession) -> None:
         if self._publisher is not None:
-            self._publisher.startAt(sqlite_read.counter(session.connection, "etag"))
+            self._publisher.startAt(session.openedAt)
             self._doorbell.start()
 
     def _startFailed(self, failure: Failure) -> Failure:

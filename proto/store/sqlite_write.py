@@ -128,6 +128,9 @@ class WriteSession:
             sqlite_schema.upgrade(self.connection, path)
             if configure is not None:
                 configure(self.connection)
+            #: The etag when the store opened, before any batch of ours
+            #: (read here, on the writer thread: the publisher starts there).
+            self.openedAt = sqlite_read.counter(self.connection, "etag")
         except BaseException:
             self.connection.close()
             raise
