@@ -145,6 +145,7 @@ class GNPServerProtocol(LineReceiver):
         self.state = HANDSHAKING
         self.identity: Identity | None = None
         self.grant: Grant = NOTHING
+        self._free: dict = {}  # the commands this grant runs unchecked
         self.peer = "?"
         self._inflight: dict[str, defer.Deferred] = {}
         self._subscriptions: dict[str, Callable[[], None]] = {}
@@ -187,7 +188,7 @@ class GNPServerProtocol(LineReceiver):
             allowList = self.factory.allowList()
             reason = judge(self.identity, allowList, now)
             if reason is None:
-                self.grant = allowList.grantFor(self.identity.sha1, self.identity.sha256)
+                self._grant(allowList.grantFor(self.identity.sha1, self.identity.sha256))
             else:
                 refused = getattr(self.factory, "certificateRefused", None)
                 if refused is not None and self.identity is not None:
@@ -383,7 +384,7 @@ class GNPServerProtocol(LineReceiver):
             peer=self.peer, sha1=self.identity and self.identity.sha1,
             grant=grant.attributes(),
         )
-        self.grant = grant
+        self._grant(grant)
         for sequence, regrant in list(self._regrants.items()):
             if self._regrants.get(sequence) is regrant:
                 try:
@@ -392,6 +393,10 @@ class GNPServerProtocol(LineReceiver):
                     self.log.failure(
                         "Re-checking a subscription of {peer} failed", peer=self.peer
                     )
+
+    def _grant(self, grant: Grant) -> None:
+        self.grant = grant
+        self._free = self.registry.unchecked(grant.rank, grant.prefixes is None)
 
     def displayName(self) -> str:
         """The name on the allow-list, else the certificate's CN (for messages)."""
@@ -602,19 +607,22 @@ class GNPServerProtocol(LineReceiver):
                 wire.encodeError(f"Sequence already in flight: {sequence}", sequence)
             )
             return
-        command = self._commands.get(request.command)
-        if command is None:
-            self._write(
-                wire.encodeError(f"Unknown command: {request.command}", sequence)
-            )
-            return
-        grant = self.grant
-        if command.rank > grant.rank or (command.ids is not None and grant.prefixes is not None):
+        # Section 9: the commands this certificate may run without a check
+        # (its level suffices, no prefixes to test) are found at once; the
+        # others are checked before they run.
+        handler = self._free.get(request.command)
+        if handler is None:
+            command = self._commands.get(request.command)
+            if command is None:
+                self._write(
+                    wire.encodeError(f"Unknown command: {request.command}", sequence)
+                )
+                return
             refusal = self._refusal(command, request)
             if refusal is not None:
                 self._write(wire.encodeError(refusal, sequence))
                 return
-        handler = command.handler
+            handler = command.handler
         try:
             result = handler(self, request)
         except Exception:

@@ -133,7 +133,7 @@ def enroll(ctx: Any, request: Any):
             {
                 "Sha1": successor.sha1,
                 "Sha256": successor.sha256,
-                "Name": row.name or None,
+                "Name": row.name,
                 "Can": row.level,
                 "NotAfter": isoUTC(successor.notAfter),
             }
