@@ -421,3 +421,53 @@ class RealSocketTests(TestCase):
     def test_smallBuffers(self):
         count = yield self.dropCount(smallBuffers=True)
         self.assertLess(count * 480, watchModule.DROP_BYTES + 512 * 1024)
+
+
+class CrossProcessWatchTests(WatchTestCase):
+    """A WATCH here sees the PUTs another process commits to the same file, in order."""
+
+    @inlineCallbacks
+    def test_otherProcess(self):
+        import sys
+
+        from twisted.internet import utils
+
+        yield self.watch(self.ctx, "cp/", Since="0")
+        out, err, code = yield utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "tests.changelog_writer", "sqlite:" + self.path, "120", "cp/", "20"],
+            env=os.environ,
+            path=support.ROOT,
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        etags = json.loads(out)
+        yield self.waitForEtag(self.ctx, max(etags))
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], sorted(etags))
+        self.assertEqual(sorted(etags), list(range(1, 121)))
+
+
+class UnsentBytesTests(TestCase):
+    """proto.unsent walks TLS -> wrappers -> TCP and adds up what is buffered."""
+
+    def test_chain(self):
+        from proto.unsent import unsentBytes
+
+        class Aggregator:
+            MAX_BUFFER_SIZE = 100
+            _bufferLeft = 70
+
+        class TCP:
+            dataBuffer = b"x" * 50
+            offset = 10
+            _tempDataLen = 5
+            socket = None
+
+        class Wrapper:
+            transport = TCP()
+
+        class TLS:
+            _aggregator = Aggregator()
+            transport = Wrapper()
+
+        self.assertEqual(unsentBytes(TLS()), 30 + 40 + 5)
+        self.assertEqual(unsentBytes(object()), 0)

@@ -325,7 +325,7 @@ class _Watch:
     def _roomForCatchUp(self) -> bool:
         """Is there room to write more catch-up? If not, check again soon."""
         unsent = self._ctx.unsentBytes()
-        if unsent < CATCHUP_WINDOW:
+        if unsent < CATCHUP_WINDOW and not self._ctx.congested():
             self._slowSince = None
             return True
         if self._tooSlow(unsent):
