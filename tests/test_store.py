@@ -759,7 +759,10 @@ class PostgresGroupCommitTests(PostgresBackend, GroupCommitTests):
 
 
 class PostgresCancellationTests(PostgresBackend, CancellationTests):
-    """L{CancellationTests} on PostgreSQL."""
+    """L{CancellationTests} on PostgreSQL (one reader thread, as they gate it)."""
+
+    def newStore(self, hub=None, **kwargs):
+        return super().newStore(hub=hub, readers=1, **kwargs)
 
 
 class PostgresLifecycleTests(PostgresBackend, LifecycleTests):

@@ -34,7 +34,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -68,6 +68,10 @@ LISTEN_RETRY_SECONDS = 1.0
 
 #: Most changes the listener reads (and hands over) at once.
 PAGE = 5_000
+
+#: Reader threads, each with its own connection: a read waits on round
+#: trips to the database, not on the CPU, so several run at once.
+READERS = 4
 
 #: The most changes one L{PostgresStore.changesSince} returns.
 MAX_PAGE = 10_000
@@ -184,6 +188,7 @@ class PostgresStore(postgres_grants.PostgresGrants):
         hub: Any = None,
         reactor: Any = None,
         retainChanges: int = DEFAULT_RETAIN_CHANGES,
+        readers: int = READERS,
     ) -> None:
         """
         @param conninfo: a libpq connection string or URI.
@@ -191,6 +196,7 @@ class PostgresStore(postgres_grants.PostgresGrants):
             change (of every server sharing the database), or C{None}.
         @param retainChanges: keep at least this many of the newest
             changes in the log (at least 1).
+        @param readers: how many reader threads (connections).
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
@@ -212,7 +218,11 @@ class PostgresStore(postgres_grants.PostgresGrants):
         self._writer = Worker(
             "writer", lambda: self._openWriter(retainChanges, published), reactor, self._committed
         )
-        self._reader = Worker("reader", lambda: ReadSession(conninfo), reactor)
+        self._readers = [
+            Worker(f"reader-{n}", lambda: ReadSession(conninfo), reactor)
+            for n in range(max(1, readers))
+        ]
+        self._turn = 0
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.where!r}>"
@@ -234,7 +244,10 @@ class PostgresStore(postgres_grants.PostgresGrants):
         # The writer creates (or upgrades) the schema: the others open after it.
         started = self._writer.start()
         started.addCallback(self._writerOpen)
-        started.addCallback(lambda _: self._reader.start())
+        started.addCallback(
+            lambda _: gatherResults([reader.start() for reader in self._readers], consumeErrors=True)
+            .addErrback(lambda failure: failure.value.subFailure)
+        )
         started.addCallback(lambda _: None)
         started.addErrback(self._startFailed)
         return started
@@ -251,11 +264,16 @@ class PostgresStore(postgres_grants.PostgresGrants):
     def close(self) -> Deferred[None]:
         if self.listener is not None:
             self.listener.stop()
-        closing = [self._writer.stop(), self._reader.stop()]
-        done = closing[0].addCallback(lambda _: closing[1])
-        return done.addCallback(lambda _: None)
+        closing = [self._writer.stop()] + [reader.stop() for reader in self._readers]
+        return gatherResults(closing).addCallback(lambda _: None)
 
     # -- reads -----------------------------------------------------------------
+
+    @property
+    def _reader(self) -> Worker:
+        """The next reader thread, in turn."""
+        self._turn = (self._turn + 1) % len(self._readers)
+        return self._readers[self._turn]
 
     def _readWorker(self) -> Worker:
         """Read-your-writes: behind unfinished writes, reads join the writer."""

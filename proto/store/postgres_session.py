@@ -121,6 +121,41 @@ def plainRead(connection: Any, keys: Sequence[str]) -> Snapshot:
     return Snapshot([found.get(key) for key in keys], [], etag)
 
 
+def includeRead(connection: Any, keys: Sequence[str], references: References) -> Snapshot:
+    """
+    GET with Include in one read-only snapshot and two round trips: the
+    etag and the documents (pipelined with BEGIN), then the referenced
+    documents not found yet (pipelined with COMMIT).
+    """
+    unique = list(dict.fromkeys(keys))
+    with connection.pipeline():
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        counterRow = connection.execute("SELECT value FROM proto_counters WHERE name = 'etag'")
+        documents = connection.execute(
+            "SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)", (unique,)
+        )
+        (etag,) = counterRow.fetchone()
+        byKey = {key: Document(id, docEtag, bytes(body))
+                 for key, id, docEtag, body in documents.fetchall()}
+    results = [byKey.get(key) for key in keys]
+    found = {idKey(doc.id): doc for doc in results if doc is not None}
+    wanted: dict[str, None] = {}  # ordered, unique
+    for id in references(results):
+        try:
+            wanted[checkId(id)] = None
+        except ValueError:
+            continue
+    missing = [key for key in wanted if key not in found]
+    with connection.pipeline():
+        extra = connection.execute(
+            "SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)", (missing,)
+        ) if missing else None
+        connection.execute("COMMIT")
+        for key, id, docEtag, body in (extra.fetchall() if extra is not None else ()):
+            found[key] = Document(id, docEtag, bytes(body))
+    return Snapshot(results, [found[key] for key in wanted if key in found], etag)
+
+
 def _change(etag: int, id: str, type: int) -> Change:
     return Change(id, PUT if type == CHANGE_PUT else DELETE, etag)
 
@@ -277,7 +312,7 @@ class ReadSession(Session):
     def read(self, keys: Sequence[str], references: References | None) -> Snapshot:
         if references is None:
             return plainRead(self.connection, keys)
-        return self.inSnapshot(snapshot, keys, references)
+        return includeRead(self.connection, keys, references)
 
 
 class WriteSession(Session):
