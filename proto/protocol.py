@@ -59,6 +59,7 @@ from zope.interface import implementer
 
 from proto import wire
 from proto.admission import Identity, identityOfDER, judge
+from proto.subscriptions import Subscriptions
 from proto.commands.base import CommandError, ICommandContext, Result
 from proto.permissions import NOTHING, Grant
 from proto.tls import peerCertificateDER
@@ -148,8 +149,7 @@ class GNPServerProtocol(LineReceiver):
         self._free: dict = {}  # the commands this grant runs unchecked
         self.peer = "?"
         self._inflight: dict[str, defer.Deferred] = {}
-        self._subscriptions: dict[str, Callable[[], None]] = {}
-        self._regrants: dict[str, Callable[[Grant], None]] = {}
+        self.subscriptions = Subscriptions(self)
         #: Why reading is paused (an immutable set, replaced on change: most
         #: connections never pause, and they all share the empty one).
         self._pauses: frozenset[str] = _NO_PAUSES
@@ -236,16 +236,8 @@ class GNPServerProtocol(LineReceiver):
         self._cancelSubscriptions()
 
     def _cancelSubscriptions(self) -> None:
-        subscriptions, self._subscriptions = self._subscriptions, {}
-        self._regrants = {}
-        for cancel in subscriptions.values():
-            self._callSafely(cancel)
-
-    def _callSafely(self, function: Callable[[], None]) -> None:
-        try:
-            function()
-        except Exception:
-            self.log.failure("Cancelling a subscription of {peer} failed", peer=self.peer)
+        """Draining or closing: end every subscription, and refuse new ones."""
+        self.subscriptions.close()
 
     def _cancelTimer(self, name: str) -> None:
         timer = getattr(self, name)
@@ -385,14 +377,7 @@ class GNPServerProtocol(LineReceiver):
             grant=grant.attributes(),
         )
         self._grant(grant)
-        for sequence, regrant in list(self._regrants.items()):
-            if self._regrants.get(sequence) is regrant:
-                try:
-                    regrant(grant)
-                except Exception:
-                    self.log.failure(
-                        "Re-checking a subscription of {peer} failed", peer=self.peer
-                    )
+        self.subscriptions.regrant(grant)
 
     def _grant(self, grant: Grant) -> None:
         self.grant = grant
@@ -431,7 +416,7 @@ class GNPServerProtocol(LineReceiver):
         if self.state != READY:
             return
         idleFor = self.clock.seconds() - self._lastActivity
-        busy = self._inflight or self._subscriptions or self._pauses or self._parser.bodyPending
+        busy = self._inflight or self.subscriptions or self._pauses or self._parser.bodyPending
         if busy or idleFor < self.config.idleTimeout:
             wait = self.config.idleTimeout - idleFor if not busy else self.config.idleTimeout
             self._idleTimer = self.clock.callLater(max(wait, 0.001), self._idleCheck)
@@ -756,24 +741,11 @@ class GNPServerProtocol(LineReceiver):
         cancel: Callable[[], None],
         regrant: Callable[[Grant], None] | None = None,
     ) -> None:
-        if self.state is not READY:
-            self._callSafely(cancel)
-            return
-        self._regrants.pop(sequence, None)
-        previous = self._subscriptions.pop(sequence, None)
-        if previous is not None:
-            self._callSafely(previous)
-        self._subscriptions[sequence] = cancel
-        if regrant is not None:
-            self._regrants[sequence] = regrant
+        # Once draining or closing, the table is closed: cancelled at once.
+        self.subscriptions.add(sequence, cancel, regrant)
 
     def unsubscribe(self, sequence: str) -> bool:
-        self._regrants.pop(sequence, None)
-        cancel = self._subscriptions.pop(sequence, None)
-        if cancel is None:
-            return False
-        self._callSafely(cancel)
-        return True
+        return self.subscriptions.remove(sequence)
 
     # -- flow control (IPushProducer, driven by the transport) -------------
 

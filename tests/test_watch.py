@@ -112,7 +112,7 @@ class SinceTests(WatchTestCase):
         ]:
             yield self.assertRefused(expected, "WATCH", "a", headers=headers)
         self.assertEqual(self.hub.subscriberCount(), 0)
-        self.assertEqual(self.ctx.subscriptions, {})
+        self.assertEqual(len(self.ctx.subscriptions), 0)
 
     @inlineCallbacks
     def test_seamWhileWritersCommit(self):
