@@ -22,7 +22,8 @@ from zope.interface.verify import verifyObject
 
 from proto import wire
 from proto.commands.base import CommandError, ICommandContext, Result
-from proto.commands.documents import encodeGetReply, parseInclude, referencedIds
+from proto.commands.documents import encodeGetReply
+from proto.commands.include import parseInclude, referencedIds
 from proto.server import defaultRegistry
 from proto.hub import ChangeHub
 from proto.permissions import Grant

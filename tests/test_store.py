@@ -102,6 +102,8 @@ class GatedStore(SQLiteStore):
     """An L{SQLiteStore} slowed down by L{gate}."""
 
     def __init__(self, *args, **kwargs) -> None:
+        # Every read goes to the (gated) reader thread, none inline.
+        kwargs.setdefault("inlineReads", False)
         super().__init__(*args, **kwargs)
         gate(self)
 
