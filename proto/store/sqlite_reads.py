@@ -21,8 +21,9 @@ A read (L{ReadPath.read}) goes, in this order of preference:
      them); one that turns out bigger is abandoned (its read transaction
      ended, nothing returned) and sent to a thread. The connection never
      waits for a lock (C{busy_timeout} 0: C{SQLITE_BUSY} sends the read to
-     a thread), and an inline read slower than L{INLINE_SLOW_SECONDS}
-     (cold pages) sends every read to the threads for
+     a thread), and an inline read that took more than
+     L{INLINE_SLOW_CPU_SECONDS} of CPU or L{INLINE_SLOW_SECONDS} on the
+     clock (cold pages) sends every read to the threads for
      L{INLINE_BACKOFF_SECONDS}.
   3. a B{reader thread}: the I{point} reader for reads without Include
      (their cost is bounded by the number of ids a head can hold), the
@@ -65,11 +66,15 @@ INLINE_MAX_BYTES = 256 * 1024
 #: from the C{references} walk inline before it is moved to a thread.
 INLINE_MAX_STEPS = 256
 
-#: An inline read that took longer than this...
-INLINE_SLOW_SECONDS = 0.002
+#: An inline read that took more CPU than this (the reactor thread's own
+#: time, which does not count being preempted on a busy machine)...
+INLINE_SLOW_CPU_SECONDS = 0.002
+
+#: ...or longer than this on the clock (waiting for the disk: cold pages)...
+INLINE_SLOW_SECONDS = 0.02
 
 #: ...sends every read to the threads for this long.
-INLINE_BACKOFF_SECONDS = 1.0
+INLINE_BACKOFF_SECONDS = 0.25
 
 References = Callable[[list[Document | None]], Iterable[str | None]]
 
@@ -162,13 +167,19 @@ class InlineReader:
     enough to cost less than a thread hop (see the module docstring).
     """
 
-    def __init__(self, path: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        path: str,
+        clock: Callable[[], float] = time.monotonic,
+        cpuClock: Callable[[], float] = time.thread_time,
+    ) -> None:
         self._connection = sqlite_read.connect(path)
         self._connection.execute("PRAGMA query_only = ON")
         # Never wait for a lock on the reactor thread: a busy file sends
         # the read to a thread, which may wait.
         self._connection.execute("PRAGMA busy_timeout = 0")
         self._clock = clock
+        self._cpuClock = cpuClock
         self._backoffUntil = 0.0
         self.served = 0
         self.declined = 0
@@ -182,7 +193,7 @@ class InlineReader:
     def read(self, keys: Sequence[str], references: References | None) -> Snapshot | None:
         """The snapshot, or C{None} if this read must go to a thread."""
         connection = self._connection
-        start = self._clock()
+        start, cpuStart = self._clock(), self._cpuClock()
         try:
             connection.execute("BEGIN")
             try:
@@ -197,8 +208,12 @@ class InlineReader:
             self.declined += 1
             return None
         finally:
-            if self._clock() - start > INLINE_SLOW_SECONDS:
-                self._backoffUntil = self._clock() + INLINE_BACKOFF_SECONDS
+            now = self._clock()
+            if (
+                now - start > INLINE_SLOW_SECONDS
+                or self._cpuClock() - cpuStart > INLINE_SLOW_CPU_SECONDS
+            ):
+                self._backoffUntil = now + INLINE_BACKOFF_SECONDS
         self.served += 1
         return found
 
