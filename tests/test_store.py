@@ -93,6 +93,8 @@ def gate(store):
     """
     store.writeGate = Gate(open=False)
     store.readGate = Gate(open=True)
+    if hasattr(store, "_inlineReads"):
+        store._inlineReads = False  # Every read goes to the gated reader.
     store._writer._openSession = store.writeGate.wrap(store._writer._openSession)
     store._reader._openSession = store.readGate.wrap(store._reader._openSession)
     return store
@@ -102,8 +104,6 @@ class GatedStore(SQLiteStore):
     """An L{SQLiteStore} slowed down by L{gate}."""
 
     def __init__(self, *args, **kwargs) -> None:
-        # Every read goes to the (gated) reader thread, none inline.
-        kwargs.setdefault("inlineReads", False)
         super().__init__(*args, **kwargs)
         gate(self)
 

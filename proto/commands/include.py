@@ -80,6 +80,19 @@ def referencedIds(document: Any, path: tuple[str, ...]) -> Iterator[str]:
             yield item
 
 
+def includedIds(results: list[Document | None], paths: list[tuple[str, ...]]) -> Iterator[str]:
+    """
+    Every candidate id the results reference along C{paths}, repeats
+    included, unbounded (WATCH follows one pushed document at a time).
+    """
+    for document in results:
+        if document is None:
+            continue
+        parsed = json.loads(document.body)
+        for path in paths:
+            yield from referencedIds(parsed, path)
+
+
 class _Budget:
     """Steps taken, and when the next tick is due."""
 

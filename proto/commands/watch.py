@@ -66,7 +66,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proto.commands.base import ARGS, CommandError, CommandRegistry, Result, requireArgs
-from proto.commands.documents import _includedIds, parseInclude
+from proto.commands.include import includedIds as _includedIds, parseInclude
 from proto.permissions import RANK, READ
 from proto.store.base import PUT, Change, ChangePage, Document, InvalidIdError, Snapshot, checkId, idKey
 
@@ -350,7 +350,9 @@ class _Watch:
         allowed = self._allowed
 
         def referenced(results: list[Document | None]) -> list[str]:
-            # On the store's thread; touches only this batch's list.
+            # On the store's thread; touches only this batch's list. The
+            # store may call it again (a read moved to a thread): start over.
+            references.clear()
             every: list[str] = []
             for document in results:
                 ids = list(_includedIds([document], paths)) if document else []

@@ -292,7 +292,9 @@ class IDocumentStore(Interface):
         tick: the store skips it, and may stop there (failing with
         C{CancelledError}) if the read was cancelled meanwhile. Whatever
         C{references} raises fails the read with it. It may run on the
-        reactor thread or another: it must touch nothing shared.
+        reactor thread or another: it must touch nothing shared. It may be
+        called more than once for one read (a read begun on one thread and
+        moved to another): only the last call counts.
         """
 
     def changesSince(since: int, prefix: str = "", limit: int = 1000) -> Deferred[ChangePage]:

@@ -138,6 +138,7 @@ class SQLiteStore(SQLiteGrants):
         self.writes = 0
         self.retainChanges = retainChanges
         self._inlineReads = inlineReads
+        self._closed = False
         self._hub = hub
         self._started = False
         self._publisher = Publisher(hub) if hub is not None else None
@@ -180,7 +181,7 @@ class SQLiteStore(SQLiteGrants):
             self._doorbell.start()
 
     def _readersOpen(self, _: Any) -> None:
-        if self._inlineReads:
+        if self._inlineReads and not self._closed:
             self._reads.inline = InlineReader(self.path)
 
     def _startFailed(self, failure: Failure) -> Failure:
@@ -188,6 +189,7 @@ class SQLiteStore(SQLiteGrants):
         return failure
 
     def close(self) -> Deferred[None]:
+        self._closed = True
         if self._doorbell is not None:
             self._doorbell.stop()
         inline, self._reads.inline = self._reads.inline, None
