@@ -169,8 +169,9 @@ class SQLiteStore(SQLiteGrants):
         # etag the file had before any write of ours.
         started = self._writer.start()
         started.addCallback(self._writerOpen)
-        started.addCallback(lambda _: self._reader.start())
-        started.addCallback(lambda _: self._bulkReader.start())
+        # (Closed meanwhile: the readers are not started at all.)
+        started.addCallback(lambda _: None if self._closed else self._reader.start())
+        started.addCallback(lambda _: None if self._closed else self._bulkReader.start())
         started.addCallback(self._readersOpen)
         started.addErrback(self._startFailed)
         return started
