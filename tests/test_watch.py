@@ -307,6 +307,47 @@ class SlowWatcherTests(WatchTestCase):
         self.assertEqual(seen, list(range(1, 1201)))
 
 
+class BigDocumentTests(WatchTestCase):
+    """Documents bigger than the bounds: one may be in flight; reads shrink."""
+
+    @inlineCallbacks
+    def test_oneBigPushInFlight(self):
+        yield self.watch(self.ctx, "b/", Documents="yes")
+        self.ctx.countUnsent = True  # the client reads nothing
+        big = b'{"pad": "%s"}' % (b"x" * (watchModule.DROP_BYTES * 2))
+        yield self.ctx.call("PUT", "b/1", body=big)
+        yield self.waitForEtag(self.ctx, 1)
+        yield self.ctx.call("PUT", "b/2", body=b"{}")
+        yield self.waitForEtag(self.ctx, 2)
+        self.assertEqual([p["Type"] for p in self.pushesOf(self.ctx)], ["Put", "Put"])
+        yield self.ctx.call("PUT", "b/3", body=big)
+        yield self.ctx.call("PUT", "b/4", body=b"{}")
+        yield self.waitForEtag(self.ctx, 4)
+        pushes = self.pushesOf(self.ctx)
+        self.assertEqual(pushes[-1]["Type"], "Dropped")
+
+    @inlineCallbacks
+    def test_catchUpReadsFewerBigDocuments(self):
+        body = b'{"pad": "%s"}' % (b"x" * 400_000)
+        for n in range(8):
+            yield self.store.put(f"b/{n}", body)
+        reads = []
+        real = self.store.read
+
+        def counting(ids, references=None):
+            reads.append(len(ids))
+            return real(ids, references)
+
+        self.patch(self.store, "read", counting)
+        self.patch(watchModule, "DOCUMENT_BATCH", 4)
+        yield self.watch(self.ctx, "b/", Since="0", Documents="yes")
+        yield self.waitForEtag(self.ctx, 8)
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], list(range(1, 9)))
+        self.assertEqual(reads[0], 4)  # 1.6 MB: over DOCUMENT_BATCH_BYTES
+        self.assertGreaterEqual(len(reads), 3, reads)
+        self.assertTrue(all(size <= 2 for size in reads[1:]), reads)
+
+
 class EndToEndTests(TestCase):
     """Through the real server protocol over TLS in memory: the exact bytes."""
 
