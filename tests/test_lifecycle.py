@@ -407,3 +407,68 @@ class ResumedSessionTests(ServerMixin, unittest.TestCase):
         import ssl
 
         return self.revokeCutsResumed(ssl.TLSVersion.TLSv1_2)
+
+
+class FileAndStoreTests(ServerMixin, unittest.TestCase):
+    """
+    The allow-list file and the store's approvals go through one path:
+    wired as C{twistd proto} wires them (an L{AllowListFile} whose
+    C{onChange} is the factory's C{access.fileChanged}).
+    """
+
+    @defer.inlineCallbacks
+    def test_fileEditKeepsApprovalsAndNarrowsLive(self):
+        from proto.admission import AllowListFile
+
+        path = self.mktemp()
+        boss, writer, knocker = Minted.get("boss"), Minted.get("writer"), Minted.get("knocker")
+
+        def write(text):
+            with open(path + ".new", "w") as f:
+                f.write(text)
+            os.replace(path + ".new", path)  # the safe way to edit it
+
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin")
+              + datadir.allowlistLine(writer.certificate, "svc", ""))
+        allowFile = AllowListFile(path)
+        hub = ChangeHub()
+        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=hub, reactor=reactor)
+        yield self.store.start()
+        self.addCleanup(self.store.close)
+        self.factory = support.GNPServerFactory(
+            support.ServerConfig(), lambda: allowFile.current, store=self.store, hub=hub, clock=reactor
+        )
+        allowFile.onChange = self.factory.access.fileChanged
+        self.port = yield self.listen(self.factory, lambda: self.factory.connections)
+
+        admin = yield self.client("boss")
+        yield admin.approve(sha1(knocker), "approved one", can="write")
+        approved = yield self.client("knocker")
+        svc = yield self.client("writer")
+        pushes = []
+        yield svc.watch("b/", pushes.append)
+
+        # The operator narrows svc in the file; the approval is untouched.
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin")
+              + datadir.allowlistLine(writer.certificate, "svc", "can=read prefix=a/"))
+        self.assertTrue(allowFile.reload())
+        yield waitUntil(lambda: pushes)
+        self.assertEqual(pushes[0].json()["Type"], "Dropped")
+        error = yield self.assertFailure(svc.put("a/1", {}), ServerError)
+        self.assertEqual(error.reason, "Forbidden: svc may not PUT a/1")
+        yield approved.put("x/1", {})  # still admitted, still write
+        self.assertEqual((yield approved.whoami()).json()["Name"], "approved one")
+
+        # A file entry for the approved certificate wins over the approval...
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin")
+              + datadir.allowlistLine(knocker.certificate, "from file", "can=read"))
+        self.assertTrue(allowFile.reload())
+        self.assertEqual((yield approved.whoami()).json()["Name"], "from file")
+        # ...and cannot be revoked by command.
+        error = yield self.assertFailure(admin.revoke(sha1(knocker)), ServerError)
+        self.assertIn("allow-list file", error.reason)
+        # Taken out of the file again, the approval applies again.
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin"))
+        self.assertTrue(allowFile.reload())
+        self.assertEqual((yield approved.whoami()).json()["Name"], "approved one")
+        yield svc.whenClosed()  # svc is in neither: cut
