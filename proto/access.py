@@ -96,7 +96,7 @@ class PendingList:
 def describe(thumbprint: str, grant: Grant) -> dict[str, Any]:
     """The APPROVE/REVOKE reply: C{{"Sha1" or "Sha256", "Name", "Can"}}."""
     key = "Sha1" if len(thumbprint) == 40 else "Sha256"
-    return {key: thumbprint, "Name": grant.name or None, "Can": grant.level}
+    return {key: thumbprint, "Name": grant.name, "Can": grant.level}
 
 
 class AccessControl:

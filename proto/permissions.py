@@ -198,7 +198,7 @@ def whoami(identity: Any, grant: Grant) -> dict[str, Any]:
     return {
         "Sha1": identity.sha1,
         "Sha256": identity.sha256,
-        "Name": grant.name or None,
+        "Name": grant.name,
         "CN": identity.commonName,
         "NotBefore": isoUTC(identity.notBefore),
         "NotAfter": isoUTC(identity.notAfter),

@@ -63,10 +63,17 @@ def kernelSendQueue(transport: Any) -> int:
 
 def unsentBytes(transport: Any) -> int:
     """
-    Output written to C{transport} (a TLS transport over TCP, or TCP) that
+    Output written to C{transport} (TLS over TCP, possibly with wrappers
+    such as HAProxy's PROXY header parser in between, or plain TCP) that
     has not reached the client's kernel yet.
     """
-    total = _bufferedByAggregator(transport)
-    lower = getattr(transport, "transport", None)
-    tcp = lower if lower is not None else transport
-    return total + _bufferedByTCP(tcp) + kernelSendQueue(tcp)
+    total = 0
+    layer = transport
+    for _ in range(6):  # TLS -> (wrappers) -> TCP
+        if layer is None:
+            break
+        total += _bufferedByAggregator(layer)
+        if getattr(layer, "socket", None) is not None or hasattr(layer, "dataBuffer"):
+            return total + _bufferedByTCP(layer) + kernelSendQueue(layer)
+        layer = getattr(layer, "transport", None)
+    return total

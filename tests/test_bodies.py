@@ -110,3 +110,30 @@ class PendingBodyBudgetTests(unittest.TestCase):
         conn.send(request("ECHO", "x", body=b"z" * 2000))
         self.assertEqual([f.kind for f in conn.frames()], ["OK"])
         self.assertEqual(self.factory.pendingBodyBytes, 0)
+
+
+class BodyTimeoutWhilePausedTests(unittest.TestCase):
+    def test_stoppedReadingDoesNotCount(self):
+        """While we stop reading (the client does not read our replies), its body cannot come."""
+        clock = realTimeClock()
+        factory = makeFactory(clock, ServerConfig(idleTimeout=1000), registry=builtin.registry)
+        conn = connectInMemory(factory)
+        conn.send(b"ECHO x\r\nSequence: b\r\nSize: 100\r\n\r\nx")
+        conn.advance(5)
+        conn.server.pauseProducing()  # what the transport does when its buffer is full
+        conn.advance(60)
+        self.assertFalse(conn.closed)
+        conn.server.resumeProducing()
+        conn.advance(9.9)
+        self.assertFalse(conn.closed, "the body timeout starts again when reading resumes")
+        conn.advance(0.2)
+        self.assertEqual(kinds(conn.frames()), [("ERR", "b")])
+        self.assertTrue(conn.closed)
+
+    def test_optionsAndEnvironment(self):
+        from proto.deploy import optionsFromEnvironment
+
+        config = optionsFromEnvironment(
+            {"PROTO_BODY_TIMEOUT": "2.5", "PROTO_MAX_PENDING_BODIES": str(64 * 2**20)}
+        ).config()
+        self.assertEqual((config.bodyTimeout, config.maxPendingBodies), (2.5, 64 * 2**20))

@@ -22,10 +22,12 @@ from zope.interface.verify import verifyObject
 
 from proto import wire
 from proto.commands.base import CommandError, ICommandContext, Result
-from proto.commands.documents import encodeGetReply, parseInclude, referencedIds
+from proto.commands.documents import encodeGetReply
+from proto.commands.include import parseInclude, referencedIds
 from proto.server import defaultRegistry
 from proto.hub import ChangeHub
 from proto.permissions import Grant
+from proto.subscriptions import Subscriptions
 from proto.store.base import PUT, Document
 from proto.store.sqlite import SQLiteStore
 from tests.test_store import GatedStore, waitForThread
@@ -49,8 +51,9 @@ class Reply(NamedTuple):
 class RecordingContext:
     """
     A real command context without a network: it records pushes and
-    keeps subscriptions like the server protocol does (a new one under a
-    Sequence cancels the old; none once disconnected).
+    keeps subscriptions in the server protocol's own table
+    (L{proto.subscriptions.Subscriptions}: a new one under a Sequence
+    cancels the old; none once disconnected).
     """
 
     def __init__(self, store: Any, hub: ChangeHub, clock: Clock) -> None:
@@ -64,8 +67,7 @@ class RecordingContext:
         self.countUnsent = False  # add what is pushed to it (a client that reads nothing)
         self.connected = True
         self.quitting = False
-        self.subscriptions: dict[str, Callable[[], None]] = {}
-        self.regrants: dict[str, Callable[[Any], None]] = {}
+        self.subscriptions = Subscriptions(self)
         self.identity = None
         self.grant = Grant()
         self.access = None
@@ -93,40 +95,22 @@ class RecordingContext:
         return self.isCongested
 
     def subscribe(self, sequence: str, cancel: Callable[[], None], regrant=None) -> None:
-        if not self.connected:
-            cancel()
-            return
-        self.regrants.pop(sequence, None)
-        previous = self.subscriptions.pop(sequence, None)
-        if previous is not None:
-            previous()
-        self.subscriptions[sequence] = cancel
-        if regrant is not None:
-            self.regrants[sequence] = regrant
+        self.subscriptions.add(sequence, cancel, regrant)
 
     def setGrant(self, grant) -> None:
         """As the protocol does when the allow-list changes."""
         self.grant = grant
-        for sequence, regrant in list(self.regrants.items()):
-            if self.regrants.get(sequence) is regrant:
-                regrant(grant)
+        self.subscriptions.regrant(grant)
 
     def unsubscribe(self, sequence: str) -> bool:
-        self.regrants.pop(sequence, None)
-        cancel = self.subscriptions.pop(sequence, None)
-        if cancel is None:
-            return False
-        cancel()
-        return True
+        return self.subscriptions.remove(sequence)
 
     def quitAfterReplies(self) -> None:
         self.quitting = True
 
     def disconnect(self) -> None:
         self.connected = False
-        while self.subscriptions:
-            _, cancel = self.subscriptions.popitem()
-            cancel()
+        self.subscriptions.close()
 
     def invoke(
         self, command: str, *args: str, sequence: str = "1", headers=(), body: bytes | None = None
@@ -555,7 +539,7 @@ class RemindTests(CommandTestCase):
         self.assertEqual(self.ctx.pushes, [])
         self.clock.advance(0.1)
         self.assertEqual(self.ctx.pushes, [("r", "tea time, Zoë".encode())])
-        self.assertEqual(self.ctx.subscriptions, {})
+        self.assertEqual(len(self.ctx.subscriptions), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     @inlineCallbacks
@@ -578,7 +562,7 @@ class RemindTests(CommandTestCase):
         yield self.assertRefused("Invalid seconds: 'soon'", "REMIND", "soon", "text")
         yield self.assertRefused("usage: REMIND seconds text", "REMIND", "5")
         self.assertEqual(self.clock.getDelayedCalls(), [])
-        self.assertEqual(self.ctx.subscriptions, {})
+        self.assertEqual(len(self.ctx.subscriptions), 0)
 
 
 class TimeoutTests(CommandTestCase):

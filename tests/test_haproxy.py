@@ -56,3 +56,38 @@ class HAProxyTests(unittest.TestCase):
         ourPort = conn.sock.getsockname()[1]
         waitFor(lambda: f"Refused 127.0.0.1:{ourPort} " in self.server.log(),
                 what="the refusal with our address in the log")
+
+
+class HAProxyWorkersTests(unittest.TestCase):
+    """HAProxy in front of C{--workers 2}: each worker reads the PROXY header."""
+
+    def test_admittedByEitherWorkerWithTheClientsAddress(self):
+        workdir = os.path.abspath(self.mktemp())
+        backend = freePort()
+        server = startTwistd(
+            workdir,
+            extraArgs=["--workers", "2", "--listen", f"haproxy:tcp:{backend}:interface=127.0.0.1"],
+        )
+        self.addCleanup(server.stop)
+        waitFor(lambda: server.log().count(f"starting on {backend}") >= 2, seconds=30,
+                what="both workers on the PROXY port")
+        proxy = HAProxy(freePort(), [("127.0.0.1", backend)])
+        self.addCleanup(proxy.stop)
+        proxy.start()
+        ports = []
+        for _ in range(16):  # all on one worker: a chance of 1 in 32768
+            conn = BlockingConnection(proxy.port, server.dataDir.clientContext())
+            self.addCleanup(conn.close)
+            self.assertTrue(conn.next().ok)
+            ports.append(conn.sock.getsockname()[1])
+
+        def admissions():
+            found = dict(
+                (int(port), worker) for worker, port in re.findall(
+                    r"\[(worker-\d+)\] \S+ Admitted 127\.0\.0\.1:(\d+)", server.log()
+                )
+            )
+            return found if set(ports) <= set(found) else None
+
+        found = waitFor(admissions, seconds=15, what="every admission, with our ports")
+        self.assertEqual({found[port] for port in ports}, {"worker-0", "worker-1"})

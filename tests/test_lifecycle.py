@@ -261,12 +261,18 @@ class PersistenceTests(ServerMixin, unittest.TestCase):
 class TwoServersTests(unittest.TestCase):
     """Two real twistd processes on one data directory (one SQLite store)."""
 
+    def storeArguments(self) -> list[str]:
+        return []
+
     def test_approvalReachesTheOtherServer(self):
         work = os.path.abspath(self.mktemp())
-        first = support.startTwistd(os.path.join(work, "a"), dataDir=os.path.join(work, "data"))
+        store = self.storeArguments()
+        first = support.startTwistd(
+            os.path.join(work, "a"), extraArgs=store, dataDir=os.path.join(work, "data")
+        )
         self.addCleanup(first.stop)
         data = first.dataDir
-        second = support.startTwistd(os.path.join(work, "b"), dataDir=data.path)
+        second = support.startTwistd(os.path.join(work, "b"), extraArgs=store, dataDir=data.path)
         self.addCleanup(second.stop)
         knocker = Minted.get("knocker")
         certPath, keyPath = os.path.join(work, "k.pem"), os.path.join(work, "k.key")
@@ -319,3 +325,150 @@ class TwoServersTests(unittest.TestCase):
         frame = live.next()
         self.assertEqual(frame.kind, "ERR")
         self.assertIn("revoked", frame.reason)
+
+
+class TwoServersPostgresTests(TwoServersTests):
+    """The same with two servers on one PostgreSQL database (two hosts, say)."""
+
+    def storeArguments(self) -> list[str]:
+        from tests.pgsupport import sharedCluster
+
+        return ["--store", "postgresql:" + sharedCluster().createSchema()]
+
+
+class ResumedSessionTests(ServerMixin, unittest.TestCase):
+    """REVOKE cuts connections that resumed a TLS session too, and they cannot resume again."""
+
+    @defer.inlineCallbacks
+    def revokeCutsResumed(self, version):
+        import socket
+        import ssl
+
+        from twisted.internet import threads
+
+        yield self.startServer(grantsFile(boss=(Minted.get("boss"), "can=admin")))
+        boss = yield self.client("boss")
+        knocker = Minted.get("knocker")
+        yield boss.approve(sha1(knocker), "knocker", can="read")
+        certPath, keyPath = self.mktemp() + "k.pem", self.mktemp() + "k.key"
+        with open(certPath, "wb") as f:
+            f.write(knocker.certPEM)
+        with open(keyPath, "wb") as f:
+            f.write(knocker.keyPEM)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(cadata=support.Credentials.get().server.certPEM.decode())
+        ctx.load_cert_chain(certPath, keyPath)
+        ctx.minimum_version = ctx.maximum_version = version
+
+        def dial(session=None):
+            raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
+            s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+            greeting = b""
+            while not greeting.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                greeting += chunk
+            return s, greeting
+
+        def readToEnd(s):
+            data = b""
+            try:
+                while chunk := s.recv(4096):
+                    data += chunk
+            except (OSError, ssl.SSLError):
+                pass
+            s.close()
+            return data
+
+        first, greeting = yield threads.deferToThread(dial)
+        self.assertEqual(greeting, b"OK\r\n")
+        session = first.session
+        first.close()
+        live, greeting = yield threads.deferToThread(dial, session)
+        self.assertEqual(greeting, b"OK\r\n")
+        self.assertTrue(live.session_reused)
+        yield boss.revoke(sha1(knocker))
+        tail = yield threads.deferToThread(readToEnd, live)
+        self.assertTrue(tail.startswith(b"ERR "), tail)
+        self.assertIn(b"revoked", tail)
+        again, greeting = yield threads.deferToThread(dial, session)
+        reused = again.session_reused
+        again.close()
+        self.assertTrue(reused)
+        self.assertIn(b"is not on the allow-list", greeting)
+
+    def test_tls13(self):
+        import ssl
+
+        return self.revokeCutsResumed(ssl.TLSVersion.TLSv1_3)
+
+    def test_tls12(self):
+        import ssl
+
+        return self.revokeCutsResumed(ssl.TLSVersion.TLSv1_2)
+
+
+class FileAndStoreTests(ServerMixin, unittest.TestCase):
+    """
+    The allow-list file and the store's approvals go through one path:
+    wired as C{twistd proto} wires them (an L{AllowListFile} whose
+    C{onChange} is the factory's C{access.fileChanged}).
+    """
+
+    @defer.inlineCallbacks
+    def test_fileEditKeepsApprovalsAndNarrowsLive(self):
+        from proto.admission import AllowListFile
+
+        path = self.mktemp()
+        boss, writer, knocker = Minted.get("boss"), Minted.get("writer"), Minted.get("knocker")
+
+        def write(text):
+            with open(path + ".new", "w") as f:
+                f.write(text)
+            os.replace(path + ".new", path)  # the safe way to edit it
+
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin")
+              + datadir.allowlistLine(writer.certificate, "svc", ""))
+        allowFile = AllowListFile(path)
+        hub = ChangeHub()
+        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=hub, reactor=reactor)
+        yield self.store.start()
+        self.addCleanup(self.store.close)
+        self.factory = support.GNPServerFactory(
+            support.ServerConfig(), lambda: allowFile.current, store=self.store, hub=hub, clock=reactor
+        )
+        allowFile.onChange = self.factory.access.fileChanged
+        self.port = yield self.listen(self.factory, lambda: self.factory.connections)
+
+        admin = yield self.client("boss")
+        yield admin.approve(sha1(knocker), "approved one", can="write")
+        approved = yield self.client("knocker")
+        svc = yield self.client("writer")
+        pushes = []
+        yield svc.watch("b/", pushes.append)
+
+        # The operator narrows svc in the file; the approval is untouched.
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin")
+              + datadir.allowlistLine(writer.certificate, "svc", "can=read prefix=a/"))
+        self.assertTrue(allowFile.reload())
+        yield waitUntil(lambda: pushes)
+        self.assertEqual(pushes[0].json()["Type"], "Dropped")
+        error = yield self.assertFailure(svc.put("a/1", {}), ServerError)
+        self.assertEqual(error.reason, "Forbidden: svc may not PUT a/1")
+        yield approved.put("x/1", {})  # still admitted, still write
+        self.assertEqual((yield approved.whoami()).json()["Name"], "approved one")
+
+        # A file entry for the approved certificate wins over the approval...
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin")
+              + datadir.allowlistLine(knocker.certificate, "from file", "can=read"))
+        self.assertTrue(allowFile.reload())
+        self.assertEqual((yield approved.whoami()).json()["Name"], "from file")
+        # ...and cannot be revoked by command.
+        error = yield self.assertFailure(admin.revoke(sha1(knocker)), ServerError)
+        self.assertIn("allow-list file", error.reason)
+        # Taken out of the file again, the approval applies again.
+        write(datadir.allowlistLine(boss.certificate, "boss", "can=admin"))
+        self.assertTrue(allowFile.reload())
+        self.assertEqual((yield approved.whoami()).json()["Name"], "approved one")
+        yield svc.whenClosed()  # svc is in neither: cut

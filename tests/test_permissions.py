@@ -225,6 +225,8 @@ class LevelTests(ServerMixin, unittest.TestCase):
         client = yield self.client("nameless")
         error = yield self.assertFailure(client.delete("x", "y"), ServerError)
         self.assertEqual(error.reason, "Forbidden: nameless may not DELETE x")
+        who = (yield client.whoami()).json()
+        self.assertEqual((who["Name"], who["CN"], who["Can"]), ("", "nameless", "read"))
 
     @defer.inlineCallbacks
     def test_whoami(self):

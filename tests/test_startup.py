@@ -11,10 +11,12 @@ from __future__ import annotations
 import ast
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
 import sys
+import time
 
 from twisted.trial import unittest
 
@@ -81,6 +83,14 @@ class DeploymentDocsTests(unittest.TestCase):
         self.addCleanup(conn.close)
         self.assertTrue(conn.next().ok)
         conn.send(request("PING"))
+        self.assertEqual(conn.next().body, b"PONG")
+        # SIGHUP re-reads the allow-list at once.
+        process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        while "reloading the allow-list" not in running.log() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("SIGHUP: reloading the allow-list", running.log())
+        conn.send(request("PING", sequence="2"))
         self.assertEqual(conn.next().body, b"PONG")
         # And the escaped IPv6 address is listened on.
         ctx = running.dataDir.clientContext()

@@ -93,6 +93,8 @@ def gate(store):
     """
     store.writeGate = Gate(open=False)
     store.readGate = Gate(open=True)
+    if hasattr(store, "_inlineReads"):
+        store._inlineReads = False  # Every read goes to the gated reader.
     store._writer._openSession = store.writeGate.wrap(store._writer._openSession)
     store._reader._openSession = store.readGate.wrap(store._reader._openSession)
     return store
@@ -759,7 +761,10 @@ class PostgresGroupCommitTests(PostgresBackend, GroupCommitTests):
 
 
 class PostgresCancellationTests(PostgresBackend, CancellationTests):
-    """L{CancellationTests} on PostgreSQL."""
+    """L{CancellationTests} on PostgreSQL (one reader thread, as they gate it)."""
+
+    def newStore(self, hub=None, **kwargs):
+        return super().newStore(hub=hub, readers=1, **kwargs)
 
 
 class PostgresLifecycleTests(PostgresBackend, LifecycleTests):

@@ -112,7 +112,7 @@ class SinceTests(WatchTestCase):
         ]:
             yield self.assertRefused(expected, "WATCH", "a", headers=headers)
         self.assertEqual(self.hub.subscriberCount(), 0)
-        self.assertEqual(self.ctx.subscriptions, {})
+        self.assertEqual(len(self.ctx.subscriptions), 0)
 
     @inlineCallbacks
     def test_seamWhileWritersCommit(self):
@@ -307,6 +307,47 @@ class SlowWatcherTests(WatchTestCase):
         self.assertEqual(seen, list(range(1, 1201)))
 
 
+class BigDocumentTests(WatchTestCase):
+    """Documents bigger than the bounds: one may be in flight; reads shrink."""
+
+    @inlineCallbacks
+    def test_oneBigPushInFlight(self):
+        yield self.watch(self.ctx, "b/", Documents="yes")
+        self.ctx.countUnsent = True  # the client reads nothing
+        big = b'{"pad": "%s"}' % (b"x" * (watchModule.DROP_BYTES * 2))
+        yield self.ctx.call("PUT", "b/1", body=big)
+        yield self.waitForEtag(self.ctx, 1)
+        yield self.ctx.call("PUT", "b/2", body=b"{}")
+        yield self.waitForEtag(self.ctx, 2)
+        self.assertEqual([p["Type"] for p in self.pushesOf(self.ctx)], ["Put", "Put"])
+        yield self.ctx.call("PUT", "b/3", body=big)
+        yield self.ctx.call("PUT", "b/4", body=b"{}")
+        yield self.waitForEtag(self.ctx, 4)
+        pushes = self.pushesOf(self.ctx)
+        self.assertEqual(pushes[-1]["Type"], "Dropped")
+
+    @inlineCallbacks
+    def test_catchUpReadsFewerBigDocuments(self):
+        body = b'{"pad": "%s"}' % (b"x" * 400_000)
+        for n in range(8):
+            yield self.store.put(f"b/{n}", body)
+        reads = []
+        real = self.store.read
+
+        def counting(ids, references=None):
+            reads.append(len(ids))
+            return real(ids, references)
+
+        self.patch(self.store, "read", counting)
+        self.patch(watchModule, "DOCUMENT_BATCH", 4)
+        yield self.watch(self.ctx, "b/", Since="0", Documents="yes")
+        yield self.waitForEtag(self.ctx, 8)
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], list(range(1, 9)))
+        self.assertEqual(reads[0], 4)  # 1.6 MB: over DOCUMENT_BATCH_BYTES
+        self.assertGreaterEqual(len(reads), 3, reads)
+        self.assertTrue(all(size <= 2 for size in reads[1:]), reads)
+
+
 class EndToEndTests(TestCase):
     """Through the real server protocol over TLS in memory: the exact bytes."""
 
@@ -421,3 +462,53 @@ class RealSocketTests(TestCase):
     def test_smallBuffers(self):
         count = yield self.dropCount(smallBuffers=True)
         self.assertLess(count * 480, watchModule.DROP_BYTES + 512 * 1024)
+
+
+class CrossProcessWatchTests(WatchTestCase):
+    """A WATCH here sees the PUTs another process commits to the same file, in order."""
+
+    @inlineCallbacks
+    def test_otherProcess(self):
+        import sys
+
+        from twisted.internet import utils
+
+        yield self.watch(self.ctx, "cp/", Since="0")
+        out, err, code = yield utils.getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "tests.changelog_writer", "sqlite:" + self.path, "120", "cp/", "20"],
+            env=os.environ,
+            path=support.ROOT,
+        )
+        self.assertEqual(code, 0, err.decode(errors="replace"))
+        etags = json.loads(out)
+        yield self.waitForEtag(self.ctx, max(etags))
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], sorted(etags))
+        self.assertEqual(sorted(etags), list(range(1, 121)))
+
+
+class UnsentBytesTests(TestCase):
+    """proto.unsent walks TLS -> wrappers -> TCP and adds up what is buffered."""
+
+    def test_chain(self):
+        from proto.unsent import unsentBytes
+
+        class Aggregator:
+            MAX_BUFFER_SIZE = 100
+            _bufferLeft = 70
+
+        class TCP:
+            dataBuffer = b"x" * 50
+            offset = 10
+            _tempDataLen = 5
+            socket = None
+
+        class Wrapper:
+            transport = TCP()
+
+        class TLS:
+            _aggregator = Aggregator()
+            transport = Wrapper()
+
+        self.assertEqual(unsentBytes(TLS()), 30 + 40 + 5)
+        self.assertEqual(unsentBytes(object()), 0)

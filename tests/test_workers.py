@@ -165,6 +165,16 @@ class WorkersTests(unittest.TestCase):
             socket.create_connection(("127.0.0.1", self.server.port), timeout=2).close()
 
 
+    def test_workersStopWhenTheSupervisorIsKilled(self):
+        pids = waitFor(lambda: (lambda p: p if len(p) == 2 else None)(workerPids(self.server.log())),
+                       what="both worker pids")
+        self.server.process.kill()
+        self.server.process.wait(10)
+        for worker in pids.values():
+            self.assertTrue(waitFor(lambda: processGone(worker[-1]), seconds=15,
+                                    what="orphaned workers to stop"))
+
+
 class SupervisorStartTests(unittest.TestCase):
     def test_portInUseIsReportedBeforeAnyWorkerStarts(self):
         workdir = os.path.abspath(self.mktemp())

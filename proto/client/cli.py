@@ -55,7 +55,10 @@ interactive prompt (no COMMAND; line editing and history in
   headers) is the body. PUSH frames are shown as they arrive, tagged with
   the Sequence of the request that asked for them (WATCH, REMIND).
   ".help" shows this, ".quit" or Ctrl-D leaves. Lines read from a pipe
-  run as a script, without a prompt.
+  run as a script, without a prompt. When the server has closed the
+  connection (idle timeout, restart), the next request reconnects first;
+  WATCH and REMIND of the old connection are gone then. A WATCH's reply
+  shows the Sequence that UNWATCH needs.
 
 server verification:
   By default the server must present the certificate in
@@ -67,12 +70,23 @@ server verification:
 certificates:
   proto-cli --thumbprint server.pem        print SHA-1 and SHA-256
   proto-cli --mint alice >> proto-data/{datadir.ALLOWLIST}
-      writes alice.pem and alice.key, prints the allow-list line
+      writes alice.pem and alice.key (mode 0600) in the current directory,
+      prints the allow-list line; --out DIR/ writes them into DIR instead,
+      --out PREFIX writes PREFIX.pem and PREFIX.key
 
 exit status: 0 OK, 1 the server answered ERR (reason on stderr),
 2 usage or unusable files, 3 no connection (refused, untrusted server,
 connection lost, timeout).
 """
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("proto")
+    except metadata.PackageNotFoundError:
+        return "(not installed)"
 
 
 class UsageError(Exception):
@@ -84,11 +98,13 @@ def buildParser() -> argparse.ArgumentParser:
         prog="proto-cli",
         usage="proto-cli [options] [COMMAND [ARG ...]]\n"
         "       proto-cli --thumbprint FILE\n"
-        "       proto-cli --mint NAME [--out PREFIX] [--days N] [--enroll]",
+        "       proto-cli --mint NAME [--out DIR/ | --out PREFIX] [--days N] [--enroll]\n"
+        "       proto-cli --version",
         description=DESCRIPTION,
         epilog=EPILOG + "\n" + lifecycle.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"proto-cli {_version()}")
     parser.add_argument("request", nargs="*", metavar="COMMAND ARG",
                         help="the request to send (no Sequence); none: interactive prompt")
     conn = parser.add_argument_group("connection")
@@ -129,8 +145,11 @@ def buildParser() -> argparse.ArgumentParser:
                        help="print the SHA-1 and SHA-256 thumbprints of the certificate in FILE")
     tools.add_argument("--mint", metavar="NAME",
                        help="mint a client certificate and key for NAME; print its allow-list line")
-    tools.add_argument("--out", metavar="PREFIX",
-                       help="with --mint: write PREFIX.pem and PREFIX.key (default: NAME, made file-safe)")
+    tools.add_argument("--out", metavar="DIR/ or PREFIX",
+                       help="with --mint: write NAME.pem and NAME.key into the directory DIR "
+                       "(an existing directory, or a path ending in /), or PREFIX.pem and "
+                       "PREFIX.key (default: NAME, made file-safe, in the current directory); "
+                       "the key is readable by its owner only (0600)")
     tools.add_argument("--days", type=int, default=825, help="with --mint: validity in days (default %(default)s)")
     lifecycle.addArguments(tools)
     return parser
@@ -278,7 +297,15 @@ def mintClient(name: str, prefix: str | None, days: int) -> int:
     Mint a client certificate and key. The allow-list line goes to stdout
     (so it can be appended to the allow-list), everything else to stderr.
     """
-    prefix = prefix or (re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "client")
+    fileName = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "client"
+    if prefix is None:
+        prefix = fileName
+    elif prefix.endswith(("/", os.sep)) or os.path.isdir(prefix):
+        try:
+            os.makedirs(prefix, exist_ok=True)
+        except OSError as e:
+            return fail(f"cannot create the directory {prefix}: {e}", EXIT_USAGE)
+        prefix = os.path.join(prefix, fileName)
     certPath, keyPath = prefix + ".pem", prefix + ".key"
     for path in (certPath, keyPath):
         if os.path.exists(path):
@@ -425,20 +452,28 @@ class Console:
 
     PROMPT = "proto> "
 
-    def __init__(self, client: BlockingClient, options) -> None:
-        self.client = client
+    def __init__(self, connect, options) -> None:
+        """
+        @param connect: opens a new L{BlockingClient} (at once, and again
+            whenever the server has closed the connection).
+        """
+        self._connect = connect
+        self.client: BlockingClient = connect()
         self.options = options
         self.interactive = sys.stdin.isatty()
         self._printLock = threading.Lock()
         self._readline = None
         self._finished = False
+        self._subscribed = False
+
+    def close(self) -> None:
+        self.client.close()
 
     def run(self) -> int:
         if self.interactive:
             self._startReadline()
             print("connected; type .help for the syntax, Ctrl-D to leave", flush=True)
-        pusher = threading.Thread(target=self._showPushes, name="proto-cli-pushes", daemon=True)
-        pusher.start()
+        self._startPushes()
         status = EXIT_OK
         try:
             while True:
@@ -472,9 +507,15 @@ class Console:
             return None
         try:
             command, args, headers, body = parseLine(text)
+        except LineSyntaxError as e:
+            self.say(f"error: {e}", sys.stderr)
+            return None
+        if self.client.closed and not self._reconnect():
+            return None if self.interactive else EXIT_CONNECTION
+        try:
             reply = self.client.request(command, *args, headers=headers, body=body,
                                         timeout=self.options.timeout)
-        except (LineSyntaxError, ValueError) as e:
+        except ValueError as e:
             self.say(f"error: {e}", sys.stderr)
             return None
         except ServerError as e:
@@ -484,24 +525,56 @@ class Console:
             self.say("(stopped waiting; a late reply is dropped)", sys.stderr)
             return None
         except ClientError as e:
-            self.say(f"proto-cli: {e}", sys.stderr)
-            return EXIT_CONNECTION
-        self.say(formatFrame(reply, self.options))
+            if not self.interactive:
+                self.say(f"proto-cli: {e}", sys.stderr)
+                return EXIT_CONNECTION
+            # The answer is unknown; sending it again could run it twice.
+            self.say(f"proto-cli: {e} (the next request reconnects)", sys.stderr)
+            return None
+        if command in ("WATCH", "REMIND") and not reply.body and not self.options.include:
+            self._subscribed = True
+            stop = f"; UNWATCH {reply.sequence} stops it" if command == "WATCH" else ""
+            self.say(f"OK (Sequence {reply.sequence}{stop})")
+        else:
+            self.say(formatFrame(reply, self.options))
         if command == "QUIT":
             return EXIT_OK
         return None
+
+    def _reconnect(self) -> bool:
+        """The server closed the connection: open a new one (as redis-cli does)."""
+        self.client.close()
+        try:
+            client = self._connect()
+        except (ClientError, UsageError) as e:
+            self.say(f"proto-cli: not connected: {e}", sys.stderr)
+            return False
+        self.client = client
+        note = "; WATCH and REMIND of the old connection are gone" if self._subscribed else ""
+        self._subscribed = False
+        self.say(f"proto-cli: reconnected{note}", sys.stderr)
+        self._startPushes()
+        return True
+
+    def _startPushes(self) -> None:
+        pusher = threading.Thread(
+            target=self._showPushes, args=(self.client,), name="proto-cli-pushes", daemon=True
+        )
+        pusher.start()
 
     def say(self, text: str | bytes, stream=None) -> None:
         with self._printLock:
             emit(text, stream)
 
-    def _showPushes(self) -> None:
+    def _showPushes(self, client: BlockingClient) -> None:
         while True:
             try:
-                push = self.client.nextPush()
+                push = client.nextPush()
             except ClientError as e:
-                if not self._finished:  # else the session closed it itself
-                    self.say(f"proto-cli: {e}", sys.stderr)
+                # Unless the session closed it itself: say so now, rather
+                # than at the next request.
+                if not self._finished and client is self.client:
+                    self.say(f"proto-cli: {e} (the next request reconnects)", sys.stderr)
                 return
             with self._printLock:
                 if self.interactive:
@@ -550,11 +623,11 @@ def run(argv: list[str] | None = None) -> int:
             return mintClient(options.mint, options.out, options.days)
         if options.request:
             return oneShot(options)
-        client = openClient(options)
+        console = Console(lambda: openClient(options), options)
         try:
-            return Console(client, options).run()
+            return console.run()
         finally:
-            client.close()
+            console.close()
     except UsageError as e:
         return fail(str(e), EXIT_USAGE)
     except ClientError as e:

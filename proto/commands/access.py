@@ -22,6 +22,7 @@ from proto.admission import identityOfDER
 from proto.commands.base import CommandError, CommandRegistry, requireArgs
 from proto.permissions import ADMIN, ANY, GrantSyntaxError, isoUTC, jsonBytes, parseGrantWords, whoami
 from proto.store.base import StoreError
+from proto.store.grants import GrantTakenError
 
 registry = CommandRegistry()
 
@@ -38,7 +39,7 @@ def _access(ctx: Any) -> Any:
 
 def _refused(failure: Failure) -> None:
     """AccessError and store failures become a per-request ERR."""
-    if failure.check(AccessError):
+    if failure.check(AccessError, GrantTakenError):
         raise CommandError(str(failure.value))
     if failure.check(StoreError):
         raise CommandError(f"The store failed, nothing was changed: {failure.value}")
@@ -133,7 +134,7 @@ def enroll(ctx: Any, request: Any):
             {
                 "Sha1": successor.sha1,
                 "Sha256": successor.sha256,
-                "Name": row.name or None,
+                "Name": row.name,
                 "Can": row.level,
                 "NotAfter": isoUTC(successor.notAfter),
             }

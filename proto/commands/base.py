@@ -159,10 +159,6 @@ class Command(NamedTuple):
     ids: IdsOf | None
 
 
-class DuplicateCommandError(ValueError):
-    """Two registries define the same command (see L{CommandRegistry.merged})."""
-
-
 class CommandRegistry:
     """
     Command name (upper case) to handler and permission level. The server
@@ -174,6 +170,7 @@ class CommandRegistry:
     def __init__(self) -> None:
         self._handlers: dict[str, Handler] = {}
         self._commands: dict[str, Command] = {}
+        self._unchecked: dict[tuple[int, bool], dict[str, Handler]] = {}
 
     @property
     def handlers(self) -> dict[str, Handler]:
@@ -215,28 +212,42 @@ class CommandRegistry:
                 f"command {name}: level {level!r} is not one of {', '.join(LEVELS)}"
             )
         name = name.upper()
+        self._unchecked.clear()
         self._handlers[name] = handler
         self._commands[name] = Command(name, handler, level, RANK[level], ids)
 
     def get(self, name: str) -> Handler | None:
         return self._handlers.get(name)
 
+    def unchecked(self, rank: int, unrestricted: bool) -> dict[str, Handler]:
+        """
+        Name to handler of the commands that a certificate of level
+        C{rank} (with no prefixes when C{unrestricted}) may run without
+        any check: their level is within its own and, if it has prefixes,
+        they touch no ids. The protocol looks commands up here first, so
+        the permission check costs nothing on its hot path; only the
+        other commands go through L{proto.permissions.Grant.refusal}.
+        Cached: there are only six such tables per registry.
+        """
+        key = (rank, unrestricted)
+        table = self._unchecked.get(key)
+        if table is None:
+            table = self._unchecked[key] = {
+                name: command.handler
+                for name, command in self._commands.items()
+                if command.rank <= rank and (unrestricted or command.ids is None)
+            }
+        return table
+
     def names(self) -> list[str]:
         return sorted(self._handlers)
 
-    def merged(self, other: "CommandRegistry", strict: bool = False) -> "CommandRegistry":
+    def merged(self, other: "CommandRegistry") -> "CommandRegistry":
         """
-        A new registry with this one's commands, then C{other}'s.
-
-        @param strict: refuse (L{DuplicateCommandError}) a command of
-            C{other} that this one already has, instead of replacing it.
+        A new registry with this one's commands, then C{other}'s (which
+        replace same-named ones; plugins are checked for that first, see
+        L{proto.plugins.withPlugins}).
         """
-        if strict:
-            clash = sorted(set(self._commands) & set(other._commands))
-            if clash:
-                raise DuplicateCommandError(
-                    f"command {', '.join(clash)} is already defined"
-                )
         new = CommandRegistry()
         for source in (self, other):
             new._handlers.update(source._handlers)

@@ -24,8 +24,9 @@ referenced that exists is in C{Includes} once, under its stored id, also
 when it is one of the results (or includes itself). Values that are not
 valid ids are ignored. Include is one level deep: only the results'
 fields are followed, not those of included documents. Results and
-included documents are read together, in one snapshot of the store and
-one trip to its thread.
+included documents are read together, in one snapshot of the store.
+How much one Include may cost is bounded: see L{proto.commands.include}
+(parsing the header, following it, and its limits).
 
 The documents are stored as the JSON text the client sent, and GET
 splices that text into its reply without parsing it again (it parses
@@ -58,11 +59,12 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Iterator
+from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from proto.commands import jsonbody
 from proto.commands.base import (
     ARGS,
     FIRST_ARG,
@@ -72,6 +74,7 @@ from proto.commands.base import (
     requireArgs,
     secondsArgument,
 )
+from proto.commands.include import IncludeWalk, parseInclude
 from proto.permissions import ANY, READ, WRITE
 from proto.store.base import (
     ConflictError,
@@ -106,68 +109,6 @@ def _checkIds(ids: tuple[str, ...] | list[str], what: str = "id") -> None:
 
 
 # -- GET ---------------------------------------------------------------------
-
-
-def parseInclude(value: str | None) -> list[tuple[str, ...]]:
-    """
-    Parse an C{Include} header value into field paths: C{"A.B, C"} gives
-    C{[("A", "B"), ("C",)]}. No header, no paths.
-
-    @raise CommandError: for an empty field or an empty path step.
-    """
-    if value is None:
-        return []
-    paths = []
-    for field in value.split(","):
-        field = field.strip()
-        if not field:
-            raise CommandError(
-                f"Malformed Include {value!r}: empty field name "
-                "(expected Field[,Field...])"
-            )
-        path = tuple(field.split("."))
-        if not all(path):
-            raise CommandError(
-                f"Malformed Include field {field!r}: empty step in a dotted path"
-            )
-        paths.append(path)
-    return paths
-
-
-def referencedIds(document: Any, path: tuple[str, ...]) -> Iterator[str]:
-    """
-    The strings that C{path} reaches in C{document} (parsed JSON): the
-    candidate ids of an Include. At each step a list is walked into, one
-    level; at the end a string counts, and so do the strings of a list.
-    """
-    values = [document]
-    for name in path:
-        reached = []
-        for value in values:
-            for item in value if isinstance(value, list) else (value,):
-                if isinstance(item, dict) and name in item:
-                    reached.append(item[name])
-        values = reached
-    for value in values:
-        for item in value if isinstance(value, list) else (value,):
-            if isinstance(item, str):
-                yield item
-
-
-def _includedIds(
-    results: list[Document | None], paths: list[tuple[str, ...]]
-) -> Iterator[str]:
-    """
-    Every id the results reference along C{paths}. Runs in the store's
-    thread (see L{IDocumentStore.getWithReferences}): it only reads its
-    arguments.
-    """
-    for document in results:
-        if document is None:
-            continue
-        parsed = json.loads(document.body)
-        for path in paths:
-            yield from referencedIds(parsed, path)
 
 
 def encodeGetReply(
@@ -206,50 +147,13 @@ def get(ctx: Any, request: Any) -> Deferred[Result]:
     paths = parseInclude(request.header("include"))
     if not paths:
         return ctx.store.read(request.args).addCallbacks(_getResult, storeTrouble)
-    allowed = ctx.grant.filterIds()
-
-    def references(results: list[Document | None]) -> Iterator[str]:
-        # Section 9: documents outside the certificate's prefixes are
-        # left out of Includes, without an error.
-        ids = _includedIds(results, paths)
-        return ids if allowed is None else filter(allowed, ids)
-
-    return ctx.store.read(request.args, references).addCallbacks(_getResult, storeTrouble)
+    # Section 9: documents outside the certificate's prefixes are left out
+    # of Includes, without an error. The walk is bounded (include.py).
+    walk = IncludeWalk(paths, ctx.grant.filterIds())
+    return ctx.store.read(request.args, walk).addCallbacks(_getResult, storeTrouble)
 
 
 # -- PUT, DELETE -------------------------------------------------------------
-
-
-def _rejectConstant(name: str) -> None:
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def _jsonKind(value: Any) -> str:
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, (int, float)):
-        return "a number"
-    return "a string" if isinstance(value, str) else "an array"
-
-
-def _checkObjectBody(request: Any) -> None:
-    """Refuse the request unless its body is UTF-8 JSON text of an object."""
-    if request.size is None:
-        raise CommandError(
-            "PUT needs a body: a JSON object, sent after the head with a Size header"
-        )
-    try:
-        text = request.body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CommandError(f"Body is not valid UTF-8: {e.reason} at byte {e.start}") from None
-    try:
-        value = json.loads(text, parse_constant=_rejectConstant)
-    except ValueError as e:
-        raise CommandError(f"Body is not valid JSON: {e}") from None
-    except RecursionError:
-        raise CommandError("Body is not usable JSON: nested too deeply") from None
-    if not isinstance(value, dict):
-        raise CommandError(f"Body must be a JSON object, not {_jsonKind(value)}")
 
 
 def _parseIfMatch(value: str | None) -> int | None:
@@ -314,8 +218,14 @@ def put(ctx: Any, request: Any) -> Deferred[bytes]:
     (id,) = request.args
     _checkIds(request.args)
     ifMatch = _parseIfMatch(request.header("if-match"))
-    _checkObjectBody(request)
-    d = ctx.store.put(id, request.body, ifMatch).addCallbacks(_encodeVersion, _conflict)
+    checking = jsonbody.checkObjectBody(request)
+    if checking is None:
+        d = ctx.store.put(id, request.body, ifMatch)
+    else:
+        # A large body is checked off the reactor thread; cancelling
+        # (Timeout) while it is checked means the store never sees it.
+        d = checking.addCallback(lambda _: ctx.store.put(id, request.body, ifMatch))
+    d.addCallbacks(_encodeVersion, _conflict)
     d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
     return d.addErrback(storeTrouble)
 

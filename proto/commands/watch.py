@@ -40,7 +40,9 @@ has not taken (L{proto.unsent}: server buffers I{and} the kernel's send
 queue, so independent of socket buffer sizes) is under
 L{CATCHUP_WINDOW}; then it waits for it to drain. Live pushes are never
 waited for; instead a watch is dropped when, as it is about to write
-pushes, that output is over L{DROP_BYTES}, or has stayed over
+pushes, that output is over L{DROP_BYTES} (plus the size of its previous
+write when that was bigger: one large document may be in flight), or has
+stayed over
 L{SLOW_BYTES} for L{SLOW_SECONDS} (catch-up waiting that long counts the
 same). Its last push is then C{{"Type": "Dropped", "Reason": ...,
 "Etag": e}}: e is the etag of the last change pushed (the Since, the
@@ -66,7 +68,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proto.commands.base import ARGS, CommandError, CommandRegistry, Result, requireArgs
-from proto.commands.documents import _includedIds, parseInclude
+from proto.commands.include import includedIds as _includedIds, parseInclude
 from proto.permissions import RANK, READ
 from proto.store.base import PUT, Change, ChangePage, Document, InvalidIdError, Snapshot, checkId, idKey
 
@@ -82,9 +84,12 @@ DROP_BYTES = 256 * 1024
 SLOW_BYTES = 64 * 1024
 SLOW_SECONDS = 10.0
 
-#: Changes read from the log at once, and documents read at once.
+#: Changes read from the log at once, and (at most) documents read at once.
 CATCHUP_PAGE = 1000
 DOCUMENT_BATCH = 200
+
+#: Documents: the batch shrinks so that one read holds about this much.
+DOCUMENT_BATCH_BYTES = 1024 * 1024
 
 #: How often a catch-up blocked by the client checks again.
 POLL_SECONDS = 0.005
@@ -192,6 +197,8 @@ class _Watch:
         self._outbox: list[bytes] = []
         self._outboxEtag = 0
         self._outboxBytes = 0  # of live pushes in the outbox
+        self._lastWrite = 0  # bytes of the last write: one big push may be in flight
+        self._documentBatch = DOCUMENT_BATCH
         self._subscription: Any = None
         self._reading = False  # a page of the log is being read
         self._fetching = False  # documents are being read
@@ -325,7 +332,7 @@ class _Watch:
     def _roomForCatchUp(self) -> bool:
         """Is there room to write more catch-up? If not, check again soon."""
         unsent = self._ctx.unsentBytes()
-        if unsent < CATCHUP_WINDOW:
+        if unsent < CATCHUP_WINDOW and not self._ctx.congested():
             self._slowSince = None
             return True
         if self._tooSlow(unsent):
@@ -340,7 +347,7 @@ class _Watch:
 
     def _fetchDocuments(self) -> None:
         batch: list[Change] = []
-        while self._pending and len(batch) < DOCUMENT_BATCH:
+        while self._pending and len(batch) < self._documentBatch:
             if isinstance(self._pending[0], _Gap):
                 break
             batch.append(self._pending.popleft())  # type: ignore[arg-type]
@@ -350,7 +357,9 @@ class _Watch:
         allowed = self._allowed
 
         def referenced(results: list[Document | None]) -> list[str]:
-            # On the store's thread; touches only this batch's list.
+            # On the store's thread; touches only this batch's list. The
+            # store may call it again (a read moved to a thread): start over.
+            references.clear()
             every: list[str] = []
             for document in results:
                 ids = list(_includedIds([document], paths)) if document else []
@@ -371,6 +380,12 @@ class _Watch:
         self._fetching = False
         if self.ended:
             return
+        read = sum(len(doc.body) for doc in snapshot.results if doc is not None)
+        read += sum(len(doc.body) for doc in snapshot.includes)
+        if read > DOCUMENT_BATCH_BYTES:  # big documents: read fewer at once
+            self._documentBatch = max(1, len(batch) * DOCUMENT_BATCH_BYTES // read)
+        else:
+            self._documentBatch = min(DOCUMENT_BATCH, self._documentBatch * 2)
         byKey = {idKey(doc.id): doc for doc in snapshot.includes}
         index = 0
         for change in batch:
@@ -401,7 +416,7 @@ class _Watch:
         if not self._outbox or self.ended:
             return
         unsent = self._ctx.unsentBytes()
-        if unsent > DROP_BYTES:
+        if unsent > DROP_BYTES + self._lastWrite:
             self._drop(
                 f"more than {DROP_BYTES // 1024} KiB of pushes were waiting for the client"
             )
@@ -412,6 +427,7 @@ class _Watch:
         self._outbox = []
         self._outboxBytes = 0
         self._resume = self._outboxEtag
+        self._lastWrite = len(data) if len(data) > DROP_BYTES else 0
         self._ctx.pushFrames(data)
 
     def _tooSlow(self, unsent: int) -> bool:

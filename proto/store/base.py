@@ -281,12 +281,20 @@ class IDocumentStore(Interface):
 
     def read(
         ids: Sequence[str],
-        references: Callable[[list[Document | None]], Iterable[str]] | None = None,
+        references: Callable[[list[Document | None]], Iterable[str | None]] | None = None,
     ) -> Deferred[Snapshot]:
         """
         L{getWithReferences} (or L{get}, without C{references}) that also
         says the highest etag committed when its snapshot was read (GET's
         C{Etag} header, C{shared/PROTOCOL.md} section 8).
+
+        C{references} may also yield C{None} now and then, as a progress
+        tick: the store skips it, and may stop there (failing with
+        C{CancelledError}) if the read was cancelled meanwhile. Whatever
+        C{references} raises fails the read with it. It may run on the
+        reactor thread or another: it must touch nothing shared. It may be
+        called more than once for one read (a read begun on one thread and
+        moved to another): only the last call counts.
         """
 
     def changesSince(since: int, prefix: str = "", limit: int = 1000) -> Deferred[ChangePage]:

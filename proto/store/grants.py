@@ -37,6 +37,8 @@ from typing import Any, NamedTuple
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
+from proto.store.base import ConflictError
+
 
 
 class GrantRow(NamedTuple):
@@ -70,6 +72,29 @@ class GrantRow(NamedTuple):
         )
 
 
+class GrantTakenError(ConflictError):
+    """
+    An ENROLL named a certificate that is already approved or enrolled for
+    another certificate (seen inside the write transaction, so two
+    servers cannot both hand out the same successor). Nothing was written.
+    """
+
+    def __init__(self, digest: str) -> None:
+        Exception.__init__(self, f"Certificate {digest} is already admitted for someone else")
+        self.digest = digest
+
+
+def checkEnrolment(existing: list[GrantRow], row: GrantRow) -> None:
+    """
+    Refuse an enrolment (L{GrantTakenError}) if a row for the same
+    certificate exists that is not an enrolment by the same certificate.
+    Call it before writing anything.
+    """
+    for found in existing:
+        if found.origin != "enrolled" or found.enrolledBy != row.enrolledBy:
+            raise GrantTakenError(row.thumbprint)
+
+
 class IGrantStore(Interface):
     """
     The C{grants} table of a store. Every method returns a Deferred and
@@ -87,8 +112,10 @@ class IGrantStore(Interface):
         Insert or replace the row of C{row.thumbprint} (and any row whose
         C{thumbprint} or C{other} is one of C{row.digests()}). With
         C{replaceEnrolment}, also delete every row enrolled by
-        C{row.enrolledBy} (one successor per certificate). One
-        transaction; bumps the revision.
+        C{row.enrolledBy} (one successor per certificate), after checking
+        with L{checkEnrolment} that the certificate is not someone
+        else's (L{GrantTakenError}, nothing written). One transaction;
+        bumps the revision.
 
         @return: the rows deleted (replaced ones included).
         """
@@ -157,6 +184,15 @@ def _bump(connection: sqlite3.Connection) -> None:
 
 def put(connection: sqlite3.Connection, row: GrantRow, replaceEnrolment: bool) -> list[GrantRow]:
     """L{IGrantStore.putGrant}, inside the caller's transaction."""
+    if replaceEnrolment:
+        existing = [
+            _row(values)
+            for digest in row.digests()
+            for values in connection.execute(
+                f"SELECT {_COLUMNS} FROM grants WHERE thumbprint = ? OR other = ?", (digest, digest)
+            )
+        ]
+        checkEnrolment(existing, row)
     removed: list[GrantRow] = []
     for digest in row.digests():
         removed += _deleteWhere(connection, "thumbprint = ? OR other = ?", (digest, digest))

@@ -34,7 +34,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable, Iterable, Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -68,6 +68,10 @@ LISTEN_RETRY_SECONDS = 1.0
 
 #: Most changes the listener reads (and hands over) at once.
 PAGE = 5_000
+
+#: Reader threads, each with its own connection: a read waits on round
+#: trips to the database, not on the CPU, so several run at once.
+READERS = 4
 
 #: The most changes one L{PostgresStore.changesSince} returns.
 MAX_PAGE = 10_000
@@ -172,12 +176,19 @@ class PostgresStore(postgres_grants.PostgresGrants):
     @ivar writes: operations run in those transactions.
     """
 
+    #: What BACKUP answers: the database is backed up by PostgreSQL's tools.
+    backupAdvice = (
+        "BACKUP: this server's store is PostgreSQL: back it up with pg_dump "
+        "(or your database's backups)"
+    )
+
     def __init__(
         self,
         conninfo: str,
         hub: Any = None,
         reactor: Any = None,
         retainChanges: int = DEFAULT_RETAIN_CHANGES,
+        readers: int = READERS,
     ) -> None:
         """
         @param conninfo: a libpq connection string or URI.
@@ -185,6 +196,7 @@ class PostgresStore(postgres_grants.PostgresGrants):
             change (of every server sharing the database), or C{None}.
         @param retainChanges: keep at least this many of the newest
             changes in the log (at least 1).
+        @param readers: how many reader threads (connections).
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
@@ -209,7 +221,11 @@ class PostgresStore(postgres_grants.PostgresGrants):
         self._writer = Worker(
             "writer", lambda: self._openWriter(retainChanges, published), reactor, self._committed
         )
-        self._reader = Worker("reader", lambda: ReadSession(conninfo), reactor)
+        self._readers = [
+            Worker(f"reader-{n}", lambda: ReadSession(conninfo), reactor)
+            for n in range(max(1, readers))
+        ]
+        self._turn = 0
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.where!r}>"
@@ -231,7 +247,10 @@ class PostgresStore(postgres_grants.PostgresGrants):
         # The writer creates (or upgrades) the schema: the others open after it.
         started = self._writer.start()
         started.addCallback(self._writerOpen)
-        started.addCallback(lambda _: self._reader.start())
+        started.addCallback(
+            lambda _: gatherResults([reader.start() for reader in self._readers], consumeErrors=True)
+            .addErrback(lambda failure: failure.value.subFailure)
+        )
         started.addCallback(lambda _: None)
         started.addErrback(self._startFailed)
         return started
@@ -248,11 +267,16 @@ class PostgresStore(postgres_grants.PostgresGrants):
     def close(self) -> Deferred[None]:
         if self.listener is not None:
             self.listener.stop()
-        closing = [self._writer.stop(), self._reader.stop()]
-        done = closing[0].addCallback(lambda _: closing[1])
-        return done.addCallback(lambda _: None)
+        closing = [self._writer.stop()] + [reader.stop() for reader in self._readers]
+        return gatherResults(closing).addCallback(lambda _: None)
 
     # -- reads -----------------------------------------------------------------
+
+    @property
+    def _reader(self) -> Worker:
+        """The next reader thread, in turn."""
+        self._turn = (self._turn + 1) % len(self._readers)
+        return self._readers[self._turn]
 
     def _readWorker(self) -> Worker:
         """Read-your-writes: behind unfinished writes, reads join the writer."""
@@ -285,7 +309,7 @@ class PostgresStore(postgres_grants.PostgresGrants):
         prefixKey = idKey(prefix)
         limit = max(1, min(limit, MAX_PAGE))
         return self._reader.submit(
-            lambda session: postgres_session.changes(session.connection, since, prefixKey, limit)
+            lambda session: session.inSnapshot(postgres_session.changes, since, prefixKey, limit)
         )
 
     def currentEtag(self) -> Deferred[int]:
@@ -300,14 +324,22 @@ class PostgresStore(postgres_grants.PostgresGrants):
             key = checkId(id)
         except ValueError:
             return fail()
-        return self._write(lambda session: session.put(key, id, bytes(body), ifMatch))
+        def work(session: WriteSession) -> Version:
+            return session.put(key, id, bytes(body), ifMatch)
+
+        work.keys = (key,)  # read with the batch's lock (WriteSession.runBatch)
+        return self._write(work)
 
     def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
         try:
             keys = [checkId(id) for id in ids]
         except ValueError:
             return fail()
-        return self._write(lambda session: session.delete(keys))
+        def work(session: WriteSession) -> list[Version]:
+            return session.delete(keys)
+
+        work.keys = keys
+        return self._write(work)
 
     def _write(self, work: Callable[[WriteSession], Any]) -> Deferred[Any]:
         self._unfinishedWrites += 1
@@ -325,11 +357,11 @@ class PostgresStore(postgres_grants.PostgresGrants):
         self._unfinishedWrites -= 1
         return result
 
-    def _committed(self, size: int, batch: BatchResult, seconds: float) -> None:
-        """On the reactor thread, after a write batch committed."""
+    def _committed(self, size: int, batch: BatchResult, seconds: float | None = None) -> None:
+        """On the reactor thread, after a write batch committed (in C{seconds})."""
         self.commits += 1
         self.writes += size
-        if self.commitObserver is not None:
+        if self.commitObserver is not None and seconds is not None:
             self.commitObserver(size, seconds)
         if self._publisher is not None:
             self._publisher.deliver(batch.changes)

@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from proto.store.grants import GrantRow, _row
+from proto.store.grants import GrantRow, _row, checkEnrolment
 
 _COLUMNS = "thumbprint, other, name, level, prefixes, origin, enrolled_by, created"
 
@@ -44,6 +44,16 @@ def _bump(connection: Any) -> None:
 
 
 def put(connection: Any, row: GrantRow, replaceEnrolment: bool) -> list[GrantRow]:
+    if replaceEnrolment:
+        existing = [
+            _row(values)
+            for digest in row.digests()
+            for values in connection.execute(
+                f"SELECT {_COLUMNS} FROM proto_grants WHERE thumbprint = %s OR other = %s",
+                (digest, digest),
+            )
+        ]
+        checkEnrolment(existing, row)  # before any write (section 9: not someone else's)
     removed: list[GrantRow] = []
     for digest in row.digests():
         removed += _deleteWhere(connection, "thumbprint = %s OR other = %s", (digest, digest))
@@ -75,7 +85,7 @@ class PostgresGrants:
         return self._reader.submit(lambda session: revision(session.connection))
 
     def loadGrants(self) -> Deferred[tuple[int, list[GrantRow]]]:
-        return self._reader.submit(lambda session: load(session.connection))
+        return self._reader.submit(lambda session: session.inSnapshot(load))
 
     def putGrant(self, row: GrantRow, replaceEnrolment: bool = False) -> Deferred[list[GrantRow]]:
         return self._write(lambda session: put(session.connection, row, replaceEnrolment))

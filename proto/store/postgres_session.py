@@ -102,6 +102,60 @@ def snapshot(connection: Any, keys: Sequence[str], references: References | None
     return Snapshot(results, [found[key] for key in wanted if key in found], etag)
 
 
+def plainRead(connection: Any, keys: Sequence[str]) -> Snapshot:
+    """
+    GET without Include in one statement (so one snapshot, one round
+    trip): the etag counter joined with the documents found.
+    """
+    unique = list(dict.fromkeys(keys))
+    found: dict[str, Document] = {}
+    etag = 0
+    for current, key, id, docEtag, body in connection.execute(
+        "SELECT c.value, d.key, d.id, d.etag, d.body FROM proto_counters c "
+        "LEFT JOIN proto_documents d ON d.key = ANY(%s) WHERE c.name = 'etag'",
+        (unique,),
+    ):
+        etag = current
+        if key is not None:
+            found[key] = Document(id, docEtag, bytes(body))
+    return Snapshot([found.get(key) for key in keys], [], etag)
+
+
+def includeRead(connection: Any, keys: Sequence[str], references: References) -> Snapshot:
+    """
+    GET with Include in one read-only snapshot and two round trips: the
+    etag and the documents (pipelined with BEGIN), then the referenced
+    documents not found yet (pipelined with COMMIT).
+    """
+    unique = list(dict.fromkeys(keys))
+    with connection.pipeline():
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        counterRow = connection.execute("SELECT value FROM proto_counters WHERE name = 'etag'")
+        documents = connection.execute(
+            "SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)", (unique,)
+        )
+        (etag,) = counterRow.fetchone()
+        byKey = {key: Document(id, docEtag, bytes(body))
+                 for key, id, docEtag, body in documents.fetchall()}
+    results = [byKey.get(key) for key in keys]
+    found = {idKey(doc.id): doc for doc in results if doc is not None}
+    wanted: dict[str, None] = {}  # ordered, unique
+    for id in references(results):
+        try:
+            wanted[checkId(id)] = None
+        except ValueError:
+            continue
+    missing = [key for key in wanted if key not in found]
+    with connection.pipeline():
+        extra = connection.execute(
+            "SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)", (missing,)
+        ) if missing else None
+        connection.execute("COMMIT")
+        for key, id, docEtag, body in (extra.fetchall() if extra is not None else ()):
+            found[key] = Document(id, docEtag, bytes(body))
+    return Snapshot(results, [found[key] for key in wanted if key in found], etag)
+
+
 def _change(etag: int, id: str, type: int) -> Change:
     return Change(id, PUT if type == CHANGE_PUT else DELETE, etag)
 
@@ -224,7 +278,11 @@ class Session:
 
 
 class ReadSession(Session):
-    """The reader thread's session: each batch in one read-only snapshot."""
+    """
+    The reader thread's session. A GET without Include is one statement;
+    what takes several (Include, a page of the change log) runs in one
+    read-only snapshot (L{inSnapshot}).
+    """
 
     def __init__(self, conninfo: str) -> None:
         super().__init__(conninfo, "reader")
@@ -232,11 +290,9 @@ class ReadSession(Session):
     def runBatch(self, works: Sequence[Callable[[Any], Any]]) -> tuple[list[Any], None]:
         import psycopg
 
-        connection = self.live()
+        self.live()
         try:
-            connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            results = [work(self) for work in works]
-            connection.execute("COMMIT")
+            return [work(self) for work in works], None
         except psycopg.Error as e:
             self.rollback()
             self.lost(e)
@@ -244,10 +300,19 @@ class ReadSession(Session):
         except BaseException:
             self.rollback()
             raise
-        return results, None
+
+    def inSnapshot(self, query: Callable[..., Any], *args: Any) -> Any:
+        """C{query(connection, *args)} in one repeatable-read, read-only transaction."""
+        connection = self.connection
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        result = query(connection, *args)
+        connection.execute("COMMIT")
+        return result
 
     def read(self, keys: Sequence[str], references: References | None) -> Snapshot:
-        return snapshot(self.connection, keys, references)
+        if references is None:
+            return plainRead(self.connection, keys)
+        return includeRead(self.connection, keys, references)
 
 
 class WriteSession(Session):
@@ -280,25 +345,39 @@ class WriteSession(Session):
 
         connection = self.live()
         committing = False
+        # The keys the batch's operations will read (L{PostgresStore} tags
+        # its works with them): fetched with the lock, in one round trip.
+        wanted = list(dict.fromkeys(key for work in works for key in getattr(work, "keys", ())))
         try:
-            connection.execute("BEGIN")
-            counters = dict(connection.execute(
-                "SELECT name, value FROM proto_counters WHERE name IN ('etag', 'log_floor') "
-                "FOR UPDATE"
-            ).fetchall())
+            with connection.pipeline():
+                connection.execute("BEGIN")
+                locked = connection.execute(
+                    "SELECT name, value FROM proto_counters WHERE name IN ('etag', 'log_floor') "
+                    "FOR UPDATE"
+                )
+                documents = connection.execute(
+                    "SELECT key, id, etag FROM proto_documents WHERE key = ANY(%s)", (wanted,)
+                )
+                counters = dict(locked.fetchall())
+                known = {key: (id, etag) for key, id, etag in documents.fetchall()}
             before = self._lastEtag = counters["etag"]
-            self._known, self._upserts, self._deletes, self._logRows = {}, {}, set(), []
+            self._known = {key: known.get(key) for key in wanted}
+            self._upserts, self._deletes, self._logRows = {}, set(), []
             self.changes = []
             outcomes = [self._attempt(work) for work in works]
-            self.flush()
-            if self._lastEtag != before:
-                connection.execute(
-                    "UPDATE proto_counters SET value = %s WHERE name = 'etag'", (self._lastEtag,)
-                )
-                self._prune(counters["log_floor"])
-                connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(self._lastEtag)))
-            committing = True
-            connection.execute("COMMIT")
+            # The writes, the counters, the doorbell and the commit: one
+            # round trip (then the commit's flush to disk).
+            with connection.pipeline():
+                self.flush()
+                if self._lastEtag != before:
+                    connection.execute(
+                        "UPDATE proto_counters SET value = %s WHERE name = 'etag'",
+                        (self._lastEtag,),
+                    )
+                    self._prune(counters["log_floor"])
+                    connection.execute("SELECT pg_notify(%s, %s)", (CHANNEL, str(self._lastEtag)))
+                committing = True
+                connection.execute("COMMIT")
         except psycopg.Error as e:
             self.changes = []
             self.rollback()

@@ -14,11 +14,13 @@ threads, each with its own connection, each running a L{_Worker} loop:
     instead of being capped at one write per fsync. L{SQLiteStore.commits}
     and L{SQLiteStore.writes} count transactions and the operations in
     them.
-  - the B{reader} does the same for reads, each batch in one read
-    transaction. The file is in WAL mode, so reads run concurrently with
-    the writer and see the last committed state. A read issued while
-    writes are unfinished joins the writer's queue instead, behind them
-    (read-your-writes; see L{SQLiteStore.get}).
+  - two B{readers} (I{point} and I{bulk}) do the same for reads, each
+    batch in one read transaction. The file is in WAL mode, so reads run
+    concurrently with the writer and see the last committed state. Small
+    reads do not even go to a thread: they run on the reactor thread
+    through a read connection of their own. A read issued while writes
+    are unfinished joins the writer's queue, behind them (read-your-writes). See
+    L{proto.store.sqlite_reads} for the routes and the bounds.
 
   - the B{doorbell} (L{proto.store.sqlite_publisher}) notices commits by
     other processes sharing the file.
@@ -81,7 +83,7 @@ from proto.store.base import (
 )
 from proto.store.sqlite_publisher import Doorbell, Publisher
 from proto.store.grants import IGrantStore, SQLiteGrants
-from proto.store.sqlite_read import ReadSession
+from proto.store.sqlite_reads import InlineReader, ReaderSession, ReadPath
 from proto.store.sqlite_worker import Worker
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES, BatchResult, WriteSession
 
@@ -102,8 +104,7 @@ class SQLiteStore(SQLiteGrants):
     @ivar path: the database file.
     @ivar commits: write transactions committed so far.
     @ivar writes: operations run in those transactions (so C{writes /
-        commits} is the mean group-commit batch size); a read that had to
-        queue behind unfinished writes runs there too and is counted.
+        commits} is the mean group-commit batch size).
     """
 
     def __init__(
@@ -113,6 +114,7 @@ class SQLiteStore(SQLiteGrants):
         reactor: Any = None,
         retainChanges: int = DEFAULT_RETAIN_CHANGES,
         configure: Callable[[Any], None] | None = None,
+        inlineReads: bool = True,
     ) -> None:
         """
         @param path: the database file (created, with its directory, if
@@ -125,6 +127,9 @@ class SQLiteStore(SQLiteGrants):
             changes in the log (at least 1).
         @param configure: called with the writer's connection once it is
             open (tests use it for C{PRAGMA max_page_count}).
+        @param inlineReads: serve small reads on the reactor thread (see
+            L{proto.store.sqlite_reads}); C{False} sends every read to a
+            reader thread.
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
@@ -139,7 +144,8 @@ class SQLiteStore(SQLiteGrants):
         self.commitObserver: Callable[[int, float], None] | None = None
         self._reactor = reactor
         self.retainChanges = retainChanges
-        self._unfinishedWrites = 0
+        self._inlineReads = inlineReads
+        self._closed = False
         self._hub = hub
         self._started = False
         self._publisher = Publisher(hub) if hub is not None else None
@@ -153,7 +159,9 @@ class SQLiteStore(SQLiteGrants):
             reactor,
             self._committed,
         )
-        self._reader = Worker("reader", lambda: ReadSession(path), reactor)
+        self._reader = Worker("reader", lambda: ReaderSession(path), reactor)
+        self._bulkReader = Worker("bulk-reader", lambda: ReaderSession(path), reactor)
+        self._reads = ReadPath(self._writer, self._reader, self._bulkReader)
 
     def __repr__(self) -> str:
         return f"<SQLiteStore {self.path!r}>"
@@ -168,48 +176,54 @@ class SQLiteStore(SQLiteGrants):
         # etag the file had before any write of ours.
         started = self._writer.start()
         started.addCallback(self._writerOpen)
-        started.addCallback(lambda _: self._reader.start())
-        started.addCallback(lambda _: None)
+        # (Closed meanwhile: the readers are not started at all.)
+        started.addCallback(lambda _: None if self._closed else self._reader.start())
+        started.addCallback(lambda _: None if self._closed else self._bulkReader.start())
+        started.addCallback(self._readersOpen)
         started.addErrback(self._startFailed)
         return started
 
     def _writerOpen(self, session: WriteSession) -> None:
         if self._publisher is not None:
-            self._publisher.startAt(sqlite_read.counter(session.connection, "etag"))
+            self._publisher.startAt(session.openedAt)
             self._doorbell.start()
+
+    def _readersOpen(self, _: Any) -> None:
+        if self._inlineReads and not self._closed:
+            self._reads.inline = InlineReader(self.path)
 
     def _startFailed(self, failure: Failure) -> Failure:
         self.close()
         return failure
 
     def close(self) -> Deferred[None]:
+        self._closed = True
         if self._doorbell is not None:
             self._doorbell.stop()
-        closing = [self._writer.stop(), self._reader.stop()]
-        done = closing[0].addCallback(lambda _: closing[1])
+        inline, self._reads.inline = self._reads.inline, None
+        if inline is not None:
+            inline.close()
+        closing = [self._writer.stop(), self._reader.stop(), self._bulkReader.stop()]
+        done = closing[0].addCallback(lambda _: closing[1]).addCallback(lambda _: closing[2])
         return done.addCallback(lambda _: None)
 
     # -- reads -----------------------------------------------------------------
 
-    def _readWorker(self) -> Worker:
-        """
-        Reads see every write submitted before them (read-your-writes, so a
-        client may pipeline PUT then GET): while writes are unfinished the
-        read joins the writer's queue, behind them; otherwise the reader
-        thread serves it, concurrently with the writer.
-        """
-        return self._writer if self._unfinishedWrites else self._reader
-
     def read(
         self,
         ids: Sequence[str],
-        references: Callable[[list[Document | None]], Iterable[str]] | None = None,
+        references: Callable[[list[Document | None]], Iterable[str | None]] | None = None,
     ) -> Deferred[Snapshot]:
+        """
+        Reads see every write submitted before them (read-your-writes, so a
+        client may pipeline PUT then GET). Where they run: see
+        L{proto.store.sqlite_reads}.
+        """
         try:
             keys = [checkId(id) for id in ids]
         except ValueError:
             return fail()
-        return self._readWorker().submit(lambda session: session.read(keys, references))
+        return self._reads.read(keys, references)
 
     def get(self, ids: Sequence[str]) -> Deferred[list[Document | None]]:
         return self.read(ids).addCallback(lambda found: found.results)
@@ -313,13 +327,13 @@ class SQLiteStore(SQLiteGrants):
         return self._write(lambda session: session.delete(keys))
 
     def _write(self, work: Callable[[WriteSession], Any]) -> Deferred[Any]:
-        self._unfinishedWrites += 1
+        self._reads.unfinishedWrites += 1
         d = self._writer.submit(work)
         d.addBoth(self._writeFinished)
         return d
 
     def _writeFinished(self, result: Any) -> Any:
-        self._unfinishedWrites -= 1
+        self._reads.unfinishedWrites -= 1
         return result
 
     def _committed(self, size: int, batch: BatchResult, seconds: float) -> None:

@@ -43,7 +43,7 @@ from proto.store.base import (
     StoreError,
     Version,
 )
-from proto.store import sqlite_read, sqlite_schema
+from proto.store import sqlite_read, sqlite_reads, sqlite_schema
 from proto.store.sqlite_schema import CHANGE_DELETE, CHANGE_PUT
 
 #: Retain at least this many of the newest changes, by default.
@@ -128,6 +128,9 @@ class WriteSession:
             sqlite_schema.upgrade(self.connection, path)
             if configure is not None:
                 configure(self.connection)
+            #: The etag when the store opened, before any batch of ours
+            #: (read here, on the writer thread: the publisher starts there).
+            self.openedAt = sqlite_read.counter(self.connection, "etag")
         except BaseException:
             self.connection.close()
             raise
@@ -273,11 +276,10 @@ class WriteSession:
 
     # -- reads queued behind writes (read-your-writes) -----------------------
 
-    def get(self, keys: Sequence[str]) -> list[Document | None]:
-        return sqlite_read.select(self.connection, keys)
-
-    def read(self, keys: Sequence[str], references: sqlite_read.References | None) -> Snapshot:
-        found = sqlite_read.snapshot(self.connection, keys, references)
+    def read(self, keys: Sequence[str], references: sqlite_read.References | None,
+             token: Any = None) -> Snapshot:
+        """See L{proto.store.sqlite_reads}: C{token} is checked as it goes."""
+        found = sqlite_reads.snapshot(self.connection, keys, references, token)
         # Inside the batch's transaction the counter row is not written
         # yet: the etag of this snapshot is the last one handed out.
         return found._replace(etag=max(found.etag, self._lastEtag))

@@ -1,0 +1,402 @@
+"""
+The change-log benchmark (issue 7): what the durable change log costs and
+what WATCH on it delivers. A benchmark, not a test: it prints figures.
+
+    flock /work/bench.lock python bench/changelog.py            # ~3-4 min
+    python bench/changelog.py --seconds 10 --repeat 3 --catchup 100000
+
+Rows:
+  - PUT/s (1 KiB documents) at 1 and 50 clients, ours beside the release
+    before the log (commit af61e5b, installed into its own virtualenv:
+    --ref-venv, made on first use with `git archive` + `pip install`),
+    measured in the same run, alternating; target: ours >= 0.85 x before.
+  - catch-up: one watcher, `WATCH bench/` with `Since: 0` over a store
+    holding --catchup changes; changes pushed per second, OK to last push.
+  - push latency p50/p99, same process and across two processes (two
+    `twistd proto` on one data directory): a writer PUTs one document at a
+    time; commit happens between the PUT being sent and its OK, so the
+    time from commit to the watcher lies between (push - OK) and
+    (push - sent); both are printed.
+  - fan-out: PUT/s at 50 clients with 200 watchers on the written prefix
+    (a separate process reading them all), as a ratio of PUT/s with none;
+    target >= 0.25 (the release before the log: about 0.05-0.08). The
+    watchers that the server dropped (too slow to read) are counted.
+
+The load generator is bench/loadgen (see bench/README.md); the servers are
+real `twistd -n proto` processes on 127.0.0.1. The machine has 2 cores
+and other work may run: figures are noisy; --repeat takes the best run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import selectors
+import signal
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+BENCH = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(BENCH)
+sys.path.insert(0, BENCH)
+sys.path.insert(0, ROOT)
+
+import run  # noqa: E402  (bench/run.py: loadgen, Server, helpers)
+
+REFERENCE_COMMIT = "af61e5b"
+
+
+# --------------------------------------------------------------------- clients
+
+
+def tlsConnect(port: int, dataDir: str) -> ssl.SSLSocket:
+    """An admitted raw TLS connection (greeting read)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(os.path.join(dataDir, "client.pem"), os.path.join(dataDir, "client.key"))
+    raw = socket.create_connection(("127.0.0.1", port), timeout=30)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock = context.wrap_socket(raw)
+    greeting = b""
+    while not greeting.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise RuntimeError("no greeting")
+        greeting += chunk
+    if greeting != b"OK\r\n":
+        raise RuntimeError(f"refused: {greeting!r}")
+    return sock
+
+
+def request(command: str, sequence: str, headers=(), body: bytes | None = None) -> bytes:
+    from proto import wire
+
+    return wire.encodeRequest(command.split()[0], command.split()[1:], sequence, headers, body)
+
+
+class Framed:
+    """A connection and its reply parser (low-volume use)."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        from proto import wire
+
+        self.sock = sock
+        self.parser = wire.ReplyParser(expectGreeting=False)
+        self.frames: list = []
+
+    def read(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise RuntimeError("connection closed")
+        self.frames += self.parser.feed(data)
+        while self.sock.pending():
+            self.frames += self.parser.feed(self.sock.recv(65536))
+
+    def next(self):
+        while not self.frames:
+            self.read()
+        return self.frames.pop(0)
+
+
+# --------------------------------------------------------------- the watchers role
+
+
+def watchersRole(a) -> int:
+    """
+    Child process: open --count watchers (WATCH --prefix), print one JSON
+    line when all are live, read everything until SIGTERM, then print the
+    push count and how many were dropped.
+    """
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    socks = []
+    for n in range(a.count):
+        sock = tlsConnect(a.port, a.data_dir)
+        sock.sendall(request(f"WATCH {a.prefix}", f"w{n}"))
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            reply += sock.recv(4096)
+        if not reply.startswith(b"OK"):
+            raise RuntimeError(f"WATCH refused: {reply!r}")
+        sock.setblocking(False)
+        socks.append(sock)
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    print(json.dumps({"event": "ready", "watchers": len(socks)}), flush=True)
+    pushes = dropped = 0
+    tails = {sock: b"" for sock in socks}
+    while not stop:
+        for key, _ in selector.select(0.2):
+            sock = key.fileobj
+            try:
+                data = sock.recv(262144)
+                while sock.pending():
+                    data += sock.recv(262144)
+            except (ssl.SSLWantReadError, BlockingIOError):
+                continue
+            except OSError:
+                selector.unregister(sock)
+                continue
+            if not data:
+                selector.unregister(sock)
+                continue
+            joined = tails[sock] + data
+            pushes += joined.count(b"PUSH\r\n")
+            dropped += joined.count(b'"Dropped"')
+            tails[sock] = joined[-12:]
+            # Do not count a frame start twice: the tail is re-scanned.
+            pushes -= tails[sock].count(b"PUSH\r\n")
+            dropped -= tails[sock].count(b'"Dropped"')
+    print(json.dumps({"event": "done", "pushes": pushes, "dropped": dropped}), flush=True)
+    return 0
+
+
+# ------------------------------------------------------------------- measuring
+
+
+def startServer(name: str, python: str, dataDir: str, workdir: str, pinning: bool, root: str,
+                extra: list[str] = ()) -> run.Server:
+    port = run.freePort()
+    argv = [python, "-c", run.TWISTD, "--pidfile=", "-n", "proto", "--data-dir", dataDir,
+            "--listen", f"tcp:{port}:interface=127.0.0.1", *extra]
+    return run.Server(name, argv, port, workdir, pinning, root=root)
+
+
+def ensureReference(venv: str, source: str) -> str:
+    """The release before the log, installed into its own virtualenv."""
+    python = os.path.join(venv, "bin", "python")
+    if os.path.exists(python):
+        return python
+    print(f"making the reference: {REFERENCE_COMMIT} into {venv} (once)", flush=True)
+    os.makedirs(source, exist_ok=True)
+    archive = subprocess.run(["git", "-C", ROOT, "archive", REFERENCE_COMMIT], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", source], input=archive, check=True)
+    subprocess.run([sys.executable, "-m", "venv", venv], check=True)
+    subprocess.run([python, "-m", "pip", "install", "-q", source], check=True)
+    return python
+
+
+def putRate(server: run.Server, dataDir: str, bodyFile: str, clients: int, a) -> dict:
+    args = ["-c", str(clients), "-d", "1", "--command", "PUT bench/%d", "--body-file", bodyFile,
+            "--keys", "1000", "-t", str(a.seconds), "--warmup", str(min(1.0, a.seconds / 5))]
+    return run.runLoadgen(server, dataDir, args, a.pin, a.seconds + 120)
+
+
+def populate(server: run.Server, dataDir: str, bodyFile: str, count: int, a) -> None:
+    args = ["-n", str(count), "-c", "50", "-d", "4", "--command", "PUT bench/%d",
+            "--body-file", bodyFile, "--keys", str(count)]
+    run.runLoadgen(server, dataDir, args, a.pin, 1800)
+
+
+def currentEtag(port: int, dataDir: str) -> int:
+    conn = Framed(tlsConnect(port, dataDir))
+    conn.sock.sendall(request("GET bench/0", "g"))
+    frame = conn.next()
+    conn.sock.close()
+    return int(frame.headers["etag"])
+
+
+def catchUp(server: run.Server, dataDir: str, expected: int) -> dict:
+    """One watcher, Since 0: pushes per second from OK to the last push."""
+    sock = tlsConnect(server.port, dataDir)
+    sock.sendall(request("WATCH bench/", "c", [("Since", "0")]))
+    buffer = b""
+    while b"\r\n\r\n" not in buffer:
+        buffer += sock.recv(65536)
+    t0 = time.monotonic()
+    head, _, rest = buffer.partition(b"\r\n\r\n")
+    pushes = rest.count(b"PUSH\r\n")
+    tail = rest[-12:]
+    last = f'"Etag": {expected}}}'.encode()
+    seen = last in rest
+    while not seen:
+        data = sock.recv(1 << 20)
+        if not data:
+            raise RuntimeError("catch-up connection closed")
+        joined = tail + data
+        pushes += joined.count(b"PUSH\r\n") - tail.count(b"PUSH\r\n")
+        seen = last in joined
+        tail = joined[-24:]
+    seconds = time.monotonic() - t0
+    sock.close()
+    return {"pushes": pushes, "seconds": seconds, "per_s": pushes / seconds}
+
+
+def latency(writerPort: int, watcherPort: int, dataDir: str, count: int) -> dict:
+    """PUT one at a time on one server, watch on another (or the same)."""
+    watcher = Framed(tlsConnect(watcherPort, dataDir))
+    watcher.sock.sendall(request("WATCH lat/", "w"))
+    assert watcher.next().kind == "OK"
+    writer = Framed(tlsConnect(writerPort, dataDir))
+    selector = selectors.DefaultSelector()
+    selector.register(watcher.sock, selectors.EVENT_READ, watcher)
+    selector.register(writer.sock, selectors.EVENT_READ, writer)
+    fromSent, fromOk = [], []
+    for n in range(count):
+        t0 = time.monotonic()
+        writer.sock.sendall(request(f"PUT lat/{n % 10}", f"p{n}", body=b'{"n": %d}' % n))
+        tOk = tPush = None
+        while tOk is None or tPush is None:
+            for key, _ in selector.select(10):
+                conn = key.data
+                conn.read()
+                now = time.monotonic()
+                while conn.frames:
+                    frame = conn.frames.pop(0)
+                    if conn is writer and frame.kind == "OK":
+                        tOk = now
+                    elif conn is watcher and frame.kind == "PUSH":
+                        tPush = now
+            if tOk is None and tPush is None and time.monotonic() - t0 > 10:
+                raise RuntimeError("no reply or push within 10 s")
+        fromSent.append(tPush - t0)
+        fromOk.append(tPush - tOk)
+    watcher.sock.close()
+    writer.sock.close()
+
+    def pct(values, p):
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1e3
+
+    return {
+        "sent_p50_ms": pct(fromSent, 50), "sent_p99_ms": pct(fromSent, 99),
+        "ok_p50_ms": pct(fromOk, 50), "ok_p99_ms": pct(fromOk, 99),
+        "ok_mean_ms": statistics.mean(fromOk) * 1e3,
+    }
+
+
+def fanOut(server: run.Server, dataDir: str, bodyFile: str, watchers: int, a) -> tuple[dict, dict]:
+    """PUT/s at 50 clients while WATCHERS read every change (another process)."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--role", "watchers", "--port", str(server.port),
+         "--data-dir", dataDir, "--count", str(watchers), "--prefix", "bench/"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    run.pin(child.pid, run.LOADGEN_CPU, a.pin)
+    try:
+        ready = json.loads(child.stdout.readline())
+        assert ready["event"] == "ready", ready
+        result = putRate(server, dataDir, bodyFile, 50, a)
+    finally:
+        child.send_signal(signal.SIGTERM)
+        out, _ = child.communicate(timeout=60)
+    done = json.loads(out.strip().splitlines()[-1])
+    return result, done
+
+
+# ----------------------------------------------------------------------- main
+
+
+def fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description="Change-log benchmark (issue 7)")
+    p.add_argument("--role", default="driver", choices=["driver", "watchers"], help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--data-dir", help=argparse.SUPPRESS)
+    p.add_argument("--count", type=int, default=200, help=argparse.SUPPRESS)
+    p.add_argument("--prefix", default="bench/", help=argparse.SUPPRESS)
+    p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per PUT row")
+    p.add_argument("--repeat", type=int, default=2, help="runs per server per PUT row (best shown)")
+    p.add_argument("--catchup", type=int, default=100_000, help="changes replayed by the catch-up row")
+    p.add_argument("--watchers", type=int, default=200, help="watchers of the fan-out row")
+    p.add_argument("--latency-count", type=int, default=300, help="PUTs per latency row")
+    p.add_argument("--ref-venv", default=os.path.join(tempfile.gettempdir(), "proto-ref-af61e5b", ".venv"),
+                   help="virtualenv with the release before the log (made if missing)")
+    p.add_argument("--no-pin", dest="pin", action="store_false")
+    a = p.parse_args()
+    if a.role == "watchers":
+        return watchersRole(a)
+    if a.pin and (os.cpu_count() or 1) < 2:
+        a.pin = False
+
+    run.buildLoadgen()
+    run.raiseFileLimit()
+    refPython = ensureReference(a.ref_venv, os.path.dirname(a.ref_venv))
+    from proto.datadir import bootstrap
+
+    workdir = tempfile.mkdtemp(prefix="proto-bench-changelog-")
+    dirs = {name: os.path.join(workdir, name) for name in ("ours", "before")}
+    for path in dirs.values():
+        bootstrap(path)
+    bodyFile = os.path.join(workdir, "doc-1k.json")
+    body = {"Name": "bench document", "Ref": "bench/ref", "Pad": ""}
+    body["Pad"] = "x" * (1024 - len(json.dumps(body)))
+    with open(bodyFile, "w") as f:
+        f.write(json.dumps(body))
+
+    print("change-log benchmark (issue 7)")
+    print(f"  {os.cpu_count()} CPUs; pinning {'on' if a.pin else 'off'}; {a.seconds:g} s per PUT row, "
+          f"best of {a.repeat}; reference: {REFERENCE_COMMIT} in {a.ref_venv}; work dir {workdir}")
+    print("  (a shared 2-core machine: figures are noisy)", flush=True)
+    servers = {
+        "ours": startServer("ours", sys.executable, dirs["ours"], workdir, a.pin, ROOT),
+        "before": startServer("before", refPython, dirs["before"], workdir, a.pin, workdir),
+    }
+    rows = []
+    try:
+        # 1. PUT/s beside the release before the log.
+        for clients in (1, 50):
+            best = {"ours": 0.0, "before": 0.0}
+            for attempt in range(a.repeat):
+                order = ("ours", "before") if attempt % 2 == 0 else ("before", "ours")
+                for name in order:
+                    r = putRate(servers[name], dirs[name], bodyFile, clients, a)
+                    print(f"  PUT {clients}x1 {name}: {r['req_per_s']:.0f}/s (errors {r['errors']})", flush=True)
+                    best[name] = max(best[name], r["req_per_s"])
+            rows.append((f"PUT 1 KiB/s, {clients} client(s)", fmt(best["ours"]), fmt(best["before"]),
+                         f"{best['ours'] / best['before']:.2f}", ">= 0.85"))
+        # 4. fan-out (before the store grows: same store size for both figures).
+        for name in ("ours", "before"):
+            none = max(putRate(servers[name], dirs[name], bodyFile, 50, a)["req_per_s"] for _ in range(a.repeat))
+            withW, stats = fanOut(servers[name], dirs[name], bodyFile, a.watchers, a)
+            print(f"  fan-out {name}: none {none:.0f}/s, with {a.watchers} watchers "
+                  f"{withW['req_per_s']:.0f}/s; watchers read {stats['pushes']} pushes, "
+                  f"{stats['dropped']} dropped", flush=True)
+            rows.append((f"fan-out {name}: PUT/s 50 clients, {a.watchers} watchers / none "
+                         f"({stats['dropped']} dropped)",
+                         fmt(withW["req_per_s"]), fmt(none), f"{withW['req_per_s'] / none:.2f}", ">= 0.25"))
+        # 2. catch-up.
+        ours = servers["ours"]
+        populate(ours, dirs["ours"], bodyFile, a.catchup, a)
+        expected = currentEtag(ours.port, dirs["ours"])
+        r = catchUp(ours, dirs["ours"], expected)
+        rows.append((f"catch-up: changes pushed/s (Since 0, {r['pushes']:,} changes)",
+                     fmt(r["per_s"]), "—", "—", "(information)"))
+        # 3. latency: same process, then across two processes.
+        same = latency(ours.port, ours.port, dirs["ours"], a.latency_count)
+        second = startServer("ours-2", sys.executable, dirs["ours"], workdir, a.pin, ROOT)
+        servers["ours-2"] = second
+        cross = latency(ours.port, second.port, dirs["ours"], a.latency_count)
+        for label, r in (("same process", same), ("across processes", cross)):
+            rows.append((f"push latency {label}: PUT OK -> push, p50 / p99 ms",
+                         f"{r['ok_p50_ms']:.2f} / {r['ok_p99_ms']:.2f}", "—", "—", "(commit -> push >= this)"))
+            rows.append((f"push latency {label}: PUT sent -> push, p50 / p99 ms",
+                         f"{r['sent_p50_ms']:.2f} / {r['sent_p99_ms']:.2f}", "—", "—", "(commit -> push <= this)"))
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    print()
+    headers = ("row", "ours", "before the log", "ratio", "target")
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(5)]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
+    print(f"\n(command: flock /work/bench.lock {sys.executable} bench/changelog.py "
+          f"--seconds {a.seconds:g} --repeat {a.repeat} --catchup {a.catchup} --watchers {a.watchers})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

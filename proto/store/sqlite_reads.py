@@ -1,0 +1,320 @@
+"""
+Where a read of the SQLite store runs (issue 13), and how one read is
+kept from holding up the others (issue 12, item 1).
+
+Routes
+======
+A read (L{ReadPath.read}) goes, in this order of preference:
+
+  1. B{behind the unfinished writes} (read-your-writes, so a client may
+     pipeline PUT then GET, and a GET then DELETE): while any write is
+     unfinished, the read joins the writer's queue and runs in its
+     transaction, after the writes queued before it and before those
+     queued after it. (Bounded and cancellable like every read, so it
+     delays a commit by little.)
+  2. B{inline}, on the reactor thread, through a read connection of its
+     own (L{InlineReader}): a point read of a few documents costs tens of
+     microseconds in SQLite's page cache, less than the two thread
+     switches a hop to a worker costs. Only small reads go inline (at most
+     L{INLINE_MAX_IDS} ids; with Include, at most L{INLINE_MAX_BYTES} of
+     result documents to parse and L{INLINE_MAX_STEPS} steps of walking
+     them); one that turns out bigger is abandoned (its read transaction
+     ended, nothing returned) and sent to a thread. The connection never
+     waits for a lock (C{busy_timeout} 0: C{SQLITE_BUSY} sends the read to
+     a thread), and an inline read that took more than
+     L{INLINE_SLOW_CPU_SECONDS} of CPU or L{INLINE_SLOW_SECONDS} on the
+     clock (cold pages) sends every read to the threads for
+     L{INLINE_BACKOFF_SECONDS}.
+  3. a B{reader thread}: the I{point} reader for reads without Include
+     (their cost is bounded by the number of ids a head can hold), the
+     I{bulk} reader for reads with Include. So a long GET with Include can
+     delay other reads with Include, never those without (nor, through 2,
+     any small read while the reactor serves it inline).
+
+Cancellation and bounds
+=======================
+Every read's Deferred can be cancelled (the request's Timeout, or its
+connection ending). A read not started yet never runs. One that is
+running on a thread stops at its next check: the C{references} callable
+of an Include yields C{None} now and then (see
+L{proto.store.base.IDocumentStore.read}), and between chunks of ids; the
+read transaction is then rolled back. What one GET may cost at all is
+bounded by the command (L{proto.commands.documents}): distinct ids and
+paths count once, and an Include that names too many documents or walks
+too many values fails that request alone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any, Callable, Iterable, Sequence
+
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.python.failure import Failure
+
+from proto.store import sqlite_read
+from proto.store.base import Document, Snapshot, checkId, idKey
+
+#: Reads of more ids than this never run inline (and go to the bulk reader).
+INLINE_MAX_IDS = 16
+
+#: With Include: the most bytes of result documents parsed inline.
+INLINE_MAX_BYTES = 256 * 1024
+
+#: With Include: the most ids and progress ticks (see L{Cancelled}) taken
+#: from the C{references} walk inline before it is moved to a thread.
+INLINE_MAX_STEPS = 256
+
+#: An inline read that took more CPU than this (the reactor thread's own
+#: time, which does not count being preempted on a busy machine)...
+INLINE_SLOW_CPU_SECONDS = 0.002
+
+#: ...or longer than this on the clock (waiting for the disk: cold pages)...
+INLINE_SLOW_SECONDS = 0.02
+
+#: ...sends every read to the threads for this long.
+INLINE_BACKOFF_SECONDS = 0.25
+
+References = Callable[[list[Document | None]], Iterable[str | None]]
+
+
+class _TooBig(Exception):
+    """An inline read outgrew the inline bounds: run it on a thread."""
+
+
+class Token:
+    """
+    The cancellation state of one read, shared by the reactor thread
+    (which sets it) and the thread running the read (which checks it).
+    """
+
+    __slots__ = ("cancelled", "inner")
+
+    def __init__(self) -> None:
+        self.cancelled = False
+        #: The worker's Deferred, once the read was handed to a thread.
+        self.inner: Deferred[Any] | None = None
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise CancelledError("the read was cancelled while it ran")
+
+
+def selectChecked(
+    connection: sqlite3.Connection, keys: Sequence[str], token: Token | None
+) -> list[Document | None]:
+    """L{sqlite_read.select}, checking C{token} between chunks."""
+    if token is None or len(keys) <= sqlite_read._CHUNK:
+        return sqlite_read.select(connection, keys)
+    found: dict[str, Document] = {}
+    unique = list(dict.fromkeys(keys))
+    step = sqlite_read._CHUNK
+    for start in range(0, len(unique), step):
+        token.check()
+        for doc, key in zip(sqlite_read.select(connection, unique[start : start + step]),
+                            unique[start : start + step]):
+            if doc is not None:
+                found[key] = doc
+    return [found.get(key) for key in keys]
+
+
+def snapshot(
+    connection: sqlite3.Connection,
+    keys: Sequence[str],
+    references: References | None,
+    token: Token | None = None,
+    maxSteps: int | None = None,
+) -> Snapshot:
+    """
+    The documents C{keys}, the etag, and with C{references} the documents
+    they reference: in the caller's read transaction.
+
+    @param token: checked between chunks and at each step of the walk.
+    @param maxSteps: raise L{_TooBig} after this many items (ids or
+        C{None} ticks) from the walk.
+    """
+    etag = sqlite_read.counter(connection, "etag")
+    results = selectChecked(connection, keys, token)
+    if references is None:
+        return Snapshot(results, [], etag)
+    found = {idKey(doc.id): doc for doc in results if doc is not None}
+    wanted: dict[str, None] = {}  # ordered, unique
+    steps = 0
+    for id in references(results):
+        steps += 1
+        if maxSteps is not None and steps > maxSteps:
+            raise _TooBig()
+        if id is None:
+            if token is not None:
+                token.check()
+            continue
+        try:
+            wanted[checkId(id)] = None
+        except ValueError:
+            continue
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        for doc in selectChecked(connection, missing, token):
+            if doc is not None:
+                found[idKey(doc.id)] = doc
+    return Snapshot(results, [found[key] for key in wanted if key in found], etag)
+
+
+class InlineReader:
+    """
+    A read-only connection used on the reactor thread, for reads small
+    enough to cost less than a thread hop (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        path: str,
+        clock: Callable[[], float] = time.monotonic,
+        cpuClock: Callable[[], float] = time.thread_time,
+    ) -> None:
+        self._connection = sqlite_read.connect(path)
+        self._connection.execute("PRAGMA query_only = ON")
+        # Never wait for a lock on the reactor thread: a busy file sends
+        # the read to a thread, which may wait.
+        self._connection.execute("PRAGMA busy_timeout = 0")
+        self._clock = clock
+        self._cpuClock = cpuClock
+        self._backoffUntil = 0.0
+        self.served = 0
+        self.declined = 0
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def fits(self, keys: Sequence[str]) -> bool:
+        return len(keys) <= INLINE_MAX_IDS and self._clock() >= self._backoffUntil
+
+    def read(self, keys: Sequence[str], references: References | None) -> Snapshot | None:
+        """The snapshot, or C{None} if this read must go to a thread."""
+        connection = self._connection
+        start, cpuStart = self._clock(), self._cpuClock()
+        try:
+            connection.execute("BEGIN")
+            try:
+                found = snapshot(connection, keys, references, None, INLINE_MAX_STEPS)
+                if references is not None and sum(
+                    len(doc.body) for doc in found.results if doc is not None
+                ) > INLINE_MAX_BYTES:
+                    raise _TooBig()
+            finally:
+                connection.execute("COMMIT")
+        except (_TooBig, sqlite3.Error):
+            self.declined += 1
+            return None
+        finally:
+            now = self._clock()
+            if (
+                now - start > INLINE_SLOW_SECONDS
+                or self._cpuClock() - cpuStart > INLINE_SLOW_CPU_SECONDS
+            ):
+                self._backoffUntil = now + INLINE_BACKOFF_SECONDS
+        self.served += 1
+        return found
+
+
+class ReadPath:
+    """
+    Routes the reads of one L{proto.store.sqlite.SQLiteStore} (see the
+    module docstring).
+    """
+
+    def __init__(self, writer: Any, point: Any, bulk: Any) -> None:
+        """
+        @param writer: the writer's worker
+            (L{proto.store.sqlite_worker.Worker}), for reads behind writes.
+        @param point: the worker for short reads without Include.
+        @param bulk: the worker for the others.
+        """
+        self._writer = writer
+        self._point = point
+        self._bulk = bulk
+        self.inline: InlineReader | None = None
+        #: Writes submitted and not yet finished.
+        self.unfinishedWrites = 0
+
+    def read(self, keys: list[str], references: References | None) -> Deferred[Snapshot]:
+        token = Token()
+        if self.unfinishedWrites:
+            worker = self._writer
+        else:
+            inline = self.inline
+            if inline is not None and inline.fits(keys):
+                try:
+                    found = inline.read(keys, references)
+                except Exception:
+                    return fail()
+                if found is not None:
+                    return succeed(found)
+            worker = self._point if references is None else self._bulk
+        result: Deferred[Snapshot] = Deferred(lambda d: self._cancel(token))
+        token.inner = worker.submit(lambda session: _guarded(session, keys, references, token))
+        token.inner.addCallbacks(self._relay(result), self._relayFailure(result))
+        return result
+
+    @staticmethod
+    def _relay(result: Deferred[Snapshot]) -> Callable[[Snapshot], None]:
+        def relay(found: Snapshot) -> None:
+            if not result.called:
+                result.callback(found)
+
+        return relay
+
+    @staticmethod
+    def _relayFailure(result: Deferred[Snapshot]) -> Callable[[Any], None]:
+        def relay(failure: Any) -> None:
+            if not result.called:
+                result.errback(failure)
+
+        return relay
+
+    @staticmethod
+    def _cancel(token: Token) -> None:
+        # Queued on a thread: the worker drops it. Running: it stops at its
+        # next check.
+        token.cancelled = True
+        inner = token.inner
+        if inner is not None and not inner.called:
+            inner.cancel()
+
+
+def _guarded(session: Any, keys: Sequence[str], references: References | None, token: Token) -> Any:
+    """
+    Run one read on a worker's session; what it raises becomes its
+    outcome, so that it fails alone (also inside the writer's batch,
+    where an exception would roll back the writes).
+    """
+    try:
+        token.check()
+        return session.read(keys, references, token)
+    except Exception:
+        return Failure()
+
+
+class ReaderSession(sqlite_read.ReadSession):
+    """
+    A reader thread's session: each work of a batch fails alone, and a
+    read stops at its next check once its token is cancelled.
+    """
+
+    def read(self, keys: Sequence[str], references: References | None, token: Token | None = None) -> Snapshot:
+        return snapshot(self.connection, keys, references, token)
+
+    def runBatch(self, works: Sequence[Callable[[Any], Any]]) -> tuple[list[Any], None]:
+        """Run C{works} in one read transaction: they see one snapshot."""
+        outcomes: list[Any] = []
+        self.connection.execute("BEGIN")
+        try:
+            for work in works:
+                try:
+                    outcomes.append(work(self))
+                except Exception:
+                    outcomes.append(Failure())
+        finally:
+            self.connection.execute("COMMIT")
+        return outcomes, None
