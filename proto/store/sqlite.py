@@ -263,7 +263,8 @@ class SQLiteStore(SQLiteGrants):
             etag = sqlite_read.counter(connection, "etag")
             return {"Documents": documents, "Etag": etag, "Changes": changes}
 
-        return self._readWorker().submit(work)
+        worker = self._writer if self._reads.unfinishedWrites else self._reader
+        return worker.submit(work)
 
     def backup(self, directory: str) -> Deferred[str]:
         """
