@@ -224,7 +224,7 @@ class Session:
         self._failedAt: float | None = None
         self._lastError: BaseException | None = None
         self.connection: Any = None
-        self.connection = connect(conninfo)  # At start, a failure is the caller's.
+        self.connection = connect(conninfo, what)  # At start, a failure is the caller's.
 
     def close(self) -> None:
         if self.connection is not None:
@@ -247,7 +247,7 @@ class Session:
         import psycopg
 
         try:
-            self.connection = connect(self._conninfo)
+            self.connection = connect(self._conninfo, self._what)
         except psycopg.Error as e:
             if self._failedAt is None:
                 self._log.error("PostgreSQL store ({what}): cannot connect to {where}: {error}",
