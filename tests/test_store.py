@@ -254,6 +254,13 @@ class SQLiteStoreTests(StoreTestMixin, TestCase):
         self.assertEqual([d.id for d in referenced], ["c", "b", "a"])
 
     @inlineCallbacks
+    def test_referencesWithTicks(self):
+        """C{None} from C{references} is a progress tick: skipped (any backend)."""
+        yield self.store.put("a", b"{}")
+        snapshot = yield self.store.read(["a"], lambda results: [None, "a", None] * 300)
+        self.assertEqual([d.id for d in snapshot.includes], ["a"])
+
+    @inlineCallbacks
     def test_bodyKeptAsSent(self):
         """The JSON text comes back byte for byte, spacing and all."""
         body = '{ "a" :\n [1, 2.50, "ü"] }'.encode("utf-8")

@@ -91,6 +91,8 @@ def snapshot(connection: Any, keys: Sequence[str], references: References | None
     found = {idKey(doc.id): doc for doc in results if doc is not None}
     wanted: dict[str, None] = {}  # ordered, unique
     for id in references(results):
+        if id is None:
+            continue  # A progress tick (IDocumentStore.read).
         try:
             wanted[checkId(id)] = None
         except ValueError:
@@ -141,6 +143,8 @@ def includeRead(connection: Any, keys: Sequence[str], references: References) ->
     found = {idKey(doc.id): doc for doc in results if doc is not None}
     wanted: dict[str, None] = {}  # ordered, unique
     for id in references(results):
+        if id is None:
+            continue  # A progress tick (IDocumentStore.read).
         try:
             wanted[checkId(id)] = None
         except ValueError:
