@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
+from unittest import mock
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -627,6 +629,19 @@ class OpenStoreTests(SynchronousTestCase):
             store = openStore(spec, "/data")
             self.assertIsInstance(store, PostgresStore)
             self.assertEqual(store.conninfo, conninfo)
+
+    def test_postgresqlWithoutPsycopg(self) -> None:
+        """
+        Without the C{postgres} extra, C{--store postgresql:...} is the one
+        line of advice (a ValueError, which twistd shows as one line), not
+        an ImportError traceback.
+        """
+        hidden = {name: None for name in ("psycopg", "psycopg.conninfo")}
+        with mock.patch.dict(sys.modules, hidden):
+            with self.assertRaises(ValueError) as caught:
+                openStore("postgresql:host=/run/pg dbname=proto", "/data")
+        self.assertIn("needs psycopg 3", str(caught.exception))
+        self.assertIn("pip install 'proto[postgres]'", str(caught.exception))
 
     def test_postgresqlPasswordNotShown(self) -> None:
         store = openStore("postgresql://proto:s3cret@db/proto", "/data")
