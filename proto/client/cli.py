@@ -638,8 +638,22 @@ def run(argv: list[str] | None = None) -> int:
         return fail("interrupted", EXIT_CONNECTION)
 
 
+#: Exit status when the reader of our output went away (C{proto-cli ... |
+#: head}): what a shell reports for a tool ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
 def main() -> None:
-    sys.exit(run())
+    try:
+        status = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Stop quietly, as Unix tools do, instead of a traceback; stdout now
+        # goes to /dev/null so the interpreter's own flush at exit cannot
+        # fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_BROKEN_PIPE
+    sys.exit(status)
 
 
 if __name__ == "__main__":
