@@ -93,6 +93,29 @@ class PendingList:
         return [{key: entry[key] for key in keys} for entry in reversed(self._entries.values())]
 
 
+def mergePending(listings: list[list[dict[str, Any]]], limit: int = PENDING_LIMIT) -> list[dict[str, Any]]:
+    """
+    One PENDING reply from several processes' listings (workers of one
+    server): the same certificate's entries are added up (attempts summed,
+    first seen the earliest, peer and reason from the latest), newest
+    first, at most C{limit}.
+    """
+    merged: dict[str, dict[str, Any]] = {}
+    for listing in listings:
+        for entry in listing:
+            known = merged.get(entry["Sha1"])
+            if known is None:
+                merged[entry["Sha1"]] = dict(entry)
+                continue
+            attempts = known["Attempts"] + entry["Attempts"]
+            first = min(known["FirstSeen"], entry["FirstSeen"])
+            if entry["LastSeen"] > known["LastSeen"]:
+                known.update(entry)
+            known["Attempts"], known["FirstSeen"] = attempts, first
+    newest = sorted(merged.values(), key=lambda entry: entry["LastSeen"], reverse=True)
+    return newest[:limit]
+
+
 def describe(thumbprint: str, grant: Grant) -> dict[str, Any]:
     """The APPROVE/REVOKE reply: C{{"Sha1" or "Sha256", "Name", "Can"}}."""
     key = "Sha1" if len(thumbprint) == 40 else "Sha256"

@@ -49,7 +49,8 @@ class Subscriptions:
         return bool(self._cancels)
 
     def __contains__(self, sequence: str) -> bool:
-        return bool(self._cancels) and sequence in self._cancels
+        cancels = self._cancels
+        return cancels is not None and sequence in cancels
 
     def add(
         self, sequence: str, cancel: Callable[[], None], regrant: Callable[[Any], None] | None = None

@@ -349,6 +349,7 @@ class RequestParser:
                 if missing:
                     return None
                 request, parts = self.bodyPending, self._parts
+                assert request is not None  # set with bodyMissing
                 self.bodyPending, self._parts, self._keep = None, [], True
                 request.body = parts[0] if len(parts) == 1 else b"".join(parts)
                 return request

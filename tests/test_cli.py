@@ -168,6 +168,24 @@ class CertificateToolTests(CLITestCase):
         self.assertIn(f"SHA-1:   {certs.sha1Thumbprint(cert)}\n", result.stdout.decode())
         self.assertIn(f"SHA-256: {certs.sha256Thumbprint(cert)}\n", result.stdout.decode())
 
+    def test_thumbprintIntoClosedPipe(self):
+        """
+        C{proto-cli --thumbprint FILE | head -1}: when the reader of its
+        output has gone, it stops quietly (no BrokenPipeError traceback).
+        """
+        path = os.path.join(self.dataDir, datadir.SERVER_CERT)
+        readEnd, writeEnd = os.pipe()
+        os.close(readEnd)  # nobody will read: every write fails with EPIPE
+        try:
+            result = subprocess.run(
+                self.command("--thumbprint", path), stdin=subprocess.DEVNULL,
+                stdout=writeEnd, stderr=subprocess.PIPE, timeout=RUN_LIMIT,
+                env=self.environment(), cwd=self.workdir,
+            )
+        finally:
+            os.close(writeEnd)
+        self.assertEqual((result.returncode, result.stderr), (141, b""))
+
     def test_mintThenAdmit(self):
         """A minted certificate is refused until its line is on the allow-list."""
         prefix = os.path.join(self.workdir, "bob")

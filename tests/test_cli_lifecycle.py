@@ -55,5 +55,14 @@ class LifecycleCLITests(CLITestCase):
         self.assertEqual(whoami.returncode, 0, whoami.stderr)
         me = json.loads(whoami.stdout)
         self.assertEqual((me["CN"], me["Can"], me["Name"]), ("ops 2027", "admin", "proto client (created on first start)"))
-        # --enroll without --mint is a usage error.
+        # --enroll without --mint is a usage error; so are existing files.
         self.assertEqual(self.cli("--enroll").returncode, 2)
+        again = self.cli("--mint", "ops 2027", "--enroll", "--out", prefix)
+        self.assertEqual(again.returncode, 2)
+        self.assertIn(b"exists; not overwriting", again.stderr)
+        # --out DIR/ puts the files in that directory, as plain --mint does.
+        directory = os.path.join(self.workdir, "renewed") + "/"
+        inDir = self.cli("--cert", prefix + ".pem", "--key", prefix + ".key",
+                         "--mint", "ops 2028", "--enroll", "--out", directory)
+        self.assertEqual(inDir.returncode, 0, inDir.stderr)
+        self.assertTrue(os.path.exists(os.path.join(directory, "ops_2028.pem")))

@@ -472,3 +472,25 @@ class FileAndStoreTests(ServerMixin, unittest.TestCase):
         self.assertTrue(allowFile.reload())
         self.assertEqual((yield approved.whoami()).json()["Name"], "approved one")
         yield svc.whenClosed()  # svc is in neither: cut
+
+
+class MergePendingTests(unittest.SynchronousTestCase):
+    """PENDING of a server with several worker processes."""
+
+    def test_merge(self):
+        from proto.access import mergePending
+
+        def entry(sha, first, last, attempts, peer):
+            return {"Sha1": sha, "Sha256": sha * 2, "CN": sha, "Peer": peer, "Reason": "r " + peer,
+                    "FirstSeen": first, "LastSeen": last, "Attempts": attempts}
+
+        one = [entry("b", "2026-01-01T00:00:05Z", "2026-01-01T00:00:09Z", 2, "p1"),
+               entry("a", "2026-01-01T00:00:01Z", "2026-01-01T00:00:02Z", 1, "p1")]
+        two = [entry("c", "2026-01-01T00:00:03Z", "2026-01-01T00:00:08Z", 4, "p2"),
+               entry("a", "2026-01-01T00:00:00Z", "2026-01-01T00:00:07Z", 3, "p2")]
+        merged = mergePending([one, two])
+        self.assertEqual([e["Sha1"] for e in merged], ["b", "c", "a"])
+        a = merged[2]
+        self.assertEqual((a["Attempts"], a["FirstSeen"], a["LastSeen"], a["Peer"]),
+                         (4, "2026-01-01T00:00:00Z", "2026-01-01T00:00:07Z", "p2"))
+        self.assertEqual(len(mergePending([one, two], limit=2)), 2)

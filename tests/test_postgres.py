@@ -139,6 +139,48 @@ class OutageTests(unittest.TestCase):
         self.assertEqual(etag, 2)
 
 
+class ListenerTests(unittest.TestCase):
+    """The LISTEN connection is only a doorbell: losing it loses nothing."""
+
+    @inlineCallbacks
+    def test_droppedListenerCatchesUp(self):
+        import psycopg
+        from twisted.internet import reactor
+        from twisted.internet.task import deferLater
+
+        from proto.hub import ChangeHub
+        from proto.store.postgres import PostgresStore
+
+        conninfo = sharedCluster().createSchema()
+        hub, seen = ChangeHub(), []
+        hub.subscribe("", seen.append)
+        watched, other = PostgresStore(conninfo, hub=hub), PostgresStore(conninfo)
+        for store in (watched, other):
+            yield store.start()
+            self.addCleanup(store.close)
+        yield other.put("a", b"{}")
+        for _ in range(200):
+            if seen:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        # Cut the listener's connection (as a network blip or a server
+        # restart would), then write from elsewhere while it is down.
+        with psycopg.connect(conninfo, autocommit=True) as admin:
+            killed = admin.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = 'proto-listener' AND pid <> pg_backend_pid()"
+            ).fetchone()[0]
+        self.assertGreaterEqual(killed, 1)
+        for n in range(5):
+            yield other.put(f"b/{n}", b"{}")
+        for _ in range(500):
+            if len(seen) == 6:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([c.etag for c in seen], [1, 2, 3, 4, 5, 6])
+        self.assertGreaterEqual(watched.listener.connects, 2)
+
+
 class SchemaTests(unittest.TestCase):
     """The PostgreSQL schema is versioned and upgraded by the server."""
 

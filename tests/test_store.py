@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import sys
 import threading
+from unittest import mock
 
 from twisted.application.service import MultiService
 from twisted.internet import defer
@@ -252,6 +254,13 @@ class SQLiteStoreTests(StoreTestMixin, TestCase):
         self.assertEqual(results, seen[0])
         self.assertEqual([d.id if d else None for d in results], ["a", None])
         self.assertEqual([d.id for d in referenced], ["c", "b", "a"])
+
+    @inlineCallbacks
+    def test_referencesWithTicks(self):
+        """C{None} from C{references} is a progress tick: skipped (any backend)."""
+        yield self.store.put("a", b"{}")
+        snapshot = yield self.store.read(["a"], lambda results: [None, "a", None] * 300)
+        self.assertEqual([d.id for d in snapshot.includes], ["a"])
 
     @inlineCallbacks
     def test_bodyKeptAsSent(self):
@@ -620,6 +629,19 @@ class OpenStoreTests(SynchronousTestCase):
             store = openStore(spec, "/data")
             self.assertIsInstance(store, PostgresStore)
             self.assertEqual(store.conninfo, conninfo)
+
+    def test_postgresqlWithoutPsycopg(self) -> None:
+        """
+        Without the C{postgres} extra, C{--store postgresql:...} is the one
+        line of advice (a ValueError, which twistd shows as one line), not
+        an ImportError traceback.
+        """
+        hidden = {name: None for name in ("psycopg", "psycopg.conninfo")}
+        with mock.patch.dict(sys.modules, hidden):
+            with self.assertRaises(ValueError) as caught:
+                openStore("postgresql:host=/run/pg dbname=proto", "/data")
+        self.assertIn("needs psycopg 3", str(caught.exception))
+        self.assertIn("pip install 'proto[postgres]'", str(caught.exception))
 
     def test_postgresqlPasswordNotShown(self) -> None:
         store = openStore("postgresql://proto:s3cret@db/proto", "/data")

@@ -25,18 +25,22 @@ from proto.store.sqlite import SQLiteStore
 from tests import support
 from tests.test_changelog import sleep, waitUntil
 from tests.test_documents import CommandTestCase, Reply
+from tests.test_store import PostgresBackend, SQLiteBackend
 
 
-class WatchTestCase(CommandTestCase):
-    """A store with a small retention knob; helpers to watch and wait."""
+class WatchTestCase(SQLiteBackend, CommandTestCase):
+    """
+    A store with a small retention knob; helpers to watch and wait. The
+    C{Postgres*} classes at the end run the same tests on PostgreSQL.
+    """
 
     retain = 100_000
 
     def setUp(self) -> defer.Deferred:
         self.hub = ChangeHub()
         self.clock = support.realTimeClock()
-        self.path = os.path.join(os.path.abspath(self.mktemp()), "docs.sqlite3")
-        self.store = SQLiteStore(self.path, hub=self.hub, retainChanges=self.retain)
+        self.setUpBackend()
+        self.store = self.newStore(self.hub, retainChanges=self.retain)
         self.addCleanup(self.store.close)
         self.ctx = self.connect()
         return self.store.start()
@@ -124,7 +128,7 @@ class SinceTests(WatchTestCase):
         boundaries and the seam.
         """
         self.patch(watchModule, "CATCHUP_PAGE", 7)
-        other = SQLiteStore(self.path, retainChanges=self.retain)  # no hub: another "process"
+        other = self.newStore(None, retainChanges=self.retain)  # no hub: another "process"
         self.addCleanup(other.close)
         yield other.start()
         total = 600
@@ -448,7 +452,6 @@ class RealSocketTests(TestCase):
         dropped = pushes[-1]
         self.assertEqual(dropped["Type"], "Dropped")
         self.assertEqual(dropped["Etag"], pushes[-2]["Etag"])
-        print(f"\n{'small' if smallBuffers else 'default'} buffers: dropped after {len(pushes) - 1} pushes")
         return len(pushes) - 1
 
     @inlineCallbacks
@@ -476,7 +479,7 @@ class CrossProcessWatchTests(WatchTestCase):
         yield self.watch(self.ctx, "cp/", Since="0")
         out, err, code = yield utils.getProcessOutputAndValue(
             sys.executable,
-            ["-m", "tests.changelog_writer", "sqlite:" + self.path, "120", "cp/", "20"],
+            ["-m", "tests.changelog_writer", self.storeSpec(), "120", "cp/", "20"],
             env=os.environ,
             path=support.ROOT,
         )
@@ -512,3 +515,23 @@ class UnsentBytesTests(TestCase):
 
         self.assertEqual(unsentBytes(TLS()), 30 + 40 + 5)
         self.assertEqual(unsentBytes(object()), 0)
+
+
+# -- the same WATCH tests on PostgreSQL ------------------------------------------------
+
+
+class PostgresSinceTests(PostgresBackend, SinceTests):
+    pass
+
+
+class PostgresGapTests(PostgresBackend, GapTests):
+    pass
+
+
+class PostgresDocumentsTests(PostgresBackend, DocumentsTests):
+    pass
+
+
+class PostgresCrossProcessWatchTests(PostgresBackend, CrossProcessWatchTests):
+    pass
+

@@ -139,17 +139,28 @@ class WorkersTests(unittest.TestCase):
         pids = waitFor(lambda: (lambda p: p if len(p) == 2 else None)(workerPids(self.server.log())),
                        what="both worker pids")
         victim = pids["worker-0"][0]
+        # Writes acknowledged by the victim survive it.
+        conns = [self.connect() for _ in range(CONNECTIONS)]
+        served = self.servedBy(conns)
+        doomed = next(c for c in conns if served[c.sock.getsockname()[1]] == "worker-0")
+        doomed.send(b"".join(
+            request("PUT", f"k/{n}", sequence=str(n), body=b'{"n": %d}' % n) for n in range(20)
+        ))
+        self.assertEqual({doomed.next().kind for _ in range(20)}, {"OK"})
         os.kill(victim, signal.SIGKILL)
         waitFor(lambda: len(workerPids(self.server.log()).get("worker-0", [])) == 2,
                 seconds=30, what="worker-0 to be replaced")
         self.assertTrue(waitFor(lambda: processGone(victim), what="the victim to be gone"))
         self.assertNotEqual(workerPids(self.server.log())["worker-0"][1], victim)
         self.assertIn("worker-0 exited", self.server.log())
-        # The port answers throughout: every new connection is served.
+        # The port answers throughout: every new connection is served,
+        # and sees every acknowledged write.
         for _ in range(10):
             conn = self.connect()
-            conn.send(request("PING", sequence="p"))
-            self.assertEqual(conn.next().body, b"PONG")
+            conn.send(request("GET", *[f"k/{n}" for n in range(20)], sequence="g"))
+            reply = conn.next()  # (a head under this server's --max-head 256)
+            self.assertEqual(reply.kind, "OK", reply)
+            self.assertNotIn(None, json.loads(reply.body)["Results"])
             conn.close()
 
     def test_sigtermStopsEveryWorker(self):

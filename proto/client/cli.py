@@ -292,10 +292,12 @@ def _writeNew(path: str, data: bytes, mode: int) -> None:
         f.write(data)
 
 
-def mintClient(name: str, prefix: str | None, days: int) -> int:
+def mintPaths(name: str, prefix: str | None) -> tuple[str, str]:
     """
-    Mint a client certificate and key. The allow-list line goes to stdout
-    (so it can be appended to the allow-list), everything else to stderr.
+    The certificate and key files C{--mint NAME [--out PREFIX]} writes
+    (PREFIX a path prefix, or a directory when it ends with C{/} or is one).
+
+    @raise UsageError: the directory cannot be made, or a file exists.
     """
     fileName = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "client"
     if prefix is None:
@@ -304,12 +306,24 @@ def mintClient(name: str, prefix: str | None, days: int) -> int:
         try:
             os.makedirs(prefix, exist_ok=True)
         except OSError as e:
-            return fail(f"cannot create the directory {prefix}: {e}", EXIT_USAGE)
+            raise UsageError(f"cannot create the directory {prefix}: {e}") from None
         prefix = os.path.join(prefix, fileName)
     certPath, keyPath = prefix + ".pem", prefix + ".key"
     for path in (certPath, keyPath):
         if os.path.exists(path):
-            return fail(f"{path} exists; not overwriting it (use --out PREFIX)", EXIT_USAGE)
+            raise UsageError(f"{path} exists; not overwriting it (use --out PREFIX)")
+    return certPath, keyPath
+
+
+def mintClient(name: str, prefix: str | None, days: int) -> int:
+    """
+    Mint a client certificate and key. The allow-list line goes to stdout
+    (so it can be appended to the allow-list), everything else to stderr.
+    """
+    try:
+        certPath, keyPath = mintPaths(name, prefix)
+    except UsageError as e:
+        return fail(str(e), EXIT_USAGE)
     minted = certs.mint(name, days=days)
     try:
         _writeNew(keyPath, minted.keyPEM, 0o600)
@@ -638,8 +652,22 @@ def run(argv: list[str] | None = None) -> int:
         return fail("interrupted", EXIT_CONNECTION)
 
 
+#: Exit status when the reader of our output went away (C{proto-cli ... |
+#: head}): what a shell reports for a tool ended by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
+
+
 def main() -> None:
-    sys.exit(run())
+    try:
+        status = run()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Stop quietly, as Unix tools do, instead of a traceback; stdout now
+        # goes to /dev/null so the interpreter's own flush at exit cannot
+        # fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = EXIT_BROKEN_PIPE
+    sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -19,8 +19,6 @@ not for it.
 
 from __future__ import annotations
 
-import os
-import re
 import sys
 from typing import Any, Callable
 
@@ -67,15 +65,13 @@ def run(options: Any, openClient: Callable[[Any], Any], fail: Callable[[str, int
 
 def mintAndEnroll(options: Any, openClient: Callable[[Any], Any], fail: Callable[[str, int], int],
                   statuses: dict[str, int]) -> int:
-    from proto.client.cli import _writeNew
+    from proto.client.cli import UsageError, _writeNew, mintPaths
     from proto.client.errors import ServerError
 
-    # The same file names as a plain --mint.
-    prefix = options.out or (re.sub(r"[^A-Za-z0-9._-]+", "_", options.mint).strip("._") or "client")
-    certPath, keyPath = prefix + ".pem", prefix + ".key"
-    for path in (certPath, keyPath):
-        if os.path.exists(path):
-            return fail(f"{path} exists; not overwriting it (use --out PREFIX)", statuses["usage"])
+    try:
+        certPath, keyPath = mintPaths(options.mint, options.out)  # as a plain --mint
+    except UsageError as e:
+        return fail(str(e), statuses["usage"])
     # Connect first: a wrong --cert or an unreachable server leaves no files.
     client = openClient(options)
     try:

@@ -121,7 +121,7 @@ class FastTLSTransport(BufferingTLSTransport):
         self._aggregator = TurnAggregator(
             TLSMemoryBIOProtocol.write.__get__(self), flusherFor(factory._clock)
         )
-        self.write = self._aggregator.write
+        self.write = self._aggregator.write  # type: ignore[method-assign]  # as Twisted does
 
     def makeConnection(self, transport) -> None:
         """

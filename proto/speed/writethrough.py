@@ -35,15 +35,24 @@ with.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from twisted.internet import tcp
 
+if TYPE_CHECKING:
+    # For the type checker: the class this is mixed in front of.
+    _Connection = tcp.Connection
+else:
+    _Connection = object
 
-class WriteThrough:
+
+class WriteThrough(_Connection):
     """
     Mixed in front of a C{tcp.Connection} subclass by L{enableWriteThrough}.
     """
 
     def write(self, data: bytes) -> None:
+        """Send at once when nothing is queued; else (or the rest) the stock way."""
         if (
             data.__class__ is bytes
             and not self._tempDataLen

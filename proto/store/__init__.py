@@ -51,6 +51,11 @@ def openStore(
     kind, colon, location = spec.partition(":")
     if kind in ("postgresql", "postgres"):
         try:
+            # psycopg itself is imported lazily inside these modules: import
+            # it here so that a missing extra is this one line, not a
+            # traceback from parseSpec.
+            import psycopg  # noqa: F401
+
             from proto.store.postgres import PostgresStore
             from proto.store.postgres_schema import hasPassword, parseSpec
         except ImportError as e:

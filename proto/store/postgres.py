@@ -112,7 +112,7 @@ class Listener:
         while not self._stop.is_set():
             connection = None
             try:
-                connection = postgres_schema.connect(self._conninfo)
+                connection = postgres_schema.connect(self._conninfo, "listener")
                 connection.execute(f"LISTEN {postgres_schema.CHANNEL}")
                 self.connects += 1
                 if failing:

@@ -171,16 +171,22 @@ def hasPassword(conninfo: str) -> bool:
     return "password" in conninfo_to_dict(conninfo)
 
 
-def connect(conninfo: str) -> Any:
+def connect(conninfo: str, role: str = "") -> Any:
     """
     A new autocommit connection with L{CONNECT_DEFAULTS} (unless the
     conninfo sets them) and L{SESSION_SETTINGS}. Transactions are explicit.
+
+    @param role: what the connection is for (C{writer}, C{reader},
+        C{listener}), shown in C{pg_stat_activity.application_name} as
+        C{proto-ROLE} unless the conninfo names the application.
     """
     import psycopg
     from psycopg.conninfo import conninfo_to_dict
 
     given = conninfo_to_dict(conninfo)
     defaults = {name: value for name, value in CONNECT_DEFAULTS.items() if name not in given}
+    if role and "application_name" in defaults:
+        defaults["application_name"] = f"proto-{role}"
     host = given.get("host", "")
     if not host or host.startswith("/"):  # a Unix socket: no TCP settings
         for name in ("keepalives", "keepalives_idle", "keepalives_interval",

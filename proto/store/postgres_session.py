@@ -91,6 +91,8 @@ def snapshot(connection: Any, keys: Sequence[str], references: References | None
     found = {idKey(doc.id): doc for doc in results if doc is not None}
     wanted: dict[str, None] = {}  # ordered, unique
     for id in references(results):
+        if id is None:
+            continue  # A progress tick (IDocumentStore.read).
         try:
             wanted[checkId(id)] = None
         except ValueError:
@@ -141,6 +143,8 @@ def includeRead(connection: Any, keys: Sequence[str], references: References) ->
     found = {idKey(doc.id): doc for doc in results if doc is not None}
     wanted: dict[str, None] = {}  # ordered, unique
     for id in references(results):
+        if id is None:
+            continue  # A progress tick (IDocumentStore.read).
         try:
             wanted[checkId(id)] = None
         except ValueError:
@@ -224,7 +228,7 @@ class Session:
         self._failedAt: float | None = None
         self._lastError: BaseException | None = None
         self.connection: Any = None
-        self.connection = connect(conninfo)  # At start, a failure is the caller's.
+        self.connection = connect(conninfo, what)  # At start, a failure is the caller's.
 
     def close(self) -> None:
         if self.connection is not None:
@@ -247,7 +251,7 @@ class Session:
         import psycopg
 
         try:
-            self.connection = connect(self._conninfo)
+            self.connection = connect(self._conninfo, self._what)
         except psycopg.Error as e:
             if self._failedAt is None:
                 self._log.error("PostgreSQL store ({what}): cannot connect to {where}: {error}",
