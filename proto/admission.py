@@ -265,14 +265,16 @@ class AllowListFile:
             self.log.error(
                 "Allow-list {path} not reloaded, keeping the last good list "
                 "({count} entries): {error}",
-                path=self.path, count=len(self.current), error=str(e),
+                path=self.path, count=len(self.current), error=str(e), reason=str(e),
+                event="allowlist_reload_failed",
             )
             return False
         if new == self.current:
             return False
         self.current = new
         self.log.info(
-            "Allow-list {path} reloaded: {count} entries", path=self.path, count=len(new)
+            "Allow-list {path} reloaded: {count} entries", path=self.path, count=len(new),
+            event="allowlist_reload",
         )
         if self.onChange is not None:
             self.onChange(new)

@@ -218,7 +218,7 @@ class GNPServerProtocol(LineReceiver):
             self.log.info(
                 "Refused {peer} sha1={sha1} cn={cn!r}: {reason}",
                 peer=self.peer, sha1=who and who.sha1, cn=who and who.commonName,
-                reason=reason, admitted=False,
+                reason=reason, admitted=False, event="admission",
             )
             self.stats.refusedFor(reason)
             self._closeWith(wire.encodeGreeting(reason))
@@ -226,7 +226,7 @@ class GNPServerProtocol(LineReceiver):
         self.log.info(
             "Admitted {peer} sha1={sha1} cn={cn!r} {grant}",
             peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
-            grant=self.grant.attributes(),
+            grant=self.grant.attributes(), name=self.grant.name, event="admission",
         )
         self.state = READY
         self._since = self.clock.seconds()

@@ -246,16 +246,17 @@ class TwistdProcess:
 
 
 def startTwistd(workdir: str, extraArgs=(), port: int | None = None, dataDir: str | None = None,
-                env=None, deadline: float = 30.0) -> TwistdProcess:
+                env=None, deadline: float = 30.0, twistdArgs=()) -> TwistdProcess:
     """
     Start C{twistd -n proto} in C{workdir} listening on 127.0.0.1 and wait
     until it accepts TLS connections (bounded by C{deadline} seconds).
+    C{twistdArgs} go to twistd itself (before C{proto}), e.g. C{--logger}.
     """
     os.makedirs(workdir, exist_ok=True)
     port = port or freePort()
     dataPath = dataDir or os.path.join(workdir, "proto-data")
     args = [
-        *TWISTD, "--pidfile=", "-n", "proto",
+        *TWISTD, "--pidfile=", "-n", *twistdArgs, "proto",
         "--data-dir", dataPath, "--listen", f"tcp:{port}:interface=127.0.0.1",
         *extraArgs,
     ]
