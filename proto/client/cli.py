@@ -16,7 +16,7 @@ import sys
 import threading
 
 from proto import certs, datadir
-from proto.client import lifecycle, watchcli
+from proto.client import cli_ops, lifecycle, watchcli
 from proto.client.blocking import BlockingClient
 from proto.client.errors import ClientError, ServerError
 from proto.client.messages import Reply
@@ -101,7 +101,7 @@ def buildParser() -> argparse.ArgumentParser:
         "       proto-cli --mint NAME [--out DIR/ | --out PREFIX] [--days N] [--enroll]\n"
         "       proto-cli --version",
         description=DESCRIPTION,
-        epilog=EPILOG + "\n" + lifecycle.EPILOG,
+        epilog=EPILOG + "\n" + lifecycle.EPILOG + "\n" + cli_ops.EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"proto-cli {_version()}")
@@ -152,6 +152,7 @@ def buildParser() -> argparse.ArgumentParser:
                        "the key is readable by its owner only (0600)")
     tools.add_argument("--days", type=int, default=825, help="with --mint: validity in days (default %(default)s)")
     lifecycle.addArguments(tools)
+    cli_ops.addArguments(parser)
     return parser
 
 
@@ -628,6 +629,12 @@ def run(argv: list[str] | None = None) -> int:
         if options.thumbprint:
             return showThumbprint(options.thumbprint)
         handled = lifecycle.run(
+            options, openClient, fail,
+            {"ok": EXIT_OK, "err": EXIT_ERR_REPLY, "usage": EXIT_USAGE},
+        )
+        if handled is not None:
+            return handled
+        handled = cli_ops.run(
             options, openClient, fail,
             {"ok": EXIT_OK, "err": EXIT_ERR_REPLY, "usage": EXIT_USAGE},
         )

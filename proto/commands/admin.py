@@ -27,7 +27,11 @@ from proto.permissions import ADMIN
 registry = CommandRegistry()
 
 #: The commands of this module, for permission declarations.
-ADMIN_COMMANDS = ("STATS", "CLIENTS", "BACKUP")
+ADMIN_COMMANDS = ("STATS", "CLIENTS", "BACKUP", "EXPORT")
+
+#: Documents per EXPORT page, and the body bytes after which a page ends.
+EXPORT_PAGE = 500
+EXPORT_PAGE_BYTES = 4 * 1024 * 1024
 
 
 def serverVersion() -> str:
@@ -121,3 +125,41 @@ def backup(ctx, request) -> defer.Deferred[bytes]:
         raise CommandError(f"BACKUP failed: {failure.getErrorMessage()}")
 
     return make(directory).addCallbacks(done, failed)
+
+
+@registry.command("EXPORT", level=ADMIN)
+def export(ctx, request) -> defer.Deferred[bytes]:
+    """
+    C{EXPORT [prefix]} with optional header C{After: id}: one page of the
+    documents whose id starts with C{prefix}, in id order, after C{id}:
+    JSON C{{"Documents": [{"Id", "Etag", "Document"}, ...], "Next": id or
+    null}}; ask again with C{After: <Next>} until C{Next} is null. Each
+    page is one consistent read; documents written between pages may or
+    may not be in a later page (C{proto-cli export} uses it).
+    """
+    requireArgs(request, 0, 1, "EXPORT [prefix]")
+    prefix = request.args[0] if request.args else ""
+    after = request.headers.get("after") if request.headers else None
+    scan = getattr(ctx.store, "scan", None)
+    if scan is None:
+        raise CommandError("EXPORT: this server's store cannot list its documents")
+
+    def page(documents) -> bytes:
+        parts, size, last = [], 0, None
+        for doc in documents:
+            parts.append(
+                b'{"Id": ' + _json(doc.id) + b', "Etag": ' + str(doc.etag).encode()
+                + b', "Document": ' + doc.body + b"}"
+            )
+            size += len(doc.body)
+            last = doc.id
+            if size >= EXPORT_PAGE_BYTES:
+                break
+        more = len(parts) < len(documents) or len(documents) >= EXPORT_PAGE
+        nextId = _json(last) if (more and last is not None) else b"null"
+        return b'{"Documents": [' + b", ".join(parts) + b'], "Next": ' + nextId + b"}"
+
+    def failed(failure) -> bytes:
+        raise CommandError(f"EXPORT failed: {failure.getErrorMessage()}")
+
+    return scan(prefix, after, EXPORT_PAGE).addCallbacks(page, failed)

@@ -266,6 +266,34 @@ class SQLiteStore(SQLiteGrants):
         worker = self._writer if self._reads.unfinishedWrites else self._reader
         return worker.submit(work)
 
+    def scan(self, prefix: str, after: str | None, limit: int) -> Deferred[list[Document]]:
+        """
+        Up to C{limit} documents whose id starts with C{prefix} (ignoring
+        case), in key order, after the document C{after} (an id; C{None}:
+        from the first): pages for C{proto-cli export}. One snapshot per
+        page, after every write submitted before it.
+        """
+        low = idKey(prefix)
+        if after is not None and idKey(after) > low:
+            low, inclusive = idKey(after), False
+        else:
+            inclusive = True
+        # U+10FFFF sorts after every character (SQLite compares UTF-8 bytes).
+        high = idKey(prefix) + "\U0010ffff"
+        limit = max(1, min(limit, MAX_PAGE))
+
+        def work(session: Any) -> list[Document]:
+            rows = session.connection.execute(
+                "SELECT id, etag, body FROM documents WHERE key "
+                + (">=" if inclusive else ">")
+                + " ? AND key < ? ORDER BY key LIMIT ?",
+                (low, high, limit),
+            )
+            return [Document(id, etag, body) for id, etag, body in rows]
+
+        worker = self._writer if self._reads.unfinishedWrites else self._reader
+        return worker.submit(work)
+
     def backup(self, directory: str) -> Deferred[str]:
         """
         Write a consistent copy of the store into C{directory} (created if
