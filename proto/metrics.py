@@ -115,6 +115,16 @@ class PrometheusMirror:
         self.draining = Gauge(
             "proto_draining", "1 while the server drains before stopping.",
             registry=r, multiprocess_mode="livemax")
+        self.storeDocuments = Gauge(
+            "proto_store_documents", "Documents in the store (read when scraped).",
+            registry=r, multiprocess_mode="livemax")
+        self.storeEtag = Gauge(
+            "proto_store_etag", "The store's last etag: changes committed since it was created.",
+            registry=r, multiprocess_mode="livemax")
+        self.changeLog = Gauge(
+            "proto_store_changelog_entries",
+            "Changes retained in the change log (what WATCH with Since can replay).",
+            registry=r, multiprocess_mode="livemax")
         self.up = Gauge(
             "proto_start_time_seconds", "When this server process started (Unix time).",
             registry=r, multiprocess_mode="livemin")
@@ -168,6 +178,30 @@ class PrometheusMirror:
         self.draining.set(1 if getattr(factory, "drainingReason", None) is not None else 0)
         self._syncExpiry()
 
+    def refreshStore(self, reactor) -> defer.Deferred:
+        """
+        Read the store's size (documents, etag, change log) into the gauges;
+        fires when done (never fails: a failing store shows in /healthz).
+        """
+        summary = getattr(self.factory.store, "summary", None)
+        if summary is None:
+            return defer.succeed(None)
+        d = defer.maybeDeferred(summary)
+        d.addTimeout(HEALTH_STORE_TIMEOUT, reactor)
+
+        def got(result) -> None:
+            self.storeDocuments.set(result.get("Documents", 0))
+            self.storeEtag.set(result.get("Etag", 0))
+            if "Changes" in result:
+                self.changeLog.set(result["Changes"])
+
+        return d.addCallbacks(got, lambda failure: None)
+
+    def syncAll(self, reactor) -> defer.Deferred:
+        """L{sync}, then L{refreshStore}: what a scrape runs on the reactor."""
+        self.sync()
+        return self.refreshStore(reactor)
+
     def _syncExpiry(self) -> None:
         now = datetime.datetime.now(datetime.timezone.utc)
         names = self.factory.allowList().names
@@ -187,8 +221,8 @@ class _SyncFirst:
     thread collects, it has the reactor copy the counters first.
     """
 
-    def __init__(self, sync: Callable[[], None], reactor) -> None:
-        self._sync = sync
+    def __init__(self, mirror: PrometheusMirror, reactor) -> None:
+        self._mirror = mirror
         self._reactor = reactor
 
     def describe(self):
@@ -196,9 +230,9 @@ class _SyncFirst:
 
     def collect(self):
         if isInIOThread():
-            self._sync()
+            self._mirror.sync()  # (tests render on the reactor thread)
         else:
-            threads.blockingCallFromThread(self._reactor, self._sync)
+            threads.blockingCallFromThread(self._reactor, self._mirror.syncAll, self._reactor)
         return []
 
 
@@ -212,7 +246,7 @@ def scrapeRegistry(mirror: PrometheusMirror | None, reactor,
     if directory is None:
         assert mirror is not None
         registry = CollectorRegistry()
-        registry.register(_SyncFirst(mirror.sync, reactor))
+        registry.register(_SyncFirst(mirror, reactor))
         registry.register(_Delegate(mirror.registry))
         return registry
     from prometheus_client import multiprocess
@@ -344,5 +378,6 @@ METRIC_NAMES = (
     "proto_received_bytes", "proto_sent_bytes", "proto_requests_in_flight", "proto_watches",
     "proto_pushes", "proto_watches_dropped", "proto_store_commit_seconds",
     "proto_store_commit_operations", "proto_client_certificate_expiry_seconds",
-    "proto_draining", "proto_start_time_seconds",
+    "proto_draining", "proto_start_time_seconds", "proto_store_documents", "proto_store_etag",
+    "proto_store_changelog_entries",
 )

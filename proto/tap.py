@@ -296,9 +296,12 @@ def _shareStats(factory, dataDir: str, parent) -> None:
     writer = SnapshotWriter(factory, factory.runDir)
     mirror = factory.metricsMirror = PrometheusMirror(factory)
 
+    from twisted.internet import reactor
+
     def tick() -> None:
         writer.write()
         mirror.sync()
+        mirror.refreshStore(reactor)
 
     class _Snapshots(TimerService):
         def stopService(self):

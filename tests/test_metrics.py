@@ -6,6 +6,7 @@ of an in-process server that real TLS clients talk to.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
@@ -98,6 +99,9 @@ class MetricsTests(MetricsTestMixin, unittest.TestCase):
         self.assertGreater(after[("proto_sent_bytes_total", ())], 50)
         self.assertEqual(after[("proto_store_commit_operations_count", ())], 1)
         self.assertEqual(after[("proto_store_commit_seconds_count", ())], 1)
+        self.assertEqual(after[("proto_store_documents", ())], 1)
+        self.assertEqual(after[("proto_store_etag", ())], 1)
+        self.assertEqual(after[("proto_store_changelog_entries", ())], 1)
         # Counters only ever grow between scrapes, by what happened.
         yield client.request("PING")
         again = yield self.scrape()
@@ -191,3 +195,38 @@ class MirrorTests(unittest.TestCase):
             strip(generate_latest(copiedRegistry).decode()),
             strip(generate_latest(reference).decode()),
         )
+
+
+class DashboardTests(MetricsTestMixin, unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_everyMetricTheDashboardUsesIsExported(self):
+        """
+        Every proto_* name in misc/grafana-dashboard.json's queries is a
+        sample name the server exports (a family, or a family with its
+        type's suffix), read from a real scrape.
+        """
+        import re
+
+        with open(os.path.join(support.ROOT, "misc", "grafana-dashboard.json")) as f:
+            dashboard = json.load(f)
+        exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+        exprs += [v.get("query", "") for v in dashboard["templating"]["list"]
+                  if isinstance(v.get("query"), str)]
+        used = {name for expr in exprs for name in re.findall(r"\bproto_[a-z0-9_]+", expr)}
+        self.assertGreater(len(used), 15)
+
+        yield self.startServer()
+        code, text = yield self.get("/metrics")
+        suffixes = {
+            "counter": ("_total", "_created"),
+            "histogram": ("_bucket", "_sum", "_count", "_created"),
+            "gauge": ("",),
+        }
+        exported = set()
+        for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+            if kind == "counter" and name.endswith("_total"):
+                name = name[: -len("_total")]  # the text format names counters so
+            exported.add(name)
+            exported.update(name + suffix for suffix in suffixes.get(kind, ()))
+        self.assertEqual(used - exported, set())
+        self.assertEqual(set(metrics.METRIC_NAMES) - exported, set())
