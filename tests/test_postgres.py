@@ -27,6 +27,13 @@ def connect(server) -> BlockingConnection:
     return conn
 
 
+def client(test: unittest.TestCase, server) -> BlockingConnection:
+    conn = connect(server)
+    conn.pushes = []
+    test.addCleanup(conn.close)
+    return conn
+
+
 def call(conn: BlockingConnection, *args: str, sequence: str = "r", body: bytes | None = None,
          headers=()):
     """Send one request and return its reply, keeping pushes in C{conn.pushes}."""
@@ -60,14 +67,8 @@ class SharedDatabaseTests(unittest.TestCase):
                              dataDir=self.a.dataDir.path)
         self.addCleanup(self.b.stop)
 
-    def client(self, server) -> BlockingConnection:
-        conn = connect(server)
-        conn.pushes = []
-        self.addCleanup(conn.close)
-        return conn
-
     def test_watchOnOneSeesWritesThroughTheOther(self):
-        watcher, writer = self.client(self.a), self.client(self.b)
+        watcher, writer = client(self, self.a), client(self, self.b)
         self.assertEqual(call(watcher, "WATCH", "shared/", sequence="w").kind, "OK")
         body = b'{"z": 1, "a": [1, 2.50], "a": "dup"}'
         reply = call(writer, "PUT", "Shared/1", body=body)
@@ -99,14 +100,8 @@ class OutageTests(unittest.TestCase):
                              dataDir=self.a.dataDir.path)
         self.addCleanup(self.b.stop)
 
-    def client(self, server) -> BlockingConnection:
-        conn = connect(server)
-        conn.pushes = []
-        self.addCleanup(conn.close)
-        return conn
-
     def test_errorsWithinSecondsThenRecoveryWithoutGap(self):
-        watcher, writer, other = self.client(self.a), self.client(self.a), self.client(self.b)
+        watcher, writer, other = client(self, self.a), client(self, self.a), client(self, self.b)
         self.assertEqual(call(watcher, "WATCH", "f/", sequence="w").kind, "OK")
         self.assertEqual(call(writer, "PUT", "f/1", body=b"{}").kind, "OK")
         self.assertEqual(nextPush(watcher)["Etag"], 1)

@@ -216,6 +216,33 @@ def checkId(id: str, what: str = "id") -> str:
     return idKey(id)
 
 
+def resolveIncludes(
+    results: list[Document | None],
+    references: Callable[[list[Document | None]], Iterable[str | None]],
+    fetch: Callable[[list[str]], list[Document | None]],
+) -> list[Document]:
+    """
+    GET's Include, for any backend: the documents C{references(results)}
+    names that exist, each once, in the order first named. Invalid ids and
+    C{None} (progress ticks) are skipped; C{fetch(keys)} reads the ones
+    not among C{results} (called once, maybe with no keys).
+    """
+    found = {idKey(doc.id): doc for doc in results if doc is not None}
+    wanted: dict[str, None] = {}  # ordered, unique
+    for id in references(results):
+        if id is None:
+            continue
+        try:
+            wanted[checkId(id)] = None
+        except ValueError:
+            continue
+    missing = [key for key in wanted if key not in found]
+    for key, doc in zip(missing, fetch(missing)):
+        if doc is not None:
+            found[key] = doc
+    return [found[key] for key in wanted if key in found]
+
+
 class IDocumentStore(Interface):
     """
     Documents (the UTF-8 text of JSON objects) under case-insensitive ids.

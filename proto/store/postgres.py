@@ -36,25 +36,22 @@ from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail, gatherResults
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto.store import postgres_grants, postgres_schema, postgres_session
 from proto.store.base import (
-    ChangePage,
     Document,
     IDocumentStore,
     Snapshot,
     StoreError,
-    Version,
     checkId,
-    idKey,
 )
 from proto.store.grants import IGrantStore
-from proto.store.postgres_session import DEFAULT_RETAIN_CHANGES, ReadSession, WriteSession
-from proto.store.sqlite_publisher import Publisher
+from proto.store.postgres_session import ReadSession, WriteSession
+from proto.store.facade import StoreFacade
+from proto.store.sqlite_publisher import Publisher, handOver
 from proto.store.sqlite_worker import Worker
-from proto.store.sqlite_write import BatchResult
+from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES
 
 #: The listener reads the log this often even without a notification.
 CATCH_UP_SECONDS = 2.0
@@ -66,15 +63,10 @@ WAIT_SECONDS = 0.1
 #: After the listener's connection failed, wait this long to try again.
 LISTEN_RETRY_SECONDS = 1.0
 
-#: Most changes the listener reads (and hands over) at once.
-PAGE = 5_000
-
 #: Reader threads, each with its own connection: a read waits on round
 #: trips to the database, not on the CPU, so several run at once.
 READERS = 4
 
-#: The most changes one L{PostgresStore.changesSince} returns.
-MAX_PAGE = 10_000
 
 
 class Listener:
@@ -154,20 +146,16 @@ class Listener:
         import time
 
         self._lastCatchUp = time.monotonic()
-        position = self._publisher.etag
-        while not self._stop.is_set():
-            current = postgres_session.counter(connection, "etag")
-            if current <= position:
-                return
-            upTo = min(current, position + PAGE)
-            found = postgres_session.logRange(connection, position, upTo)
-            if found:
-                self._reactor.callFromThread(self._publisher.deliver, found)
-            position = upTo
+        handOver(
+            self._publisher, self._reactor,
+            lambda: postgres_session.counter(connection, "etag"),
+            lambda after, upTo: postgres_session.logRange(connection, after, upTo),
+            self._stop.is_set,
+        )
 
 
 @implementer(IDocumentStore, IGrantStore)
-class PostgresStore(postgres_grants.PostgresGrants):
+class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
     """
     L{IDocumentStore} (and the grants of L{IGrantStore}) in a PostgreSQL
     database.
@@ -176,10 +164,10 @@ class PostgresStore(postgres_grants.PostgresGrants):
     @ivar writes: operations run in those transactions.
     """
 
-    #: What BACKUP answers: the database is backed up by PostgreSQL's tools.
+    #: What the admin command BACKUP answers: PostgreSQL has its own tools.
     backupAdvice = (
-        "BACKUP: this server's store is PostgreSQL: back it up with pg_dump "
-        "(or your database's backups)"
+        "BACKUP copies SQLite stores only: this server's store is PostgreSQL; "
+        "back it up with pg_dump (or your PostgreSQL backups)"
     )
 
     def __init__(
@@ -201,25 +189,15 @@ class PostgresStore(postgres_grants.PostgresGrants):
         """
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
-        if retainChanges < 1:
-            raise ValueError("retainChanges must be at least 1: the log is the source of WATCH")
+        super().__init__(hub, retainChanges)
         self.conninfo = conninfo
         self.where = postgres_schema.displayed(conninfo)
-        self.commits = 0
-        self.writes = 0
-        #: Called as C{commitObserver(operations, seconds)} after each
-        #: write transaction commits (the metrics use it), or C{None}.
-        self.commitObserver: Any = None
-        self.retainChanges = retainChanges
-        self._unfinishedWrites = 0
-        self._started = False
-        self._publisher = Publisher(hub) if hub is not None else None
         self.listener = (
             Listener(conninfo, self._publisher, reactor) if self._publisher is not None else None
         )
-        published = (lambda: self._publisher.etag) if self._publisher is not None else (lambda: 0)
         self._writer = Worker(
-            "writer", lambda: self._openWriter(retainChanges, published), reactor, self._committed
+            "writer", lambda: self._openWriter(retainChanges, self._published), reactor,
+            self._committed,
         )
         self._readers = [
             Worker(f"reader-{n}", lambda: ReadSession(conninfo), reactor)
@@ -260,10 +238,6 @@ class PostgresStore(postgres_grants.PostgresGrants):
             self._publisher.startAt(session.startEtag)
             self.listener.start()
 
-    def _startFailed(self, failure: Failure) -> Failure:
-        self.close()
-        return failure
-
     def close(self) -> Deferred[None]:
         if self.listener is not None:
             self.listener.stop()
@@ -292,76 +266,3 @@ class PostgresStore(postgres_grants.PostgresGrants):
         except ValueError:
             return fail()
         return self._readWorker().submit(lambda session: session.read(keys, references))
-
-    def get(self, ids: Sequence[str]) -> Deferred[list[Document | None]]:
-        return self.read(ids).addCallback(lambda found: found.results)
-
-    def getWithReferences(
-        self,
-        ids: Sequence[str],
-        references: Callable[[list[Document | None]], Iterable[str]],
-    ) -> Deferred[tuple[list[Document | None], list[Document]]]:
-        return self.read(ids, references).addCallback(
-            lambda found: (found.results, found.includes)
-        )
-
-    def changesSince(self, since: int, prefix: str = "", limit: int = 1000) -> Deferred[ChangePage]:
-        prefixKey = idKey(prefix)
-        limit = max(1, min(limit, MAX_PAGE))
-        return self._reader.submit(
-            lambda session: session.inSnapshot(postgres_session.changes, since, prefixKey, limit)
-        )
-
-    def currentEtag(self) -> Deferred[int]:
-        return self._reader.submit(
-            lambda session: postgres_session.counter(session.connection, "etag")
-        )
-
-    # -- writes ----------------------------------------------------------------
-
-    def put(self, id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:
-        try:
-            key = checkId(id)
-        except ValueError:
-            return fail()
-        def work(session: WriteSession) -> Version:
-            return session.put(key, id, bytes(body), ifMatch)
-
-        work.keys = (key,)  # read with the batch's lock (WriteSession.runBatch)
-        return self._write(work)
-
-    def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
-        try:
-            keys = [checkId(id) for id in ids]
-        except ValueError:
-            return fail()
-        def work(session: WriteSession) -> list[Version]:
-            return session.delete(keys)
-
-        work.keys = keys
-        return self._write(work)
-
-    def _write(self, work: Callable[[WriteSession], Any]) -> Deferred[Any]:
-        self._unfinishedWrites += 1
-        d = self._writer.submit(work)
-        d.addBoth(self._writeFinished)
-        return d
-
-    #: What the admin command BACKUP answers: PostgreSQL has its own tools.
-    backupAdvice = (
-        "BACKUP copies SQLite stores only: this server's store is PostgreSQL; "
-        "back it up with pg_dump (or your PostgreSQL backups)"
-    )
-
-    def _writeFinished(self, result: Any) -> Any:
-        self._unfinishedWrites -= 1
-        return result
-
-    def _committed(self, size: int, batch: BatchResult, seconds: float | None = None) -> None:
-        """On the reactor thread, after a write batch committed (in C{seconds})."""
-        self.commits += 1
-        self.writes += size
-        if self.commitObserver is not None and seconds is not None:
-            self.commitObserver(size, seconds)
-        if self._publisher is not None:
-            self._publisher.deliver(batch.changes)

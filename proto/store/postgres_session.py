@@ -41,23 +41,14 @@ from proto.store.base import (
     StoreError,
     StoreUnavailableError,
     Version,
-    checkId,
-    idKey,
+    resolveIncludes,
 )
-from proto.store.postgres_schema import CHANGE_DELETE, CHANGE_PUT, CHANNEL, connect, displayed
-from proto.store.sqlite_write import BatchResult
+from proto.store.postgres_schema import CHANGE_PUT, CHANNEL, connect, displayed
+from proto.store.sqlite_write import _TYPE_CODES, PRUNE_MAX, BatchResult
 
 #: After a failed connection attempt, batches fail at once for this long
 #: before the next attempt.
 RETRY_SECONDS = 1.0
-
-#: Keep at least this many of the newest changes, by default.
-DEFAULT_RETAIN_CHANGES = 100_000
-
-#: Most log rows one write transaction prunes.
-PRUNE_MAX = 10_000
-
-_TYPE_CODES = {PUT: CHANGE_PUT, DELETE: CHANGE_DELETE}
 
 References = Callable[[list["Document | None"]], Iterable[str]]
 
@@ -83,25 +74,13 @@ def select(connection: Any, keys: Sequence[str]) -> list[Document | None]:
 
 
 def snapshot(connection: Any, keys: Sequence[str], references: References | None) -> Snapshot:
-    """The documents, those they reference, and the etag: GET (with Include)."""
+    """The documents, those they reference, and the etag, in the caller's transaction."""
     etag = counter(connection, "etag")
     results = select(connection, keys)
     if references is None:
         return Snapshot(results, [], etag)
-    found = {idKey(doc.id): doc for doc in results if doc is not None}
-    wanted: dict[str, None] = {}  # ordered, unique
-    for id in references(results):
-        if id is None:
-            continue  # A progress tick (IDocumentStore.read).
-        try:
-            wanted[checkId(id)] = None
-        except ValueError:
-            continue
-    missing = [key for key in wanted if key not in found]
-    for doc in select(connection, missing):
-        if doc is not None:
-            found[idKey(doc.id)] = doc
-    return Snapshot(results, [found[key] for key in wanted if key in found], etag)
+    includes = resolveIncludes(results, references, lambda missing: select(connection, missing))
+    return Snapshot(results, includes, etag)
 
 
 def plainRead(connection: Any, keys: Sequence[str]) -> Snapshot:
@@ -140,24 +119,18 @@ def includeRead(connection: Any, keys: Sequence[str], references: References) ->
         byKey = {key: Document(id, docEtag, bytes(body))
                  for key, id, docEtag, body in documents.fetchall()}
     results = [byKey.get(key) for key in keys]
-    found = {idKey(doc.id): doc for doc in results if doc is not None}
-    wanted: dict[str, None] = {}  # ordered, unique
-    for id in references(results):
-        if id is None:
-            continue  # A progress tick (IDocumentStore.read).
-        try:
-            wanted[checkId(id)] = None
-        except ValueError:
-            continue
-    missing = [key for key in wanted if key not in found]
-    with connection.pipeline():
-        extra = connection.execute(
-            "SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)", (missing,)
-        ) if missing else None
-        connection.execute("COMMIT")
-        for key, id, docEtag, body in (extra.fetchall() if extra is not None else ()):
-            found[key] = Document(id, docEtag, bytes(body))
-    return Snapshot(results, [found[key] for key in wanted if key in found], etag)
+
+    def fetch(missing: list[str]) -> list[Document | None]:
+        with connection.pipeline():
+            extra = connection.execute(
+                "SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)", (missing,)
+            ) if missing else None
+            connection.execute("COMMIT")
+            rows = {key: Document(id, docEtag, bytes(body))
+                    for key, id, docEtag, body in (extra.fetchall() if extra is not None else ())}
+        return [rows.get(key) for key in missing]
+
+    return Snapshot(results, resolveIncludes(results, references, fetch), etag)
 
 
 def _change(etag: int, id: str, type: int) -> Change:
@@ -312,6 +285,12 @@ class ReadSession(Session):
         result = query(connection, *args)
         connection.execute("COMMIT")
         return result
+
+    def changes(self, since: int, prefixKey: str, limit: int) -> ChangePage:
+        return self.inSnapshot(changes, since, prefixKey, limit)
+
+    def counter(self, name: str) -> int:
+        return counter(self.connection, name)
 
     def read(self, keys: Sequence[str], references: References | None) -> Snapshot:
         if references is None:

@@ -67,35 +67,30 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto.store import sqlite_read
 from proto.store.base import (
-    ChangePage,
     Document,
     IDocumentStore,
     Snapshot,
     StoreError,
-    Version,
     checkId,
-    idKey,
 )
-from proto.store.sqlite_publisher import Doorbell, Publisher
+from proto.store.facade import StoreFacade
+from proto.store.sqlite_publisher import Doorbell
 from proto.store.grants import IGrantStore, SQLiteGrants
 from proto.store.sqlite_reads import InlineReader, ReaderSession, ReadPath
 from proto.store.sqlite_worker import Worker
-from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES, BatchResult, WriteSession
+from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES, WriteSession
 
 #: The file name of the store inside the data directory.
 DEFAULT_FILE_NAME = "documents.sqlite3"
 
-#: The most changes one L{SQLiteStore.changesSince} returns.
-MAX_PAGE = 10_000
 
 
 @implementer(IDocumentStore, IGrantStore)
-class SQLiteStore(SQLiteGrants):
+class SQLiteStore(StoreFacade, SQLiteGrants):
     """
     L{IDocumentStore} in one SQLite file (WAL, C{synchronous=FULL}), with a
     group-committing writer thread, a reader thread and, with a hub, the
@@ -134,28 +129,18 @@ class SQLiteStore(SQLiteGrants):
         """
         if reactor is None:
             from twisted.internet import reactor  # type: ignore[no-redef]
-        if retainChanges < 1:
-            raise ValueError("retainChanges must be at least 1: the log is the source of WATCH")
+        super().__init__(hub, retainChanges)
         self.path = path
-        self.commits = 0
-        self.writes = 0
-        #: Called as C{commitObserver(operations, seconds)} after each
-        #: write transaction commits (the metrics use it), or C{None}.
-        self.commitObserver: Callable[[int, float], None] | None = None
         self._reactor = reactor
-        self.retainChanges = retainChanges
         self._inlineReads = inlineReads
         self._closed = False
         self._hub = hub
-        self._started = False
-        self._publisher = Publisher(hub) if hub is not None else None
         self._doorbell = (
             Doorbell(path, self._publisher, reactor) if self._publisher is not None else None
         )
-        published = (lambda: self._publisher.etag) if self._publisher is not None else (lambda: 0)
         self._writer = Worker(
             "writer",
-            lambda: WriteSession(path, retainChanges, published, configure),
+            lambda: WriteSession(path, retainChanges, self._published, configure),
             reactor,
             self._committed,
         )
@@ -192,10 +177,6 @@ class SQLiteStore(SQLiteGrants):
         if self._inlineReads and not self._closed:
             self._reads.inline = InlineReader(self.path)
 
-    def _startFailed(self, failure: Failure) -> Failure:
-        self.close()
-        return failure
-
     def close(self) -> Deferred[None]:
         self._closed = True
         if self._doorbell is not None:
@@ -224,30 +205,6 @@ class SQLiteStore(SQLiteGrants):
         except ValueError:
             return fail()
         return self._reads.read(keys, references)
-
-    def get(self, ids: Sequence[str]) -> Deferred[list[Document | None]]:
-        return self.read(ids).addCallback(lambda found: found.results)
-
-    def getWithReferences(
-        self,
-        ids: Sequence[str],
-        references: Callable[[list[Document | None]], Iterable[str]],
-    ) -> Deferred[tuple[list[Document | None], list[Document]]]:
-        return self.read(ids, references).addCallback(
-            lambda found: (found.results, found.includes)
-        )
-
-    def changesSince(self, since: int, prefix: str = "", limit: int = 1000) -> Deferred[ChangePage]:
-        prefixKey = idKey(prefix)
-        limit = max(1, min(limit, MAX_PAGE))
-        return self._reader.submit(
-            lambda session: sqlite_read.changes(session.connection, since, prefixKey, limit)
-        )
-
-    def currentEtag(self) -> Deferred[int]:
-        return self._reader.submit(
-            lambda session: sqlite_read.counter(session.connection, "etag")
-        )
 
     def summary(self) -> Deferred[dict[str, int]]:
         """
@@ -339,37 +296,12 @@ class SQLiteStore(SQLiteGrants):
     #: What BACKUP answers for a store it cannot copy (C{None} here).
     backupAdvice = None
 
-    # -- writes ----------------------------------------------------------------
+    # -- writes (the rest: StoreFacade) ------------------------------------------
 
-    def put(self, id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:
-        try:
-            key = checkId(id)
-        except ValueError:
-            return fail()
-        return self._write(lambda session: session.put(key, id, body, ifMatch))
+    @property
+    def _unfinishedWrites(self) -> int:
+        return self._reads.unfinishedWrites
 
-    def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
-        try:
-            keys = [checkId(id) for id in ids]
-        except ValueError:
-            return fail()
-        return self._write(lambda session: session.delete(keys))
-
-    def _write(self, work: Callable[[WriteSession], Any]) -> Deferred[Any]:
-        self._reads.unfinishedWrites += 1
-        d = self._writer.submit(work)
-        d.addBoth(self._writeFinished)
-        return d
-
-    def _writeFinished(self, result: Any) -> Any:
-        self._reads.unfinishedWrites -= 1
-        return result
-
-    def _committed(self, size: int, batch: BatchResult, seconds: float) -> None:
-        """On the reactor thread, after a write batch committed."""
-        self.commits += 1
-        self.writes += size
-        if self.commitObserver is not None:
-            self.commitObserver(size, seconds)
-        if self._publisher is not None:
-            self._publisher.deliver(batch.changes)
+    @_unfinishedWrites.setter
+    def _unfinishedWrites(self, count: int) -> None:
+        self._reads.unfinishedWrites = count

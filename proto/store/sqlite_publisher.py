@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from twisted.logger import Logger
 
@@ -137,13 +137,33 @@ class Doorbell:
 
     def _catchUp(self, connection: sqlite3.Connection) -> None:
         """Hand over every change above the publisher's position."""
-        position = self._publisher.etag
-        while not self._stop.is_set():
-            current = sqlite_read.counter(connection, "etag")
-            if current <= position:
-                return
-            upTo = min(current, position + PAGE)
-            changes = sqlite_read.logRange(connection, position, upTo)
-            if changes:
-                self._reactor.callFromThread(self._publisher.deliver, changes)
-            position = upTo
+        handOver(
+            self._publisher, self._reactor,
+            lambda: sqlite_read.counter(connection, "etag"),
+            lambda after, upTo: sqlite_read.logRange(connection, after, upTo),
+            self._stop.is_set,
+        )
+
+
+def handOver(
+    publisher: Publisher,
+    reactor: Any,
+    current: Callable[[], int],
+    logRange: Callable[[int, int], list[Change]],
+    stopped: Callable[[], bool],
+) -> None:
+    """
+    From a doorbell's thread (any backend): read the change log from the
+    publisher's position up to C{current()}, a page of L{PAGE} at a time,
+    and hand each page to the publisher on the reactor thread.
+    """
+    position = publisher.etag
+    while not stopped():
+        upTo = current()
+        if upTo <= position:
+            return
+        upTo = min(upTo, position + PAGE)
+        changes = logRange(position, upTo)
+        if changes:
+            reactor.callFromThread(publisher.deliver, changes)
+        position = upTo

@@ -17,8 +17,7 @@ from proto.store.base import (
     ChangePage,
     Document,
     Snapshot,
-    checkId,
-    idKey,
+    resolveIncludes,
 )
 from proto.store.sqlite_schema import CHANGE_PUT
 
@@ -64,19 +63,7 @@ def withReferences(
 ) -> tuple[list[Document | None], list[Document]]:
     """The documents C{keys}, and those that C{references(results)} names."""
     results = select(connection, keys)
-    found = {idKey(doc.id): doc for doc in results if doc is not None}
-    wanted: dict[str, None] = {}  # ordered, unique
-    for id in references(results):
-        try:
-            wanted[checkId(id)] = None
-        except ValueError:
-            continue
-    missing = [key for key in wanted if key not in found]
-    if missing:
-        for doc in select(connection, missing):
-            if doc is not None:
-                found[idKey(doc.id)] = doc
-    return results, [found[key] for key in wanted if key in found]
+    return results, resolveIncludes(results, references, lambda missing: select(connection, missing))
 
 
 def snapshot(
@@ -147,6 +134,12 @@ class ReadSession:
 
     def read(self, keys: Sequence[str], references: References | None) -> Snapshot:
         return snapshot(self.connection, keys, references)
+
+    def changes(self, since: int, prefixKey: str, limit: int) -> ChangePage:
+        return changes(self.connection, since, prefixKey, limit)
+
+    def counter(self, name: str) -> int:
+        return counter(self.connection, name)
 
     def runBatch(self, works: Sequence[Callable[[Any], Any]]) -> tuple[list[Any], None]:
         """Run C{works} in one read transaction: they see one snapshot."""

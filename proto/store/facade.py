@@ -1,0 +1,131 @@
+"""
+What every store backend's facade shares (L{proto.store.sqlite.SQLiteStore},
+L{proto.store.postgres.PostgresStore}): the commit counters, the publisher
+of committed changes, the write path (ids checked, read-your-writes
+bookkeeping), and the reads that are views of L{IDocumentStore.read}.
+
+A backend provides C{read}, C{start}, C{close}, a C{_reader} worker whose
+sessions answer C{changes(since, prefixKey, limit)} and C{counter(name)},
+and a C{_writer} worker (L{proto.store.sqlite_worker.Worker})
+whose sessions run C{put(key, id, body, ifMatch)} and C{delete(keys)};
+each write work carries C{keys}, the keys it reads, so a backend may read
+them together with the batch's lock (PostgreSQL does).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Sequence
+
+from twisted.internet.defer import Deferred, fail
+from twisted.python.failure import Failure
+
+from proto.store.base import ChangePage, Document, Version, checkId, idKey
+from proto.store.sqlite_publisher import Publisher
+
+#: The most changes one L{StoreFacade.changesSince} returns.
+MAX_PAGE = 10_000
+
+
+class StoreFacade:
+    """
+    @ivar commits: write transactions committed so far.
+    @ivar writes: operations run in those transactions (so C{writes /
+        commits} is the mean group-commit batch size).
+    @ivar retainChanges: the change log keeps at least this many changes.
+    """
+
+    #: Writes submitted and not finished yet: while there are any, reads
+    #: queue behind them on the writer (read-your-writes).
+    _unfinishedWrites = 0
+
+    def __init__(self, hub: Any, retainChanges: int) -> None:
+        """
+        @param hub: a L{proto.hub.ChangeHub} told of every committed
+            change (of every process sharing the store), or C{None}.
+        @raise ValueError: if C{retainChanges} is below 1.
+        """
+        if retainChanges < 1:
+            raise ValueError("retainChanges must be at least 1: the log is the source of WATCH")
+        self.commits = 0
+        self.writes = 0
+        #: Called as C{commitObserver(operations, seconds)} after each
+        #: write transaction commits (the metrics use it), or C{None}.
+        self.commitObserver: Callable[[int, float], None] | None = None
+        self.retainChanges = retainChanges
+        self._started = False
+        self._publisher = Publisher(hub) if hub is not None else None
+
+    def _published(self) -> int:
+        """The publisher's position (0 without a hub), for the writer thread."""
+        return self._publisher.etag if self._publisher is not None else 0
+
+    def _startFailed(self, failure: Failure) -> Failure:
+        self.close()
+        return failure
+
+    # -- reads -------------------------------------------------------------------
+
+    def get(self, ids: Sequence[str]) -> Deferred[list[Document | None]]:
+        return self.read(ids).addCallback(lambda found: found.results)
+
+    def getWithReferences(
+        self,
+        ids: Sequence[str],
+        references: Callable[[list[Document | None]], Iterable[str]],
+    ) -> Deferred[tuple[list[Document | None], list[Document]]]:
+        return self.read(ids, references).addCallback(
+            lambda found: (found.results, found.includes)
+        )
+
+    def changesSince(self, since: int, prefix: str = "", limit: int = 1000) -> Deferred[ChangePage]:
+        prefixKey = idKey(prefix)
+        limit = max(1, min(limit, MAX_PAGE))
+        return self._reader.submit(lambda session: session.changes(since, prefixKey, limit))
+
+    def currentEtag(self) -> Deferred[int]:
+        return self._reader.submit(lambda session: session.counter("etag"))
+
+    # -- writes ------------------------------------------------------------------
+
+    def put(self, id: str, body: bytes, ifMatch: int | None = None) -> Deferred[Version]:
+        try:
+            key = checkId(id)
+        except ValueError:
+            return fail()
+
+        def work(session: Any) -> Version:
+            return session.put(key, id, bytes(body), ifMatch)
+
+        work.keys = (key,)
+        return self._write(work)
+
+    def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
+        try:
+            keys = [checkId(id) for id in ids]
+        except ValueError:
+            return fail()
+
+        def work(session: Any) -> list[Version]:
+            return session.delete(keys)
+
+        work.keys = keys
+        return self._write(work)
+
+    def _write(self, work: Callable[[Any], Any]) -> Deferred[Any]:
+        self._unfinishedWrites += 1
+        d = self._writer.submit(work)
+        d.addBoth(self._writeFinished)
+        return d
+
+    def _writeFinished(self, result: Any) -> Any:
+        self._unfinishedWrites -= 1
+        return result
+
+    def _committed(self, size: int, batch: Any, seconds: float | None = None) -> None:
+        """On the reactor thread, after a write batch committed (in C{seconds})."""
+        self.commits += 1
+        self.writes += size
+        if self.commitObserver is not None and seconds is not None:
+            self.commitObserver(size, seconds)
+        if self._publisher is not None:
+            self._publisher.deliver(batch.changes)
