@@ -76,10 +76,12 @@ from proto.store.base import (
     Snapshot,
     StoreError,
     checkId,
+    idKey,
 )
 from proto.store.facade import StoreFacade
 from proto.store.sqlite_publisher import Doorbell
 from proto.store.grants import IGrantStore, SQLiteGrants
+from proto.store.facade import MAX_PAGE
 from proto.store.sqlite_reads import InlineReader, ReaderSession, ReadPath
 from proto.store.sqlite_worker import Worker
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES, WriteSession
