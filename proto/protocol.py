@@ -130,6 +130,8 @@ class GNPServerProtocol(LineReceiver):
     _bodyLast = 0.0
     _finalFrame = b""
     _replies: list[bytes] | None = None
+    #: While a chunk is parsed: C{CommandStats} -> replies sent at once (see dataReceived).
+    _immediate: dict | None = None
     _lastActivity = 0.0
     _handshakeTimer = None
     _headTimer = None
@@ -604,6 +606,12 @@ class GNPServerProtocol(LineReceiver):
             return
         self._busyReceiving = True
         self._replies = replies = []
+        # The commands that answer at once are timed per chunk: their
+        # replies are all written when the chunk is done, so each one's
+        # latency is the chunk's (PROTOCOL.md: one write per chunk), and one
+        # histogram update per command per chunk replaces one per request.
+        self._immediate = immediate = {}
+        chunkStarted = perf_counter()
         completed = False
         take, dispatch = parser.next, self._dispatch
         try:
@@ -621,8 +629,13 @@ class GNPServerProtocol(LineReceiver):
         finally:
             self._busyReceiving = False
             self._replies = None
+            self._immediate = None
             if replies:
                 self._write(b"".join(replies) if len(replies) > 1 else replies[0])
+            if immediate:
+                elapsed = perf_counter() - chunkStarted
+                for counts, times in immediate.items():
+                    counts.latency.observeMany(elapsed, times)
         if self.state is READY:
             if parser.bodyMissing:
                 self._watchBody()
@@ -641,7 +654,9 @@ class GNPServerProtocol(LineReceiver):
     # -- commands --------------------------------------------------------
 
     def _dispatch(self, request: wire.Request) -> None:
-        started = perf_counter()
+        # Inside a chunk (dataReceived), replies sent at once are timed at
+        # the chunk's end (started is None); else from now.
+        started = None if self._immediate is not None else perf_counter()
         sequence = request.sequence
         self.requestCount += 1
         counts = self.stats.commands.get(request.command)
@@ -688,20 +703,32 @@ class GNPServerProtocol(LineReceiver):
             # The hot path: a body, encoded without the generic helper.
             self._write(_encodeReply(sequence, result))
             counts.ok += 1
-            counts.latency.observe(perf_counter() - started)
+            if started is None:  # inline L{_timed}: this is the hot path
+                immediate = self._immediate
+                immediate[counts] = immediate.get(counts, 0) + 1
+            else:
+                counts.latency.observe(perf_counter() - started)
             return
         if isinstance(result, defer.Deferred):
-            self._track(request, result, counts, started)
+            self._track(request, result, counts, perf_counter() if started is None else started)
             return
         self._write(self._successReply(result, sequence))
         counts.ok += 1
-        counts.latency.observe(perf_counter() - started)
+        self._timed(counts, started)
 
-    def _writeError(self, data: bytes, counts, started: float) -> None:
+    def _timed(self, counts, started: float | None) -> None:
+        """Note a reply's latency: now, or (started None) at the chunk's end."""
+        if started is None:
+            immediate = self._immediate
+            immediate[counts] = immediate.get(counts, 0) + 1
+        else:
+            counts.latency.observe(perf_counter() - started)
+
+    def _writeError(self, data: bytes, counts, started: float | None) -> None:
         """Send a per-request C{ERR} reply and count it (L{proto.stats})."""
         self._write(data)
         counts.err += 1
-        counts.latency.observe(perf_counter() - started)
+        self._timed(counts, started)
         self.stats.errors += 1
 
     def _refusal(self, command, request: wire.Request) -> str | None:

@@ -415,8 +415,8 @@ def makeService(options: Options) -> service.IService:
         _announce(options, report, certPath, keyPath, allowPath)
     log.info(
         "GNP/1 server: certificate {cert} (sha1 {sha1}), allow-list {allow} "
-        "({count} entries), data in {dataDir}",
+        "({count} entries), data in {dataDir}, store {store!r}",
         cert=certPath, sha1=creator.fingerprintSHA1, allow=allowPath,
-        count=len(allowFile.current), dataDir=dataDir,
+        count=len(allowFile.current), dataDir=dataDir, store=store,
     )
     return top

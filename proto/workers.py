@@ -225,13 +225,26 @@ class ParentWatch(TimerService):
 # -- the supervisor side ----------------------------------------------------
 
 
+class _WorkerLines(Logger):
+    """
+    The monitor's logger: the workers' lines, without the empty one that
+    C{ProcessMonitor}'s C{LoggingProtocol} adds when a worker ends (it
+    compares C{data[-1]}, an int, with C{b"\\n"}).
+    """
+
+    def info(self, format=None, **kwargs):
+        if kwargs.get("line") == "" and "tag" in kwargs:
+            return
+        super().info(format, **kwargs)
+
+
 class WorkerMonitor(ProcessMonitor):
     """
     L{ProcessMonitor} that logs each worker's pid and exit, and whose
     C{stopService} waits until every worker has exited.
     """
 
-    log = Logger()
+    log = _WorkerLines()
     killTime = WORKER_KILL_TIME
 
     def __init__(self, reactor: Any) -> None:
@@ -382,6 +395,8 @@ def makeSupervisor(options, count: int) -> service.IService:
     environment["PROMETHEUS_MULTIPROC_DIR"] = os.path.join(runDir, "prometheus")
 
     monitor = WorkerMonitor(reactor)
+    # Each worker drains for --drain-timeout on SIGTERM, then closes its store.
+    monitor.killTime = max(WORKER_KILL_TIME, options["drain-timeout"] + 15)
     supervisor = Supervisor(reactor, store, monitor, held)
     hup = SighupService(reactor)
     hup.add("the workers (signalled in turn)", monitor.signalAll)

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import os
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer, reactor
 from twisted.trial import unittest
 
@@ -90,6 +92,31 @@ class LineFormatTests(unittest.SynchronousTestCase):
         with open(datadir.path(path, datadir.ALLOWLIST)) as f:
             allow = AllowList.parse(f.read())
         self.assertEqual(allow.entries[report.clientSHA1].level, ADMIN)
+
+
+_word = st.text(
+    alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zs", "Zl", "Zp"), blacklist_characters="=#,\x85\x1c\x1d\x1e\x1f\t\n\r\x0b\x0c"),
+    min_size=1, max_size=12,
+)
+
+
+class LineFormatPropertyTests(unittest.SynchronousTestCase):
+    @given(
+        name=st.lists(_word, max_size=4),
+        level=st.sampled_from([None, "read", "write", "admin", "READ"]),
+        prefixes=st.none() | st.lists(_word, min_size=1, max_size=3),
+        data=st.data(),
+    )
+    def test_attributesAnywhere(self, name, level, prefixes, data):
+        """Wherever the attributes go, the same grant; the name keeps its order."""
+        attributes = ([f"can={level}"] if level else []) + (["prefix=" + ",".join(prefixes)] if prefixes else [])
+        words = list(name)
+        for attribute in attributes:
+            words.insert(data.draw(st.integers(0, len(words))), attribute)
+        grant = AllowList.parse(SHA1 + " " + " ".join(words)).entries[SHA1]
+        self.assertEqual(grant.name, " ".join(name))
+        self.assertEqual(grant.level, (level or "write").lower())
+        self.assertEqual(grant.prefixes, tuple(prefixes) if prefixes else None)
 
 
 class GrantTests(unittest.SynchronousTestCase):
@@ -206,6 +233,36 @@ class LevelTests(ServerMixin, unittest.TestCase):
                     expected = forbidden(name, command[0], command[1] if len(command) > 1 else None)
                     self.assertEqual(error.reason, expected)
             yield client.whenClosed()  # the last command was QUIT
+
+    @defer.inlineCallbacks
+    def test_everyRegisteredCommandAboveTheLevelIsForbidden(self):
+        """
+        Whatever commands the server has (the built-ins, and any added
+        later), a certificate below a command's level gets Forbidden and
+        the command never runs.
+        """
+        yield self.startServer(
+            grantsFile(
+                reader=(Minted.get("reader"), "can=read"),
+                writer=(Minted.get("writer"), ""),
+            )
+        )
+        commands = self.factory.registry.commands
+        self.assertIn("APPROVE", commands)
+        checked = 0
+        for name, level in (("reader", READ), ("writer", WRITE)):
+            client = yield self.client(name)
+            for command in commands.values():
+                if RANKS[command.level] <= RANKS[level]:
+                    continue
+                error = yield self.assertFailure(client.request(command.name, "x/1"), ServerError)
+                self.assertTrue(
+                    error.reason.startswith(f"Forbidden: {name} may not {command.name}"), error.reason
+                )
+                checked += 1
+        self.assertGreaterEqual(checked, 7)  # PUT, DELETE, PENDING, APPROVE, REVOKE, SECRET...
+        # Nothing was written by the refused PUT/DELETE.
+        self.assertEqual((yield self.store.get(["x/1"])), [None])
 
     @defer.inlineCallbacks
     def test_forbiddenKeepsTheConnection(self):

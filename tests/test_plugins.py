@@ -111,6 +111,11 @@ class TwistdPluginTests(unittest.TestCase):
                 @registry.command("BOOM", level="any")
                 def boom(ctx, request):
                     raise RuntimeError("the plugin's own bug")
+
+                @registry.command("DAWDLE", level="any")
+                def dawdle(ctx, request):
+                    from twisted.internet.task import deferLater
+                    return deferLater(ctx.clock, 30, lambda: b"too late")
             """))
         with open(os.path.join(self.pluginDir, "h11_clashing.py"), "w") as f:
             f.write(textwrap.dedent("""
@@ -146,7 +151,12 @@ class TwistdPluginTests(unittest.TestCase):
         conn.send(support.request("COUNTDOWN", "2", "0.01", sequence="3", headers=[("Timeout", "5")]))
         frames = [conn.next() for _ in range(3)]
         self.assertEqual([(f.kind, f.body) for f in frames], [("OK", b""), ("PUSH", b"2"), ("PUSH", b"1")])
-        conn.send(support.request("PING", sequence="4"))
+        # ... and cancels a plugin's Deferred like ours.
+        conn.send(support.request("DAWDLE", sequence="4", headers=[("Timeout", "0.2")]))
+        reply = conn.next()
+        self.assertEqual((reply.kind, reply.sequence), ("ERR", "4"))
+        self.assertIn("Timeout: DAWDLE did not finish within 0.2 s", reply.reason)
+        conn.send(support.request("PING", sequence="5"))
         self.assertEqual(conn.next().body, b"PONG")
         log = server.log()
         self.assertIn("the plugin's own bug", log)
@@ -154,6 +164,7 @@ class TwistdPluginTests(unittest.TestCase):
         # (From the entry point instead when the example is installed.)
         self.assertIn("proto_hello", log)
         self.assertIn(": COUNTDOWN (any), HELLO (any), STAMP (write)", log)
+        self.assertIn("Commands from --commands h11_crashy: BOOM (any), DAWDLE (any)", log)
 
     def assertStartRefused(self, args, *words):
         result = subprocess.run(

@@ -306,6 +306,15 @@ class SQLiteStoreTests(StoreTestMixin, TestCase):
         self.assertEqual([doc is not None for doc in found], [i < 1200 for i in range(1300)])
 
     @inlineCallbacks
+    def test_summary(self):
+        """STATS' store figures: documents, the etag, the log's length."""
+        yield self.store.put("a", b"{}")
+        yield self.store.put("b", b"{}")
+        yield self.store.delete(["a"])
+        summary = yield self.store.summary()
+        self.assertEqual(summary, {"Documents": 1, "Etag": 3, "Changes": 3})
+
+    @inlineCallbacks
     def test_invalidId(self):
         yield self.assertFailure(self.store.put("a b", b"{}"), InvalidIdError)
         yield self.assertFailure(self.store.get(["ok", ""]), InvalidIdError)

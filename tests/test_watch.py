@@ -535,3 +535,14 @@ class PostgresDocumentsTests(PostgresBackend, DocumentsTests):
 class PostgresCrossProcessWatchTests(PostgresBackend, CrossProcessWatchTests):
     pass
 
+
+
+class WatchCountTests(WatchTestCase):
+    @inlineCallbacks
+    def test_count(self):
+        self.assertEqual(watchModule.watchCount(self.ctx), 0)
+        yield self.watch(self.ctx, "a", sequence="w1")
+        yield self.watch(self.ctx, "b", sequence="w2", Since="0")
+        self.assertEqual(watchModule.watchCount(self.ctx), 2)
+        yield self.ctx.call("UNWATCH", "w1")
+        self.assertEqual(watchModule.watchCount(self.ctx), 1)

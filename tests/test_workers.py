@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 from twisted.trial import unittest
 
@@ -166,7 +167,22 @@ class WorkersTests(unittest.TestCase):
     def test_sigtermStopsEveryWorker(self):
         pids = waitFor(lambda: (lambda p: p if len(p) == 2 else None)(workerPids(self.server.log())),
                        what="both worker pids")
+        # Requests in flight in both workers are answered before they exit.
+        conns = [self.connect() for _ in range(CONNECTIONS)]
+        served = self.servedBy(conns)
+        busy = [next(c for c in conns if served[c.sock.getsockname()[1]] == worker)
+                for worker in ("worker-0", "worker-1")]
+        for conn in conns:
+            if conn not in busy:
+                conn.close()
+        for conn in busy:
+            conn.send(request("SLEEP", "1.5", sequence="s"))
+        time.sleep(0.3)  # the SLEEPs are in flight
         self.server.process.send_signal(signal.SIGTERM)
+        for conn in busy:
+            reply = conn.next()
+            self.assertEqual((reply.kind, reply.sequence), ("OK", "s"), reply)
+            conn.close()  # (a client that stays would be waited for, up to --drain-timeout)
         # twistd ends by re-raising the signal that stopped it.
         self.assertEqual(self.server.process.wait(30), -signal.SIGTERM)
         self.assertIn("Server Shut Down", self.server.log().splitlines()[-1])

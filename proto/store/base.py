@@ -197,6 +197,9 @@ def checkId(id: str, what: str = "id") -> str:
         C{"prefix"}).
     @raise InvalidIdError: naming the rule that C{id} breaks.
     """
+    # The common case, quickly: printable ASCII (U+0021 to U+007E) only.
+    if id.isascii() and 0 < len(id) <= MAX_ID_BYTES and id.isprintable() and " " not in id:
+        return id.lower()
     try:
         size = len(id.encode("utf-8"))
     except UnicodeEncodeError:

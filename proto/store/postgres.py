@@ -252,6 +252,19 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         self._turn = (self._turn + 1) % len(self._readers)
         return self._readers[self._turn]
 
+    def summary(self) -> Deferred[dict[str, int]]:
+        """C{{"Documents", "Etag", "Changes"}} (STATS, metrics), in one statement."""
+
+        def work(session: Any) -> dict[str, int]:
+            documents, etag, changes = session.connection.execute(
+                "SELECT (SELECT count(*) FROM proto_documents), "
+                "(SELECT value FROM proto_counters WHERE name = 'etag'), "
+                "(SELECT count(*) FROM proto_changes)"
+            ).fetchone()
+            return {"Documents": documents, "Etag": etag, "Changes": changes}
+
+        return self._readWorker().submit(work)
+
     def _readWorker(self) -> Worker:
         """Read-your-writes: behind unfinished writes, reads join the writer."""
         return self._writer if self._unfinishedWrites else self._reader

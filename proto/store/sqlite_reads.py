@@ -138,6 +138,17 @@ def snapshot(
     results = selectChecked(connection, keys, token)
     if references is None:
         return Snapshot(results, [], etag)
+    return Snapshot(results, follow(connection, results, references, token, maxSteps), etag)
+
+
+def follow(
+    connection: sqlite3.Connection,
+    results: list[Document | None],
+    references: References,
+    token: Token | None = None,
+    maxSteps: int | None = None,
+) -> list[Document]:
+    """The documents that C{references(results)} names that exist, each once."""
     found = {idKey(doc.id): doc for doc in results if doc is not None}
     wanted: dict[str, None] = {}  # ordered, unique
     steps = 0
@@ -158,7 +169,16 @@ def snapshot(
         for doc in selectChecked(connection, missing, token):
             if doc is not None:
                 found[idKey(doc.id)] = doc
-    return Snapshot(results, [found[key] for key in wanted if key in found], etag)
+    return [found[key] for key in wanted if key in found]
+
+
+#: Point reads by number of distinct keys: the counter row and the
+#: documents in one statement, so in one snapshot without BEGIN/COMMIT.
+_POINT_SQL = {
+    n: "SELECT NULL, NULL, value, NULL FROM counters WHERE name = 'etag' UNION ALL "
+    f"SELECT key, id, etag, body FROM documents WHERE key IN ({','.join('?' * n)})"
+    for n in range(1, INLINE_MAX_IDS + 1)
+}
 
 
 class InlineReader:
@@ -195,15 +215,20 @@ class InlineReader:
         connection = self._connection
         start, cpuStart = self._clock(), self._cpuClock()
         try:
-            connection.execute("BEGIN")
-            try:
-                found = snapshot(connection, keys, references, None, INLINE_MAX_STEPS)
-                if references is not None and sum(
-                    len(doc.body) for doc in found.results if doc is not None
-                ) > INLINE_MAX_BYTES:
-                    raise _TooBig()
-            finally:
-                connection.execute("COMMIT")
+            if references is None:
+                found = self._pointRead(keys)
+            else:
+                connection.execute("BEGIN")
+                try:
+                    etag = sqlite_read.counter(connection, "etag")
+                    results = sqlite_read.select(connection, keys)
+                    size = sum(len(doc.body) for doc in results if doc is not None)
+                    if size > INLINE_MAX_BYTES:
+                        raise _TooBig()  # Too much to parse here.
+                    includes = follow(connection, results, references, None, INLINE_MAX_STEPS)
+                    found = Snapshot(results, includes, etag)
+                finally:
+                    connection.execute("COMMIT")
         except (_TooBig, sqlite3.Error):
             self.declined += 1
             return None
@@ -216,6 +241,17 @@ class InlineReader:
                 self._backoffUntil = now + INLINE_BACKOFF_SECONDS
         self.served += 1
         return found
+
+    def _pointRead(self, keys: Sequence[str]) -> Snapshot:
+        unique = list(dict.fromkeys(keys))
+        etag = 0
+        found: dict[str, Document] = {}
+        for key, id, version, body in self._connection.execute(_POINT_SQL[len(unique)], unique):
+            if key is None:
+                etag = version
+            else:
+                found[key] = Document(id, version, body)
+        return Snapshot([found.get(key) for key in keys], [], etag)
 
 
 class ReadPath:
