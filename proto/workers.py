@@ -250,12 +250,17 @@ class WorkerMonitor(ProcessMonitor):
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor)
         self._exitWaiters: dict[str, list[defer.Deferred[None]]] = {}
+        self._pids: dict[str, int] = {}
+        #: Called with a worker's pid when it has exited (metrics clean-up).
+        self.workerExited: Any = None
 
     def startProcess(self, name: str) -> None:
         super().startProcess(name)
         protocol = self.protocols.get(name)
         pid = getattr(getattr(protocol, "transport", None), "pid", None)
         self.log.info("Started {name} (pid {pid})", name=name, pid=pid)
+        if pid is not None:
+            self._pids[name] = pid
 
     def _monitoredProcessExited(self, name: str, reason=None) -> None:
         if self.running:
@@ -263,6 +268,12 @@ class WorkerMonitor(ProcessMonitor):
                 "{name} exited ({reason}); it is restarted",
                 name=name, reason=reason.getErrorMessage() if reason is not None else "?",
             )
+        pid = self._pids.pop(name, None)
+        if pid is not None and self.workerExited is not None:
+            try:
+                self.workerExited(pid)
+            except Exception:
+                self.log.failure("Cleaning up after {name} (pid {pid}) failed", name=name, pid=pid)
         super()._monitoredProcessExited(name, reason)
         for waiter in self._exitWaiters.pop(name, []):
             waiter.callback(None)
@@ -408,6 +419,18 @@ def makeSupervisor(options, count: int) -> service.IService:
             reactor, options["metrics"], multiprocessDir=environment["PROMETHEUS_MULTIPROC_DIR"],
             draining=supervisorHealth(supervisor, runDir),
         ).setServiceParent(supervisor)
+
+    def workerExited(pid: int) -> None:
+        # A dead worker's live gauges leave the sums; its snapshot goes.
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid, environment["PROMETHEUS_MULTIPROC_DIR"])
+        try:
+            os.unlink(os.path.join(runDir, f"stats-{pid}.json"))
+        except OSError:
+            pass
+
+    monitor.workerExited = workerExited
     for index in range(count):
         monitor.addProcess(
             f"worker-{index}", workerArguments(options.rawArgs, index), env=environment
