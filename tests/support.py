@@ -151,6 +151,23 @@ def makeFactory(clock, config: ServerConfig | None = None, allowList=None, store
     )
 
 
+def startStoreServer(testCase) -> defer.Deferred:
+    """
+    Give C{testCase} a real SQLite store in a temporary file (C{.store},
+    closed at cleanup), its change hub (C{.hub}) and a server factory on
+    both (C{.factory}, on L{realTimeClock}); the Deferred fires once the
+    store has started (return it from C{setUp}).
+    """
+    from proto.hub import ChangeHub
+    from proto.store.sqlite import SQLiteStore
+
+    testCase.hub = ChangeHub()
+    testCase.store = SQLiteStore(os.path.join(testCase.mktemp(), "docs.sqlite3"), hub=testCase.hub)
+    testCase.addCleanup(testCase.store.close)
+    testCase.factory = makeFactory(realTimeClock(), store=testCase.store, hub=testCase.hub)
+    return testCase.store.start()
+
+
 def connectInMemory(
     factory=None,
     client: certs.Minted | None | str = "default",

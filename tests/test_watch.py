@@ -356,11 +356,7 @@ class EndToEndTests(TestCase):
     """Through the real server protocol over TLS in memory: the exact bytes."""
 
     def setUp(self) -> defer.Deferred:
-        self.hub = ChangeHub()
-        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
-        self.addCleanup(self.store.close)
-        self.factory = support.makeFactory(support.realTimeClock(), store=self.store, hub=self.hub)
-        return self.store.start()
+        return support.startStoreServer(self)
 
     @inlineCallbacks
     def exchange(self, connection, data: bytes, until):
