@@ -151,6 +151,24 @@ def makeFactory(clock, config: ServerConfig | None = None, allowList=None, store
     )
 
 
+def dialGreeting(ctx: ssl.SSLContext, port: int, session=None):
+    """
+    Blocking (run it in a thread): connect to 127.0.0.1:C{port} with the
+    standard library's C{ctx} (offering the TLS C{session}, if any) and
+    read the greeting line (section 2: C{OK}, or C{ERR reason}). Returns
+    the TLS socket and the greeting (what came before EOF, if no line).
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    greeting = b""
+    while not greeting.endswith(b"\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        greeting += chunk
+    return s, greeting
+
+
 def startStoreServer(testCase) -> defer.Deferred:
     """
     Give C{testCase} a real SQLite store in a temporary file (C{.store},

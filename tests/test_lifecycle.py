@@ -342,7 +342,6 @@ class ResumedSessionTests(ServerMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def revokeCutsResumed(self, version):
-        import socket
         import ssl
 
         from twisted.internet import threads
@@ -362,15 +361,7 @@ class ResumedSessionTests(ServerMixin, unittest.TestCase):
         ctx.minimum_version = ctx.maximum_version = version
 
         def dial(session=None):
-            raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-            s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
-            greeting = b""
-            while not greeting.endswith(b"\r\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                greeting += chunk
-            return s, greeting
+            return support.dialGreeting(ctx, self.port, session)
 
         def readToEnd(s):
             data = b""
