@@ -29,6 +29,11 @@ from proto.store.grants import GrantRow, IGrantStore
 #: asks for at least 100); the oldest is dropped first.
 PENDING_LIMIT = 1000
 
+#: How many of its newest refused certificates each worker process shares
+#: with the others (run-directory snapshots, L{proto.stats}), so that
+#: PENDING on any worker shows the whole server's.
+PENDING_SHARED = 200
+
 #: Longest CN or reason kept per refused certificate (a refused client
 #: chooses its CN: it must not choose our memory use).
 _TEXT_LIMIT = 256

@@ -41,11 +41,13 @@ class Subscription:
         key: str,
         callback: Callback,
         flush: Callable[[], None] | None = None,
+        batch: Callable[[list[Change]], None] | None = None,
     ) -> None:
         self._hub = hub
         self.key = key
         self.callback = callback
         self.flush = flush
+        self.batch = batch
         self.active = True
 
     def cancel(self) -> None:
@@ -83,15 +85,22 @@ class ChangeHub:
         self.etag = etag
 
     def subscribe(
-        self, prefix: str, callback: Callback, flush: Callable[[], None] | None = None
+        self,
+        prefix: str,
+        callback: Callback,
+        flush: Callable[[], None] | None = None,
+        batch: Callable[[list[Change]], None] | None = None,
     ) -> Subscription:
         """
         Call C{callback(change)} for every change published from now on
         (every change above C{self.etag}) to a document whose id starts with
-        C{prefix}, ignoring case; and C{flush()} after each published batch
+        C{prefix}, ignoring case (or, if C{batch} is given, C{batch(changes)}
+        once per published batch with its matching changes, in order; the
+        list is shared with the other subscriptions of the same prefix: do
+        not change it); and C{flush()} after each published batch
         that called C{callback}.
         """
-        subscription = Subscription(self, idKey(prefix), callback, flush)
+        subscription = Subscription(self, idKey(prefix), callback, flush, batch)
         subscribers = self._byKey.get(subscription.key)
         if subscribers is None:
             subscribers = self._byKey[subscription.key] = {}
@@ -127,36 +136,43 @@ class ChangeHub:
 
     def publishChanges(self, changes: list[Change]) -> None:
         """
-        Tell the subscribers whose prefix matches about each change, in
-        order; then flush those that got any.
+        Tell the subscribers whose prefix matches about the changes: each
+        subscription gets its matching changes in etag order (as one list,
+        to its C{batch} callable if it has one, else one C{callback} call
+        each); then those that got any are flushed.
+
+        The changes are grouped by subscribed prefix first, so that the
+        subscriptions of one prefix share one list (fan-out: a subscriber
+        can encode what it shares with the others once per batch).
         """
-        if not self._byKey:
-            if changes:
-                self.etag = changes[-1].etag
+        if not changes:
             return
-        touched: dict[Subscription, None] = {}
+        self.etag = changes[-1].etag
+        byKey = self._byKey
+        if not byKey:
+            return
+        groups: dict[str, list[Change]] = {}
+        lengths = self._lengths
         for change in changes:
-            self.etag = change.etag
             key = idKey(change.id)
-            for length in self._lengths:
+            for length in lengths:
                 if length > len(key):
                     break
-                subscribers = self._byKey.get(key[:length])
-                if not subscribers:
-                    continue
-                for subscription in list(subscribers):
-                    if not subscription.active:
-                        continue  # Cancelled by an earlier callback.
-                    try:
-                        subscription.callback(change)
-                    except Exception:
-                        self._log.failure(
-                            "Change subscriber {callback!r} failed on {change!r}",
-                            callback=subscription.callback,
-                            change=change,
-                        )
-                    if subscription.flush is not None:
-                        touched[subscription] = None
+                prefix = key[:length]
+                if prefix in byKey:
+                    group = groups.get(prefix)
+                    if group is None:
+                        groups[prefix] = [change]
+                    else:
+                        group.append(change)
+        touched: list[Subscription] = []
+        for prefix, matched in groups.items():
+            for subscription in list(byKey.get(prefix, ())):
+                if not subscription.active:
+                    continue  # Cancelled by an earlier callback.
+                self._deliver(subscription, matched)
+                if subscription.flush is not None:
+                    touched.append(subscription)
         for subscription in touched:
             if subscription.active:
                 try:
@@ -165,3 +181,25 @@ class ChangeHub:
                     self._log.failure(
                         "Change subscriber flush {flush!r} failed", flush=subscription.flush
                     )
+
+    def _deliver(self, subscription: Subscription, matched: list[Change]) -> None:
+        if subscription.batch is not None:
+            try:
+                subscription.batch(matched)
+            except Exception:
+                self._log.failure(
+                    "Change subscriber {batch!r} failed on {count} changes",
+                    batch=subscription.batch, count=len(matched),
+                )
+            return
+        for change in matched:
+            if not subscription.active:
+                return
+            try:
+                subscription.callback(change)
+            except Exception:
+                self._log.failure(
+                    "Change subscriber {callback!r} failed on {change!r}",
+                    callback=subscription.callback,
+                    change=change,
+                )

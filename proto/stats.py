@@ -222,7 +222,16 @@ def processSnapshot(factory) -> dict[str, Any]:
         "Errors": stats.errors,
         "Watches": sum(entry["Watches"] for entry in clients),
         "Clients": clients,
+        # PENDING of the whole server (section 9): proto.commands.access.
+        "Pending": _pendingShare(factory),
     }
+
+
+def _pendingShare(factory) -> list[dict[str, Any]]:
+    from proto.access import PENDING_SHARED
+
+    access = getattr(factory, "access", None)
+    return [] if access is None else access.pending.listing()[:PENDING_SHARED]
 
 
 def mergeStats(snapshots: Iterable[dict[str, Any]]) -> dict[str, Any]:

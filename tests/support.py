@@ -151,6 +151,41 @@ def makeFactory(clock, config: ServerConfig | None = None, allowList=None, store
     )
 
 
+def dialGreeting(ctx: ssl.SSLContext, port: int, session=None):
+    """
+    Blocking (run it in a thread): connect to 127.0.0.1:C{port} with the
+    standard library's C{ctx} (offering the TLS C{session}, if any) and
+    read the greeting line (section 2: C{OK}, or C{ERR reason}). Returns
+    the TLS socket and the greeting (what came before EOF, if no line).
+    """
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    greeting = b""
+    while not greeting.endswith(b"\r\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        greeting += chunk
+    return s, greeting
+
+
+def startStoreServer(testCase) -> defer.Deferred:
+    """
+    Give C{testCase} a real SQLite store in a temporary file (C{.store},
+    closed at cleanup), its change hub (C{.hub}) and a server factory on
+    both (C{.factory}, on L{realTimeClock}); the Deferred fires once the
+    store has started (return it from C{setUp}).
+    """
+    from proto.hub import ChangeHub
+    from proto.store.sqlite import SQLiteStore
+
+    testCase.hub = ChangeHub()
+    testCase.store = SQLiteStore(os.path.join(testCase.mktemp(), "docs.sqlite3"), hub=testCase.hub)
+    testCase.addCleanup(testCase.store.close)
+    testCase.factory = makeFactory(realTimeClock(), store=testCase.store, hub=testCase.hub)
+    return testCase.store.start()
+
+
 def connectInMemory(
     factory=None,
     client: certs.Minted | None | str = "default",

@@ -619,11 +619,7 @@ class EndToEndTests(TestCase):
         from tests import support
 
         self.support = support
-        self.hub = ChangeHub()
-        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
-        self.addCleanup(self.store.close)
-        self.factory = support.makeFactory(support.realTimeClock(), store=self.store, hub=self.hub)
-        return self.store.start()
+        return support.startStoreServer(self)
 
     def connect(self):
         return self.support.connectInMemory(factory=self.factory)

@@ -8,7 +8,6 @@ finish and are answered before the final frame and the close.
 from __future__ import annotations
 
 import json
-import os
 
 from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
@@ -16,10 +15,8 @@ from twisted.internet.task import deferLater
 from twisted.trial import unittest
 
 from proto.admission import AllowList
-from proto.hub import ChangeHub
 from proto.server import ServerConfig
-from proto.store.sqlite import SQLiteStore
-from tests.support import connectInMemory, makeFactory, realTimeClock, request
+from tests.support import connectInMemory, makeFactory, realTimeClock, request, startStoreServer
 
 #: A head that breaks the framing: a header line without a colon.
 MALFORMED = b"PING\r\nSequence: bad\r\nno colon here\r\n\r\n"
@@ -157,11 +154,7 @@ class DrainWithStoreTests(unittest.TestCase):
     """The real store behind it: a write is committed iff it was acknowledged."""
 
     def setUp(self) -> defer.Deferred:
-        self.hub = ChangeHub()
-        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
-        self.addCleanup(self.store.close)
-        self.factory = makeFactory(realTimeClock(), store=self.store, hub=self.hub)
-        return self.store.start()
+        return startStoreServer(self)
 
     @inlineCallbacks
     def waitForClose(self, conn):

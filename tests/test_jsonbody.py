@@ -111,17 +111,9 @@ class LargePutEndToEndTests(unittest.TestCase):
     """A large PUT through the real server protocol and a real SQLite store."""
 
     def setUp(self):
-        import os
+        from tests.support import startStoreServer
 
-        from proto.hub import ChangeHub
-        from proto.store.sqlite import SQLiteStore
-        from tests.support import makeFactory, realTimeClock
-
-        self.hub = ChangeHub()
-        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
-        self.addCleanup(self.store.close)
-        self.factory = makeFactory(realTimeClock(), store=self.store, hub=self.hub)
-        return self.store.start()
+        return startStoreServer(self)
 
     @inlineCallbacks
     def exchange(self, conn, data, count):

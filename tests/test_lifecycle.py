@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 import time
 
 from twisted.internet import defer, reactor
@@ -341,7 +342,6 @@ class ResumedSessionTests(ServerMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def revokeCutsResumed(self, version):
-        import socket
         import ssl
 
         from twisted.internet import threads
@@ -361,15 +361,7 @@ class ResumedSessionTests(ServerMixin, unittest.TestCase):
         ctx.minimum_version = ctx.maximum_version = version
 
         def dial(session=None):
-            raw = socket.create_connection(("127.0.0.1", self.port), timeout=10)
-            s = ctx.wrap_socket(raw, server_hostname="localhost", session=session)
-            greeting = b""
-            while not greeting.endswith(b"\r\n"):
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                greeting += chunk
-            return s, greeting
+            return support.dialGreeting(ctx, self.port, session)
 
         def readToEnd(s):
             data = b""
@@ -494,3 +486,49 @@ class MergePendingTests(unittest.SynchronousTestCase):
         self.assertEqual((a["Attempts"], a["FirstSeen"], a["LastSeen"], a["Peer"]),
                          (4, "2026-01-01T00:00:00Z", "2026-01-01T00:00:07Z", "p2"))
         self.assertEqual(len(mergePending([one, two], limit=2)), 2)
+
+
+class WorkersPendingTests(unittest.TestCase):
+    """With --workers, PENDING on any worker shows every worker's refusals."""
+
+    def test_pendingOfTheWholeServer(self):
+        import ssl
+
+        from tests.test_twistd import waitFor
+
+        work = os.path.abspath(self.mktemp())
+        server = support.startTwistd(work, extraArgs=["--workers", "2"])
+        self.addCleanup(server.stop)
+        waitFor(lambda: server.log().count(f"starting on {server.port}") >= 2,
+                seconds=30, what="both workers to listen")
+        knocker = Minted.get("knocker")
+        certPath, keyPath = os.path.join(work, "k.pem"), os.path.join(work, "k.key")
+        with open(certPath, "wb") as f:
+            f.write(knocker.certPEM)
+        with open(keyPath, "wb") as f:
+            f.write(knocker.keyPEM)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.load_verify_locations(server.dataDir.file(datadir.SERVER_CERT))
+        context.load_cert_chain(certPath, keyPath)
+        knocks = 12
+        for _ in range(knocks):
+            conn = support.BlockingConnection(server.port, context)
+            self.assertFalse(conn.next().ok)
+            conn.close()
+        # Both workers refused some (12 connections over SO_REUSEPORT).
+        waitFor(lambda: len(set(re.findall(r"\[(worker-\d+)\] \S+ Refused", server.log()))) == 2,
+                seconds=10, what="refusals in both workers' logs")
+
+        def pendingAttempts():
+            admin = support.BlockingConnection(server.port, server.dataDir.clientContext())
+            try:
+                self.assertTrue(admin.next().ok)
+                admin.send(support.request("PENDING"))
+                listing = json.loads(admin.next().body)
+            finally:
+                admin.close()
+            mine = [entry for entry in listing if entry["Sha1"] == sha1(knocker)]
+            return mine[0]["Attempts"] if mine and mine[0]["Attempts"] == knocks else None
+
+        # Snapshots are written every second: bounded wait.
+        self.assertEqual(waitFor(pendingAttempts, seconds=15, what="all attempts in PENDING"), knocks)

@@ -19,7 +19,6 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from proto.commands import include
 from proto.commands.base import CommandError
 from proto.commands.include import IncludeWalk, parseInclude
-from proto.hub import ChangeHub
 from proto.store.base import Document
 from proto.store.sqlite import SQLiteStore
 from proto.store import sqlite_reads
@@ -202,11 +201,7 @@ class StallingGetTests(TestCase):
         from tests import support
 
         self.support = support
-        self.hub = ChangeHub()
-        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
-        self.addCleanup(self.store.close)
-        self.factory = support.makeFactory(support.realTimeClock(), store=self.store, hub=self.hub)
-        return self.store.start()
+        return support.startStoreServer(self)
 
     @inlineCallbacks
     def exchange(self, connection, data: bytes, count: int = 1, others=()):

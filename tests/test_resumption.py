@@ -11,7 +11,6 @@ offer a saved session, which Twisted's client TLS cannot).
 from __future__ import annotations
 
 import os
-import socket
 import ssl
 import tempfile
 
@@ -22,7 +21,7 @@ from twisted.trial import unittest
 from proto.admission import AllowList
 from proto.commands import builtin
 from proto.server import GNPServerFactory, ServerConfig
-from tests.support import Credentials, listenInProcess
+from tests.support import Credentials, dialGreeting, listenInProcess
 
 
 class Visit:
@@ -65,14 +64,8 @@ class ResumptionTests(unittest.TestCase):
         """Connect (offering C{session}), read the greeting line, close."""
 
         def blocking() -> Visit:
-            raw = socket.create_connection(("127.0.0.1", self.port.getHost().port), timeout=10)
-            with ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
-                greeting = b""
-                while not greeting.endswith(b"\r\n"):
-                    chunk = s.recv(4096)
-                    if not chunk:
-                        break
-                    greeting += chunk
+            s, greeting = dialGreeting(ctx, self.port.getHost().port, session)
+            with s:
                 return Visit(greeting, s.session_reused, s.session, s.version())
 
         return threads.deferToThread(blocking)

@@ -356,11 +356,7 @@ class EndToEndTests(TestCase):
     """Through the real server protocol over TLS in memory: the exact bytes."""
 
     def setUp(self) -> defer.Deferred:
-        self.hub = ChangeHub()
-        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
-        self.addCleanup(self.store.close)
-        self.factory = support.makeFactory(support.realTimeClock(), store=self.store, hub=self.hub)
-        return self.store.start()
+        return support.startStoreServer(self)
 
     @inlineCallbacks
     def exchange(self, connection, data: bytes, until):
@@ -546,3 +542,26 @@ class WatchCountTests(WatchTestCase):
         self.assertEqual(watchModule.watchCount(self.ctx), 2)
         yield self.ctx.call("UNWATCH", "w1")
         self.assertEqual(watchModule.watchCount(self.ctx), 1)
+
+
+class FanOutTests(WatchTestCase):
+    """A published batch is encoded once for all the watches of its prefix."""
+
+    @inlineCallbacks
+    def test_sharedEncoding(self):
+        other = self.connect()
+        yield self.watch(self.ctx, "f/", sequence="a")
+        yield self.watch(other, "F/", sequence="bb")
+        calls = []
+        real = watchModule._tail
+        self.patch(watchModule, "_tail", lambda change: calls.append(change) or real(change))
+        sent = []
+        self.patch(other, "pushFrames", lambda data: sent.append(data))
+        changes = [Change(f"f/{n}", PUT, n) for n in range(1, 4)]
+        self.hub.publishChanges(changes)
+        self.assertEqual(calls, changes)  # once, not once per watch
+        self.assertEqual(
+            sent,
+            [b"".join(wire.encodePush("bb", watchModule.changeBody(c)) for c in changes)],
+        )
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx, "a")], [1, 2, 3])

@@ -11,13 +11,14 @@ L{proto.access.AccessControl} (C{ctx.access}).
 from __future__ import annotations
 
 import datetime
+import os
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from twisted.python.failure import Failure
 
-from proto.access import AccessError, describe
+from proto.access import AccessError, describe, mergePending
 from proto.admission import identityOfDER
 from proto.commands.base import CommandError, CommandRegistry, requireArgs
 from proto.permissions import ADMIN, ANY, GrantSyntaxError, isoUTC, jsonBytes, parseGrantWords, whoami
@@ -55,9 +56,20 @@ def whoAmI(ctx: Any, request: Any) -> bytes:
 
 @registry.command("PENDING", level=ADMIN)
 def pending(ctx: Any, request: Any) -> bytes:
-    """The most recent refused certificates, newest first."""
+    """
+    The most recent refused certificates, newest first: this process's,
+    and with C{--workers} the other workers' too (their snapshots in the
+    run directory, L{proto.stats}).
+    """
     requireArgs(request, 0, 0, "PENDING")
-    return jsonBytes(_access(ctx).pending.listing())
+    own = _access(ctx).pending.listing()
+    runDir = getattr(getattr(ctx, "factory", None), "runDir", None)
+    if not runDir:
+        return jsonBytes(own)
+    from proto.stats import readSnapshots
+
+    others = [snap.get("Pending", []) for snap in readSnapshots(runDir, skipPid=os.getpid())]
+    return jsonBytes(mergePending([own, *others]))
 
 
 @registry.command("APPROVE", level=ADMIN)

@@ -151,6 +151,24 @@ class _Gap(NamedTuple):
 _Item = Union[Change, _Gap]
 
 
+def _tail(change: Change) -> bytes:
+    body = _json({"Id": change.id, "Type": change.type, "Etag": change.etag})
+    return b"%d\r\n\r\n%s" % (len(body), body)
+
+
+#: The last batch of changes turned into frame tails (everything after
+#: C{Size: }), and the tails: the watches of one prefix get the same list
+#: from the hub in turn, so each batch is encoded once for all of them.
+_lastTails: list[Any] = [None, []]
+
+
+def batchTails(changes: list[Change]) -> list[bytes]:
+    """The frame tails (size, empty line, body) of a published batch, encoded once."""
+    if _lastTails[0] is not changes:
+        _lastTails[0], _lastTails[1] = changes, [_tail(change) for change in changes]
+    return _lastTails[1]
+
+
 def _documentBody(
     change: Change, document: Document | None, includes: list[Document] | None
 ) -> bytes:
@@ -235,8 +253,12 @@ class _Watch:
 
     def _subscribe(self) -> None:
         hub = self._ctx.hub
-        flush = None if self._documents else self._flush
-        self._subscription = hub.subscribe(self._prefix, self._changed, flush)
+        if self._documents:
+            self._subscription = hub.subscribe(self._prefix, self._changed)
+        else:
+            self._subscription = hub.subscribe(
+                self._prefix, self._changed, self._flush, self._changedBatch
+            )
         if hub.etag <= self._pos:
             self._live = True
         else:
@@ -300,6 +322,26 @@ class _Watch:
             if self._outboxBytes > CATCHUP_WINDOW:
                 self._flush()  # a big batch: apply the bound within it
             # Otherwise the hub calls _flush after its batch.
+
+    def _changedBatch(self, changes: list[Change]) -> None:
+        """
+        A published batch of matching changes (plain watches). In the common
+        case (live, all new, no prefix restriction) its pushes are the
+        batch's shared tails joined behind this watch's head: one C{join}.
+        """
+        if self._kept is None and changes[0].etag > self._pos and self._allowed is None:
+            head = self._head
+            data = head + head.join(batchTails(changes))
+            self._outbox.append(data)
+            self._pos = self._outboxEtag = changes[-1].etag
+            self._outboxBytes += len(data)
+            if self._outboxBytes > CATCHUP_WINDOW:
+                self._flush()
+            return
+        for change in changes:
+            if self.ended:
+                return
+            self._changed(change)
 
     # -- output ------------------------------------------------------------------
 
