@@ -127,3 +127,34 @@ class ExportImportTests(ServerMixin, unittest.TestCase):
         self.assertRaises(ValueError, list, readDump(['{"Id": "a", "Document": {}}', "nope"]))
         self.assertEqual(list(readDump(['{"Id": "a", "Document": {"x": 1}}']))[0][1:],
                          ("a", b'{"x": 1}'))
+
+
+class BackupRestoreTests(ServerMixin, unittest.TestCase):
+    def test_backupThenStartAServerOnIt(self):
+        """proto-cli BACKUP, then restoring = starting a server on the copy."""
+        import shutil
+
+        source = self.server("bsrc")
+        lines = "".join(
+            json.dumps({"Id": f"b/{i}", "Document": {"i": i}}) + "\n" for i in range(300)
+        ).encode()
+        self.assertEqual(cli(source, "import", stdin=lines).returncode, 0)
+        done = cli(source, "BACKUP")
+        self.assertEqual(done.returncode, 0, done.stderr)
+        reply = json.loads(done.stdout)
+        path = os.path.join(source.dataDir.path, "backups", reply["File"])
+        self.assertEqual(os.path.getsize(path), reply["Size"])
+
+        workdir = os.path.abspath(self.mktemp())
+        dataDir = os.path.join(workdir, "proto-data")
+        shutil.copytree(source.dataDir.path, dataDir, ignore=shutil.ignore_patterns(
+            "documents.sqlite3*", "backups", "run"))
+        shutil.copy(path, os.path.join(dataDir, "documents.sqlite3"))
+        restored = startTwistd(workdir, dataDir=dataDir)
+        self.addCleanup(restored.stop)
+        dumped = cli(restored, "export")
+        self.assertEqual(dumped.returncode, 0, dumped.stderr)
+        docs = {e["Id"]: e["Document"] for e in map(json.loads, dumped.stdout.decode().splitlines())}
+        self.assertEqual(docs, {f"b/{i}": {"i": i} for i in range(300)})
+        stats = json.loads(cli(restored, "STATS", "--raw").stdout)
+        self.assertEqual(stats["Store"], {"Documents": 300, "Etag": 300})
