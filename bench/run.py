@@ -564,6 +564,10 @@ def main() -> int:
     p.add_argument("--baseline", metavar="DIR",
                    help="also run the server of another checkout of this repository (e.g. a git "
                         "worktree of main) as 'before', measured in the same runs: before/after")
+    p.add_argument("--baseline-args", metavar="ARGS", default="",
+                   help="extra twistd proto options for the 'before' server, e.g. "
+                        "'--plain-transport' (with no --baseline: this checkout, so the "
+                        "column shows what those options change)")
     p.add_argument("--no-uvloop", dest="uvloop", action="store_false",
                    help="leave out the asyncio + uvloop reference server")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin processes to CPUs")
@@ -652,13 +656,14 @@ def main() -> int:
                  "--cert", os.path.join(dataDir, "server.pem"), "--key", os.path.join(dataDir, "server.key")],
                 port, workdir, a.pin,
             )
-        if a.baseline and wantOurs:
+        if (a.baseline or a.baseline_args) and wantOurs:
             port = freePort()
-            base = os.path.abspath(a.baseline)
+            base = os.path.abspath(a.baseline or ROOT)
             servers["base"] = Server(
                 "base",
                 [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "proto", "--data-dir", dataDir,
-                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000"],
+                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000",
+                 *a.baseline_args.split()],
                 port, workdir, a.pin, root=base,
             )
         if wantUvloop:
