@@ -485,32 +485,52 @@ class Postgres:
 SYSTEMS: dict[str, Any] = {"redis": Redis, "postgresql": Postgres}
 
 
-def runReferences(names: list[str], workdir: str, body: bytes, ref: bytes, keys: int, seconds: float,
-                  serverCpu: int | None, clientCpu: int | None, rows=ROWS) -> list[dict]:
-    """Start each named system, measure every row on it, stop it."""
+def startReferences(names: list[str], workdir: str, body: bytes, ref: bytes, keys: int,
+                    serverCpu: int | None, clientCpu: int | None) -> tuple[list[Any], list[dict]]:
+    """Start (and fill) each named system; returns those running and the failures."""
     tls = TLSFiles(os.path.join(workdir, "ref-tls"))
-    results: list[dict] = []
+    running: list[Any] = []
+    failures: list[dict] = []
     for name in names:
         print(f"[reference] {name}: starting", flush=True)
         try:
-            system = SYSTEMS[name](workdir, tls, body, ref, keys, serverCpu, clientCpu)
+            running.append(SYSTEMS[name](workdir, tls, body, ref, keys, serverCpu, clientCpu))
         except ReferenceError as e:
             print(f"  {name}: cannot run: {e}", flush=True)
-            results.append({"system": name, "row": None, "failed": str(e)})
-            continue
+            failures.append({"system": name, "row": None, "failed": str(e)})
+    return running, failures
+
+
+def measureRow(systems: list[Any], label: str, kind: str, clients: int, seconds: float) -> list[dict]:
+    """One row on every running reference system."""
+    results = []
+    for system in systems:
+        print(f"[reference] {system.name}: {label}", flush=True)
         try:
-            for label, kind, clients in rows:
-                print(f"[reference] {name}: {label}", flush=True)
-                try:
-                    r = system.measure(label, kind, clients, seconds)
-                except ReferenceError as e:
-                    print(f"  {name}: FAILED: {e}", flush=True)
-                    results.append({"system": name, "row": label, "failed": str(e)})
-                    continue
-                print(f"  {name}  {json.dumps(r)}", flush=True)
-                results.append(r)
-        finally:
-            system.stop()
+            r = system.measure(label, kind, clients, seconds)
+        except ReferenceError as e:
+            print(f"  {system.name}: FAILED: {e}", flush=True)
+            results.append({"system": system.name, "row": label, "failed": str(e)})
+            continue
+        print(f"  {system.name}  {json.dumps(r)}", flush=True)
+        results.append(r)
+    return results
+
+
+def stopReferences(systems: list[Any]) -> None:
+    for system in systems:
+        system.stop()
+
+
+def runReferences(names: list[str], workdir: str, body: bytes, ref: bytes, keys: int, seconds: float,
+                  serverCpu: int | None, clientCpu: int | None, rows=ROWS) -> list[dict]:
+    """Start the named systems, measure every row on each, stop them."""
+    systems, results = startReferences(names, workdir, body, ref, keys, serverCpu, clientCpu)
+    try:
+        for label, kind, clients in rows:
+            results += measureRow(systems, label, kind, clients, seconds)
+    finally:
+        stopReferences(systems)
     return results
 
 

@@ -519,19 +519,30 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
            "-t", str(a.seconds), "--warmup", str(warmup)]
     plain = ["--command", "GET bench/%d", "--keys", keys, "-t", str(a.seconds), "--warmup", str(warmup)]
     get = [*plain, "--header", "Include: Ref"]
-    # The rows the references are measured on too (bench/references.py).
+    # The rows the references are measured on too (bench/references.py):
+    # each row on ours, then on each reference, so that a busy machine
+    # weighs on all of them alike.
     shapes = {"put": put, "get": plain, "include": get}
     compared = {}
-    for label, kind, clients in references.ROWS:
-        r = one(label, ["-c", str(clients), "-d", "1", *shapes[kind]])
-        compared[label] = r
-        if r is not None:
-            a.compared.append(references.fromLoadgen(label, r, r["server_cpu"], r["wall"]))
+    with open(bodyFile, "rb") as f, open(refFile, "rb") as g:
+        body, ref = f.read(), g.read()
+    systems, a.refResults = references.startReferences(
+        a.references, workdir, body, ref, a.keys,
+        SERVER_CPU if a.pin else None, LOADGEN_CPU if a.pin else None,
+    )
+    try:
+        for label, kind, clients in references.ROWS:
+            r = one(label, ["-c", str(clients), "-d", "1", *shapes[kind]])
+            compared[label] = r
+            if r is not None:
+                a.compared.append(references.fromLoadgen(label, r, r["server_cpu"], r["wall"]))
+            a.refResults += references.measureRow(systems, label, kind, clients, a.seconds)
+    finally:
+        references.stopReferences(systems)
     one("GET 1 KiB + Include, 16 clients x 16", ["-c", "16", "-d", "16", *get])
     r1, r50 = compared["PUT 1 KiB, 1 client"], compared["PUT 1 KiB, 50 clients"]
     if r1 and r50 and r1["req_per_s"]:
         print(f"group-commit gain (PUT/s 50 clients / 1 client): {r50['req_per_s'] / r1['req_per_s']:.1f}x")
-    a.documentBodies = (open(bodyFile, "rb").read(), open(refFile, "rb").read())
     return rows, raw
 
 
@@ -553,6 +564,10 @@ def main() -> int:
     p.add_argument("--baseline", metavar="DIR",
                    help="also run the server of another checkout of this repository (e.g. a git "
                         "worktree of main) as 'before', measured in the same runs: before/after")
+    p.add_argument("--baseline-args", metavar="ARGS", default="",
+                   help="extra twistd proto options for the 'before' server, e.g. "
+                        "'--plain-transport' (with no --baseline: this checkout, so the "
+                        "column shows what those options change)")
     p.add_argument("--no-uvloop", dest="uvloop", action="store_false",
                    help="leave out the asyncio + uvloop reference server")
     p.add_argument("--no-pin", dest="pin", action="store_false", help="don't pin processes to CPUs")
@@ -575,6 +590,7 @@ def main() -> int:
         if name not in references.SYSTEMS:
             p.error(f"--references: unknown system {name!r}")
     a.compared = []
+    a.refResults = []
 
     buildLoadgen(a.rebuild)
     nofile = raiseFileLimit()
@@ -640,13 +656,14 @@ def main() -> int:
                  "--cert", os.path.join(dataDir, "server.pem"), "--key", os.path.join(dataDir, "server.key")],
                 port, workdir, a.pin,
             )
-        if a.baseline and wantOurs:
+        if (a.baseline or a.baseline_args) and wantOurs:
             port = freePort()
-            base = os.path.abspath(a.baseline)
+            base = os.path.abspath(a.baseline or ROOT)
             servers["base"] = Server(
                 "base",
                 [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "proto", "--data-dir", dataDir,
-                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000"],
+                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000",
+                 *a.baseline_args.split()],
                 port, workdir, a.pin, root=base,
             )
         if wantUvloop:
@@ -685,15 +702,9 @@ def main() -> int:
             printTable(["row", "req/s", "p50", "p99", "CPU loadgen / server", "errors"], rows)
             if any("FAILED" in r for row in rows for r in row):
                 rc = 1
-            if a.references:
-                body, ref = a.documentBodies
-                refResults = references.runReferences(
-                    a.references, workdir, body, ref, a.keys, a.seconds,
-                    SERVER_CPU if a.pin else None, LOADGEN_CPU if a.pin else None,
-                )
-                allRaw["references"] = refResults
-                if any("failed" in r for r in refResults):
-                    rc = 1
+            allRaw["references"] = a.refResults
+            if any("failed" in r for r in a.refResults):
+                rc = 1
             references.printComparison(a.compared + allRaw.get("references", []), printTable, fmtNum)
         print(f"\ntotal {time.monotonic() - t0:.0f} s")
         for s in servers.values():

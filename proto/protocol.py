@@ -49,7 +49,8 @@ from __future__ import annotations
 
 import datetime
 from time import perf_counter
-from typing import Callable, Iterable
+from types import MappingProxyType
+from typing import Callable, Iterable, Mapping
 
 from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
@@ -78,6 +79,7 @@ CLOSED = "closed"
 #: resume cannot undo the other pause.
 _TRANSPORT = "transport"
 _NO_PAUSES: frozenset[str] = frozenset()
+_NO_INFLIGHT: Mapping = MappingProxyType({})
 _INFLIGHT = "in-flight"
 
 #: Every timer a connection may run; all are cancelled when it closes.
@@ -130,6 +132,12 @@ class GNPServerProtocol(LineReceiver):
     _bodyLast = 0.0
     _finalFrame = b""
     _replies: list[bytes] | None = None
+    #: Why reading is paused (an immutable set, replaced on change: most
+    #: connections never pause, and they all share the empty one).
+    _pauses: frozenset[str] = _NO_PAUSES
+    #: Commands in flight, by Sequence: a shared, read-only empty table
+    #: until the first one (most requests finish at once; see _track).
+    _inflight: Mapping[str, defer.Deferred] = _NO_INFLIGHT
     #: While a chunk is parsed: C{CommandStats} -> replies sent at once (see dataReceived).
     _immediate: dict | None = None
     _lastActivity = 0.0
@@ -167,11 +175,7 @@ class GNPServerProtocol(LineReceiver):
         self.grant: Grant = NOTHING
         self._free: dict = {}  # the commands this grant runs unchecked
         self.peer = "?"
-        self._inflight: dict[str, defer.Deferred] = {}
         self.subscriptions = Subscriptions(self)
-        #: Why reading is paused (an immutable set, replaced on change: most
-        #: connections never pause, and they all share the empty one).
-        self._pauses: frozenset[str] = _NO_PAUSES
 
     # -- connection life -------------------------------------------------
 
@@ -254,7 +258,7 @@ class GNPServerProtocol(LineReceiver):
 
     def _cancelWork(self) -> None:
         """Cancel every command in flight and every standing subscription."""
-        inflight, self._inflight = self._inflight, {}
+        inflight, self._inflight = self._inflight, _NO_INFLIGHT
         for d in inflight.values():
             d.cancel()
         self._cancelSubscriptions()
@@ -754,7 +758,10 @@ class GNPServerProtocol(LineReceiver):
         sequence = request.sequence
         if request.timeout is not None:
             d.addTimeout(request.timeout, self.clock)
-        self._inflight[sequence] = d
+        inflight = self._inflight
+        if inflight is _NO_INFLIGHT:
+            inflight = self._inflight = {}
+        inflight[sequence] = d
         if len(self._inflight) >= self.config.maxInflight:
             self._pause(_INFLIGHT)
 

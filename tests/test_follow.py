@@ -186,3 +186,5 @@ class CLIWatchTests(CLITestCase):
         result = self.cli("WATCH", "c/", "--since", "0", "-i")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(b"etag: 0", result.stdout.lower())
+        # Without --follow no push is printed: it says so, not silence.
+        self.assertIn(b"add --follow to print its pushes", result.stderr)

@@ -451,3 +451,36 @@ class ServerWithLeversTests(unittest.TestCase):
         yield waitFor(lambda: server not in self.factory.connections, timeout=15)
         client.transport.abortConnection()
         yield client.lost
+
+
+class PlainTransportOptionTests(unittest.TestCase):
+    """C{--plain-transport} turns the levers off; without it they are on."""
+
+    def endpoints(self, levers):
+        from proto.server import listenServices
+
+        creds = Credentials.get()
+        factory = makeFactory(reactor, ServerConfig(), registry=builtin.registry)
+        services = listenServices(reactor, ["tcp:0:interface=127.0.0.1"], creds.serverTLS(), factory, levers)
+        return [s.endpoint for s in services]
+
+    def test_leversByDefault(self):
+        from proto import speed
+        from proto.tap import Options
+
+        options = Options()
+        options.parseOptions([])
+        self.assertFalse(options["plain-transport"])
+        (endpoint,) = self.endpoints(not options["plain-transport"])
+        self.assertIsInstance(endpoint, speed.FastTLSServerEndpoint)
+
+    def test_plainTransport(self):
+        from proto import speed
+        from proto.tap import Options
+
+        options = Options()
+        options.parseOptions(["--plain-transport"])
+        self.assertTrue(options["plain-transport"])
+        (endpoint,) = self.endpoints(not options["plain-transport"])
+        self.assertNotIsInstance(endpoint, speed.FastTLSServerEndpoint)
+        self.assertFalse(speedReactor.isInstalled(), "trial's reactor was installed first")

@@ -650,7 +650,8 @@ class OpenStoreTests(SynchronousTestCase):
             with self.assertRaises(ValueError) as caught:
                 openStore("postgresql:host=/run/pg dbname=proto", "/data")
         self.assertIn("needs psycopg 3", str(caught.exception))
-        self.assertIn("pip install 'proto[postgres]'", str(caught.exception))
+        # Not "pip install proto[...]": "proto" on PyPI is another project.
+        self.assertIn("pip install -e '.[postgres]'", str(caught.exception))
 
     def test_postgresqlPasswordNotShown(self) -> None:
         store = openStore("postgresql://proto:s3cret@db/proto", "/data")

@@ -385,6 +385,14 @@ def oneShot(options) -> int:
         except ServerError as e:
             return fail(f"ERR {e.reason}", EXIT_ERR_REPLY)
         emit(formatFrame(reply, options, quiet=True))
+        if command == "WATCH" and not options.follow:
+            # Its pushes (even a --since catch-up) come after the reply:
+            # say why none is shown rather than end in silence.
+            print(
+                "proto-cli: WATCH without --follow shows only the reply; "
+                "add --follow to print its pushes",
+                file=sys.stderr, flush=True,
+            )
         follow = options.follow or command == "REMIND"
         count = options.count if options.count is not None else (1 if command == "REMIND" else None)
         if follow:

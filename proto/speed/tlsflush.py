@@ -82,11 +82,16 @@ def flusherFor(clock) -> TurnFlusher:
     return flusher
 
 
-class TurnAggregator(_AggregateSmallWrites):
+class TurnAggregator:
     """
-    Twisted's small-write aggregator, scheduled through a shared
-    L{TurnFlusher} instead of a C{callLater(0)} of its own.
+    Twisted's small-write aggregator (C{_AggregateSmallWrites}: the same
+    C{write}/C{flush}/C{close}), scheduled through a shared L{TurnFlusher}
+    instead of a C{callLater(0)} of its own, and with C{__slots__} (one per
+    TLS connection: about 0.3 KiB less each than an instance dictionary).
     """
+
+    __slots__ = ("_write", "_flusher", "_buffer", "_bufferLeft", "_queued")
+    MAX_BUFFER_SIZE = _AggregateSmallWrites.MAX_BUFFER_SIZE
 
     def __init__(self, write, flusher: TurnFlusher) -> None:
         self._write = write
@@ -105,6 +110,13 @@ class TurnAggregator(_AggregateSmallWrites):
             self._queued = True
             self._flusher.add(self)
 
+    def flush(self) -> None:
+        """Encrypt and send what is buffered (as Twisted's)."""
+        if self._buffer:
+            self._bufferLeft = self.MAX_BUFFER_SIZE
+            self._write(b"".join(self._buffer))
+            del self._buffer[:]
+
     def close(self) -> None:
         # The flusher may still hold us; with an empty buffer it is a no-op.
         self.flush()
@@ -118,7 +130,8 @@ class FastTLSTransport(BufferingTLSTransport):
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped: bool = True) -> None:
         TLSMemoryBIOProtocol.__init__(self, factory, wrappedProtocol, _connectWrapped)
-        self._aggregator = TurnAggregator(
+        # Duck-typed like Twisted's aggregator (write/flush/close, _bufferLeft).
+        self._aggregator = TurnAggregator(  # type: ignore[assignment]
             TLSMemoryBIOProtocol.write.__get__(self), flusherFor(factory._clock)
         )
         self.write = self._aggregator.write  # type: ignore[method-assign]  # as Twisted does

@@ -60,8 +60,8 @@ def openStore(
             from proto.store.postgres_schema import hasPassword, parseSpec
         except ImportError as e:
             raise ValueError(
-                f"--store {kind}: needs psycopg 3 ({e}); install the extra: "
-                "pip install 'proto[postgres]'"
+                f"--store {kind}: needs psycopg 3 ({e}); install the extra from "
+                "your checkout: pip install -e '.[postgres]' (or: pip install 'psycopg[binary]')"
             ) from None
         conninfo = parseSpec(spec)
         if hasPassword(conninfo):

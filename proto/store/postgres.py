@@ -31,11 +31,9 @@ the connection string without its password.
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail, gatherResults
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from proto.store import postgres_grants, postgres_schema, postgres_session
@@ -49,7 +47,7 @@ from proto.store.base import (
 from proto.store.grants import IGrantStore
 from proto.store.postgres_session import ReadSession, WriteSession
 from proto.store.facade import StoreFacade
-from proto.store.sqlite_publisher import Publisher, handOver
+from proto.store.sqlite_publisher import BellThread, Publisher, handOver
 from proto.store.sqlite_worker import Worker
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES
 
@@ -69,33 +67,19 @@ READERS = 4
 
 
 
-class Listener:
+class Listener(BellThread):
     """
     The thread that hears C{NOTIFY proto_changes} and feeds the publisher
     from the change log (see the module docstring).
     """
 
-    _log = Logger()
+    threadName = "proto-store-listener"
 
     def __init__(self, conninfo: str, publisher: Publisher, reactor: Any) -> None:
+        super().__init__(publisher, reactor)
         self._conninfo = conninfo
         self._where = postgres_schema.displayed(conninfo)
-        self._publisher = publisher
-        self._reactor = reactor
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self.connects = 0  # how many times it connected (tests: reconnection)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._main, name="proto-store-listener", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop listening; returns once the thread has ended (within about a second)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
 
     def _main(self) -> None:
         import psycopg

@@ -27,14 +27,12 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from proto.store.base import (
     DELETE,
     PUT,
     Change,
     ChangePage,
-    ConflictError,
     Document,
     Snapshot,
     StorageFullError,
@@ -44,7 +42,7 @@ from proto.store.base import (
     resolveIncludes,
 )
 from proto.store.postgres_schema import CHANGE_PUT, CHANNEL, connect, displayed
-from proto.store.sqlite_write import _TYPE_CODES, PRUNE_MAX, BatchResult
+from proto.store.sqlite_write import _TYPE_CODES, BatchResult, attempt, pruneFloor, storedIdFor
 
 #: After a failed connection attempt, batches fail at once for this long
 #: before the next attempt.
@@ -384,16 +382,12 @@ class WriteSession(Session):
         return outcomes, BatchResult(changes, len(works))
 
     def _attempt(self, work: Callable[["WriteSession"], Any]) -> Any:
-        try:
-            return work(self)
-        except ConflictError:
-            return Failure()
+        return attempt(work, self)
 
     def _prune(self, floor: int) -> None:
-        excess = self._lastEtag - self.retain - floor
-        if excess < self._pruneStep:
+        newFloor = pruneFloor(self._lastEtag, self.retain, floor, self._pruneStep)
+        if newFloor is None:
             return
-        newFloor = floor + min(excess, PRUNE_MAX)
         self.connection.execute("DELETE FROM proto_changes WHERE etag <= %s", (newFloor,))
         self.connection.execute(
             "UPDATE proto_counters SET value = %s WHERE name = 'log_floor'", (newFloor,)
@@ -417,12 +411,7 @@ class WriteSession(Session):
         return etag
 
     def put(self, key: str, id: str, body: bytes, ifMatch: int | None) -> Version:
-        found = self._find(key)
-        if ifMatch is not None:
-            actual = None if found is None else found[1]
-            if (actual or 0) != ifMatch:
-                raise ConflictError(id, ifMatch, actual)
-        storedId = id if found is None else found[0]
+        storedId = storedIdFor(id, self._find(key), ifMatch)
         etag = self._record(key, storedId, PUT)
         self._known[key] = (storedId, etag)
         self._upserts[key] = (key, storedId, etag, body)

@@ -81,33 +81,46 @@ class Publisher:
         self.hub.publishChanges(changes)
 
 
-class Doorbell:
+class BellThread:
     """
-    The thread that notices commits made by other connections (other
-    processes) and hands their changes to the L{Publisher}.
+    A thread (any backend) that learns of commits made elsewhere and hands
+    their changes to the L{Publisher}: subclasses give C{_main}, which runs
+    until C{_stop} is set.
     """
 
     _log = Logger()
+    threadName = "proto-store-doorbell"
 
-    def __init__(self, path: str, publisher: Publisher, reactor: Any) -> None:
-        self._path = path
+    def __init__(self, publisher: Publisher, reactor: Any) -> None:
         self._publisher = publisher
         self._reactor = reactor
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        self._thread = threading.Thread(
-            target=self._main, name="proto-store-doorbell", daemon=True
-        )
+        self._thread = threading.Thread(target=self._main, name=self.threadName, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop polling; returns once the thread has ended."""
+        """Stop; returns once the thread has ended."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+
+    def _main(self) -> None:
+        raise NotImplementedError
+
+
+class Doorbell(BellThread):
+    """
+    The thread that notices commits made by other connections (other
+    processes) and hands their changes to the L{Publisher}.
+    """
+
+    def __init__(self, path: str, publisher: Publisher, reactor: Any) -> None:
+        super().__init__(publisher, reactor)
+        self._path = path
 
     def _main(self) -> None:
         try:

@@ -73,6 +73,40 @@ def storageFull(path: str, error: BaseException) -> StorageFullError:
     )
 
 
+def pruneFloor(lastEtag: int, retain: int, floor: int, step: int) -> int | None:
+    """
+    Where the change log's floor moves after a write transaction that
+    reached C{lastEtag} (any backend): C{None} while the log holds fewer
+    than C{step} changes beyond C{retain}; else up by at most L{PRUNE_MAX}.
+    """
+    excess = lastEtag - retain - floor
+    if excess < step:
+        return None
+    return floor + min(excess, PRUNE_MAX)
+
+
+def storedIdFor(id: str, found: tuple[str, int] | None, ifMatch: int | None) -> str:
+    """
+    A PUT's If-Match check against C{found} (the stored id and etag, or
+    C{None}) and the id to store under: the one first written, if any.
+
+    @raise ConflictError: if C{ifMatch} does not hold (C{0}: must not exist).
+    """
+    if ifMatch is not None:
+        actual = None if found is None else found[1]
+        if (actual or 0) != ifMatch:
+            raise ConflictError(id, ifMatch, actual)
+    return id if found is None else found[0]
+
+
+def attempt(work: Callable[[Any], Any], session: Any) -> Any:
+    """Run one operation of a batch: a conflict fails it alone (it wrote nothing)."""
+    try:
+        return work(session)
+    except ConflictError:
+        return Failure()
+
+
 class BatchResult:
     """
     What a committed write batch hands to the reactor thread.
@@ -217,20 +251,16 @@ class WriteSession:
 
     def _prune(self, floor: int) -> None:
         """Drop the oldest log rows beyond C{retain} (a bounded number)."""
-        excess = self._lastEtag - self.retain - floor
-        if excess < self._pruneStep:
+        newFloor = pruneFloor(self._lastEtag, self.retain, floor, self._pruneStep)
+        if newFloor is None:
             return
-        newFloor = floor + min(excess, PRUNE_MAX)
         self.connection.execute("DELETE FROM changes WHERE etag <= ?", (newFloor,))
         self.connection.execute(
             "UPDATE counters SET value = ? WHERE name = 'log_floor'", (newFloor,)
         )
 
     def _attempt(self, work: Callable[["WriteSession"], Any]) -> Any:
-        try:
-            return work(self)
-        except ConflictError:
-            return Failure()
+        return attempt(work, self)
 
     # -- operations (inside a transaction) ----------------------------------
 
@@ -250,12 +280,7 @@ class WriteSession:
         ).fetchone()
 
     def put(self, key: str, id: str, body: bytes, ifMatch: int | None) -> Version:
-        found = self._find(key)
-        if ifMatch is not None:
-            actual = None if found is None else found[1]
-            if (actual or 0) != ifMatch:
-                raise ConflictError(id, ifMatch, actual)
-        storedId = id if found is None else found[0]
+        storedId = storedIdFor(id, self._find(key), ifMatch)
         etag = self._record(key, storedId, PUT)
         self.connection.execute(
             "INSERT INTO documents (key, id, etag, body) VALUES (?, ?, ?, ?) "
