@@ -247,6 +247,30 @@ class DataDir:
         return ctx
 
 
+def mintedContext(
+    minted: certs.Minted, directory: str, serverCertFile: str | None = None,
+    serverCertPEM: bytes | None = None,
+) -> ssl.SSLContext:
+    """
+    A standard-library client context presenting C{minted} (written to
+    C{directory} first: C{ssl} loads keys from files only) and trusting
+    the server certificate in C{serverCertFile} or C{serverCertPEM}.
+    """
+    os.makedirs(directory, exist_ok=True)
+    stem = os.path.join(directory, certs.sha1Thumbprint(minted.certificate)[:12])
+    with open(stem + ".pem", "wb") as f:
+        f.write(minted.certPEM)
+    with open(stem + ".key", "wb") as f:
+        f.write(minted.keyPEM)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if serverCertPEM is not None:
+        ctx.load_verify_locations(cadata=serverCertPEM.decode())
+    else:
+        ctx.load_verify_locations(serverCertFile)
+    ctx.load_cert_chain(stem + ".pem", stem + ".key")
+    return ctx
+
+
 def freePort() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -276,16 +276,7 @@ class TwoServersTests(unittest.TestCase):
         second = support.startTwistd(os.path.join(work, "b"), extraArgs=store, dataDir=data.path)
         self.addCleanup(second.stop)
         knocker = Minted.get("knocker")
-        certPath, keyPath = os.path.join(work, "k.pem"), os.path.join(work, "k.key")
-        with open(certPath, "wb") as f:
-            f.write(knocker.certPEM)
-        with open(keyPath, "wb") as f:
-            f.write(knocker.keyPEM)
-        import ssl
-
-        knockerContext = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        knockerContext.load_verify_locations(data.file(datadir.SERVER_CERT))
-        knockerContext.load_cert_chain(certPath, keyPath)
+        knockerContext = support.mintedContext(knocker, work, data.file(datadir.SERVER_CERT))
 
         def greeting(port):
             conn = support.BlockingConnection(port, knockerContext)
@@ -350,14 +341,9 @@ class ResumedSessionTests(ServerMixin, unittest.TestCase):
         boss = yield self.client("boss")
         knocker = Minted.get("knocker")
         yield boss.approve(sha1(knocker), "knocker", can="read")
-        certPath, keyPath = self.mktemp() + "k.pem", self.mktemp() + "k.key"
-        with open(certPath, "wb") as f:
-            f.write(knocker.certPEM)
-        with open(keyPath, "wb") as f:
-            f.write(knocker.keyPEM)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(cadata=support.Credentials.get().server.certPEM.decode())
-        ctx.load_cert_chain(certPath, keyPath)
+        ctx = support.mintedContext(
+            knocker, self.mktemp(), serverCertPEM=support.Credentials.get().server.certPEM
+        )
         ctx.minimum_version = ctx.maximum_version = version
 
         def dial(session=None):
@@ -492,8 +478,6 @@ class WorkersPendingTests(unittest.TestCase):
     """With --workers, PENDING on any worker shows every worker's refusals."""
 
     def test_pendingOfTheWholeServer(self):
-        import ssl
-
         from tests.test_twistd import waitFor
 
         work = os.path.abspath(self.mktemp())
@@ -502,14 +486,7 @@ class WorkersPendingTests(unittest.TestCase):
         waitFor(lambda: server.log().count(f"starting on {server.port}") >= 2,
                 seconds=30, what="both workers to listen")
         knocker = Minted.get("knocker")
-        certPath, keyPath = os.path.join(work, "k.pem"), os.path.join(work, "k.key")
-        with open(certPath, "wb") as f:
-            f.write(knocker.certPEM)
-        with open(keyPath, "wb") as f:
-            f.write(knocker.keyPEM)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        context.load_verify_locations(server.dataDir.file(datadir.SERVER_CERT))
-        context.load_cert_chain(certPath, keyPath)
+        context = support.mintedContext(knocker, work, server.dataDir.file(datadir.SERVER_CERT))
         knocks = 12
         for _ in range(knocks):
             conn = support.BlockingConnection(server.port, context)

@@ -8,12 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import ssl
 
 from twisted.trial import unittest
 
 from proto import certs, datadir
-from tests.support import BlockingConnection, request, startTwistd
+from tests.support import BlockingConnection, mintedContext, request, startTwistd
 from tests.test_twistd import waitFor
 
 
@@ -30,15 +29,7 @@ class JSONLogTests(unittest.TestCase):
 
         # A stranger is refused: an audit line with its thumbprint and reason.
         stranger = certs.mint("stranger")
-        keyPath = os.path.join(workdir, "stranger.key")
-        certPath = os.path.join(workdir, "stranger.pem")
-        with open(certPath, "wb") as f:
-            f.write(stranger.certPEM)
-        with open(keyPath, "wb") as f:
-            f.write(stranger.keyPEM)
-        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.load_verify_locations(server.dataDir.file(datadir.SERVER_CERT))
-        ctx.load_cert_chain(certPath, keyPath)
+        ctx = mintedContext(stranger, workdir, server.dataDir.file(datadir.SERVER_CERT))
         refused = BlockingConnection(server.port, ctx)
         self.addCleanup(refused.close)
         self.assertFalse(refused.next().ok)
