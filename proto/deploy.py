@@ -17,8 +17,20 @@ from proto.tap import Options
 _REPEATED = {"listen", "commands"}
 
 
+#: Words that turn a flag (C{PROTO_PLAIN_TRANSPORT=1}, C{plain-transport =
+#: yes}) on or off.
+_ON = {"1", "yes", "true", "on"}
+_OFF = {"0", "no", "false", "off"}
+
+
+def _flagNames() -> list[str]:
+    return [flag[0] for flag in Options.optFlags]
+
+
 def _optionNames() -> list[str]:
-    return [parameter[0] for parameter in Options.optParameters] + sorted(_REPEATED)
+    return (
+        [parameter[0] for parameter in Options.optParameters] + sorted(_REPEATED) + _flagNames()
+    )
 
 
 def argumentsFrom(settings: Mapping[str, str]) -> list[str]:
@@ -27,6 +39,15 @@ def argumentsFrom(settings: Mapping[str, str]) -> list[str]:
     for name in _optionNames():
         value = settings.get(name)
         if value is None or value == "":
+            continue
+        if name in _flagNames():
+            word = value.strip().lower()
+            if word not in _ON | _OFF:
+                raise usage.UsageError(
+                    f"{name}: {value!r} is not one of {sorted(_ON)} or {sorted(_OFF)}"
+                )
+            if word in _ON:
+                args.append(f"--{name}")
             continue
         # Split on white space only: endpoint descriptions escape colons
         # with backslashes (interface=\:\:1), which shell-style splitting

@@ -13,7 +13,10 @@ environment wins). Every option of ``twistd proto --help`` is available:
   descriptions separated by spaces), ``PROTO_CERT``, ``PROTO_KEY``,
   ``PROTO_ALLOW``, ``PROTO_STORE``, ``PROTO_MAX_HEAD``, ``PROTO_MAX_BODY``,
   ``PROTO_HANDSHAKE_TIMEOUT``, ``PROTO_HEAD_TIMEOUT``, ``PROTO_BODY_TIMEOUT``,
-  ``PROTO_MAX_PENDING_BODIES``, ``PROTO_IDLE_TIMEOUT``, ``PROTO_MAX_CONNECTIONS``.
+  ``PROTO_MAX_PENDING_BODIES``, ``PROTO_IDLE_TIMEOUT``, ``PROTO_MAX_CONNECTIONS``,
+  ``PROTO_RETAIN_CHANGES``, ``PROTO_WORKERS``, ``PROTO_METRICS``,
+  ``PROTO_DRAIN_TIMEOUT``, ``PROTO_COMMANDS``; flags take ``1``/``0``
+  (``PROTO_PLAIN_TRANSPORT=1``).
 """
 
 import os

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from twisted.python import usage
 from twisted.trial import unittest
 
 from proto.deploy import optionsFromEnvironment
@@ -116,6 +117,23 @@ class DeploymentDocsTests(unittest.TestCase):
     def test_environmentListenKeepsEscapes(self):
         options = optionsFromEnvironment({"PROTO_LISTEN": "tcp:4433  tcp6:4433:interface=\\:\\:1\t"})
         self.assertEqual(options["listen"], ["tcp:4433", r"tcp6:4433:interface=\:\:1"])
+
+
+    def test_environmentFlags(self):
+        """Flags are variables too: PROTO_PLAIN_TRANSPORT=1 is --plain-transport."""
+        for word, expected in [("1", True), ("yes", True), ("0", False), ("off", False)]:
+            options = optionsFromEnvironment({"PROTO_PLAIN_TRANSPORT": word})
+            self.assertIs(bool(options["plain-transport"]), expected, word)
+        self.assertFalse(optionsFromEnvironment({})["plain-transport"])
+        with self.assertRaises(usage.UsageError) as caught:
+            optionsFromEnvironment({"PROTO_PLAIN_TRANSPORT": "maybe"})
+        self.assertIn("plain-transport", str(caught.exception))
+
+    def test_iniFlag(self):
+        path = self.mktemp()
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("[proto]\nplain-transport = yes\n")
+        self.assertTrue(optionsFromEnvironment({"PROTO_CONFIG": path})["plain-transport"])
 
 
 class BacklogTests(unittest.TestCase):
