@@ -18,7 +18,8 @@ Rows:
     time from commit to the watcher lies between (push - OK) and
     (push - sent); both are printed.
   - fan-out: PUT/s at 50 clients with 200 watchers on the written prefix
-    (a separate process reading them all), as a ratio of PUT/s with none;
+    (bench/loadgen --mode idle --watch: 200 connections that WATCH and read
+    every push), as a ratio of PUT/s with none;
     target >= 0.25 (the release before the log: about 0.05-0.08). The
     watchers that the server dropped (too slow to read) are counted.
 
@@ -103,60 +104,6 @@ class Framed:
         while not self.frames:
             self.read()
         return self.frames.pop(0)
-
-
-# --------------------------------------------------------------- the watchers role
-
-
-def watchersRole(a) -> int:
-    """
-    Child process: open --count watchers (WATCH --prefix), print one JSON
-    line when all are live, read everything until SIGTERM, then print the
-    push count and how many were dropped.
-    """
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    socks = []
-    for n in range(a.count):
-        sock = tlsConnect(a.port, a.data_dir)
-        sock.sendall(request(f"WATCH {a.prefix}", f"w{n}"))
-        reply = b""
-        while b"\r\n\r\n" not in reply:
-            reply += sock.recv(4096)
-        if not reply.startswith(b"OK"):
-            raise RuntimeError(f"WATCH refused: {reply!r}")
-        sock.setblocking(False)
-        socks.append(sock)
-    selector = selectors.DefaultSelector()
-    for sock in socks:
-        selector.register(sock, selectors.EVENT_READ)
-    print(json.dumps({"event": "ready", "watchers": len(socks)}), flush=True)
-    pushes = dropped = 0
-    tails = {sock: b"" for sock in socks}
-    while not stop:
-        for key, _ in selector.select(0.2):
-            sock = key.fileobj
-            try:
-                data = sock.recv(262144)
-                while sock.pending():
-                    data += sock.recv(262144)
-            except (ssl.SSLWantReadError, BlockingIOError):
-                continue
-            except OSError:
-                selector.unregister(sock)
-                continue
-            if not data:
-                selector.unregister(sock)
-                continue
-            joined = tails[sock] + data
-            pushes += joined.count(b"PUSH\r\n")
-            dropped += joined.count(b'"Dropped"')
-            tails[sock] = joined[-12:]
-            # Do not count a frame start twice: the tail is re-scanned.
-            pushes -= tails[sock].count(b"PUSH\r\n")
-            dropped -= tails[sock].count(b'"Dropped"')
-    print(json.dumps({"event": "done", "pushes": pushes, "dropped": dropped}), flush=True)
-    return 0
 
 
 # ------------------------------------------------------------------- measuring
@@ -275,21 +222,24 @@ def latency(writerPort: int, watcherPort: int, dataDir: str, count: int) -> dict
 
 
 def fanOut(server: run.Server, dataDir: str, bodyFile: str, watchers: int, a) -> tuple[dict, dict]:
-    """PUT/s at 50 clients while WATCHERS read every change (another process)."""
-    child = subprocess.Popen(
-        [sys.executable, __file__, "--role", "watchers", "--port", str(server.port),
-         "--data-dir", dataDir, "--count", str(watchers), "--prefix", "bench/"],
-        stdout=subprocess.PIPE, text=True,
-    )
+    """
+    PUT/s at 50 clients while WATCHERS connections each WATCH bench/ and
+    read every push (bench/loadgen --mode idle --watch, C, one thread).
+    """
+    argv = run.loadgenArgv(dataDir, server.port, "--mode", "idle", "--watch", "-c", str(watchers),
+                           "--command", "WATCH bench/", "--hold", "600")
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run.pin(child.pid, run.LOADGEN_CPU, a.pin)
     try:
         ready = json.loads(child.stdout.readline())
-        assert ready["event"] == "ready", ready
+        assert ready.get("event") == "admitted", ready
+        time.sleep(0.5)  # the WATCH replies
         result = putRate(server, dataDir, bodyFile, 50, a)
     finally:
         child.send_signal(signal.SIGTERM)
-        out, _ = child.communicate(timeout=60)
-    done = json.loads(out.strip().splitlines()[-1])
+        out, err = child.communicate(timeout=60)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    done = json.loads(lines[-1]) if lines else {"pushes": -1, "dropped": -1, "error": err.strip()}
     return result, done
 
 
@@ -302,11 +252,6 @@ def fmt(value: float) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description="Change-log benchmark (issue 7)")
-    p.add_argument("--role", default="driver", choices=["driver", "watchers"], help=argparse.SUPPRESS)
-    p.add_argument("--port", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--data-dir", help=argparse.SUPPRESS)
-    p.add_argument("--count", type=int, default=200, help=argparse.SUPPRESS)
-    p.add_argument("--prefix", default="bench/", help=argparse.SUPPRESS)
     p.add_argument("--seconds", type=float, default=5.0, help="measured seconds per PUT row")
     p.add_argument("--repeat", type=int, default=2, help="runs per server per PUT row (best shown)")
     p.add_argument("--catchup", type=int, default=100_000, help="changes replayed by the catch-up row")
@@ -316,8 +261,6 @@ def main() -> int:
                    help="virtualenv with the release before the log (made if missing)")
     p.add_argument("--no-pin", dest="pin", action="store_false")
     a = p.parse_args()
-    if a.role == "watchers":
-        return watchersRole(a)
     if a.pin and (os.cpu_count() or 1) < 2:
         a.pin = False
 
@@ -362,8 +305,8 @@ def main() -> int:
             none = max(putRate(servers[name], dirs[name], bodyFile, 50, a)["req_per_s"] for _ in range(a.repeat))
             withW, stats = fanOut(servers[name], dirs[name], bodyFile, a.watchers, a)
             print(f"  fan-out {name}: none {none:.0f}/s, with {a.watchers} watchers "
-                  f"{withW['req_per_s']:.0f}/s; watchers read {stats['pushes']} pushes, "
-                  f"{stats['dropped']} dropped", flush=True)
+                  f"{withW['req_per_s']:.0f}/s (server CPU {withW['server_cpu']:.2f}); watchers "
+                  f"read {stats['pushes']} pushes, {stats['dropped']} connections dropped", flush=True)
             rows.append((f"fan-out {name}: PUT/s 50 clients, {a.watchers} watchers / none "
                          f"({stats['dropped']} dropped)",
                          fmt(withW["req_per_s"]), fmt(none), f"{withW['req_per_s'] / none:.2f}", ">= 0.25"))

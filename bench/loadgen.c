@@ -121,6 +121,7 @@ static struct {
     int tls_max; /* 0 any, 12, 13 */
     int check; /* check ECHO bodies */
     int resume; /* handshake mode: offer the previous connection's session */
+    int watch;  /* idle mode: send --command once per connection (WATCH), count pushes */
     int quiet;
 } opt = {
     .host = "127.0.0.1",
@@ -518,7 +519,8 @@ static void parse_frames(conn_t *c, double t) {
         s->busy = 0;
         c->inflight--;
         record(s->t_send, t, bad);
-        if (issuing && (opt.requests == 0 || issued < opt.requests)) issue(c, (int)sn);
+        if (opt.mode == MODE_RPC && issuing && (opt.requests == 0 || issued < opt.requests))
+            issue(c, (int)sn);
     }
     if (off) {
         memmove(c->rbuf, c->rbuf + off, c->rlen - off);
@@ -611,6 +613,8 @@ static void on_ready(conn_t *c) {
         }
     } else if (opt.mode == MODE_RPC && measuring) {
         for (int s = 0; s < opt.depth; s++) issue(c, s);
+    } else if (opt.mode == MODE_IDLE && opt.watch) {
+        issue(c, 0); /* e.g. WATCH prefix: its pushes are counted */
     }
 }
 
@@ -626,7 +630,8 @@ static void usage(void) {
             "usage: loadgen --cert F --key F [--host 127.0.0.1] [--port N]\n"
             "  [--mode rpc|handshake|idle] [-c CONNS] [-d DEPTH] [-t SECONDS] [-n REQUESTS]\n"
             "  [--warmup S] [--command 'ECHO hello world'] [--header 'Name: v']... [--body-file F]\n"
-            "  [--keys K] [--hold S] [--setup-window W] [--tls 1.2|1.3] [--no-check] [--resume]\n");
+            "  [--keys K] [--hold S] [--setup-window W] [--tls 1.2|1.3] [--no-check] [--resume]\n"
+            "  [--watch]  (idle mode: send --command once per connection, e.g. 'WATCH bench/', and count pushes)\n");
     exit(2);
 }
 
@@ -668,7 +673,7 @@ int main(int argc, char **argv) {
         {"body-file", 1, 0, 'b'}, {"keys", 1, 0, 'k'},         {"hold", 1, 0, 'o'},
         {"setup-window", 1, 0, 'W'}, {"tls", 1, 0, 'T'},       {"no-check", 0, 0, 'N'},
         {"max-hold", 1, 0, 'M'},  {"drain-timeout", 1, 0, 'D'}, {"setup-timeout", 1, 0, 'S'},
-        {"resume", 0, 0, 'R'},
+        {"resume", 0, 0, 'R'},                                  {"watch", 0, 0, 'A'},
         {0, 0, 0, 0}};
     int ch;
     while ((ch = getopt_long(argc, argv, "c:d:t:n:", lo, NULL)) != -1) {
@@ -714,6 +719,7 @@ int main(int argc, char **argv) {
         case 'T': opt.tls_max = !strcmp(optarg, "1.2") ? 12 : !strcmp(optarg, "1.3") ? 13 : -1; break;
         case 'N': opt.check = 0; break;
         case 'R': opt.resume = 1; break;
+        case 'A': opt.watch = 1; break;
         case 'M': opt.max_hold = atof(optarg); break;
         case 'D': opt.drain_timeout = atof(optarg); break;
         case 'S': opt.setup_timeout = atof(optarg); break;
@@ -823,8 +829,10 @@ int main(int argc, char **argv) {
         for (int i = 0; i < opt.conns; i++)
             if (conns[i].state == ST_READY) conn_close(&conns[i]);
         printf("{\"mode\": \"idle\", \"connections\": %d, \"admitted\": %lld, \"dropped\": %lld, "
-               "\"setup_seconds\": %.3f, \"held_seconds\": %.3f, \"tls\": \"%s\"}\n",
-               opt.conns, greetings, dropped, setup_seconds, held, tls_version);
+               "\"setup_seconds\": %.3f, \"held_seconds\": %.3f, \"pushes\": %lld, \"errors\": %lld, "
+               "\"tls\": \"%s\"}\n",
+               opt.conns, greetings, dropped, setup_seconds, held, pushes, errors + errors_outside,
+               tls_version);
         return dropped ? 1 : 0;
     }
 
