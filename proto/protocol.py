@@ -850,9 +850,12 @@ class GNPServerProtocol(LineReceiver):
         self._write(data)
 
     def unsentBytes(self) -> int:
-        from proto.unsent import unsentBytes
+        counter = self.__dict__.get("_unsentCounter")
+        if counter is None:  # Only connections that WATCH ever ask.
+            from proto.unsent import UnsentCounter
 
-        return unsentBytes(self.transport)
+            counter = self._unsentCounter = UnsentCounter(self.transport)
+        return counter()
 
     def congested(self) -> bool:
         return _TRANSPORT in self._pauses

@@ -61,19 +61,44 @@ def kernelSendQueue(transport: Any) -> int:
     return struct.unpack("i", raw)[0]
 
 
+class UnsentCounter:
+    """
+    L{unsentBytes} for one connection, with its layers (TLS aggregators,
+    the TCP transport) found once: a watch measures before every write,
+    so the per-call cost matters when a change fans out to many watchers.
+    """
+
+    def __init__(self, transport: Any) -> None:
+        self._aggregators = []
+        self._tcp = None
+        layer = transport
+        for _ in range(6):  # TLS -> (wrappers) -> TCP
+            if layer is None:
+                break
+            aggregator = getattr(layer, "_aggregator", None)
+            if isinstance(getattr(aggregator, "MAX_BUFFER_SIZE", None), int) and isinstance(
+                getattr(aggregator, "_bufferLeft", None), int
+            ):
+                self._aggregators.append(aggregator)
+            if getattr(layer, "socket", None) is not None or hasattr(layer, "dataBuffer"):
+                self._tcp = layer
+                break
+            layer = getattr(layer, "transport", None)
+
+    def __call__(self) -> int:
+        total = 0
+        for aggregator in self._aggregators:
+            total += max(0, aggregator.MAX_BUFFER_SIZE - aggregator._bufferLeft)
+        tcp = self._tcp
+        if tcp is not None:
+            total += _bufferedByTCP(tcp) + kernelSendQueue(tcp)
+        return total
+
+
 def unsentBytes(transport: Any) -> int:
     """
     Output written to C{transport} (TLS over TCP, possibly with wrappers
     such as HAProxy's PROXY header parser in between, or plain TCP) that
     has not reached the client's kernel yet.
     """
-    total = 0
-    layer = transport
-    for _ in range(6):  # TLS -> (wrappers) -> TCP
-        if layer is None:
-            break
-        total += _bufferedByAggregator(layer)
-        if getattr(layer, "socket", None) is not None or hasattr(layer, "dataBuffer"):
-            return total + _bufferedByTCP(layer) + kernelSendQueue(layer)
-        layer = getattr(layer, "transport", None)
-    return total
+    return UnsentCounter(transport)()
