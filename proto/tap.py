@@ -88,7 +88,8 @@ class Options(usage.Options):
          "Allow-list file: one SHA-1 or SHA-256 thumbprint per line, optional name "
          "after it, # comments. Re-read when it changes. [default: DATA_DIR/allowlist.txt]"],
         ["store", None, "sqlite",
-         "Document store: 'sqlite' (a file in the data directory) or 'sqlite:PATH'."],
+         "Document store: 'sqlite' (a file in the data directory), 'sqlite:PATH', or "
+         "'postgresql:CONNINFO' (extra 'postgres'; README: Scaling out)."],
         ["max-head", None, wire.DEFAULT_MAX_HEAD, "Largest request head, in bytes.", _positiveInt],
         ["max-body", None, wire.DEFAULT_MAX_BODY, "Largest request body, in bytes.", _positiveInt],
         ["handshake-timeout", None, 10.0,
