@@ -16,6 +16,7 @@ document store, the change hub, and C{push()} for server-initiated frames.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, NamedTuple
 
@@ -276,3 +277,21 @@ def secondsArgument(text: str, what: str = "seconds") -> float:
             f"Invalid {what}: {text!r} is not a non-negative decimal number"
         )
     return seconds
+
+
+_ETAG = re.compile(r"[0-9]{1,18}\Z")
+
+
+def etagHeader(value: str | None, name: str, meaning: str) -> int | None:
+    """
+    An optional etag header (C{If-Match}, C{Since}; PROTOCOL.md sections
+    6 and 8): C{None} when absent, else a non-negative decimal integer.
+
+    @param meaning: what the value stands for, in the error's parenthesis.
+    @raise CommandError: C{Malformed <name>: ... (expected <meaning>)}.
+    """
+    if value is None:
+        return None
+    if not _ETAG.match(value):
+        raise CommandError(f"Malformed {name}: {value!r} (expected {meaning})")
+    return int(value)

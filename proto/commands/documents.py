@@ -58,7 +58,6 @@ not once per request. DELETE keeps working where SQLite can free space.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -71,6 +70,7 @@ from proto.commands.base import (
     CommandError,
     CommandRegistry,
     Result,
+    etagHeader,
     requireArgs,
     secondsArgument,
 )
@@ -91,8 +91,6 @@ registry = CommandRegistry()
 
 #: A full storage is logged at most once per this many seconds.
 STORAGE_FULL_LOG_SECONDS = 60.0
-
-_ETAG = re.compile(r"[0-9]{1,18}\Z")
 
 
 def _jsonBytes(value: Any) -> bytes:
@@ -157,14 +155,10 @@ def get(ctx: Any, request: Any) -> Deferred[Result]:
 
 
 def _parseIfMatch(value: str | None) -> int | None:
-    if value is None:
-        return None
-    if not _ETAG.match(value):
-        raise CommandError(
-            f"Malformed If-Match: {value!r} (expected an etag, a decimal "
-            "number; 0 means the document must not exist yet)"
-        )
-    return int(value)
+    return etagHeader(
+        value, "If-Match",
+        "an etag, a decimal number; 0 means the document must not exist yet",
+    )
 
 
 def storeTrouble(failure: Failure) -> None:

@@ -58,7 +58,6 @@ the pushes one watch gets from one published batch go out in one write.
 from __future__ import annotations
 
 import json
-import re
 from collections import deque
 from typing import Any, NamedTuple, Union
 from weakref import WeakKeyDictionary
@@ -67,7 +66,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from proto.commands.base import ARGS, CommandError, CommandRegistry, Result, requireArgs
+from proto.commands.base import ARGS, CommandError, CommandRegistry, Result, etagHeader, requireArgs
 from proto.commands.include import includedIds as _includedIds, parseInclude
 from proto.permissions import RANK, READ
 from proto.store.base import PUT, Change, ChangePage, Document, InvalidIdError, Snapshot, checkId, idKey
@@ -94,20 +93,16 @@ DOCUMENT_BATCH_BYTES = 1024 * 1024
 #: How often a catch-up blocked by the client checks again.
 POLL_SECONDS = 0.005
 
-_SINCE = re.compile(r"[0-9]{1,18}\Z")
 _log = Logger()
 
 
 def parseSince(value: str | None) -> int | None:
     """The C{Since} header: C{None}, or a non-negative integer."""
-    if value is None:
-        return None
-    if not _SINCE.match(value):
-        raise CommandError(
-            f"Malformed Since: {value!r} (expected a non-negative integer: the "
-            "etag you have seen everything up to, 0 for the whole history)"
-        )
-    return int(value)
+    return etagHeader(
+        value, "Since",
+        "a non-negative integer: the etag you have seen everything up to, "
+        "0 for the whole history",
+    )
 
 
 def parseDocuments(value: str | None) -> bool:
