@@ -158,63 +158,100 @@ def _row(values: tuple[Any, ...]) -> GrantRow:
     )
 
 
-def revision(connection: sqlite3.Connection) -> int:
-    found = connection.execute("SELECT value FROM counters WHERE name = 'grants'").fetchone()
+class GrantsSQL(NamedTuple):
+    """
+    What differs between the backends' grants statements: the parameter
+    mark, the table names, and whether DELETE ... RETURNING is used (it
+    removes and reports the same rows in one statement, which matters when
+    other processes write the same PostgreSQL database; SQLite reads the
+    rows first, inside the writer's transaction). Every statement below is
+    written once and formatted with these.
+    """
+
+    mark: str
+    grants: str
+    counters: str
+    returning: bool
+
+    def sql(self, text: str) -> str:
+        return text.format(p=self.mark, grants=self.grants, counters=self.counters, columns=_COLUMNS)
+
+
+SQLITE = GrantsSQL("?", "grants", "counters", returning=False)
+POSTGRES = GrantsSQL("%s", "proto_grants", "proto_counters", returning=True)
+
+
+def revision(connection: Any, dialect: GrantsSQL = SQLITE) -> int:
+    found = connection.execute(
+        dialect.sql("SELECT value FROM {counters} WHERE name = 'grants'")
+    ).fetchone()
     return 0 if found is None else int(found[0])
 
 
-def load(connection: sqlite3.Connection) -> tuple[int, list[GrantRow]]:
-    rows = [_row(values) for values in connection.execute(f"SELECT {_COLUMNS} FROM grants")]
-    return revision(connection), rows
+def load(connection: Any, dialect: GrantsSQL = SQLITE) -> tuple[int, list[GrantRow]]:
+    rows = [_row(values) for values in connection.execute(dialect.sql("SELECT {columns} FROM {grants}"))]
+    return revision(connection, dialect), rows
 
 
-def _deleteWhere(connection: sqlite3.Connection, where: str, args: tuple) -> list[GrantRow]:
+def _deleteWhere(connection: Any, dialect: GrantsSQL, where: str, args: tuple) -> list[GrantRow]:
+    where = dialect.sql(where)
+    if dialect.returning:
+        return [
+            _row(values)
+            for values in connection.execute(
+                dialect.sql("DELETE FROM {grants} WHERE ") + where + dialect.sql(" RETURNING {columns}"),
+                args,
+            )
+        ]
     rows = [
         _row(values)
-        for values in connection.execute(f"SELECT {_COLUMNS} FROM grants WHERE {where}", args)
+        for values in connection.execute(dialect.sql("SELECT {columns} FROM {grants} WHERE ") + where, args)
     ]
     if rows:
-        connection.execute(f"DELETE FROM grants WHERE {where}", args)
+        connection.execute(dialect.sql("DELETE FROM {grants} WHERE ") + where, args)
     return rows
 
 
-def _bump(connection: sqlite3.Connection) -> None:
-    connection.execute("UPDATE counters SET value = value + 1 WHERE name = 'grants'")
+def _bump(connection: Any, dialect: GrantsSQL) -> None:
+    connection.execute(dialect.sql("UPDATE {counters} SET value = value + 1 WHERE name = 'grants'"))
 
 
-def put(connection: sqlite3.Connection, row: GrantRow, replaceEnrolment: bool) -> list[GrantRow]:
+def put(
+    connection: Any, row: GrantRow, replaceEnrolment: bool, dialect: GrantsSQL = SQLITE
+) -> list[GrantRow]:
     """L{IGrantStore.putGrant}, inside the caller's transaction."""
     if replaceEnrolment:
         existing = [
             _row(values)
             for digest in row.digests()
             for values in connection.execute(
-                f"SELECT {_COLUMNS} FROM grants WHERE thumbprint = ? OR other = ?", (digest, digest)
+                dialect.sql("SELECT {columns} FROM {grants} WHERE thumbprint = {p} OR other = {p}"),
+                (digest, digest),
             )
         ]
-        checkEnrolment(existing, row)
+        checkEnrolment(existing, row)  # before any write (section 9: not someone else's)
     removed: list[GrantRow] = []
     for digest in row.digests():
-        removed += _deleteWhere(connection, "thumbprint = ? OR other = ?", (digest, digest))
+        removed += _deleteWhere(connection, dialect, "thumbprint = {p} OR other = {p}", (digest, digest))
     if replaceEnrolment and row.enrolledBy is not None:
-        removed += _deleteWhere(connection, "enrolled_by = ?", (row.enrolledBy,))
+        removed += _deleteWhere(connection, dialect, "enrolled_by = {p}", (row.enrolledBy,))
     connection.execute(
-        f"INSERT INTO grants ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        dialect.sql("INSERT INTO {grants} ({columns}) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p}, {p})"),
         (
             row.thumbprint, row.other, row.name, row.level,
             None if row.prefixes is None else json.dumps(list(row.prefixes)),
             row.origin, row.enrolledBy, row.created,
         ),
     )
-    _bump(connection)
+    _bump(connection, dialect)
     return removed
 
 
-def remove(connection: sqlite3.Connection, thumbprint: str) -> list[GrantRow]:
+def remove(connection: Any, thumbprint: str, dialect: GrantsSQL = SQLITE) -> list[GrantRow]:
     """L{IGrantStore.removeGrant}, inside the caller's transaction."""
-    removed = _deleteWhere(connection, "thumbprint = ? OR other = ?", (thumbprint, thumbprint))
+    removed = _deleteWhere(connection, dialect, "thumbprint = {p} OR other = {p}", (thumbprint, thumbprint))
     if removed:
-        _bump(connection)
+        _bump(connection, dialect)
     return removed
 
 
