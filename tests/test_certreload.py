@@ -40,14 +40,22 @@ def mintServer(name: str) -> certs.Minted:
 
 
 class ReloadInProcessTests(ClientTestMixin, unittest.TestCase):
-    @defer.inlineCallbacks
-    def test_newConnectionsGetTheNewCertificateOldOnesKeepTheirs(self):
+    def watchedPair(self, nextName: str):
+        """
+        A directory holding a server pair minted for "first", a second pair
+        minted for C{nextName} (not written), the TLS creator serving the
+        files and the L{CertificateFiles} that watches them.
+        """
         directory = self.mktemp()
         os.makedirs(directory)
-        first, second = mintServer("first"), mintServer("second")
+        first, following = mintServer("first"), mintServer(nextName)
         certPath, keyPath = writePair(directory, first)
         creator = ServerTLS.fromFiles(certPath, keyPath)
-        files = CertificateFiles(creator, certPath, keyPath)
+        return directory, first, following, creator, CertificateFiles(creator, certPath, keyPath)
+
+    @defer.inlineCallbacks
+    def test_newConnectionsGetTheNewCertificateOldOnesKeepTheirs(self):
+        directory, first, second, creator, files = self.watchedPair("second")
         factory = support.makeFactory(reactor)
         port = yield support.listenInProcess(reactor, factory, creator)
         self.addCleanup(port.stopListening)
@@ -71,18 +79,13 @@ class ReloadInProcessTests(ClientTestMixin, unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_badOrMismatchedPairKeepsTheOld(self):
-        directory = self.mktemp()
-        os.makedirs(directory)
-        first, other = mintServer("first"), mintServer("other")
-        certPath, keyPath = writePair(directory, first)
-        creator = ServerTLS.fromFiles(certPath, keyPath)
-        files = CertificateFiles(creator, certPath, keyPath)
+        directory, first, other, creator, files = self.watchedPair("other")
         events = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)
 
         # A certificate whose key is not the one in the key file.
-        writePair(directory, first, certPEM=other.certPEM)
+        certPath, _ = writePair(directory, first, certPEM=other.certPEM)
         self.assertFalse(files.check())
         with open(certPath, "wb") as f:
             f.write(b"not a certificate")
