@@ -54,18 +54,25 @@ def nextPush(conn: BlockingConnection) -> dict:
     return json.loads(frame.body)
 
 
+def twoServers(test, store: str):
+    """
+    Two twistd servers on one C{--store}, as two hosts would run them: the
+    same data directory too, so one certificate and allow-list serve both.
+    """
+    workdir = os.path.abspath(test.mktemp())
+    a = startTwistd(os.path.join(workdir, "a"), extraArgs=["--store", store])
+    test.addCleanup(a.stop)
+    b = startTwistd(os.path.join(workdir, "b"), extraArgs=["--store", store],
+                    dataDir=a.dataDir.path)
+    test.addCleanup(b.stop)
+    return a, b
+
+
 class SharedDatabaseTests(unittest.TestCase):
     """Two servers (two hosts, say) on one PostgreSQL database."""
 
     def setUp(self):
-        workdir = os.path.abspath(self.mktemp())
-        store = "postgresql:" + sharedCluster().createSchema()
-        self.a = startTwistd(os.path.join(workdir, "a"), extraArgs=["--store", store])
-        self.addCleanup(self.a.stop)
-        # The same data directory: one certificate and allow-list for both.
-        self.b = startTwistd(os.path.join(workdir, "b"), extraArgs=["--store", store],
-                             dataDir=self.a.dataDir.path)
-        self.addCleanup(self.b.stop)
+        self.a, self.b = twoServers(self, "postgresql:" + sharedCluster().createSchema())
 
     def test_watchOnOneSeesWritesThroughTheOther(self):
         watcher, writer = client(self, self.a), client(self, self.b)
@@ -92,13 +99,7 @@ class OutageTests(unittest.TestCase):
         self.cluster = PostgresCluster()
         self.addCleanup(self.cluster.destroy)
         self.cluster.start()
-        workdir = os.path.abspath(self.mktemp())
-        store = "postgresql:" + self.cluster.createDatabase()
-        self.a = startTwistd(os.path.join(workdir, "a"), extraArgs=["--store", store])
-        self.addCleanup(self.a.stop)
-        self.b = startTwistd(os.path.join(workdir, "b"), extraArgs=["--store", store],
-                             dataDir=self.a.dataDir.path)
-        self.addCleanup(self.b.stop)
+        self.a, self.b = twoServers(self, "postgresql:" + self.cluster.createDatabase())
 
     def test_errorsWithinSecondsThenRecoveryWithoutGap(self):
         watcher, writer, other = client(self, self.a), client(self, self.a), client(self, self.b)
