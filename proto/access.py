@@ -266,6 +266,21 @@ class AccessControl:
         entries = self._fileList().entries
         return any(digest in entries for digest in digests)
 
+    def _storeEntry(self, text: str, fileAdvice: str) -> tuple[str, Any]:
+        """
+        The digest named by C{text} and the store, for an operation on the
+        store's part of the list (APPROVE, REVOKE): refused if malformed,
+        without a store, or an entry of the operator's file (C{fileAdvice},
+        appended to the reason, says what to do instead).
+        """
+        digest = self.thumbprint(text)
+        store = self._needStore()
+        if self._inFile(digest):
+            raise AccessError(
+                f"{digest} is on the operator's allow-list file{fileAdvice}"
+            )
+        return digest, store
+
     @defer.inlineCallbacks
     def approve(self, text: str, grant: Grant, now: float):
         """
@@ -277,12 +292,7 @@ class AccessControl:
         @raise AccessError: malformed thumbprint, an entry of the file, no
             store.
         """
-        digest = self.thumbprint(text)
-        store = self._needStore()
-        if self._inFile(digest):
-            raise AccessError(
-                f"{digest} is on the operator's allow-list file; change it there"
-            )
+        digest, store = self._storeEntry(text, "; change it there")
         seen = self.pending.find(digest)
         before = self._rows.get(digest)
         if not grant.name:
@@ -314,13 +324,9 @@ class AccessControl:
         @raise AccessError: malformed, an entry of the file, nothing to
             revoke.
         """
-        digest = self.thumbprint(text)
-        store = self._needStore()
-        if self._inFile(digest):
-            raise AccessError(
-                f"{digest} is on the operator's allow-list file, which commands do "
-                "not change: remove it from the file"
-            )
+        digest, store = self._storeEntry(
+            text, ", which commands do not change: remove it from the file"
+        )
         removed = yield store.removeGrant(digest)
         if not removed:
             raise AccessError(f"{digest} is not approved or enrolled: nothing to revoke")
