@@ -223,16 +223,21 @@ def resolveIncludes(
     results: list[Document | None],
     references: Callable[[list[Document | None]], Iterable[str | None]],
     fetch: Callable[[list[str]], list[Document | None]],
+    step: Callable[[str | None], None] | None = None,
 ) -> list[Document]:
     """
     GET's Include, for any backend: the documents C{references(results)}
     names that exist, each once, in the order first named. Invalid ids and
     C{None} (progress ticks) are skipped; C{fetch(keys)} reads the ones
-    not among C{results} (called once, maybe with no keys).
+    not among C{results} (called once, maybe with no keys). C{step}, when
+    given, sees every item of the walk first (a cancellation check or a
+    bound on the walk raises from there).
     """
     found = {idKey(doc.id): doc for doc in results if doc is not None}
     wanted: dict[str, None] = {}  # ordered, unique
     for id in references(results):
+        if step is not None:
+            step(id)
         if id is None:
             continue
         try:

@@ -54,7 +54,7 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from proto.store import sqlite_read
-from proto.store.base import Document, Snapshot, checkId, idKey
+from proto.store.base import Document, Snapshot, resolveIncludes
 
 #: Reads of more ids than this never run inline (and go to the bulk reader).
 INLINE_MAX_IDS = 16
@@ -149,27 +149,19 @@ def follow(
     maxSteps: int | None = None,
 ) -> list[Document]:
     """The documents that C{references(results)} names that exist, each once."""
-    found = {idKey(doc.id): doc for doc in results if doc is not None}
-    wanted: dict[str, None] = {}  # ordered, unique
     steps = 0
-    for id in references(results):
+
+    def step(id: str | None) -> None:
+        nonlocal steps
         steps += 1
         if maxSteps is not None and steps > maxSteps:
             raise _TooBig()
-        if id is None:
-            if token is not None:
-                token.check()
-            continue
-        try:
-            wanted[checkId(id)] = None
-        except ValueError:
-            continue
-    missing = [key for key in wanted if key not in found]
-    if missing:
-        for doc in selectChecked(connection, missing, token):
-            if doc is not None:
-                found[idKey(doc.id)] = doc
-    return [found[key] for key in wanted if key in found]
+        if id is None and token is not None:
+            token.check()
+
+    return resolveIncludes(
+        results, references, lambda missing: selectChecked(connection, missing, token), step
+    )
 
 
 #: Point reads by number of distinct keys: the counter row and the
