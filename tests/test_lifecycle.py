@@ -143,7 +143,7 @@ class LifecycleTests(ServerMixin, unittest.TestCase):
         closed = client.whenClosed()
         yield self.boss.request("REVOKE", sha1(knocker))
         yield closed
-        self.assertIn("revoked", client._fatalReason)
+        self.assertIn("revoked", client._core.fatalReason)
 
     @defer.inlineCallbacks
     def test_errors(self):

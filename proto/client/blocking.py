@@ -19,11 +19,15 @@ callers hand it bytes through a buffer and get replies back through
 futures. The client is therefore safe to use from several threads. When the
 connection ends every pending request fails and L{BlockingClient.nextPush}
 raises: nothing waits forever.
+
+The protocol itself (greeting, Sequences, the wording of loss errors) is
+L{proto.client.core.ClientCore}, shared with the Twisted client, used
+under this client's lock; this module adds the socket, the I/O thread,
+futures and the push queue.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import queue
 import select
@@ -33,19 +37,27 @@ import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
+from proto.client.core import (
+    CLOSING,
+    ENDED,
+    Abort,
+    ClientCore,
+    Ended,
+    Event,
+    Failed,
+    Pushed,
+    Replied,
+    noGreetingError,
+    noReplyError,
+)
 from proto.client.errors import (
     CertificateNotTrusted,
     ClientError,
     ClientTimeout,
     ConnectFailed,
-    ConnectionClosed,
-    ProtocolError,
-    Refused,
-    ServerError,
 )
 from proto.client.messages import (
     CommandMethods,
-    encodeClientRequest,
     formatSeconds,
     Headers,
     Reply,
@@ -53,7 +65,6 @@ from proto.client.messages import (
 )
 from proto.client.tlsconfig import Pin, loadIdentity
 from proto.datadir import DEFAULT_PORT
-from proto.wire import OK, PUSH, FramingError, Frame, Greeting, ReplyParser
 
 
 _CHUNK = 1 << 16
@@ -111,15 +122,12 @@ class BlockingClient(CommandMethods):
         if pin is not None and not isinstance(pin, Pin):
             pin = Pin(pin)
         context = _sslContext(certPath, keyPath, pin, caFile)
-        self._sequences = itertools.count(1)
+        #: The protocol state (greeting, Sequences, loss errors); used
+        #: under C{_lock}, by callers' threads and the I/O thread.
+        self._core: ClientCore[Future[Reply], None] = ClientCore()
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[str, Future]] = {}
-        self._pushes: queue.Queue = queue.Queue()
+        self._pushes: queue.Queue[Reply | object] = queue.Queue()
         self._outbox = bytearray()
-        self._closing = False
-        self._endError: ClientError | None = None
-        self._fatalReason: str | None = None
-        self._parser = ReplyParser()
         self._sock = self._handshake(context, host, port, serverName, pin, connectTimeout)
         try:
             self._awaitGreeting(connectTimeout)
@@ -134,8 +142,15 @@ class BlockingClient(CommandMethods):
 
     # -- connecting -----------------------------------------------------
 
-    @staticmethod
-    def _handshake(context, host, port, serverName, pin, timeout) -> ssl.SSLSocket:
+    def _handshake(
+        self,
+        context: ssl.SSLContext,
+        host: str,
+        port: int,
+        serverName: str | None,
+        pin: Pin | None,
+        timeout: float,
+    ) -> ssl.SSLSocket:
         try:
             raw = socket.create_connection((host, port), timeout=timeout)
         except socket.timeout:
@@ -149,39 +164,32 @@ class BlockingClient(CommandMethods):
                 f"server certificate is not trusted: {e.verify_message or e}"
             ) from None
         except ssl.SSLError as e:
-            raise ConnectionClosed(f"TLS handshake with the server failed: {e}") from None
+            raise self._core.connectionLost(str(e), tlsFailed=True).error from None
         except socket.timeout:
             raise ClientTimeout(f"TLS handshake not done within {timeout:g} seconds") from None
         finally:
             raw.close()  # detached by wrap_socket on success: closes nothing then
         if pin is not None:
             try:
-                pin.check(sock.getpeercert(binary_form=True))
+                pin.check(sock.getpeercert(binary_form=True) or b"")
             except ClientError:
                 sock.close()
                 raise
         return sock
 
     def _awaitGreeting(self, timeout: float) -> None:
-        while True:
+        while not self._core.admitted:
             try:
                 data = self._sock.recv(_CHUNK)
             except socket.timeout:
-                raise ClientTimeout(f"no greeting from the server within {timeout:g} seconds") from None
+                raise noGreetingError(timeout) from None
             except OSError as e:
-                raise ConnectionClosed(f"connection lost before the server's greeting: {e}") from None
+                raise self._core.connectionLost(str(e)).error from None
             if not data:
-                raise ConnectionClosed("the server closed the connection before its greeting")
-            try:
-                items = self._parser.feed(data)
-            except FramingError as e:
-                raise ProtocolError(f"the server sent something that is not GNP/1: {e}") from None
-            if items:
-                greeting = items[0]
-                if not greeting.ok:
-                    raise Refused(greeting.reason)
-                self._dispatch(items[1:])
-                return
+                raise self._core.connectionLost(clean=True).error
+            stop = self._handle(self._core.receive(data))
+            if stop is not None:
+                raise stop
 
     # -- requests -------------------------------------------------------
 
@@ -202,16 +210,13 @@ class BlockingClient(CommandMethods):
         @raise ValueError: if the request cannot be written.
         @raise ConnectionClosed: if the connection has ended.
         """
-        future: Future = Future()
         with self._lock:
-            sequence = str(next(self._sequences))
-            data = encodeClientRequest(command, args, sequence, headers, body, timeout)
-            if self._endError is not None or self._closing:
-                raise self._endError or ConnectionClosed("the connection is closed")
-            self._pending[sequence] = (command.upper(), future)
-            self._outbox += data
+            sent = self._core.request(
+                command, args, _newFuture, headers=headers, body=body, timeout=timeout
+            )
+            self._outbox += sent.data
         self._wake()
-        return sequence, future
+        return sent.sequence, sent.waiter
 
     def request(
         self,
@@ -242,11 +247,10 @@ class BlockingClient(CommandMethods):
         try:
             return future.result(timeout)
         except FutureTimeout:
+            assert timeout is not None
             with self._lock:
-                command, _ = self._pending.pop(sequence, ("request", None))
-            raise ClientTimeout(
-                f"no reply to {command} (Sequence {sequence}) within {timeout:g} seconds"
-            ) from None
+                command = self._core.forget(sequence)
+            raise noReplyError(command or "request", sequence, timeout) from None
 
     def nextPush(self, timeout: float | None = None) -> Reply | None:
         """
@@ -260,10 +264,11 @@ class BlockingClient(CommandMethods):
             item = self._pushes.get(timeout=timeout)
         except queue.Empty:
             return None
-        if item is _END:
-            self._pushes.put(_END)
-            raise self._endError
-        return item
+        if isinstance(item, Reply):
+            return item
+        self._pushes.put(item)  # the end: for the next reader too
+        assert self._core.error is not None
+        raise self._core.error
 
 
 
@@ -301,7 +306,8 @@ class BlockingClient(CommandMethods):
     @property
     def closed(self) -> bool:
         """C{True} once the connection has ended."""
-        return self._endError is not None
+        with self._lock:
+            return self._core.state is ENDED
 
     def close(self, timeout: float = 5.0) -> None:
         """
@@ -309,7 +315,7 @@ class BlockingClient(CommandMethods):
         L{ConnectionClosed}.
         """
         with self._lock:
-            self._closing = True
+            self._core.close()
         self._wake()
         self._thread.join(timeout)
 
@@ -324,7 +330,7 @@ class BlockingClient(CommandMethods):
     def _wake(self) -> None:
         """Make the I/O thread look at the outbox and the closing flag."""
         with self._lock:
-            if self._endError is not None:
+            if self._core.state is ENDED:
                 return  # the I/O thread has ended and closed the pipe
             try:
                 os.write(self._wakeWrite, b"x")
@@ -332,43 +338,44 @@ class BlockingClient(CommandMethods):
                 pass  # the pipe is full: the thread is woken already
 
     def _ioLoop(self) -> None:
-        error: ClientError | None = None
+        ended: Ended[Future[Reply]] | None = None
         try:
-            while error is None:
+            while ended is None:
                 with self._lock:
                     out = bytes(self._outbox[:_CHUNK])
-                    if self._closing and not out:
-                        error = ConnectionClosed("connection closed by the client")
+                    if self._core.state is CLOSING and not out:
+                        ended = self._core.connectionLost()  # closed by us
                         break
+                sock = self._sock.fileno()
                 readable, writable, _ = select.select(
-                    [self._sock, self._wakeRead], [self._sock] if out else [], []
+                    [sock, self._wakeRead], [sock] if out else [], []
                 )
                 if self._wakeRead in readable:
                     os.read(self._wakeRead, 4096)
-                if self._sock in readable:
-                    error = self._readAvailable()
-                if out and self._sock in writable and error is None:
+                if sock in readable:
+                    ended = self._readAvailable()
+                if out and sock in writable and ended is None:
                     self._write(out)
         except OSError as e:
-            error = ConnectionClosed(f"connection lost: {e}")
+            ended = self._lost(str(e))
         finally:
-            self._finish(error or ConnectionClosed("connection lost"))
+            self._finish(ended or self._lost("the I/O thread stopped"))
 
-    def _readAvailable(self) -> ClientError | None:
-        """Read and dispatch everything readable; return why to stop, if so."""
+    def _readAvailable(self) -> Ended[Future[Reply]] | None:
+        """Read and dispatch everything readable; the end, if it came."""
         while True:
             try:
                 data = self._sock.recv(_CHUNK)
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
                 return None
             except ssl.SSLError as e:
-                return self._lostError(f"connection lost: {e}")
+                return self._lost(str(e))
             if not data:
-                return self._lostError("the server closed the connection")
-            try:
-                self._dispatch(self._parser.feed(data))
-            except FramingError as e:
-                return ProtocolError(f"the server sent something that is not GNP/1: {e}")
+                return self._lost(clean=True)
+            with self._lock:
+                events = self._core.receive(data)
+            if self._handle(events) is not None:
+                return self._lost()  # the core ended it: not GNP/1
 
     def _write(self, out: bytes) -> None:
         try:
@@ -378,38 +385,35 @@ class BlockingClient(CommandMethods):
         with self._lock:
             del self._outbox[:sent]
 
-    def _lostError(self, what: str) -> ConnectionClosed:
-        if self._fatalReason is not None:
-            what = f"the server closed the connection: {self._fatalReason}"
-        pending = len(self._pending)
-        return ConnectionClosed(what + (f" ({pending} request(s) pending)" if pending else ""))
-
-    def _dispatch(self, items: list[Frame | Greeting]) -> None:
-        for frame in items:
-            if isinstance(frame, Greeting):
-                raise FramingError("a second greeting")
-            if frame.sequence is None:
-                self._fatalReason = frame.reason or frame.kind
-            elif frame.kind == PUSH:
-                self._pushes.put(Reply.fromFrame(frame))
-            else:
-                with self._lock:
-                    command, future = self._pending.pop(frame.sequence, (None, None))
-                if future is None:
-                    continue  # given up on (wait timed out)
-                if frame.kind == OK:
-                    future.set_result(Reply.fromFrame(frame))
-                else:
-                    future.set_exception(ServerError(frame.reason, frame.sequence, command))
-
-    def _finish(self, error: ClientError) -> None:
+    def _lost(self, detail: str = "", clean: bool = False) -> Ended[Future[Reply]]:
         with self._lock:
-            self._endError = error
-            pending, self._pending = self._pending, {}
+            return self._core.connectionLost(detail, clean=clean)
+
+    def _handle(self, events: list[Event[Future[Reply], None]]) -> ClientError | None:
+        """Resolve futures and queue pushes; the error, if the core aborts."""
+        for event in events:
+            if isinstance(event, Replied):
+                event.waiter.set_result(event.reply)
+            elif isinstance(event, Pushed):
+                self._pushes.put(event.push)  # every request's, in order
+            elif isinstance(event, Failed):
+                event.waiter.set_exception(event.error)
+            elif isinstance(event, Abort):
+                return event.error
+            # Admitted: the constructor's loop sees core.admitted; a
+            # Stray is a reply to a wait that timed out: dropped.
+        return None
+
+    def _finish(self, ended: Ended[Future[Reply]]) -> None:
+        with self._lock:
             self._outbox.clear()
             os.close(self._wakeRead)
             os.close(self._wakeWrite)
         self._sock.close()
-        for _, future in pending.values():
-            future.set_exception(error)
+        for future in ended.waiters:
+            future.set_exception(ended.error)
         self._pushes.put(_END)
+
+
+def _newFuture(sequence: str) -> Future[Reply]:
+    return Future()

@@ -18,22 +18,25 @@ are matched by Sequence, so they may come back in any order.
 
 Pushes: a request that asks for C{PUSH} frames (C{WATCH}, C{REMIND}) is
 given an C{onPush} callable; every C{PUSH} carrying that request's Sequence
-is passed to it as a L{Reply} with C{status == "PUSH"}, until
-L{GNPClientProtocol.stopPushes} (which C{unwatch} calls for you), the
-C{ERR} of that request, or the end of the connection.
+is passed to it as a L{Reply} with C{status == "PUSH"}, until its last
+push (a C{REMIND}'s one push, a WATCH's C{Dropped}), the C{OK} of the
+C{UNWATCH} naming it, L{GNPClientProtocol.stopPushes}, the C{ERR} of that
+request, or the end of the connection.
 
 When the connection ends, every pending request fails with
 L{ConnectionClosed} (or the more precise error that ended it): nothing
 waits forever. A C{timeout=} on a request also sends the C{Timeout} header
 and gives up locally a little later (L{TIMEOUT_GRACE}) with
 L{ClientTimeout} if no reply came.
+
+The protocol itself (greeting, Sequences, push routing, the wording of
+loss errors) is L{proto.client.core.ClientCore}, shared with the blocking
+client; this module adds the Deferreds, the transport and the clock.
 """
 
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NoReturn, cast
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail, succeed
@@ -44,30 +47,24 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectError, ConnectionDone
-from twisted.internet.interfaces import IReactorTime, IStreamClientEndpoint
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from proto.client.errors import (
-    ClientError,
-    ClientTimeout,
-    ConnectFailed,
-    ConnectionClosed,
-    ServerShuttingDown,
-    ProtocolError,
-    Refused,
-    ServerError,
+from proto.client.core import (
+    ENDED,
+    Abort,
+    Admitted,
+    ClientCore,
+    Failed,
+    Pushed,
+    Replied,
+    noGreetingError,
+    noReplyError,
 )
-from proto.client.messages import (
-    CommandMethods,
-    encodeClientRequest,
-    formatSeconds,
-    Headers,
-    Reply,
-    TIMEOUT_GRACE,
-)
-from proto.wire import OK, PUSH, FramingError, Greeting, ReplyParser
+from proto.client.errors import ClientError, ClientTimeout, ConnectFailed
+from proto.client.messages import CommandMethods, formatSeconds, Headers, Reply, TIMEOUT_GRACE
 
 
 #: Seconds to wait for the TLS close to complete before aborting (a peer
@@ -77,38 +74,25 @@ CLOSE_GRACE = 5.0
 PushHandler = Callable[[Reply], None]
 
 
-@dataclass
-class _Pending:
-    command: str
-    deferred: Deferred
-
-
 class GNPClientProtocol(Protocol, CommandMethods):
     """
     One admitted GNP/1 connection. Made by L{connect}; see the module
     docstring for the request and push model.
+
+    The protocol state (greeting, Sequences, push routing, loss errors)
+    is L{proto.client.core.ClientCore}'s; this class turns its events into
+    Deferreds and owns the transport and the clock.
     """
 
     log = Logger()
 
     def __init__(self, clock: IReactorTime) -> None:
         self._clock = clock
-        self._parser = ReplyParser()
-        self._sequences = itertools.count(1)
-        self._pending: dict[str, _Pending] = {}
-        self._pushHandlers: dict[str, PushHandler] = {}
-        self._closeWaiters: list[Deferred] = []
+        self._core: ClientCore[Deferred[Reply], PushHandler] = ClientCore()
+        self._closeWaiters: list[Deferred[None]] = []
         #: Fires with C{self} on the greeting C{OK}.
-        self.ready: Deferred = Deferred(lambda _: self._abort(None))
-        self._admitted = False
-        self._lost = False
-        #: Set when we decided to end the connection; pending requests and
-        #: later calls fail with it.
-        self._endError: ClientError | None = None
-        #: A connection-level C{ERR} (no Sequence) the server sent before
-        #: closing, for the error message.
-        self._fatalReason: str | None = None
-        self._killer = None
+        self.ready: Deferred[GNPClientProtocol] = Deferred(lambda _: self._abort(None))
+        self._killer: IDelayedCall | None = None
 
     # -- requests -------------------------------------------------------
 
@@ -120,7 +104,7 @@ class GNPClientProtocol(Protocol, CommandMethods):
         body: bytes | None = None,
         timeout: float | None = None,
         onPush: PushHandler | None = None,
-    ) -> Deferred:
+    ) -> Deferred[Reply]:
         """
         Send one request.
 
@@ -133,30 +117,29 @@ class GNPClientProtocol(Protocol, CommandMethods):
             L{ServerError}, L{ConnectionClosed}, L{ClientTimeout}, or
             C{ValueError} if the request cannot be written.
         """
-        if self._lost or self._endError is not None or not self._admitted:
-            return fail(self._closedError())
-        sequence = str(next(self._sequences))
         try:
-            data = encodeClientRequest(command, args, sequence, headers, body, timeout)
-        except ValueError as e:
+            sent = self._core.request(
+                command, args, self._waiter, headers=headers, body=body, timeout=timeout,
+                onPush=onPush,
+            )
+        except (ClientError, ValueError) as e:
             return fail(e)
-        d = Deferred(lambda _: self._forget(sequence))
-        self._pending[sequence] = _Pending(command.upper(), d)
-        if onPush is not None:
-            self._pushHandlers[sequence] = onPush
-        self.transport.write(data)
+        assert self.transport is not None
+        self.transport.write(sent.data)
+        d = sent.waiter
         if timeout is not None:
-            d.addTimeout(timeout + TIMEOUT_GRACE, self._clock, self._timedOut(command, sequence))
+            d.addTimeout(timeout + TIMEOUT_GRACE, self._clock, self._timedOut(command, sent.sequence))
         return d
+
+    def _waiter(self, sequence: str) -> Deferred[Reply]:
+        def cancelled(d: Deferred[Reply]) -> None:
+            self._core.forget(sequence)  # a late reply is ignored
+
+        return Deferred(cancelled)
 
     def stopPushes(self, sequence: str) -> None:
         """Deliver no more C{PUSH} frames for the request C{sequence}."""
-        self._pushHandlers.pop(sequence, None)
-
-
-
-
-
+        self._core.stopPushes(sequence)
 
     def watch(
         self,
@@ -183,179 +166,100 @@ class GNPClientProtocol(Protocol, CommandMethods):
         if extra:
             kw["headers"] = headerList(kw.get("headers")) + extra
 
-        def deliver(push: Reply) -> None:
-            if push.body.startswith(b"{") and b'"Dropped"' in push.body:
-                try:
-                    dropped = push.json().get("Type") == "Dropped"
-                except ValueError:
-                    dropped = False
-                if dropped:
-                    self.stopPushes(push.sequence)
-            onPush(push)
-
-        return self.request("WATCH", prefix, onPush=deliver, **kw)
+        return self.request("WATCH", prefix, onPush=onPush, **kw)
 
     def unwatch(self, watchSequence: str, **kw) -> Deferred:
         """C{UNWATCH}; pushes for that watch stop once the server agrees."""
-
-        def stopped(reply: Reply) -> Reply:
-            self.stopPushes(watchSequence)
-            return reply
-
-        return self.request("UNWATCH", watchSequence, **kw).addCallback(stopped)
+        return self.request("UNWATCH", watchSequence, **kw)
 
     def remind(self, seconds: float, text: str, onPush: PushHandler, **kw) -> Deferred:
         """C{REMIND}: C{onPush} is called once, with the reminder."""
-        def once(push: Reply) -> None:
-            self.stopPushes(push.sequence)
-            onPush(push)
-
-        return self.request("REMIND", formatSeconds(seconds), *text.split(), onPush=once, **kw)
-
-
+        return self.request("REMIND", formatSeconds(seconds), *text.split(), onPush=onPush, **kw)
 
     # -- connection -----------------------------------------------------
 
-    def close(self) -> Deferred:
+    def close(self) -> Deferred[None]:
         """
         Close the connection; pending requests fail with
         L{ConnectionClosed}. The Deferred fires once it is closed.
         """
         d = self.whenClosed()
-        if not self._lost and self._endError is None:
-            self._endError = ConnectionClosed("connection closed by the client")
+        if self._core.close():
+            assert self.transport is not None
             self.transport.loseConnection()
-            self._killer = self._clock.callLater(CLOSE_GRACE, self.transport.abortConnection)
+            self._killer = self._clock.callLater(CLOSE_GRACE, self._abortTransport)
         return d
 
-    def whenClosed(self) -> Deferred:
+    def whenClosed(self) -> Deferred[None]:
         """A Deferred that fires (with C{None}) when the connection has ended."""
-        if self._lost:
+        if self._core.state is ENDED:
             return succeed(None)
-        d = Deferred()
+        d: Deferred[None] = Deferred()
         self._closeWaiters.append(d)
         return d
 
     def dataReceived(self, data: bytes) -> None:
-        if self._endError is not None:
-            return
-        try:
-            items = self._parser.feed(data)
-        except FramingError as e:
-            self._abort(ProtocolError(f"the server sent something that is not GNP/1: {e}"))
-            return
-        for item in items:
-            if isinstance(item, Greeting):
-                self._greeted(item)
+        for event in self._core.receive(data):
+            if isinstance(event, Replied):
+                event.waiter.callback(event.reply)
+            elif isinstance(event, Pushed):
+                self._pushed(event)
+            elif isinstance(event, Failed):
+                event.waiter.errback(event.error)
+            elif isinstance(event, Admitted):
+                self.ready.callback(self)
+            elif isinstance(event, Abort):
+                self._abort(event.error)
             else:
-                self._frameReceived(item)
-            if self._endError is not None:
-                return
+                self.log.warn(
+                    "reply for Sequence {seq} that is not pending (given up?)", seq=event.sequence
+                )
 
-    def connectionLost(self, reason: Failure = ConnectionDone()) -> None:
-        self._lost = True
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._killer is not None and self._killer.active():
             self._killer.cancel()
-        error = self._lossError(reason)
+        ended = self._core.connectionLost(
+            reason.getErrorMessage(),
+            clean=reason.check(ConnectionDone) is not None,
+            tlsFailed=reason.check(SSL.Error) is not None,
+            # Set by the TLS verifier through failVerification.
+            error=reason.value if isinstance(reason.value, ClientError) else None,
+        )
         if not self.ready.called:
-            self.ready.errback(error)
-        pending, self._pending = self._pending, {}
-        self._pushHandlers.clear()
-        for request in pending.values():
-            request.deferred.errback(error)
+            self.ready.errback(ended.error)
+        for d in ended.waiters:
+            d.errback(ended.error)
         waiters, self._closeWaiters = self._closeWaiters, []
-        for d in waiters:
-            d.callback(None)
+        for waiter in waiters:
+            waiter.callback(None)
 
     # -- internals ------------------------------------------------------
 
-    def _greeted(self, greeting: Greeting) -> None:
-        if greeting.ok:
-            self._admitted = True
-            self.ready.callback(self)
-        else:
-            self._abort(Refused(greeting.reason))
-
-    def _frameReceived(self, frame) -> None:
-        if frame.sequence is None:
-            # A connection-level error (the server could not read our
-            # Sequence); the server closes the connection next.
-            self._fatalReason = frame.reason or frame.kind
+    def _pushed(self, event: Pushed[PushHandler]) -> None:
+        if event.target is None:
+            self.log.debug("dropping PUSH for Sequence {seq}", seq=event.push.sequence)
             return
-        if frame.kind == PUSH:
-            handler = self._pushHandlers.get(frame.sequence)
-            if handler is None:
-                self.log.debug("dropping PUSH for Sequence {seq}", seq=frame.sequence)
-                return
-            try:
-                handler(Reply.fromFrame(frame))
-            except Exception:
-                self.log.failure("push handler for Sequence {seq} failed", seq=frame.sequence)
-            return
-        request = self._pending.pop(frame.sequence, None)
-        if request is None:
-            self.log.warn(
-                "reply for Sequence {seq} that is not pending (given up?)", seq=frame.sequence
-            )
-            return
-        if frame.kind == OK:
-            request.deferred.callback(Reply.fromFrame(frame))
-        else:
-            self._pushHandlers.pop(frame.sequence, None)
-            request.deferred.errback(ServerError(frame.reason, frame.sequence, request.command))
+        try:
+            event.target(event.push)
+        except Exception:
+            self.log.failure("push handler for Sequence {seq} failed", seq=event.push.sequence)
 
-    def _forget(self, sequence: str) -> None:
-        """A request was cancelled: its reply, if it comes, is ignored."""
-        self._pending.pop(sequence, None)
-        self._pushHandlers.pop(sequence, None)
-
-    def _timedOut(self, command: str, sequence: str):
-        def onTimeoutCancel(result, timeout):
-            raise ClientTimeout(
-                f"no reply to {command} (Sequence {sequence}) within {timeout:g} seconds"
-            )
+    def _timedOut(self, command: str, sequence: str) -> Callable[[object, float], NoReturn]:
+        def onTimeoutCancel(result: object, timeout: float) -> NoReturn:
+            raise noReplyError(command, sequence, timeout)
 
         return onTimeoutCancel
 
     def _abort(self, error: ClientError | None) -> None:
         """End the connection now, failing what is pending with C{error}."""
-        if self._endError is None:
-            self._endError = error or ClientTimeout("gave up waiting for the server's greeting")
-        if self.transport is not None and not self._lost:
-            self.transport.abortConnection()
+        self._core.abort(error or ClientTimeout("gave up waiting for the server's greeting"))
+        if self.transport is not None and self._core.state is not ENDED:
+            self._abortTransport()
 
-    def _closedError(self) -> ClientError:
-        if self._endError is not None:
-            return self._endError
-        if not self._admitted and not self._lost:
-            return ClientError("not admitted yet: wait for connect() to fire")
-        if self._fatalReason is not None and self._fatalReason.startswith("Server is shutting down"):
-            return ServerShuttingDown("the server is shutting down: the connection is closed")
-        return ConnectionClosed("the connection is closed")
-
-    def _lossError(self, reason: Failure) -> ClientError:
-        if self._endError is not None:
-            return self._endError
-        if isinstance(reason.value, ClientError):
-            # Set by the TLS verifier through failVerification.
-            return reason.value
-        pending = len(self._pending)
-        tail = f" ({pending} request(s) pending)" if pending else ""
-        if self._fatalReason is not None:
-            if self._fatalReason.startswith("Server is shutting down"):
-                return ServerShuttingDown(
-                    f"the server is shutting down: it closed the connection{tail}"
-                )
-            return ConnectionClosed(f"the server closed the connection: {self._fatalReason}{tail}")
-        if reason.check(SSL.Error) and not self._admitted:
-            return ConnectionClosed(f"TLS handshake with the server failed: {reason.getErrorMessage()}")
-        if not self._admitted:
-            return ConnectionClosed(
-                f"connection lost before the server's greeting: {reason.getErrorMessage()}"
-            )
-        if reason.check(ConnectionDone):
-            return ConnectionClosed(f"the server closed the connection{tail}")
-        return ConnectionClosed(f"connection lost: {reason.getErrorMessage()}{tail}")
+    def _abortTransport(self) -> None:
+        # Ours is TLSMemoryBIOProtocol, which has abortConnection (ITransport
+        # does not declare it).
+        cast(ITCPTransport, self.transport).abortConnection()
 
 
 def connect(
@@ -380,10 +284,9 @@ def connect(
         L{ClientTimeout}.
     """
     clock = clock or reactor
-    if isinstance(endpoint, str):
-        endpoint = clientFromString(reactor, endpoint)
+    tcp = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
     protocol = GNPClientProtocol(clock)
-    d = connectProtocol(wrapClientTLS(tls, endpoint), protocol)
+    d = connectProtocol(wrapClientTLS(tls, tcp), protocol)
 
     def connected(_):
         return protocol.ready
@@ -393,7 +296,7 @@ def connect(
         raise ConnectFailed(f"cannot connect to the server: {failure.getErrorMessage()}")
 
     def onTimeoutCancel(result, seconds):
-        raise ClientTimeout(f"no greeting from the server within {seconds:g} seconds")
+        raise noGreetingError(seconds)
 
     d.addCallbacks(connected, failedToConnect)
     d.addTimeout(timeout, clock, onTimeoutCancel)
