@@ -1,20 +1,32 @@
 """
-The GNP/1 server protocol: a thin Twisted shell around L{proto.wire}.
+The GNP/1 server connection: one TLS connection, from handshake to close.
 
-One L{GNPServerProtocol} serves one TLS connection. It is a
-C{LineReceiver} with the empty line (C{\\r\\n\\r\\n}) as its delimiter,
-but the framing itself (heads, bodies by Size, the head limit) is done by
-L{proto.wire.RequestParser}, sans I/O; this class never touches
-LineReceiver's buffer. The life of a connection::
+L{GNPServerProtocol} is a C{LineReceiver} with the empty line
+(C{\\r\\n\\r\\n}) as its delimiter, and composes the parts that each do
+one job, as Twisted's AMP composes C{BinaryBoxProtocol}, C{BoxDispatcher}
+and C{CommandLocator}:
 
-    handshaking --(certificate admitted)--> ready --(QUIT, framing error,
-         |                                    |      revocation, shutdown)
-         |                                    v
-         |                                 draining --(every request
-         |                                    |         accepted answered)
-         +--(refused / timeout)----------> closing <----+
-                                              |
-                                           closed
+  - framing: L{proto.wire.RequestParser} (sans I/O: bytes in, requests
+    out; PROTOCOL.md sections 3 and 5); this class never touches
+    LineReceiver's own buffer;
+  - dispatch: L{proto.dispatch.Dispatcher} (mixed in): the in-flight
+    table, C{Timeout}, permission checks and the reply mapping (sections
+    4, 5 and 9);
+  - flow control: L{proto.flowcontrol.FlowControl}, pure decisions on
+    pause reasons and the in-flight limit; this class is the transport's
+    push producer and carries them out;
+  - timers: L{proto.timers.Timers}, the handshake, head, idle, body,
+    drain, shutdown and abort timeouts;
+  - states: L{proto.states}, one transition table (handshaking, ready,
+    draining, closing, closed); every change goes through L{_enter};
+  - subscriptions (WATCH, REMIND): L{proto.subscriptions.Subscriptions};
+  - TLS and admission: L{proto.tls} (the context, session resumption) and
+    L{proto.admission} (the allow-list's judgement, section 2), called
+    from L{GNPServerProtocol.handshakeCompleted}.
+
+What stays here is the connection's life: admission glue, feeding the
+parser and writing a chunk's replies at once (output coalescing), the
+body budget, and how a connection ends.
 
 Draining (L{GNPServerProtocol.drainThenClose}) is how every connection
 ends once it was admitted: read nothing more, let the requests already
@@ -32,13 +44,6 @@ C{reserveBody}); a body that does not fit is read and dropped, and its
 request answered C{ERR}, so partial bodies can never hold more memory
 than that budget.
 
-Replies are written in completion order: a command that returns a
-Deferred does not hold back the requests after it. Flow control: the
-protocol is the transport's push producer, so when the client stops
-reading and unsent replies pass the transport's high-water mark, the
-protocol stops reading (and parsing) until they drain; on resume it first
-parses what it already holds.
-
 Pitfalls this class guards against (see C{shared/TWISTED_NOTES.md}):
 input keeps arriving over TLS after C{loseConnection} (so every input path
 checks the state), a TLS close can hang forever (so every close arms an
@@ -49,54 +54,34 @@ from __future__ import annotations
 
 import datetime
 from time import perf_counter
-from types import MappingProxyType
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable
 
-from twisted.internet import defer
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
-from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto import wire
 from proto.admission import Identity, identityOfDER, judge
-from proto.subscriptions import Subscriptions
-from proto.commands.base import CommandError, ICommandContext, Result
+from proto.commands.base import ICommandContext
+from proto.dispatch import Dispatcher
+from proto.flowcontrol import INFLIGHT, TRANSPORT, FlowControl
 from proto.permissions import NOTHING, Grant
-from proto.stats import REFUSED_HANDSHAKE_TIMEOUT, UNKNOWN_COMMAND
+from proto.states import CLOSED, CLOSING, DRAINING, ENDING, HANDSHAKING, OPEN, READY, advance
+from proto.stats import REFUSED_HANDSHAKE_TIMEOUT
+from proto.subscriptions import Subscriptions
+from proto.timers import ABORT, BODY, DRAIN, HANDSHAKE, HEAD, IDLE, SHUTDOWN, Timers
 from proto.tls import peerCertificateDER
 
-_encodeReply = wire.encodeReply
-
-HANDSHAKING = "handshaking"
-READY = "ready"
-DRAINING = "draining"
-CLOSING = "closing"
-CLOSED = "closed"
-
-#: Pause reasons. The transport's and our own are kept apart, so that one
-#: resume cannot undo the other pause.
-_TRANSPORT = "transport"
-_NO_PAUSES: frozenset[str] = frozenset()
-_NO_INFLIGHT: Mapping = MappingProxyType({})
-_INFLIGHT = "in-flight"
-
-#: Every timer a connection may run; all are cancelled when it closes.
-_TIMERS = (
-    "_handshakeTimer", "_headTimer", "_idleTimer", "_bodyTimer", "_drainTimer", "_abortTimer",
-    "_shutdownTimer",
-)
+__all__ = [
+    "GNPServerProtocol", "SHUTDOWN_REASON", "printablePeer",
+    "HANDSHAKING", "READY", "DRAINING", "CLOSING", "CLOSED",
+]
 
 #: The reason given to requests that arrive during a server shutdown, and
 #: in the final frame of each connection (issue 10: graceful drain).
 SHUTDOWN_REASON = "Server is shutting down"
-
-
-def _stop(timer) -> None:
-    """Cancel C{timer} (a DelayedCall or C{None}) if it has not run."""
-    if timer is not None and timer.active():
-        timer.cancel()
+_SHUTDOWN_FRAME = wire.encodeError(SHUTDOWN_REASON, None)
 
 
 def printablePeer(address) -> str:
@@ -112,7 +97,7 @@ def printablePeer(address) -> str:
 
 
 @implementer(IHandshakeListener, ICommandContext)
-class GNPServerProtocol(LineReceiver):
+class GNPServerProtocol(LineReceiver, Dispatcher):
     """
     Serves one client. Built by L{proto.server.GNPServerFactory}, whose
     C{config}, C{registry}, C{clock}, C{store} and C{hub} it uses.
@@ -124,6 +109,9 @@ class GNPServerProtocol(LineReceiver):
     # Defaults kept on the class, set on an instance only when they change:
     # fewer than 30 instance attributes keep CPython's compact shared-key
     # instance dictionary (about 1.3 KiB less per idle connection, measured).
+    # The dispatcher's (in-flight table, ...) are on L{Dispatcher}.
+    #: See L{proto.states}; changed only by L{_enter}.
+    state = HANDSHAKING
     #: Bytes of the budget for partial bodies this body holds (0: none
     #: yet); C{_bodyRefused}: the body did not fit, its bytes are dropped
     #: as they come and its request is answered ERR.
@@ -131,27 +119,9 @@ class GNPServerProtocol(LineReceiver):
     _bodyRefused = False
     _bodyLast = 0.0
     _finalFrame = b""
+    #: While a chunk of input is parsed: the replies to write at its end.
     _replies: list[bytes] | None = None
-    #: Why reading is paused (an immutable set, replaced on change: most
-    #: connections never pause, and they all share the empty one).
-    _pauses: frozenset[str] = _NO_PAUSES
-    #: Commands in flight, by Sequence: a shared, read-only empty table
-    #: until the first one (most requests finish at once; see _track).
-    _inflight: Mapping[str, defer.Deferred] = _NO_INFLIGHT
-    #: While a chunk is parsed: C{CommandStats} -> replies sent at once (see dataReceived).
-    _immediate: dict | None = None
     _lastActivity = 0.0
-    _handshakeTimer = None
-    _headTimer = None
-    _idleTimer = None
-    _bodyTimer = None
-    _drainTimer = None
-    _abortTimer = None
-    _shutdownTimer = None
-    #: Set by L{shutdown}: the final frame; new requests then get ERR.
-    _shutdownFrame: bytes | None = None
-    #: For CLIENTS: requests received on this connection.
-    requestCount = 0
     #: C{perf_counter()} at connectionMade, then (admitted) the clock's
     #: seconds at admission: one attribute for both (see above).
     _since = 0.0
@@ -170,12 +140,17 @@ class GNPServerProtocol(LineReceiver):
         # The framing (heads, bodies, the head limit) is the sans-I/O
         # parser's; LineReceiver's own buffer is never used.
         self._parser = wire.RequestParser(self.config.maxHead, self.config.maxBody)
-        self.state = HANDSHAKING
+        self._timers = Timers(self.clock)
+        self._flow = FlowControl(self.config.maxInflight)
         self.identity: Identity | None = None
         self.grant: Grant = NOTHING
         self._free: dict = {}  # the commands this grant runs unchecked
         self.peer = "?"
         self.subscriptions = Subscriptions(self)
+
+    def _enter(self, state: str) -> None:
+        """Move to C{state}; L{proto.states.IllegalTransition} if that is no move."""
+        self.state = advance(self.state, state)
 
     # -- connection life -------------------------------------------------
 
@@ -187,17 +162,17 @@ class GNPServerProtocol(LineReceiver):
         self.transport.registerProducer(self, True)
         self._since = perf_counter()
         self.factory.connectionOpened(self)
-        self._handshakeTimer = self.clock.callLater(
-            self.config.handshakeTimeout, self._handshakeTimedOut
-        )
+        self._timers.start(HANDSHAKE, self.config.handshakeTimeout, self._handshakeTimedOut)
 
     def handshakeCompleted(self) -> None:
-        # Once admitted, the handshake timer becomes the idle timer: one
-        # DelayedCall per connection instead of two (a cancelled one stays
-        # in the reactor's heap, and in memory, until its time comes).
-        timer, self._handshakeTimer = self._handshakeTimer, None
-        if self.state != HANDSHAKING:
-            _stop(timer)
+        """
+        TLS is up (also for a resumed session): judge the certificate
+        against the current allow-list (PROTOCOL.md section 2), then greet
+        with C{OK} or refuse in words and close.
+        """
+        timers = self._timers
+        if self.state is not HANDSHAKING:
+            timers.stop(HANDSHAKE)
             return
         self.stats.handshake.observe(perf_counter() - self._since)
         # Behind HAProxy (--listen haproxy:...) the PROXY header is parsed
@@ -220,7 +195,7 @@ class GNPServerProtocol(LineReceiver):
                     refused(self.identity, self.peer, reason)
         who = self.identity
         if reason is not None:
-            _stop(timer)
+            timers.stop(HANDSHAKE)
             self.log.info(
                 "Refused {peer} sha1={sha1} cn={cn!r}: {reason}",
                 peer=self.peer, sha1=who and who.sha1, cn=who and who.commonName,
@@ -234,45 +209,34 @@ class GNPServerProtocol(LineReceiver):
             peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
             grant=self.grant.attributes(), name=self.grant.name, event="admission",
         )
-        self.state = READY
+        self._enter(READY)
         self._since = self.clock.seconds()
         self.stats.certificateSeen(who)
         self.factory.connectionAdmitted(self)
         self.transport.write(wire.encodeGreeting())
         self._lastActivity = self.clock.seconds()
-        if not self.config.idleTimeout:
-            _stop(timer)
-        elif timer is not None and timer.active():
-            timer.reset(self.config.idleTimeout)  # fires _handshakeTimedOut: see there
-            self._idleTimer = timer
+        if self.config.idleTimeout:
+            # The handshake's DelayedCall becomes the idle timer's (see
+            # Timers.move: no cancelled call left in the reactor's heap).
+            timers.move(HANDSHAKE, IDLE, self.config.idleTimeout, self._idleCheck)
         else:
-            self._idleTimer = self.clock.callLater(self.config.idleTimeout, self._idleCheck)
+            timers.stop(HANDSHAKE)
 
     def connectionLost(self, reason=None) -> None:
-        self.state = CLOSED
-        for name in _TIMERS:
-            self._cancelTimer(name)
+        self._enter(CLOSED)
+        self._timers.stopAll()
         self._dropBody()
         self._cancelWork()
         self.factory.connectionClosed(self)
 
     def _cancelWork(self) -> None:
         """Cancel every command in flight and every standing subscription."""
-        inflight, self._inflight = self._inflight, _NO_INFLIGHT
-        for d in inflight.values():
-            d.cancel()
+        self._cancelInflight()
         self._cancelSubscriptions()
 
     def _cancelSubscriptions(self) -> None:
         """Draining or closing: end every subscription, and refuse new ones."""
         self.subscriptions.close()
-
-    def _cancelTimer(self, name: str) -> None:
-        timer = getattr(self, name)
-        if timer is not None:
-            setattr(self, name, None)
-            if timer.active():
-                timer.cancel()
 
     def _closeWith(self, data: bytes) -> None:
         """
@@ -280,25 +244,22 @@ class GNPServerProtocol(LineReceiver):
         stop producing, write, close, and arm an abort in case the peer
         never answers TLS's close_notify.
         """
-        if self.state in (CLOSING, CLOSED):
+        if self.state in ENDING:
             return
-        admitted = self.state is READY or self.state is DRAINING
+        admitted = self.state in OPEN
         replies, self._replies = self._replies, None
         if replies:
             # Replies already due go out before the final frame.
             self.transport.write(b"".join(replies))
             del replies[:]
-        self.state = CLOSING
+        self._enter(CLOSING)
         self.clearLineBuffer()
-        for name in _TIMERS:
-            if name != "_abortTimer":
-                self._cancelTimer(name)
+        self._timers.stopAll(keep=ABORT)
         self._dropBody()
         self._cancelWork()
         self.transport.unregisterProducer()
-        if self._pauses:
+        if self._flow.clear():
             # Keep reading so that TLS sees the peer's close_notify.
-            self._pauses = _NO_PAUSES
             self.paused = False
             self.transport.resumeProducing()
         if data:
@@ -307,11 +268,7 @@ class GNPServerProtocol(LineReceiver):
                 self.stats.errors += 1
             self.transport.write(data)
         self.transport.loseConnection()
-        self._abortTimer = self.clock.callLater(self.config.closeGrace, self._abort)
-
-    def _abort(self) -> None:
-        self._abortTimer = None
-        self.transport.abortConnection()
+        self._timers.start(ABORT, self.config.closeGrace, self.transport.abortConnection)
 
     # -- draining: how an admitted connection ends ------------------------
 
@@ -339,12 +296,12 @@ class GNPServerProtocol(LineReceiver):
             # Not admitted yet (or already closing): nothing accepted to wait for.
             self._closeWith(finalFrame)
             return
-        self.state = DRAINING
+        self._enter(DRAINING)
         self._finalFrame = finalFrame
         self.clearLineBuffer()
         self._dropBody()
-        for name in ("_headTimer", "_idleTimer"):
-            self._cancelTimer(name)
+        self._timers.stop(HEAD)
+        self._timers.stop(IDLE)
         self._cancelSubscriptions()
         if grace is not None:
             self._armDrainGrace(grace)
@@ -360,19 +317,17 @@ class GNPServerProtocol(LineReceiver):
         C{ERR Server is shutting down} without Sequence, and the close.
         Standing WATCH/REMIND end when the connection does.
         """
-        frame = wire.encodeError(SHUTDOWN_REASON, None)
         if self.state is not READY or not self._inflight:
-            self.drainThenClose(frame, grace)
+            self.drainThenClose(_SHUTDOWN_FRAME, grace)
             return
-        self._shutdownFrame = frame
-        self._cancelTimer("_idleTimer")
-        self._shutdownTimer = self.clock.callLater(grace, self._shutdownGraceOver)
+        self._refusing = SHUTDOWN_REASON
+        self._timers.stop(IDLE)
+        self._timers.start(SHUTDOWN, grace, self._shutdownGraceOver)
 
     def _shutdownGraceOver(self) -> None:
-        self._shutdownTimer = None
         if self.state is READY:
             # Cancels what still runs (each answered), then the final frame.
-            self.drainThenClose(self._shutdownFrame, 0)
+            self.drainThenClose(_SHUTDOWN_FRAME, 0)
 
     @property
     def admittedAt(self) -> float:
@@ -380,17 +335,13 @@ class GNPServerProtocol(LineReceiver):
         return self._since if self.state is not HANDSHAKING else 0.0
 
     def _armDrainGrace(self, grace: float) -> None:
-        timer = self._drainTimer
-        deadline = self.clock.seconds() + grace
-        if timer is not None and timer.active():
-            if timer.getTime() <= deadline:
-                return
-            timer.cancel()
-        self._drainTimer = self.clock.callLater(grace, self._drainGraceOver, grace)
+        deadline = self._timers.deadline(DRAIN)
+        if deadline is not None and deadline <= self.clock.seconds() + grace:
+            return
+        self._timers.start(DRAIN, grace, self._drainGraceOver, grace)
 
     def _drainGraceOver(self, grace: float) -> None:
-        """Cancel what still runs; each is answered (see L{_failureReply})."""
-        self._drainTimer = None
+        """Cancel what still runs; each is answered (see L{Dispatcher._failureReply})."""
         if self.state is not DRAINING:
             return
         self.log.info(
@@ -398,15 +349,29 @@ class GNPServerProtocol(LineReceiver):
             "{grace:g} s grace, cancelled", peer=self.peer, count=len(self._inflight),
             grace=grace,
         )
-        for d in list(self._inflight.values()):
-            d.cancel()
+        self._cancelRunning()
         self._drainIfDone()
 
     def _drainIfDone(self) -> None:
         """Close once draining and every accepted request is answered."""
         if self.state is DRAINING and not self._inflight and self._replies is None:
-            self._cancelTimer("_drainTimer")
+            self._timers.stop(DRAIN)
             self._closeWith(self._finalFrame)
+
+    def _requestTracked(self, inflight: int) -> None:
+        # Dispatcher hook: too many requests running stops reading.
+        if self._flow.tooManyInflight(inflight):
+            self._pause(INFLIGHT)
+
+    def _requestAnswered(self, inflight: int) -> None:
+        # Dispatcher hook: a request running in the background got its reply.
+        if self._flow.fewEnoughInflight(inflight):
+            self._resume(INFLIGHT)
+        if self.state is DRAINING:
+            self._drainIfDone()
+        elif self._refusing is not None and not self._inflight:
+            self._timers.stop(SHUTDOWN)
+            self.drainThenClose(_SHUTDOWN_FRAME, 0)
 
     def fatal(self, reason: str, sequence: str | None = None) -> None:
         """
@@ -430,7 +395,7 @@ class GNPServerProtocol(LineReceiver):
         subscriptions (WATCH) are told, so that one now outside the
         prefixes ends.
         """
-        if grant == self.grant or self.state not in (READY, DRAINING):
+        if grant == self.grant or self.state not in OPEN:
             return
         self.log.info(
             "Rights of {peer} sha1={sha1} changed: {grant}",
@@ -450,39 +415,35 @@ class GNPServerProtocol(LineReceiver):
             return self.grant.name
         return self.identity.commonName if self.identity is not None else "?"
 
-    # -- timers ----------------------------------------------------------
+    # -- timeouts (PROTOCOL.md sections 2 and 3) -------------------------
 
     def _handshakeTimedOut(self) -> None:
-        if self._handshakeTimer is None and self._idleTimer is not None:
-            # Admitted: this timer was kept as the idle timer (handshakeCompleted).
-            self._idleCheck()
-            return
-        self._handshakeTimer = None
-        if self.state == HANDSHAKING:
+        if self.state is HANDSHAKING:
             self.log.info("Handshake timeout from {peer}", peer=self.peer)
             refused = self.stats.refused
             refused[REFUSED_HANDSHAKE_TIMEOUT] = refused.get(REFUSED_HANDSHAKE_TIMEOUT, 0) + 1
-            self.state = CLOSING
+            self._enter(CLOSING)
             self.transport.unregisterProducer()
             self.transport.abortConnection()
 
     def _headTimedOut(self) -> None:
-        self._headTimer = None
-        if self.state == READY:
+        if self.state is READY:
             self.fatal(
                 f"Timeout: the request head did not arrive within "
                 f"{self.config.headTimeout:g} s of its first byte"
             )
 
     def _idleCheck(self) -> None:
-        self._idleTimer = None
-        if self.state != READY:
+        if self.state is not READY:
             return
         idleFor = self.clock.seconds() - self._lastActivity
-        busy = self._inflight or self.subscriptions or self._pauses or self._parser.bodyPending
+        busy = (
+            self._inflight or self.subscriptions or self._flow.paused
+            or self._parser.bodyPending
+        )
         if busy or idleFor < self.config.idleTimeout:
             wait = self.config.idleTimeout - idleFor if not busy else self.config.idleTimeout
-            self._idleTimer = self.clock.callLater(max(wait, 0.001), self._idleCheck)
+            self._timers.start(IDLE, max(wait, 0.001), self._idleCheck)
             return
         self.log.info("Idle timeout for {peer}", peer=self.peer)
         self.drainThenClose(
@@ -501,16 +462,15 @@ class GNPServerProtocol(LineReceiver):
             any partial head now buffered is a new one.
         """
         pending = self._parser.headPending and not self.paused
-        timer = self._headTimer
-        if timer is not None and (headCompleted or not pending):
-            self._headTimer = None
-            if timer.active():
-                timer.cancel()
-            timer = None
-        if pending and timer is None:
-            self._headTimer = self.clock.callLater(
-                self.config.headTimeout, self._headTimedOut
-            )
+        timers = self._timers
+        running = timers.running(HEAD)
+        if running and (headCompleted or not pending):
+            timers.stop(HEAD)
+            running = False
+        if pending and not running:
+            timers.start(HEAD, self.config.headTimeout, self._headTimedOut)
+
+    # -- request bodies: the budget and the body timeout -----------------
 
     def _watchBody(self) -> None:
         """
@@ -522,20 +482,17 @@ class GNPServerProtocol(LineReceiver):
         if not self._bodyHeld and not self._bodyRefused:
             self._reserveBody()
         self._bodyLast = self.clock.seconds()
-        if self._bodyTimer is None and not self.paused:
-            self._bodyTimer = self.clock.callLater(
-                self.config.bodyTimeout, self._bodyTimerFired
-            )
+        if not self.paused and not self._timers.running(BODY):
+            self._timers.start(BODY, self.config.bodyTimeout, self._bodyTimerFired)
 
     def _bodyTimerFired(self) -> None:
-        self._bodyTimer = None
         parser = self._parser
         if self.state is not READY or not parser.bodyMissing or self.paused:
             return
         quiet = self.clock.seconds() - self._bodyLast
         timeout = self.config.bodyTimeout
         if quiet < timeout:
-            self._bodyTimer = self.clock.callLater(timeout - quiet, self._bodyTimerFired)
+            self._timers.start(BODY, timeout - quiet, self._bodyTimerFired)
             return
         request = parser.bodyPending
         self.fatal(
@@ -580,8 +537,7 @@ class GNPServerProtocol(LineReceiver):
         if self._bodyHeld:
             self.factory.releaseBody(self._bodyHeld)
             self._bodyHeld = 0
-        if self._bodyTimer is not None:
-            self._cancelTimer("_bodyTimer")
+        self._timers.stop(BODY)
 
     # -- input -----------------------------------------------------------
 
@@ -643,7 +599,7 @@ class GNPServerProtocol(LineReceiver):
         if self.state is READY:
             if parser.bodyMissing:
                 self._watchBody()
-            if self._headTimer is not None or parser.headPending:
+            if parser.headPending or self._timers.running(HEAD):
                 self._watchHead(completed)
         else:
             self._drainIfDone()
@@ -655,175 +611,12 @@ class GNPServerProtocol(LineReceiver):
         """
         return self._parser.clear()
 
-    # -- commands --------------------------------------------------------
-
-    def _dispatch(self, request: wire.Request) -> None:
-        # Inside a chunk (dataReceived), replies sent at once are timed at
-        # the chunk's end (started is None); else from now.
-        started = None if self._immediate is not None else perf_counter()
-        sequence = request.sequence
-        self.requestCount += 1
-        counts = self.stats.commands.get(request.command)
-        if counts is None:
-            counts = self.stats.command(UNKNOWN_COMMAND)
-        counts.received += 1
-        if self._shutdownFrame is not None:
-            self._writeError(wire.encodeError(SHUTDOWN_REASON, sequence), counts, started)
-            return
-        if request.error is not None:
-            self._writeError(wire.encodeError(request.error, sequence), counts, started)
-            return
-        if sequence in self._inflight:
-            self._writeError(
-                wire.encodeError(f"Sequence already in flight: {sequence}", sequence),
-                counts, started,
-            )
-            return
-        # Section 9: the commands this certificate may run without a check
-        # (its level suffices, no prefixes to test) are found at once; the
-        # others are checked before they run.
-        handler = self._free.get(request.command)
-        if handler is None:
-            command = self._commands.get(request.command)
-            if command is None:
-                self._writeError(
-                    wire.encodeError(f"Unknown command: {request.command}", sequence),
-                    counts, started,
-                )
-                return
-            refusal = self._refusal(command, request)
-            if refusal is not None:
-                self._writeError(wire.encodeError(refusal, sequence), counts, started)
-                return
-            handler = command.handler
-        try:
-            result = handler(self, request)
-        except Exception:
-            self._writeError(self._failureReply(Failure(), request), counts, started)
-            return
-        # Deferred is generic (an ABC), so isinstance() on it is slow: the
-        # common result, bytes, skips that check.
-        if type(result) is bytes:
-            # The hot path: a body, encoded without the generic helper.
-            self._write(_encodeReply(sequence, result))
-            counts.ok += 1
-            if started is None:  # inline L{_timed}: this is the hot path
-                immediate = self._immediate
-                immediate[counts] = immediate.get(counts, 0) + 1
-            else:
-                counts.latency.observe(perf_counter() - started)
-            return
-        if isinstance(result, defer.Deferred):
-            self._track(request, result, counts, perf_counter() if started is None else started)
-            return
-        self._write(self._successReply(result, sequence))
-        counts.ok += 1
-        self._timed(counts, started)
-
-    def _timed(self, counts, started: float | None) -> None:
-        """Note a reply's latency: now, or (started None) at the chunk's end."""
-        if started is None:
-            immediate = self._immediate
-            immediate[counts] = immediate.get(counts, 0) + 1
-        else:
-            counts.latency.observe(perf_counter() - started)
-
-    def _writeError(self, data: bytes, counts, started: float | None) -> None:
-        """Send a per-request C{ERR} reply and count it (L{proto.stats})."""
-        self._write(data)
-        counts.err += 1
-        self._timed(counts, started)
-        self.stats.errors += 1
-
-    def _refusal(self, command, request: wire.Request) -> str | None:
-        """
-        Why this connection's certificate may not make C{request}, or
-        C{None} (PROTOCOL.md section 9: the command's level, then each id
-        it touches against the prefixes).
-        """
-        try:
-            ids = () if command.ids is None else tuple(command.ids(request))
-        except Exception:
-            self.log.failure(
-                "Ids of {command} from {peer} could not be found",
-                command=request.command, peer=self.peer,
-            )
-            return (
-                f"Internal error while checking the rights for {request.command} "
-                "(details are in the server log)"
-            )
-        return self.grant.refusal(request.command, command.rank, ids, self.displayName())
-
-    def _track(self, request: wire.Request, d: defer.Deferred, counts, started: float) -> None:
-        sequence = request.sequence
-        if request.timeout is not None:
-            d.addTimeout(request.timeout, self.clock)
-        inflight = self._inflight
-        if inflight is _NO_INFLIGHT:
-            inflight = self._inflight = {}
-        inflight[sequence] = d
-        if len(self._inflight) >= self.config.maxInflight:
-            self._pause(_INFLIGHT)
-
-        def done(result):
-            if self._inflight.get(sequence) is d:
-                del self._inflight[sequence]
-            if isinstance(result, Failure):
-                if self.state in (CLOSING, CLOSED) and result.check(defer.CancelledError):
-                    return None
-                self._writeError(self._failureReply(result, request), counts, started)
-            else:
-                self._write(self._successReply(result, sequence))
-                counts.ok += 1
-                counts.latency.observe(perf_counter() - started)
-            if _INFLIGHT in self._pauses and len(self._inflight) < self.config.maxInflight // 2:
-                self._resume(_INFLIGHT)
-            if self.state is DRAINING:
-                self._drainIfDone()
-            elif self._shutdownFrame is not None and not self._inflight:
-                self._cancelTimer("_shutdownTimer")
-                self.drainThenClose(self._shutdownFrame, 0)
-            return None
-
-        d.addBoth(done)
-
-    @staticmethod
-    def _successReply(result: bytes | Result | None, sequence: str) -> bytes:
-        """The C{OK} reply for what a command returned (bytes: the body)."""
-        if type(result) is bytes:
-            return wire.encodeReply(sequence, result)
-        if result is None:
-            return wire.encodeReply(sequence)
-        return wire.encodeReply(sequence, result.body, result.headers)
-
-    def _failureReply(self, failure: Failure, request: wire.Request) -> bytes:
-        if failure.check(CommandError):
-            reason = failure.value.reason
-        elif failure.check(defer.TimeoutError):
-            reason = (
-                f"Timeout: {request.command} did not finish within "
-                f"{request.timeout:g} s and was cancelled"
-            )
-        elif failure.check(defer.CancelledError):
-            # Only a drain's grace cancels a command on an open connection.
-            reason = (
-                f"Cancelled: the connection is closing and {request.command} did "
-                "not finish within the grace period"
-            )
-        else:
-            self.log.failure(
-                "Command {command} from {peer} failed", failure,
-                command=request.command, peer=self.peer,
-            )
-            reason = f"Internal error while running {request.command} (details are in the server log)"
-        return wire.encodeError(reason, request.sequence)
-
     def _write(self, data: bytes) -> None:
         """
         Send C{data} unless closing. While a chunk of input is being parsed,
         replies are collected and written together when it is done.
         """
-        if self.state is READY or self.state is DRAINING:
+        if self.state is READY or self.state is DRAINING:  # OPEN, inlined
             self.stats.bytesOut += len(data)
             replies = self._replies
             if replies is not None:
@@ -858,7 +651,7 @@ class GNPServerProtocol(LineReceiver):
         return counter()
 
     def congested(self) -> bool:
-        return _TRANSPORT in self._pauses
+        return self._flow.congested
 
     def subscribe(
         self,
@@ -875,30 +668,27 @@ class GNPServerProtocol(LineReceiver):
     # -- flow control (IPushProducer, driven by the transport) -------------
 
     def pauseProducing(self) -> None:
-        self._pause(_TRANSPORT)
+        self._pause(TRANSPORT)
 
     def resumeProducing(self) -> None:
-        self._resume(_TRANSPORT)
+        self._resume(TRANSPORT)
 
     def stopProducing(self) -> None:
-        self._pause(_TRANSPORT)
+        self._pause(TRANSPORT)
 
-    def _pause(self, why: str) -> None:
-        if self.state in (CLOSING, CLOSED):
+    def _pause(self, why: int) -> None:
+        """Stop reading for C{why} (L{proto.flowcontrol}); our stall stops the head and body timers."""
+        if self.state in ENDING:
             return
-        first = not self._pauses
-        self._pauses = self._pauses | {why}
-        if first:
+        if self._flow.pause(why):
             self.paused = True
             self.transport.pauseProducing()
-            self._cancelTimer("_headTimer")
-            self._cancelTimer("_bodyTimer")
+            self._timers.stop(HEAD)
+            self._timers.stop(BODY)
 
-    def _resume(self, why: str) -> None:
-        if why not in self._pauses:
-            return
-        self._pauses = self._pauses - {why}
-        if self._pauses or self.state in (CLOSING, CLOSED):
+    def _resume(self, why: int) -> None:
+        """Lift C{why}'s pause; once none is left, read again, starting with what we hold."""
+        if not self._flow.resume(why) or self.state in ENDING:
             return
         self.paused = False
         self.transport.resumeProducing()

@@ -95,3 +95,50 @@ class BackpressureTests(unittest.TestCase):
         sampler.stop()
         self.assertEqual(client.answered, COUNT)
         self.assertLess(max(samples), 2 * 1024 * 1024)
+
+
+class FlowControlDecisionTests(unittest.TestCase):
+    """L{proto.flowcontrol.FlowControl}: the decisions alone, no transport."""
+
+    def setUp(self):
+        from proto.flowcontrol import FlowControl
+
+        self.flow = FlowControl(maxInflight=8)
+
+    def test_reading(self):
+        self.assertFalse(self.flow.paused)
+        self.assertFalse(self.flow.congested)
+        self.assertFalse(self.flow.resume(TRANSPORT), "nothing to resume")
+
+    def test_reasonsAreKeptApart(self):
+        """One resume cannot undo the other reason's pause."""
+        self.assertTrue(self.flow.pause(TRANSPORT), "first pause: stop reading")
+        self.assertTrue(self.flow.congested)
+        self.assertFalse(self.flow.pause(INFLIGHT), "already stopped")
+        self.assertFalse(self.flow.pause(TRANSPORT))
+        self.assertFalse(self.flow.resume(TRANSPORT), "in-flight still holds it")
+        self.assertTrue(self.flow.paused)
+        self.assertFalse(self.flow.congested)
+        self.assertTrue(self.flow.resume(INFLIGHT), "last reason: read again")
+        self.assertFalse(self.flow.paused)
+
+    def test_inflightMarks(self):
+        """Pause at the limit, resume below half of it (no flapping)."""
+        flow = self.flow
+        self.assertEqual([n for n in range(12) if flow.tooManyInflight(n)], [8, 9, 10, 11])
+        self.assertFalse(flow.fewEnoughInflight(0), "not paused for that reason")
+        flow.pause(INFLIGHT)
+        self.assertEqual([n for n in range(9) if flow.fewEnoughInflight(n)], [0, 1, 2, 3])
+
+    def test_clear(self):
+        self.assertFalse(self.flow.clear())
+        self.flow.pause(TRANSPORT)
+        self.flow.pause(INFLIGHT)
+        self.assertTrue(self.flow.clear())
+        self.assertFalse(self.flow.paused)
+
+    def test_slots(self):
+        self.assertFalse(hasattr(self.flow, "__dict__"))
+
+
+from proto.flowcontrol import INFLIGHT, TRANSPORT  # noqa: E402

@@ -1,0 +1,314 @@
+"""
+Dispatch: from a parsed request to its one reply.
+
+Why its own module: what happens between "a request was framed"
+(L{proto.wire.RequestParser}) and "its reply is written" is the contract's
+heart and is the same whatever carries the bytes:
+
+  - every request gets exactly one reply, C{OK} or C{ERR}, with its
+    Sequence (PROTOCOL.md section 4), in completion order: a command that
+    returns a Deferred does not hold back later requests;
+  - per-request errors keep the connection open (section 5): unknown
+    command, a problem found in the head, a Sequence already in flight,
+    a certificate not allowed the command or its ids (section 9, checked
+    here before the handler runs), a command's own C{CommandError}, a
+    failure inside the command (logged with its traceback, never sent);
+  - C{Timeout} (section 3): the command's Deferred gets
+    C{Deferred.addTimeout}, which cancels its work and answers
+    C{ERR Timeout ...}.
+
+L{Dispatcher} is a mixin, the way Twisted's AMP class mixes in
+C{BoxDispatcher}: the protocol's hot loop calls C{self._dispatch} with no
+extra object or attribute hop per request, and no extra memory per idle
+connection. It owns the in-flight table (Sequence -> Deferred) and the
+reply mapping (L{successReply}, L{failureReply}); it asks its host (the
+protocol) only for what it declares below: C{_write} (coalesced output),
+the grant tables, the counters, and two hooks told how many requests are
+in flight after one is added or answered (flow control and draining live
+there). Its tests use a small host of their own (C{tests/test_dispatch.py}).
+"""
+
+from __future__ import annotations
+
+from time import perf_counter
+from types import MappingProxyType
+from typing import Any, Mapping
+
+from twisted.internet import defer
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from proto import wire
+from proto.commands.base import Command, CommandError, Handler, Result
+from proto.permissions import Grant
+from proto.stats import UNKNOWN_COMMAND, CommandStats, ServerStats
+
+_encodeReply = wire.encodeReply
+
+#: The in-flight table of a connection that has none running: shared and
+#: read-only, replaced by a dict at the first Deferred (most requests
+#: finish at once, and most connections never hold one).
+NO_INFLIGHT: Mapping[str, defer.Deferred[Any]] = MappingProxyType({})
+
+
+def successReply(result: bytes | Result | None, sequence: str) -> bytes:
+    """The C{OK} reply for what a command returned (bytes: the body)."""
+    if type(result) is bytes:
+        return _encodeReply(sequence, result)
+    if result is None:
+        return _encodeReply(sequence)
+    assert isinstance(result, Result)
+    return _encodeReply(sequence, result.body, result.headers)
+
+
+def failureReason(failure: Failure, request: wire.Request) -> str | None:
+    """
+    The C{ERR} reason for a command's failure, or C{None}: an unexpected
+    failure, which the client is told about in general words (see
+    L{failureReply}) and the log in detail.
+    """
+    error = failure.value
+    if isinstance(error, CommandError):
+        return error.reason
+    if isinstance(error, defer.TimeoutError):
+        return (
+            f"Timeout: {request.command} did not finish within "
+            f"{request.timeout:g} s and was cancelled"
+        )
+    if isinstance(error, defer.CancelledError):
+        # Only a drain's grace cancels a command on an open connection.
+        return (
+            f"Cancelled: the connection is closing and {request.command} did "
+            "not finish within the grace period"
+        )
+    return None
+
+
+class Dispatcher:
+    """
+    Runs requests and maps their results to replies; mixed into the
+    connection (L{proto.protocol.GNPServerProtocol}).
+
+    The host provides the attributes and methods declared here without a
+    value (C{stats}, C{clock}, C{grant}, ...), C{_write}, C{displayName},
+    C{_requestTracked} and C{_requestAnswered}.
+    """
+
+    # -- what the host provides --------------------------------------------
+    log: Logger
+    stats: ServerStats
+    clock: IReactorTime
+    peer: str
+    grant: Grant
+    #: The commands this connection's grant runs without any check (one
+    #: of the registry's cached tables, see C{CommandRegistry.unchecked}).
+    _free: Mapping[str, Handler]
+    #: Every command, by name (the registry's table).
+    _commands: Mapping[str, Command]
+
+    # -- our own state (class defaults: no per-connection cost until set) --
+    #: Commands in flight, by Sequence (see L{NO_INFLIGHT}).
+    _inflight: Mapping[str, defer.Deferred[Any]] = NO_INFLIGHT
+    #: While the host parses a chunk of input: C{CommandStats} -> replies
+    #: sent at once, whose latency the host notes once at the chunk's end
+    #: (their replies are written then). C{None} outside a chunk.
+    _immediate: dict[CommandStats, int] | None = None
+    #: When set, every new request is answered C{ERR <this>} (a server
+    #: shutdown: the requests already running still finish).
+    _refusing: str | None = None
+    #: For CLIENTS: requests received on this connection.
+    requestCount = 0
+
+    def _write(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def displayName(self) -> str:
+        raise NotImplementedError
+
+    def _requestTracked(self, inflight: int) -> None:
+        """A request now runs in the background; C{inflight} do."""
+
+    def _requestAnswered(self, inflight: int) -> None:
+        """A request that ran in the background was answered; C{inflight} still run."""
+
+    # -- dispatch ----------------------------------------------------------
+
+    def _dispatch(self, request: wire.Request) -> None:
+        """Run C{request} and write its reply (now, or when its Deferred fires)."""
+        # Inside a chunk, replies sent at once are timed at the chunk's end
+        # (started is None); else from now.
+        started = None if self._immediate is not None else perf_counter()
+        sequence = request.sequence
+        self.requestCount += 1
+        counts = self.stats.commands.get(request.command)
+        if counts is None:
+            counts = self.stats.command(UNKNOWN_COMMAND)
+        counts.received += 1
+        if self._refusing is not None:
+            self._writeError(wire.encodeError(self._refusing, sequence), counts, started)
+            return
+        if request.error is not None:
+            self._writeError(wire.encodeError(request.error, sequence), counts, started)
+            return
+        if sequence in self._inflight:
+            self._writeError(
+                wire.encodeError(f"Sequence already in flight: {sequence}", sequence),
+                counts, started,
+            )
+            return
+        # Section 9: the commands this certificate may run without a check
+        # (its level suffices, no prefixes to test) are found at once; the
+        # others are checked before they run.
+        handler = self._free.get(request.command)
+        if handler is None:
+            command = self._commands.get(request.command)
+            if command is None:
+                self._writeError(
+                    wire.encodeError(f"Unknown command: {request.command}", sequence),
+                    counts, started,
+                )
+                return
+            refusal = self._refusal(command, request)
+            if refusal is not None:
+                self._writeError(wire.encodeError(refusal, sequence), counts, started)
+                return
+            handler = command.handler
+        try:
+            result = handler(self, request)
+        except Exception:
+            failure = Failure()  # type: ignore[no-untyped-call]
+            self._writeError(self._failureReply(failure, request), counts, started)
+            return
+        # Deferred is generic (an ABC), so isinstance() on it is slow: the
+        # common result, bytes, skips that check.
+        if type(result) is bytes:
+            # The hot path: a body, encoded without the generic helper.
+            self._write(_encodeReply(sequence, result))
+            counts.ok += 1
+            if started is None:  # inline L{_timed}: this is the hot path
+                immediate = self._immediate
+                immediate[counts] = immediate.get(counts, 0) + 1  # type: ignore[index,union-attr]
+            else:
+                counts.latency.observe(perf_counter() - started)
+            return
+        if isinstance(result, defer.Deferred):
+            self._track(request, result, counts, perf_counter() if started is None else started)
+            return
+        self._write(successReply(result, sequence))
+        counts.ok += 1
+        self._timed(counts, started)
+
+    def _timed(self, counts: CommandStats, started: float | None) -> None:
+        """Note a reply's latency: now, or (started None) at the chunk's end."""
+        if started is None:
+            immediate = self._immediate
+            assert immediate is not None
+            immediate[counts] = immediate.get(counts, 0) + 1
+        else:
+            counts.latency.observe(perf_counter() - started)
+
+    def _writeError(self, data: bytes, counts: CommandStats, started: float | None) -> None:
+        """Send a per-request C{ERR} reply and count it (L{proto.stats})."""
+        self._write(data)
+        counts.err += 1
+        self._timed(counts, started)
+        self.stats.errors += 1
+
+    def _refusal(self, command: Command, request: wire.Request) -> str | None:
+        """
+        Why this connection's certificate may not make C{request}, or
+        C{None} (PROTOCOL.md section 9: the command's level, then each id
+        it touches against the prefixes).
+        """
+        try:
+            ids = () if command.ids is None else tuple(command.ids(request))
+        except Exception:
+            self.log.failure(
+                "Ids of {command} from {peer} could not be found",
+                command=request.command, peer=self.peer,
+            )
+            return (
+                f"Internal error while checking the rights for {request.command} "
+                "(details are in the server log)"
+            )
+        refusal: str | None = self.grant.refusal(
+            request.command, command.rank, ids, self.displayName()
+        )
+        return refusal
+
+    # -- requests in flight ------------------------------------------------
+
+    def _track(
+        self,
+        request: wire.Request,
+        d: defer.Deferred[Any],
+        counts: CommandStats,
+        started: float,
+    ) -> None:
+        """
+        C{request}'s command answered with C{d}: keep it in the in-flight
+        table (under its Timeout, if any) until it fires, then reply.
+        """
+        sequence = request.sequence
+        if request.timeout is not None:
+            d.addTimeout(request.timeout, self.clock)
+        inflight = self._inflight
+        if inflight is NO_INFLIGHT:
+            inflight = self._inflight = {}
+        assert isinstance(inflight, dict)
+        inflight[sequence] = d
+        self._requestTracked(len(inflight))
+        d.addBoth(self._answer, request, d, counts, started)
+
+    def _answer(
+        self,
+        result: object,
+        request: wire.Request,
+        d: defer.Deferred[Any],
+        counts: CommandStats,
+        started: float,
+    ) -> None:
+        """The command of C{request} finished (C{result}): write its reply."""
+        sequence = request.sequence
+        inflight = self._inflight
+        if inflight.get(sequence) is d:
+            del inflight[sequence]  # type: ignore[attr-defined]
+        elif isinstance(result, Failure) and isinstance(result.value, defer.CancelledError):
+            # Cancelled with the whole table (L{_cancelInflight}: the
+            # connection is closing): there is nobody to answer.
+            return None
+        if isinstance(result, Failure):
+            self._writeError(self._failureReply(result, request), counts, started)
+        else:
+            self._write(successReply(result, sequence))  # type: ignore[arg-type]
+            counts.ok += 1
+            counts.latency.observe(perf_counter() - started)
+        self._requestAnswered(len(self._inflight))
+        return None
+
+    def _cancelInflight(self) -> None:
+        """The connection is closing: cancel every command in flight, unanswered."""
+        inflight, self._inflight = self._inflight, NO_INFLIGHT
+        for d in inflight.values():
+            d.cancel()
+
+    def _cancelRunning(self) -> None:
+        """Cancel every command in flight; each is answered (C{ERR Cancelled ...})."""
+        for d in list(self._inflight.values()):
+            d.cancel()
+
+    def _failureReply(self, failure: Failure, request: wire.Request) -> bytes:
+        """The C{ERR} reply for a command's failure; unexpected ones are logged."""
+        reason = failureReason(failure, request)
+        if reason is None:
+            self.log.failure(
+                "Command {command} from {peer} failed", failure,
+                command=request.command, peer=self.peer,
+            )
+            reason = (
+                f"Internal error while running {request.command} "
+                "(details are in the server log)"
+            )
+        return wire.encodeError(reason, request.sequence)
+
