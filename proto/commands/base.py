@@ -18,12 +18,21 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Union
 
+from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
 
-from proto.permissions import ADMIN, LEVELS, RANK
-from proto.wire import parseSeconds
+from proto.permissions import ADMIN, LEVELS, RANK, Grant
+from proto.wire import Request, parseSeconds
+
+if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
+
+    from proto.access import AccessControl
+    from proto.admission import Identity
+    from proto.hub import ChangeHub
+    from proto.store.base import IDocumentStore
 
 
 class CommandError(Exception):
@@ -53,20 +62,22 @@ class ICommandContext(Interface):
     The connection (and server) a command runs for.
     """
 
-    clock = Attribute("An IReactorTime: callLater, seconds. Fake in tests.")
-    store = Attribute("The IDocumentStore of the server (proto.store.base).")
-    hub = Attribute("The server's ChangeHub: WATCH subscribes to it.")
-    peer = Attribute("A short printable name of the peer, for logs.")
-    identity = Attribute(
+    # The annotations are for the type checker (mypy-zope gives an
+    # Attribute no type of its own); zope.interface ignores them.
+    clock: IReactorTime = Attribute("An IReactorTime: callLater, seconds. Fake in tests.")
+    store: IDocumentStore = Attribute("The IDocumentStore of the server (proto.store.base).")
+    hub: ChangeHub = Attribute("The server's ChangeHub: WATCH subscribes to it.")
+    peer: str = Attribute("A short printable name of the peer, for logs.")
+    identity: Identity = Attribute(
         "The client certificate's proto.admission.Identity (thumbprints, CN, dates)."
     )
-    grant = Attribute(
+    grant: Grant = Attribute(
         "What the certificate may do now (proto.permissions.Grant); replaced "
         "when the allow-list changes. The protocol has checked the command's "
         "level and ids already; commands use it to filter what they add "
         "(Include, pushes)."
     )
-    access = Attribute(
+    access: AccessControl | None = Attribute(
         "The server's proto.access.AccessControl (approvals, enrolments, "
         "refused certificates), or None when the server has none (tests)."
     )
@@ -100,7 +111,7 @@ class ICommandContext(Interface):
     def subscribe(
         sequence: str,
         cancel: Callable[[], None],
-        regrant: Callable[[Any], None] | None = None,
+        regrant: Callable[[Grant], None] | None = None,
     ) -> None:
         """
         Record a standing subscription (WATCH, REMIND) under C{sequence}.
@@ -124,20 +135,27 @@ class ICommandContext(Interface):
         """
 
 
-Handler = Callable[[Any, Any], Any]
+#: What a handler returns: the reply (a L{Result}, or C{bytes} taken as its
+#: body), or a Deferred that fires with one.
+HandlerResult = Union[
+    Result, bytes, "Deferred[Result]", "Deferred[bytes]", "Deferred[Result | bytes]"
+]
+
+#: A command: C{handler(ctx, request)}.
+Handler = Callable[[ICommandContext, Request], HandlerResult]
 
 #: Which of a request's arguments are document ids (or WATCH prefixes):
 #: given the request, return them. The permission check (PROTOCOL.md
 #: section 9) tests each against the certificate's prefixes.
-IdsOf = Callable[[Any], Iterable[str]]
+IdsOf = Callable[[Request], Iterable[str]]
 
 
-def ARGS(request: Any) -> tuple[str, ...]:
+def ARGS(request: Request) -> tuple[str, ...]:
     """L{IdsOf} for commands whose arguments are all ids (GET, DELETE...)."""
     return request.args
 
 
-def FIRST_ARG(request: Any) -> tuple[str, ...]:
+def FIRST_ARG(request: Request) -> tuple[str, ...]:
     """L{IdsOf} for commands whose first argument is the id (PUT...)."""
     return request.args[:1]
 
@@ -256,7 +274,7 @@ class CommandRegistry:
         return new
 
 
-def requireArgs(request: Any, minimum: int, maximum: int | None, usage: str) -> None:
+def requireArgs(request: Request, minimum: int, maximum: int | None, usage: str) -> None:
     """
     Refuse the request with a usage message unless it has between
     C{minimum} and C{maximum} (C{None}: any number of) arguments.

@@ -5,15 +5,23 @@ The connection-level commands: PING, ECHO, QUIT and the diagnostic SLEEP
 
 from __future__ import annotations
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from proto.permissions import ANY
-from proto.commands.base import CommandRegistry, Result, requireArgs, secondsArgument
+from proto.commands.base import (
+    CommandRegistry,
+    ICommandContext,
+    Result,
+    requireArgs,
+    secondsArgument,
+)
+from proto.wire import Request
 
 registry = CommandRegistry()
 
 @registry.command("PING", level=ANY)
-def ping(ctx, request) -> bytes:
+def ping(ctx: ICommandContext, request: Request) -> bytes:
     """Reply C{PONG}: the cheapest way to see the server is alive."""
     if request.args:
         requireArgs(request, 0, 0, "PING")
@@ -21,13 +29,13 @@ def ping(ctx, request) -> bytes:
 
 
 @registry.command("ECHO", level=ANY)
-def echo(ctx, request) -> bytes:
+def echo(ctx: ICommandContext, request: Request) -> bytes:
     """Reply with the arguments joined by single spaces."""
     return " ".join(request.args).encode("utf-8")
 
 
 @registry.command("QUIT", level=ANY)
-def quit(ctx, request) -> Result:
+def quit(ctx: ICommandContext, request: Request) -> Result:
     """
     Reply C{OK}; read nothing more; close once every earlier reply is sent.
     """
@@ -37,7 +45,7 @@ def quit(ctx, request) -> Result:
 
 
 @registry.command("SLEEP", level=ANY)
-def sleep(ctx, request):
+def sleep(ctx: ICommandContext, request: Request) -> Deferred[Result]:
     """
     Reply C{OK} after the given seconds (like Redis's C{DEBUG SLEEP}, but
     without blocking anyone): makes Timeout, out-of-order replies and

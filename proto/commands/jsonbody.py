@@ -42,7 +42,7 @@ class _BadValue(ValueError):
     """A value the hooks refuse; its message is the reason to send."""
 
 
-def _object(pairs: list) -> object:
+def _object(pairs: list[tuple[str, object]]) -> object:
     return _OBJECT
 
 
