@@ -16,7 +16,7 @@ L{AccessControl.poll}, every second, so within 2 seconds).
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Callable
+from typing import Any, Callable, Generator
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -211,19 +211,20 @@ class AccessControl:
         (another server, or another worker, changed it). At most one poll
         at a time.
         """
-        if self.store is None or self._polling is not None:
+        store = self.store
+        if store is None or self._polling is not None:
             return None
 
-        def check(revision: int):
+        def check(revision: int) -> defer.Deferred[None] | None:
             if revision != self._revision:
-                return self.store.loadGrants().addCallback(self._apply)
+                return store.loadGrants().addCallback(self._apply)
             return None
 
         def done(result):
             self._polling = None
             return result
 
-        d = self.store.grantsRevision().addCallback(check)
+        d = store.grantsRevision().addCallback(check)
         d.addCallbacks(self._storeWorks, self._storeFailed)
         d.addBoth(done)
         self._polling = d
@@ -245,7 +246,7 @@ class AccessControl:
 
     # -- operations ------------------------------------------------------------
 
-    def _needStore(self) -> Any:
+    def _needStore(self) -> IGrantStore:
         if self.store is None:
             raise AccessError(
                 "This server's store does not keep approvals and enrolments"
@@ -266,7 +267,7 @@ class AccessControl:
         entries = self._fileList().entries
         return any(digest in entries for digest in digests)
 
-    def _storeEntry(self, text: str, fileAdvice: str) -> tuple[str, Any]:
+    def _storeEntry(self, text: str, fileAdvice: str) -> tuple[str, IGrantStore]:
         """
         The digest named by C{text} and the store, for an operation on the
         store's part of the list (APPROVE, REVOKE): refused if malformed,
@@ -282,7 +283,9 @@ class AccessControl:
         return digest, store
 
     @defer.inlineCallbacks
-    def approve(self, text: str, grant: Grant, now: float):
+    def approve(
+        self, text: str, grant: Grant, now: float
+    ) -> Generator[defer.Deferred[Any], Any, GrantRow]:
         """
         APPROVE: admit the certificate C{text} (a thumbprint) with C{grant}
         from now on. Without a name, the name of the approval it replaces
@@ -314,7 +317,7 @@ class AccessControl:
         return row
 
     @defer.inlineCallbacks
-    def revoke(self, text: str):
+    def revoke(self, text: str) -> Generator[defer.Deferred[Any], Any, list[GrantRow]]:
         """
         REVOKE: undo the approval or enrolment of C{text}; its live
         connections are cut by the change that follows.
@@ -335,7 +338,9 @@ class AccessControl:
         return removed
 
     @defer.inlineCallbacks
-    def enroll(self, who: Identity, grant: Grant, successor: Identity, now: float):
+    def enroll(
+        self, who: Identity, grant: Grant, successor: Identity, now: float
+    ) -> Generator[defer.Deferred[Any], Any, GrantRow]:
         """
         ENROLL: admit C{successor} with a copy of C{grant} (the enrolling
         certificate's rights now), replacing (and so revoking) the one

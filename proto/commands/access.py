@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from proto.access import AccessError, describe, mergePending
+from proto.access import AccessControl, AccessError, describe, mergePending
 from proto.admission import identityOfDER
-from proto.commands.base import CommandError, CommandRegistry, requireArgs
+from proto.commands.base import CommandError, CommandRegistry, ICommandContext, requireArgs
 from proto.permissions import ADMIN, ANY, GrantSyntaxError, isoUTC, jsonBytes, parseGrantWords, whoami
 from proto.store.base import StoreError
-from proto.store.grants import GrantTakenError
+from proto.store.grants import GrantRow, GrantTakenError
+from proto.wire import Request
 
 registry = CommandRegistry()
 
@@ -31,31 +32,31 @@ registry = CommandRegistry()
 MAX_PEM_BYTES = 64 * 1024
 
 
-def _access(ctx: Any) -> Any:
+def _access(ctx: ICommandContext) -> AccessControl:
     access = ctx.access
     if access is None:
         raise CommandError("This server keeps no approvals or enrolments")
     return access
 
 
-def _refused(failure: Failure) -> None:
+def _refused(failure: Failure) -> Failure:
     """AccessError and store failures become a per-request ERR."""
-    if failure.check(AccessError, GrantTakenError):
+    if isinstance(failure.value, (AccessError, GrantTakenError)):
         raise CommandError(str(failure.value))
-    if failure.check(StoreError):
+    if isinstance(failure.value, StoreError):
         raise CommandError(f"The store failed, nothing was changed: {failure.value}")
     return failure
 
 
 @registry.command("WHOAMI", level=ANY)
-def whoAmI(ctx: Any, request: Any) -> bytes:
+def whoAmI(ctx: ICommandContext, request: Request) -> bytes:
     """The connection's certificate and what it may do now."""
     requireArgs(request, 0, 0, "WHOAMI")
     return jsonBytes(whoami(ctx.identity, ctx.grant))
 
 
 @registry.command("PENDING", level=ADMIN)
-def pending(ctx: Any, request: Any) -> bytes:
+def pending(ctx: ICommandContext, request: Request) -> bytes:
     """
     The most recent refused certificates, newest first: this process's,
     and with C{--workers} the other workers' too (their snapshots in the
@@ -73,7 +74,7 @@ def pending(ctx: Any, request: Any) -> bytes:
 
 
 @registry.command("APPROVE", level=ADMIN)
-def approve(ctx: Any, request: Any):
+def approve(ctx: ICommandContext, request: Request) -> Deferred[bytes]:
     """C{APPROVE thumbprint [name] [can=LEVEL] [prefix=...]}: admit a certificate."""
     requireArgs(request, 1, None, "APPROVE thumbprint [name] [can=LEVEL] [prefix=P1,P2,...]")
     access = _access(ctx)
@@ -86,7 +87,7 @@ def approve(ctx: Any, request: Any):
 
 
 @registry.command("REVOKE", level=ADMIN)
-def revoke(ctx: Any, request: Any):
+def revoke(ctx: ICommandContext, request: Request) -> Deferred[bytes]:
     """C{REVOKE thumbprint}: undo an approval or enrolment, cut its connections."""
     requireArgs(request, 1, 1, "REVOKE thumbprint")
     access = _access(ctx)
@@ -128,7 +129,7 @@ def parseSuccessor(body: bytes, now: datetime.datetime) -> x509.Certificate:
 
 
 @registry.command("ENROLL", level=ANY)
-def enroll(ctx: Any, request: Any):
+def enroll(ctx: ICommandContext, request: Request) -> Deferred[bytes]:
     """
     C{ENROLL} with the PEM of a successor certificate as the body: admit it
     with a copy of this certificate's name, level and prefixes.
@@ -141,7 +142,7 @@ def enroll(ctx: Any, request: Any):
     )
     successor = identityOfDER(cert.public_bytes(Encoding.DER))
 
-    def reply(row: Any) -> bytes:
+    def reply(row: GrantRow) -> bytes:
         return jsonBytes(
             {
                 "Sha1": successor.sha1,

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, NamedTuple, Union
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from proto.permissions import ADMIN, LEVELS, RANK, Grant
@@ -272,6 +273,17 @@ class CommandRegistry:
             new._handlers.update(source._handlers)
             new._commands.update(source._commands)
         return new
+
+
+def trap(failure: Failure, *errorTypes: type[Exception]) -> Exception:
+    """
+    C{failure.trap(*errorTypes)} with types (Twisted leaves C{Failure.trap}
+    unannotated, which the strict type gate refuses to call): re-raise the
+    failure's exception unless it is one of C{errorTypes}; return it.
+    """
+    if not isinstance(failure.value, errorTypes):
+        failure.raiseException()
+    return failure.value
 
 
 def requireArgs(request: Request, minimum: int, maximum: int | None, usage: str) -> None:

@@ -58,7 +58,8 @@ not once per request. DELETE keeps working where SQLite can free space.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
+
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -69,10 +70,12 @@ from proto.commands.base import (
     FIRST_ARG,
     CommandError,
     CommandRegistry,
+    ICommandContext,
     Result,
     etagHeader,
     requireArgs,
     secondsArgument,
+    trap,
 )
 from proto.commands.include import IncludeWalk, parseInclude
 from proto.permissions import ANY, READ, WRITE
@@ -86,6 +89,7 @@ from proto.store.base import (
     Version,
     checkId,
 )
+from proto.wire import Request
 
 registry = CommandRegistry()
 
@@ -138,7 +142,7 @@ def _getResult(snapshot: Snapshot) -> Result:
 
 
 @registry.command("GET", level=READ, ids=ARGS)
-def get(ctx: Any, request: Any) -> Deferred[Result]:
+def get(ctx: ICommandContext, request: Request) -> Deferred[Result]:
     """C{GET id [id ...]}, optional C{Include}: documents by id, with etags."""
     requireArgs(request, 1, None, "GET id [id ...]")
     _checkIds(request.args)
@@ -161,17 +165,17 @@ def _parseIfMatch(value: str | None) -> int | None:
     )
 
 
-def storeTrouble(failure: Failure) -> None:
+def storeTrouble(failure: Failure) -> NoReturn:
     """
     A store whose database cannot be reached is the client's C{ERR} with
     the store's reason, not an internal error: the request may be retried.
     """
-    failure.trap(StoreUnavailableError)
+    trap(failure, StoreUnavailableError)
     raise CommandError(f"Store unavailable: {failure.value}")
 
 
-def _conflict(failure: Failure) -> None:
-    failure.trap(ConflictError)
+def _conflict(failure: Failure) -> NoReturn:
+    trap(failure, ConflictError)
     raise CommandError(f"Conflict: {failure.value}")
 
 
@@ -184,8 +188,8 @@ class _StorageFullLog:
         self.lastLogged: float | None = None
         self.refused = 0
 
-    def refuse(self, ctx: Any, failure: Failure) -> None:
-        failure.trap(StorageFullError)
+    def refuse(self, ctx: ICommandContext, failure: Failure) -> NoReturn:
+        trap(failure, StorageFullError)
         self.refused += 1
         now = ctx.clock.seconds()
         if self.lastLogged is None or now - self.lastLogged >= STORAGE_FULL_LOG_SECONDS:
@@ -206,7 +210,7 @@ def _encodeVersion(version: Version) -> bytes:
 
 
 @registry.command("PUT", level=WRITE, ids=FIRST_ARG)
-def put(ctx: Any, request: Any) -> Deferred[bytes]:
+def put(ctx: ICommandContext, request: Request) -> Deferred[bytes]:
     """C{PUT id} with a JSON object body, optional C{If-Match}."""
     requireArgs(request, 1, 1, "PUT id (with a JSON object as the body)")
     (id,) = request.args
@@ -219,13 +223,13 @@ def put(ctx: Any, request: Any) -> Deferred[bytes]:
         # A large body is checked off the reactor thread; cancelling
         # (Timeout) while it is checked means the store never sees it.
         d = checking.addCallback(lambda _: ctx.store.put(id, request.body, ifMatch))
-    d.addCallbacks(_encodeVersion, _conflict)
-    d.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
-    return d.addErrback(storeTrouble)
+    encoded = d.addCallbacks(_encodeVersion, _conflict)  # the same Deferred, retyped
+    encoded.addErrback(lambda failure: _storageFull.refuse(ctx, failure))
+    return encoded.addErrback(storeTrouble)
 
 
 @registry.command("DELETE", level=WRITE, ids=ARGS)
-def delete(ctx: Any, request: Any) -> Deferred[bytes]:
+def delete(ctx: ICommandContext, request: Request) -> Deferred[bytes]:
     """C{DELETE id [id ...]}: how many documents were removed."""
     requireArgs(request, 1, None, "DELETE id [id ...]")
     _checkIds(request.args)
@@ -240,7 +244,7 @@ def delete(ctx: Any, request: Any) -> Deferred[bytes]:
 
 
 @registry.command("REMIND", level=ANY)
-def remind(ctx: Any, request: Any) -> Result:
+def remind(ctx: ICommandContext, request: Request) -> Result:
     """C{REMIND seconds text...}: push the text after that many seconds."""
     requireArgs(request, 2, None, "REMIND seconds text...")
     delay = secondsArgument(request.args[0])

@@ -28,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from proto.commands.base import CommandError
+from proto.wire import Request
 
 #: Bodies larger than this are validated off the reactor thread.
 INLINE_LIMIT = 64 * 1024
@@ -97,7 +98,7 @@ def checkObject(body: bytes) -> None:
         raise CommandError(f"Body must be a JSON object, not {_kind(value)}")
 
 
-def checkObjectBody(request: Any) -> Deferred[None] | None:
+def checkObjectBody(request: Request) -> Deferred[None] | None:
     """
     Check a PUT's body: C{None} when it was checked here and is fine, a
     Deferred when it is large and being checked in a thread (it fails with

@@ -32,12 +32,15 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
 from proto.store.base import ConflictError
+
+if TYPE_CHECKING:
+    from proto.permissions import Grant
 
 
 
@@ -53,7 +56,7 @@ class GrantRow(NamedTuple):
     enrolledBy: str | None
     created: float
 
-    def grant(self) -> Any:
+    def grant(self) -> Grant:
         """The row as a L{proto.permissions.Grant}."""
         # Imported here: proto.permissions imports the store package.
         from proto.permissions import Grant
@@ -65,7 +68,7 @@ class GrantRow(NamedTuple):
         return (self.thumbprint,) if self.other is None else (self.thumbprint, self.other)
 
     @classmethod
-    def of(cls, thumbprint: str, grant: Any, created: float, other: str | None = None) -> "GrantRow":
+    def of(cls, thumbprint: str, grant: Grant, created: float, other: str | None = None) -> "GrantRow":
         return cls(
             thumbprint, other, grant.name, grant.level, grant.prefixes,
             grant.origin, grant.enrolledBy, created,
