@@ -16,13 +16,16 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from proto import stats as S
-from proto.commands.base import CommandError, CommandRegistry, requireArgs
+from proto.commands.base import CommandError, CommandRegistry, ICommandContext, requireArgs
 from proto.permissions import ADMIN
+from proto.store.base import Document
+from proto.wire import Request
 
 registry = CommandRegistry()
 
@@ -43,7 +46,16 @@ def serverVersion() -> str:
         return "unknown"
 
 
-def _snapshots(factory) -> list[dict[str, Any]]:
+def _factory(ctx: ICommandContext) -> Any:
+    """
+    The server's factory (its counters, run and backup directories): admin
+    commands see the whole server, which L{ICommandContext} does not
+    promise; a context without one (tests) has none.
+    """
+    return getattr(ctx, "factory", None)
+
+
+def _snapshots(factory: Any) -> list[dict[str, Any]]:
     own = S.processSnapshot(factory)
     runDir = getattr(factory, "runDir", None)
     if not runDir:
@@ -56,13 +68,13 @@ def _json(value: Any) -> bytes:
 
 
 @registry.command("STATS", level=ADMIN)
-def stats(ctx, request) -> defer.Deferred[bytes]:
+def stats(ctx: ICommandContext, request: Request) -> defer.Deferred[bytes]:
     """
     C{STATS}: JSON with C{Version}, C{Uptime}, C{Connections}, C{Requests},
     C{Errors}, C{Watches} and C{Store} for the whole server.
     """
     requireArgs(request, 0, 0, "STATS")
-    factory = ctx.factory
+    factory = _factory(ctx)
     merged = S.mergeStats(_snapshots(factory))
     reply = {
         "Version": serverVersion(),
@@ -71,7 +83,10 @@ def stats(ctx, request) -> defer.Deferred[bytes]:
         "Store": {"Documents": None, "Etag": None},
     }
     store = ctx.store
-    summary = getattr(store, "summary", None)
+    # Optional store abilities (proto.store.base: summary, backup, scan).
+    summary: Callable[[], defer.Deferred[dict[str, int]]] | None = getattr(
+        store, "summary", None
+    )
     if summary is None:
         return defer.succeed(_json(reply))
 
@@ -79,14 +94,14 @@ def stats(ctx, request) -> defer.Deferred[bytes]:
         reply["Store"] = {"Documents": result["Documents"], "Etag": result["Etag"]}
         return _json(reply)
 
-    def storeFailed(failure) -> bytes:
+    def storeFailed(failure: Failure) -> bytes:
         raise CommandError(f"STATS: the store could not be read: {failure.getErrorMessage()}")
 
     return summary().addCallbacks(withStore, storeFailed)
 
 
 @registry.command("CLIENTS", level=ADMIN)
-def clients(ctx, request) -> bytes:
+def clients(ctx: ICommandContext, request: Request) -> bytes:
     """
     C{CLIENTS}: JSON list, one object per admitted connection of the whole
     server: C{Peer}, C{Sha1}, C{Name}, C{CN}, C{Since}, C{Requests},
@@ -94,14 +109,14 @@ def clients(ctx, request) -> bytes:
     """
     requireArgs(request, 0, 0, "CLIENTS")
     out = []
-    for snap in _snapshots(ctx.factory):
+    for snap in _snapshots(_factory(ctx)):
         out.extend(snap["Clients"])
     out.sort(key=lambda entry: (entry["Since"], entry["Peer"]))
     return _json(out)
 
 
 @registry.command("BACKUP", level=ADMIN)
-def backup(ctx, request) -> defer.Deferred[bytes]:
+def backup(ctx: ICommandContext, request: Request) -> defer.Deferred[bytes]:
     """
     C{BACKUP}: a consistent copy of the SQLite store in
     C{<data-dir>/backups/}, made online with SQLite's backup API; replies
@@ -110,8 +125,8 @@ def backup(ctx, request) -> defer.Deferred[bytes]:
     """
     requireArgs(request, 0, 0, "BACKUP")
     store = ctx.store
-    directory = getattr(ctx.factory, "backupDir", None)
-    make = getattr(store, "backup", None)
+    directory = getattr(_factory(ctx), "backupDir", None)
+    make: Callable[[str], defer.Deferred[str]] | None = getattr(store, "backup", None)
     if make is None or directory is None:
         advice = getattr(store, "backupAdvice", None)
         raise CommandError(
@@ -121,14 +136,14 @@ def backup(ctx, request) -> defer.Deferred[bytes]:
     def done(path: str) -> bytes:
         return _json({"File": os.path.basename(path), "Path": path, "Size": os.path.getsize(path)})
 
-    def failed(failure) -> bytes:
+    def failed(failure: Failure) -> bytes:
         raise CommandError(f"BACKUP failed: {failure.getErrorMessage()}")
 
     return make(directory).addCallbacks(done, failed)
 
 
 @registry.command("EXPORT", level=ADMIN)
-def export(ctx, request) -> defer.Deferred[bytes]:
+def export(ctx: ICommandContext, request: Request) -> defer.Deferred[bytes]:
     """
     C{EXPORT [prefix]} with optional header C{After: id}: one page of the
     documents whose id starts with C{prefix}, in id order, after C{id}:
@@ -140,12 +155,16 @@ def export(ctx, request) -> defer.Deferred[bytes]:
     requireArgs(request, 0, 1, "EXPORT [prefix]")
     prefix = request.args[0] if request.args else ""
     after = request.headers.get("after") if request.headers else None
-    scan = getattr(ctx.store, "scan", None)
+    scan: Callable[[str, str | None, int], defer.Deferred[list[Document]]] | None = getattr(
+        ctx.store, "scan", None
+    )
     if scan is None:
         raise CommandError("EXPORT: this server's store cannot list its documents")
 
-    def page(documents) -> bytes:
-        parts, size, last = [], 0, None
+    def page(documents: list[Document]) -> bytes:
+        parts: list[bytes] = []
+        size = 0
+        last: str | None = None
         for doc in documents:
             parts.append(
                 b'{"Id": ' + _json(doc.id) + b', "Etag": ' + str(doc.etag).encode()
@@ -159,7 +178,7 @@ def export(ctx, request) -> defer.Deferred[bytes]:
         nextId = _json(last) if (more and last is not None) else b"null"
         return b'{"Documents": [' + b", ".join(parts) + b'], "Next": ' + nextId + b"}"
 
-    def failed(failure) -> bytes:
+    def failed(failure: Failure) -> bytes:
         raise CommandError(f"EXPORT failed: {failure.getErrorMessage()}")
 
     return scan(prefix, after, EXPORT_PAGE).addCallbacks(page, failed)
