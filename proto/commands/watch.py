@@ -63,13 +63,24 @@ from typing import Any, NamedTuple, Union
 from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from proto.commands.base import ARGS, CommandError, CommandRegistry, Result, etagHeader, requireArgs
+from proto.commands.base import (
+    ARGS,
+    CommandError,
+    CommandRegistry,
+    ICommandContext,
+    Result,
+    etagHeader,
+    requireArgs,
+)
 from proto.commands.include import includedIds as _includedIds, parseInclude
-from proto.permissions import RANK, READ
+from proto.hub import Subscription
+from proto.permissions import RANK, READ, Grant
 from proto.store.base import PUT, Change, ChangePage, Document, InvalidIdError, Snapshot, checkId, idKey
+from proto.wire import Request
 
 registry = CommandRegistry()
 
@@ -127,7 +138,8 @@ _lastEncoded: list[Any] = [None, b""]
 def changeBody(change: Change) -> bytes:
     """The push body of a change: C{{"Id": ..., "Type": ..., "Etag": ...}}."""
     if _lastEncoded[0] is change:
-        return _lastEncoded[1]
+        cached: bytes = _lastEncoded[1]
+        return cached
     body = _json({"Id": change.id, "Type": change.type, "Etag": change.etag})
     _lastEncoded[0], _lastEncoded[1] = change, body
     return body
@@ -161,7 +173,8 @@ def batchTails(changes: list[Change]) -> list[bytes]:
     """The frame tails (size, empty line, body) of a published batch, encoded once."""
     if _lastTails[0] is not changes:
         _lastTails[0], _lastTails[1] = changes, [_tail(change) for change in changes]
-    return _lastTails[1]
+    tails: list[bytes] = _lastTails[1]
+    return tails
 
 
 def _documentBody(
@@ -188,7 +201,7 @@ class _Watch:
 
     def __init__(
         self,
-        ctx: Any,
+        ctx: ICommandContext,
         sequence: str,
         prefix: str,
         since: int | None,
@@ -212,16 +225,16 @@ class _Watch:
         self._outboxBytes = 0  # of live pushes in the outbox
         self._lastWrite = 0  # bytes of the last write: one big push may be in flight
         self._documentBatch = DOCUMENT_BATCH
-        self._subscription: Any = None
+        self._subscription: Subscription | None = None
         self._reading = False  # a page of the log is being read
         self._fetching = False  # documents are being read
         self._slowSince: float | None = None
-        self._timer: Any = None
+        self._timer: IDelayedCall | None = None
         self.ended = False
         # Section 9: never a push outside the certificate's prefixes.
         self._allowed = ctx.grant.filterIds()
 
-    def regrant(self, grant: Any) -> None:
+    def regrant(self, grant: Grant) -> None:
         """
         The certificate's rights changed (section 9): a watch now outside
         its prefixes ends with a C{Dropped} push.
@@ -525,16 +538,16 @@ class _Watch:
 
 #: The active watches of each connection, by the WATCH's sequence, so that
 #: UNWATCH ends only watches (not, say, a REMIND).
-_watches: WeakKeyDictionary[Any, dict[str, _Watch]] = WeakKeyDictionary()
+_watches: WeakKeyDictionary[ICommandContext, dict[str, _Watch]] = WeakKeyDictionary()
 
 
-def watchCount(ctx: Any) -> int:
+def watchCount(ctx: ICommandContext) -> int:
     """How many WATCHes are active on a connection (for CLIENTS, STATS, metrics)."""
     return len(_watches.get(ctx, ()))
 
 
 @registry.command("WATCH", level=READ, ids=ARGS)
-def watch(ctx: Any, request: Any) -> Deferred[Result]:
+def watch(ctx: ICommandContext, request: Request) -> Deferred[Result]:
     """
     C{WATCH prefix}, optional C{Since}, C{Documents}, C{Include}: push
     every change to ids starting with C{prefix}.
@@ -566,7 +579,7 @@ def watch(ctx: Any, request: Any) -> Deferred[Result]:
 
 
 @registry.command("UNWATCH", level=READ)
-def unwatch(ctx: Any, request: Any) -> Result:
+def unwatch(ctx: ICommandContext, request: Request) -> Result:
     """C{UNWATCH sequence}: end the WATCH that had that Sequence."""
     requireArgs(request, 1, 1, "UNWATCH sequence-of-the-WATCH")
     (sequence,) = request.args
