@@ -12,11 +12,11 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, Union
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
@@ -156,15 +156,33 @@ def loadCertificates(pem: bytes) -> list[x509.Certificate]:
     return certs
 
 
-def loadPrivateKey(pem: bytes):
+def loadPrivateKey(pem: bytes) -> SigningKey:
     """
     Load a PEM private key: PKCS#8 (C{BEGIN PRIVATE KEY}) or traditional
     RSA/EC PEM, unencrypted.
+
+    @raise TypeError: a key of a kind that cannot sign (X25519, DH...).
     """
-    return serialization.load_pem_private_key(pem, password=None)
+    key = serialization.load_pem_private_key(pem, password=None)
+    if not isinstance(key, _SIGNING_KEYS):
+        raise TypeError(f"a {type(key).__name__} cannot sign a TLS handshake")
+    return key
 
 
-def loadCertificateAndKey(certPath: str, keyPath: str, role: str) -> tuple[list[x509.Certificate], object]:
+#: The private keys TLS (pyOpenSSL's C{use_privatekey}) can sign with.
+SigningKey = Union[
+    dsa.DSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey, rsa.RSAPrivateKey,
+]
+_SIGNING_KEYS = (
+    dsa.DSAPrivateKey, ec.EllipticCurvePrivateKey, ed25519.Ed25519PrivateKey,
+    ed448.Ed448PrivateKey, rsa.RSAPrivateKey,
+)
+
+
+def loadCertificateAndKey(
+    certPath: str, keyPath: str, role: str
+) -> tuple[list[x509.Certificate], SigningKey]:
     """
     Load a PEM certificate file (the leaf, then its chain) and the PEM
     private key that goes with it.

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import types
 
 from proto import certs, datadir
 from proto.client import cli_ops, lifecycle, watchcli
@@ -485,7 +486,7 @@ class Console:
         self.options = options
         self.interactive = sys.stdin.isatty()
         self._printLock = threading.Lock()
-        self._readline = None
+        self._readline: types.ModuleType | None = None
         self._finished = False
         self._subscribed = False
 
@@ -599,6 +600,8 @@ class Console:
                 if not self._finished and client is self.client:
                     self.say(f"proto-cli: {e} (the next request reconnects)", sys.stderr)
                 return
+            if push is None:
+                continue  # (only after a timeout, and none was given)
             with self._printLock:
                 if self.interactive:
                     sys.stdout.write("\r\x1b[K")

@@ -220,7 +220,7 @@ def export(options, openClient, fail, statuses) -> int:
     try:
         after = None
         while True:
-            headers = [("After", after)] if after is not None else []
+            headers: list[tuple[str, str]] = [("After", after)] if after is not None else []
             try:
                 reply = client.request("EXPORT", *([prefix] if prefix else []), headers=headers)
             except ServerError as e:

@@ -26,6 +26,7 @@ import time
 from typing import Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -202,14 +203,24 @@ class _TwistedFollower:
 
     _log = Logger()
 
-    def __init__(self, clock, connect, prefix, onEvent, since, documents, include, onReconnect):
+    def __init__(
+        self,
+        clock: IReactorTime,
+        connect: Callable[[], Deferred[Any]],
+        prefix: str,
+        onEvent: Callable[[dict[str, Any]], None],
+        since: int | None,
+        documents: bool,
+        include: str | Iterable[str] | None,
+        onReconnect: Callable[[str], None] | None,
+    ) -> None:
         self._clock = clock
         self._connect = connect
         self._prefix = prefix
         self._onEvent = onEvent
+        self._position = _Position(since)
         self._headers = lambda: watchHeaders(self._position.etag, documents, include)
         self._onReconnect = onReconnect
-        self._position = _Position(since)
         self._client: Any = None
         self._delay = RETRY_SECONDS
         self._retry: Any = None

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from proto.wire import Frame, encodeRequest
 
@@ -117,6 +117,9 @@ class CommandMethods:
     that bring pushes (WATCH, UNWATCH, REMIND) differ between the clients
     and are theirs.
     """
+
+    #: C{request(command, *args, headers=, body=, timeout=)}: the client's.
+    request: Callable[..., Any]
 
     def ping(self, **kw):
         return self.request("PING", **kw)

@@ -110,7 +110,7 @@ class Identity:
     """The client's certificate chain (leaf first) and private key."""
 
     chain: list[x509.Certificate]
-    key: object
+    key: certs.SigningKey
     certPath: str
     keyPath: str
 
@@ -279,6 +279,7 @@ def clientTLS(
             pin if isinstance(pin, Pin) else Pin(pin), hostname
         )
     else:
+        assert caFile is not None  # exactly one of the two, checked above
         if not hostname:
             raise ValueError("a CA file needs the server's host name to check")
         verifier = CAVerifier(caFile, hostname)

@@ -33,7 +33,7 @@ def follow(
     options: Any,
     prefix: str,
     headers: list[tuple[str, str]],
-    openClient: Callable[[], Any],
+    openClient: Callable[[Any], Any],
     show: Callable[[Reply], None],
     count: int | None,
 ) -> int:
