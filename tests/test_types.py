@@ -1,14 +1,17 @@
 """
-The type gate: mypy over the modules that promise types, as part of the
-suite (so every landing and CI run it).
+The type gate: mypy over C{proto/}, as part of the suite (so every landing
+and CI run it; C{.ci/run} also runs it as its own step first).
 
-  - strict (C{mypy --strict}): the sans-I/O wire format (C{proto/wire.py})
-    C{proto/subscriptions.py}, and the parts of the connection: dispatch,
-    flow control, timers, states;
-  - checked: the transport levers (C{proto/speed/}).
+The settings are in C{pyproject.toml} (C{[tool.mypy]}): all of C{proto/}
+is checked, and the sans-I/O wire format (C{proto/wire.py}), the command
+layer (C{proto/commands/}: handlers take an C{ICommandContext} and a
+C{wire.Request}), C{proto/subscriptions.py} and the client core
+(C{proto/client/core.py}) and the connection's parts (dispatch, flow
+control, timers, states) with every flag of C{--strict}. Zope interfaces
+are types through the C{mypy-zope} plugin.
 
-The rest of C{proto/} is not gated yet (see README, "Speed" section): add
-a module here once it passes.
+A module on L{NOT_YET} is still skipped (its findings are being fixed):
+take it off the list once it passes.
 """
 
 from __future__ import annotations
@@ -22,32 +25,61 @@ from twisted.trial import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+#: Checked with C{--strict} itself as well (the per-module flags in
+#: pyproject.toml say the same; this catches a flag mypy adds to --strict).
 STRICT = [
-    "proto/wire.py", "proto/subscriptions.py",
+    "proto/wire.py", "proto/commands", "proto/subscriptions.py", "proto/client/core.py",
     # the connection's parts (issue 9: the connection's shape)
     "proto/dispatch.py", "proto/flowcontrol.py", "proto/timers.py", "proto/states.py",
 ]
-CHECKED = ["proto/speed"]
+
+#: Not gated yet (see the module docstring).
+NOT_YET: list[str] = [
+    "proto/certreload.py", "proto/deploy.py", "proto/protocol.py", "proto/server.py",
+    "proto/sighup.py", "proto/store/facade.py", "proto/store/grants.py",
+    "proto/store/postgres.py", "proto/store/postgres_grants.py",
+    "proto/store/postgres_schema.py", "proto/store/postgres_session.py",
+    "proto/store/sqlite.py", "proto/unsent.py", "proto/workers.py",
+]
+
+
+def gatedFiles() -> list[str]:
+    """Every module of proto/ (relative to the checkout), minus L{NOT_YET}."""
+    out = []
+    for directory, _, files in os.walk(os.path.join(ROOT, "proto")):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.relpath(os.path.join(directory, name), ROOT)
+                if path not in NOT_YET:
+                    out.append(path)
+    return sorted(out)
 
 
 class TypeGateTests(unittest.TestCase):
     def setUp(self):
-        if importlib.util.find_spec("mypy") is None:
-            message = "mypy is not installed: pip install -e '.[test]'"
+        if importlib.util.find_spec("mypy") is None or importlib.util.find_spec("mypy_zope") is None:
+            message = (
+                "mypy or mypy-zope is not installed (both are in the test extra): "
+                ".venv/bin/pip install -e '.[test,postgres]'"
+            )
             if os.environ.get("CI") == "true":
                 self.fail(message)
             raise unittest.SkipTest(message)
 
     def mypy(self, *args: str) -> None:
         result = subprocess.run(
-            [sys.executable, "-m", "mypy", "--cache-dir", os.devnull, "--follow-imports=silent",
-             "--ignore-missing-imports", "--no-error-summary", *args],
+            [sys.executable, "-m", "mypy", "--cache-dir", os.devnull, "--no-error-summary", *args],
             cwd=ROOT, capture_output=True, text=True, timeout=300,
         )
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
-    def test_strict(self):
-        self.mypy("--strict", *STRICT)
+    def test_proto(self):
+        """C{mypy} (pyproject.toml's settings) over proto/."""
+        if NOT_YET:
+            self.mypy("--follow-imports=silent", *gatedFiles())
+        else:
+            self.mypy()
 
-    def test_checked(self):
-        self.mypy(*CHECKED)
+    def test_strict(self):
+        """The strict modules pass C{mypy --strict} itself."""
+        self.mypy("--strict", "--follow-imports=silent", *STRICT)
