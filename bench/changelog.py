@@ -221,26 +221,82 @@ def latency(writerPort: int, watcherPort: int, dataDir: str, count: int) -> dict
     }
 
 
-def fanOut(server: run.Server, dataDir: str, bodyFile: str, watchers: int, a) -> tuple[dict, dict]:
+def processCpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process C{pid}."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def fanOut(server: run.Server, dataDir: str, bodyFile: str, watchers: int, a,
+           profile: str | None = None) -> tuple[dict, dict]:
     """
     PUT/s at 50 clients while WATCHERS connections each WATCH bench/ and
     read every push (bench/loadgen --mode idle --watch, C, one thread).
+    The result carries the reader's CPU over the PUT run ("reader_cpu",
+    1.0 = one core): a reader near 1.0 cannot take more, so the row is
+    then a lower bound of what the server can fan out.
     """
     argv = run.loadgenArgv(dataDir, server.port, "--mode", "idle", "--watch", "-c", str(watchers),
                            "--command", "WATCH bench/", "--hold", "600")
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     run.pin(child.pid, run.LOADGEN_CPU, a.pin)
+    spy = None
     try:
         ready = json.loads(child.stdout.readline())
         assert ready.get("event") == "admitted", ready
         time.sleep(0.5)  # the WATCH replies
+        if profile:
+            spy = subprocess.Popen(
+                [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--nonblocking",
+                 "-r", "200", "-d", str(int(a.seconds) + 1), "-f", "raw", "-o", profile,
+                 "-p", str(server.proc.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        cpu0, t0 = processCpu(child.pid), time.monotonic()
         result = putRate(server, dataDir, bodyFile, 50, a)
+        result["reader_cpu"] = (processCpu(child.pid) - cpu0) / (time.monotonic() - t0)
     finally:
         child.send_signal(signal.SIGTERM)
         out, err = child.communicate(timeout=60)
+        if spy is not None:
+            spy.wait(60)
     lines = [line for line in out.splitlines() if line.startswith("{")]
     done = json.loads(lines[-1]) if lines else {"pushes": -1, "dropped": -1, "error": err.strip()}
     return result, done
+
+
+def fanOutRows(servers: dict, dirs: dict, bodyFile: str, a) -> list:
+    """
+    The fan-out ratio per server: the base (no watcher) and the watcher
+    runs alternate, --repeat times each, measured by the same PUT run;
+    the best of each is kept.
+    """
+    rows = []
+    for name in servers:
+        if name not in ("ours", "before"):
+            continue
+        none: dict = {"req_per_s": 0.0}
+        withW: dict = {"req_per_s": 0.0}
+        stats: dict = {}
+        for attempt in range(a.repeat):
+            r = putRate(servers[name], dirs[name], bodyFile, 50, a)
+            print(f"  fan-out {name}: no watcher {r['req_per_s']:.0f}/s (server CPU "
+                  f"{r['server_cpu']:.2f}, PUT loadgen CPU {r['loadgen_cpu']:.2f})", flush=True)
+            if r["req_per_s"] > none["req_per_s"]:
+                none = r
+            profile = a.profile if (name == "ours" and attempt == a.repeat - 1) else None
+            w, s = fanOut(servers[name], dirs[name], bodyFile, a.watchers, a, profile)
+            print(f"  fan-out {name}: {a.watchers} watchers {w['req_per_s']:.0f}/s (server CPU "
+                  f"{w['server_cpu']:.2f}, PUT loadgen CPU {w['loadgen_cpu']:.2f}, reader CPU "
+                  f"{w['reader_cpu']:.2f}); read {s.get('pushes')} pushes, {s.get('dropped')} "
+                  f"connections dropped", flush=True)
+            if w["req_per_s"] > withW["req_per_s"]:
+                withW, stats = w, s
+        rows.append((f"fan-out {name}: PUT/s 50 clients, {a.watchers} watchers / none "
+                     f"({stats.get('dropped')} dropped; reader CPU {withW['reader_cpu']:.2f})",
+                     f"{fmt(withW['req_per_s'])} / {fmt(none['req_per_s'])}", "—",
+                     f"{withW['req_per_s'] / none['req_per_s']:.2f}", ">= 0.25"))
+    return rows
 
 
 # ----------------------------------------------------------------------- main
@@ -260,13 +316,22 @@ def main() -> int:
     p.add_argument("--ref-venv", default=os.path.join(tempfile.gettempdir(), "proto-ref-af61e5b", ".venv"),
                    help="virtualenv with the release before the log (made if missing)")
     p.add_argument("--no-pin", dest="pin", action="store_false")
+    p.add_argument("--rows", default="put,fanout,catchup,latency",
+                   help="comma-separated rows to run (put,fanout,catchup,latency); e.g. --rows fanout "
+                        "while working on fan-out")
+    p.add_argument("--no-reference", dest="reference", action="store_false",
+                   help="no server of the release before the log (and so no PUT row)")
+    p.add_argument("--profile", metavar="FILE",
+                   help="py-spy (raw, folded stacks) of our server during the last fan-out run with "
+                        "watchers (needs py-spy in this venv)")
     a = p.parse_args()
+    a.rows = set(a.rows.split(","))
     if a.pin and (os.cpu_count() or 1) < 2:
         a.pin = False
 
     run.buildLoadgen()
     run.raiseFileLimit()
-    refPython = ensureReference(a.ref_venv, os.path.dirname(a.ref_venv))
+    refPython = ensureReference(a.ref_venv, os.path.dirname(a.ref_venv)) if a.reference else None
     from proto.datadir import bootstrap
 
     workdir = tempfile.mkdtemp(prefix="proto-bench-changelog-")
@@ -285,12 +350,13 @@ def main() -> int:
     print("  (a shared 2-core machine: figures are noisy)", flush=True)
     servers = {
         "ours": startServer("ours", sys.executable, dirs["ours"], workdir, a.pin, ROOT),
-        "before": startServer("before", refPython, dirs["before"], workdir, a.pin, workdir),
     }
+    if a.reference:
+        servers["before"] = startServer("before", refPython, dirs["before"], workdir, a.pin, workdir)
     rows = []
     try:
         # 1. PUT/s beside the release before the log.
-        for clients in (1, 50):
+        for clients in ((1, 50) if "put" in a.rows and "before" in servers else ()):
             best = {"ours": 0.0, "before": 0.0}
             for attempt in range(a.repeat):
                 order = ("ours", "before") if attempt % 2 == 0 else ("before", "ours")
@@ -301,32 +367,29 @@ def main() -> int:
             rows.append((f"PUT 1 KiB/s, {clients} client(s)", fmt(best["ours"]), fmt(best["before"]),
                          f"{best['ours'] / best['before']:.2f}", ">= 0.85"))
         # 4. fan-out (before the store grows: same store size for both figures).
-        for name in ("ours", "before"):
-            none = max(putRate(servers[name], dirs[name], bodyFile, 50, a)["req_per_s"] for _ in range(a.repeat))
-            withW, stats = fanOut(servers[name], dirs[name], bodyFile, a.watchers, a)
-            print(f"  fan-out {name}: none {none:.0f}/s, with {a.watchers} watchers "
-                  f"{withW['req_per_s']:.0f}/s (server CPU {withW['server_cpu']:.2f}); watchers "
-                  f"read {stats['pushes']} pushes, {stats['dropped']} connections dropped", flush=True)
-            rows.append((f"fan-out {name}: PUT/s 50 clients, {a.watchers} watchers / none "
-                         f"({stats['dropped']} dropped)",
-                         fmt(withW["req_per_s"]), fmt(none), f"{withW['req_per_s'] / none:.2f}", ">= 0.25"))
-        # 2. catch-up.
+        if "fanout" in a.rows:
+            rows += fanOutRows(servers, dirs, bodyFile, a)
         ours = servers["ours"]
-        populate(ours, dirs["ours"], bodyFile, a.catchup, a)
-        expected = currentEtag(ours.port, dirs["ours"])
-        r = catchUp(ours, dirs["ours"], expected)
-        rows.append((f"catch-up: changes pushed/s (Since 0, {r['pushes']:,} changes)",
-                     fmt(r["per_s"]), "—", "—", "(information)"))
+        # 2. catch-up.
+        if "catchup" in a.rows:
+            populate(ours, dirs["ours"], bodyFile, a.catchup, a)
+            expected = currentEtag(ours.port, dirs["ours"])
+            r = catchUp(ours, dirs["ours"], expected)
+            rows.append((f"catch-up: changes pushed/s (Since 0, {r['pushes']:,} changes)",
+                         fmt(r["per_s"]), "—", "—", "(information)"))
         # 3. latency: same process, then across two processes.
-        same = latency(ours.port, ours.port, dirs["ours"], a.latency_count)
-        second = startServer("ours-2", sys.executable, dirs["ours"], workdir, a.pin, ROOT)
-        servers["ours-2"] = second
-        cross = latency(ours.port, second.port, dirs["ours"], a.latency_count)
-        for label, r in (("same process", same), ("across processes", cross)):
-            rows.append((f"push latency {label}: PUT OK -> push, p50 / p99 ms",
-                         f"{r['ok_p50_ms']:.2f} / {r['ok_p99_ms']:.2f}", "—", "—", "(commit -> push >= this)"))
-            rows.append((f"push latency {label}: PUT sent -> push, p50 / p99 ms",
-                         f"{r['sent_p50_ms']:.2f} / {r['sent_p99_ms']:.2f}", "—", "—", "(commit -> push <= this)"))
+        if "latency" in a.rows:
+            same = latency(ours.port, ours.port, dirs["ours"], a.latency_count)
+            second = startServer("ours-2", sys.executable, dirs["ours"], workdir, a.pin, ROOT)
+            servers["ours-2"] = second
+            cross = latency(ours.port, second.port, dirs["ours"], a.latency_count)
+            for label, r in (("same process", same), ("across processes", cross)):
+                rows.append((f"push latency {label}: PUT OK -> push, p50 / p99 ms",
+                             f"{r['ok_p50_ms']:.2f} / {r['ok_p99_ms']:.2f}", "—", "—",
+                             "(commit -> push >= this)"))
+                rows.append((f"push latency {label}: PUT sent -> push, p50 / p99 ms",
+                             f"{r['sent_p50_ms']:.2f} / {r['sent_p99_ms']:.2f}", "—", "—",
+                             "(commit -> push <= this)"))
     finally:
         for server in servers.values():
             server.stop()
@@ -337,7 +400,8 @@ def main() -> int:
     for row in [headers, *rows]:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)))
     print(f"\n(command: flock /work/bench.lock {sys.executable} bench/changelog.py "
-          f"--seconds {a.seconds:g} --repeat {a.repeat} --catchup {a.catchup} --watchers {a.watchers})")
+          f"--seconds {a.seconds:g} --repeat {a.repeat} --catchup {a.catchup} --watchers {a.watchers}"
+          f" --rows {','.join(sorted(a.rows))}{'' if a.reference else ' --no-reference'})")
     return 0
 
 

@@ -13,7 +13,10 @@ by the same key as the store (L{idKey}).
 
 Fan-out: a subscription may also give a C{flush} callable, called once
 after each published batch in which it received something, so that a
-connection with many pushes in one batch writes them at once.
+connection with many pushes in one batch writes them at once; or a
+C{batch} callable, which gets all its changes of a published batch in one
+call (one list shared by the subscriptions of the same prefix) and writes
+them itself: no C{flush} is called for it.
 """
 
 from __future__ import annotations
@@ -97,8 +100,8 @@ class ChangeHub:
         C{prefix}, ignoring case (or, if C{batch} is given, C{batch(changes)}
         once per published batch with its matching changes, in order; the
         list is shared with the other subscriptions of the same prefix: do
-        not change it); and C{flush()} after each published batch
-        that called C{callback}.
+        not change it: the subscriber writes what it gets in that call); and
+        C{flush()} after each published batch that called C{callback}.
         """
         subscription = Subscription(self, idKey(prefix), callback, flush, batch)
         subscribers = self._byKey.get(subscription.key)
@@ -170,6 +173,17 @@ class ChangeHub:
             for subscription in list(byKey.get(prefix, ())):
                 if not subscription.active:
                     continue  # Cancelled by an earlier callback.
+                batch = subscription.batch
+                if batch is not None:
+                    # It gets everything at once and writes it itself.
+                    try:
+                        batch(matched)
+                    except Exception:
+                        self._log.failure(
+                            "Change subscriber {batch!r} failed on {count} changes",
+                            batch=batch, count=len(matched),
+                        )
+                    continue
                 self._deliver(subscription, matched)
                 if subscription.flush is not None:
                     touched.append(subscription)
@@ -183,15 +197,6 @@ class ChangeHub:
                     )
 
     def _deliver(self, subscription: Subscription, matched: list[Change]) -> None:
-        if subscription.batch is not None:
-            try:
-                subscription.batch(matched)
-            except Exception:
-                self._log.failure(
-                    "Change subscriber {batch!r} failed on {count} changes",
-                    batch=subscription.batch, count=len(matched),
-                )
-            return
         for change in matched:
             if not subscription.active:
                 return

@@ -637,9 +637,9 @@ class GNPServerProtocol(LineReceiver, Dispatcher):
         self.stats.pushes += 1
         self._write(wire.encodePush(sequence, body, headers))
 
-    def pushFrames(self, data: bytes) -> None:
+    def pushFrames(self, data: bytes, count: int | None = None) -> None:
         # Whole frames of JSON bodies: "PUSH\r\n" only starts a frame.
-        self.stats.pushes += data.count(b"PUSH\r\n")
+        self.stats.pushes += data.count(b"PUSH\r\n") if count is None else count
         self._write(data)
 
     def unsentBytes(self) -> int:

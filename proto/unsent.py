@@ -14,6 +14,12 @@ What the client's own kernel has received but its program has not read
 is invisible from here; it is small for a client that stops reading from
 the start (the receive buffer grows only while the program reads fast).
 
+Asking the kernel costs a system call, and a change that fans out to many
+watchers would ask once per watcher per batch: L{UnsentBound} keeps an
+upper bound in Python instead (the last exact figure plus what was written
+since) and asks again only when that bound is near the threshold in
+question, or has not been checked for a second.
+
 This reads private attributes of Twisted's transports (pinned versions,
 see pyproject.toml); a transport without them counts as 0 for that part.
 """
@@ -23,7 +29,7 @@ from __future__ import annotations
 import fcntl
 import struct
 import termios
-from typing import Any
+from typing import Any, Callable
 
 #: C{SIOCOUTQ} is C{TIOCOUTQ} on Linux.
 _SIOCOUTQ = getattr(termios, "TIOCOUTQ", None)
@@ -102,3 +108,62 @@ def unsentBytes(transport: Any) -> int:
     has not reached the client's kernel yet.
     """
     return UnsentCounter(transport)()
+
+
+class UnsentBound:
+    """
+    An upper bound of one connection's unsent bytes, cheap enough to check
+    before every write of pushes (L{proto.commands.watch}).
+
+    The bytes a client has not taken only grow by what the server writes:
+    whatever was unsent at the last exact measure, plus every byte written
+    since (with the TLS records' overhead), bounds what is unsent now.
+    So L{unsent} answers from that sum while it is at most the caller's
+    threshold (below it, the exact figure is too, and the answer is the
+    same), and measures (L{UnsentCounter}: the kernel's send queue is a
+    system call) only when the sum is over it, when nothing was measured
+    yet, or when the last measure is older than L{REFRESH_SECONDS}: the
+    writes counted are those made through L{wrote} (the pushes); a reply
+    on the same connection is seen by the next exact measure.
+    """
+
+    __slots__ = ("_measure", "_clock", "_base", "_written", "_at")
+
+    #: Bytes a TLS record may add to what it carries (header, explicit
+    #: nonce or IV, tag or MAC, padding: 29 with AES-GCM in TLS 1.2, 22 in
+    #: TLS 1.3, at most 85 with CBC and SHA-384); a write of n bytes makes
+    #: at most 1 + n // 16384 records.
+    RECORD_OVERHEAD = 96
+
+    #: The longest an answer goes without an exact measure behind it.
+    REFRESH_SECONDS = 1.0
+
+    def __init__(self, measure: Callable[[], int], clock: Any) -> None:
+        self._measure = measure
+        self._clock = clock
+        self._base = -1  # no exact figure yet
+        self._written = 0
+        self._at = 0.0
+
+    def wrote(self, size: int) -> None:
+        """C{size} bytes (cleartext) were written to the connection."""
+        self._written += size + self.RECORD_OVERHEAD * (1 + (size >> 14))
+
+    def unsent(self, threshold: int) -> int:
+        """
+        The unsent bytes: the exact figure, or an upper bound of it that is
+        at most C{threshold} (so that C{unsent(t) <= t} is exact either way).
+        """
+        base = self._base
+        if base >= 0:
+            bound = base + self._written
+            if bound <= threshold and self._clock.seconds() - self._at < self.REFRESH_SECONDS:
+                return bound
+        return self.exact()
+
+    def exact(self) -> int:
+        """Measure (and start counting again from the figure)."""
+        base = self._base = self._measure()
+        self._written = 0
+        self._at = self._clock.seconds()
+        return base

@@ -76,10 +76,11 @@ class RecordingContext:
         if self.connected:
             self.pushes.append((sequence, body))
 
-    def pushFrames(self, data: bytes) -> None:
+    def pushFrames(self, data: bytes, count: int | None = None) -> None:
         if self.connected:
             frames = wire.ReplyParser(expectGreeting=False).feed(data)
             assert all(frame.kind == "PUSH" for frame in frames), frames
+            assert count is None or count == len(frames), (count, frames)
             self.pushes += [(frame.sequence, frame.body) for frame in frames]
             self.unsent += len(data) if self.countUnsent else 0
 

@@ -556,12 +556,12 @@ class FanOutTests(WatchTestCase):
         real = watchModule._tail
         self.patch(watchModule, "_tail", lambda change: calls.append(change) or real(change))
         sent = []
-        self.patch(other, "pushFrames", lambda data: sent.append(data))
+        self.patch(other, "pushFrames", lambda data, count=None: sent.append((data, count)))
         changes = [Change(f"f/{n}", PUT, n) for n in range(1, 4)]
         self.hub.publishChanges(changes)
         self.assertEqual(calls, changes)  # once, not once per watch
         self.assertEqual(
             sent,
-            [b"".join(wire.encodePush("bb", watchModule.changeBody(c)) for c in changes)],
+            [(b"".join(wire.encodePush("bb", watchModule.changeBody(c)) for c in changes), 3)],
         )
         self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx, "a")], [1, 2, 3])

@@ -89,11 +89,12 @@ class ICommandContext(Interface):
         connection is closing or gone.
         """
 
-    def pushFrames(data: bytes) -> None:
+    def pushFrames(data: bytes, count: int | None = None) -> None:
         """
         Send C{data}: one or more whole C{PUSH} frames already encoded (so
         that a change pushed to many watchers is encoded once and a batch
-        of pushes goes out in one write). Nothing once closing or gone.
+        of pushes goes out in one write); C{count}, if given, is how many
+        (else they are counted). Nothing once closing or gone.
         """
 
     def unsentBytes() -> int:

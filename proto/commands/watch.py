@@ -80,6 +80,7 @@ from proto.commands.include import includedIds as _includedIds, parseInclude
 from proto.hub import Subscription
 from proto.permissions import RANK, READ, Grant
 from proto.store.base import PUT, Change, ChangePage, Document, InvalidIdError, Snapshot, checkId, idKey
+from proto.unsent import UnsentBound
 from proto.wire import Request
 
 registry = CommandRegistry()
@@ -164,17 +165,29 @@ def _tail(change: Change) -> bytes:
 
 
 #: The last batch of changes turned into frame tails (everything after
-#: C{Size: }), and the tails: the watches of one prefix get the same list
-#: from the hub in turn, so each batch is encoded once for all of them.
-_lastTails: list[Any] = [None, []]
+#: C{Size: }), those tails, and the whole pushes by head (watches made with
+#: the same Sequence on different connections share them): the watches of
+#: one prefix get the same list from the hub in turn, so each batch is
+#: encoded once for all of them.
+_lastBatch: list[Any] = [None, [], {}]
 
 
 def batchTails(changes: list[Change]) -> list[bytes]:
     """The frame tails (size, empty line, body) of a published batch, encoded once."""
-    if _lastTails[0] is not changes:
-        _lastTails[0], _lastTails[1] = changes, [_tail(change) for change in changes]
-    tails: list[bytes] = _lastTails[1]
+    if _lastBatch[0] is not changes:
+        _lastBatch[0], _lastBatch[1], _lastBatch[2] = changes, [_tail(c) for c in changes], {}
+    tails: list[bytes] = _lastBatch[1]
     return tails
+
+
+def batchFrames(changes: list[Change], head: bytes) -> bytes:
+    """The pushes of a published batch behind C{head} (C{PUSH}, Sequence, C{Size: })."""
+    tails = batchTails(changes)
+    byHead: dict[bytes, bytes] = _lastBatch[2]
+    data = byHead.get(head)
+    if data is None:
+        data = byHead[head] = head + head.join(tails)
+    return data
 
 
 def _documentBody(
@@ -233,6 +246,7 @@ class _Watch:
         self.ended = False
         # Section 9: never a push outside the certificate's prefixes.
         self._allowed = ctx.grant.filterIds()
+        self._unsent = _unsentBound(ctx)
 
     def regrant(self, grant: Grant) -> None:
         """
@@ -265,7 +279,7 @@ class _Watch:
             self._subscription = hub.subscribe(self._prefix, self._changed)
         else:
             self._subscription = hub.subscribe(
-                self._prefix, self._changed, self._flush, self._changedBatch
+                self._prefix, self._changed, None, self._changedBatch
             )
         if hub.etag <= self._pos:
             self._live = True
@@ -329,27 +343,43 @@ class _Watch:
             self._outboxBytes += len(frame)
             if self._outboxBytes > CATCHUP_WINDOW:
                 self._flush()  # a big batch: apply the bound within it
-            # Otherwise the hub calls _flush after its batch.
+            # Otherwise _changedBatch writes after its batch.
 
     def _changedBatch(self, changes: list[Change]) -> None:
         """
-        A published batch of matching changes (plain watches). In the common
-        case (live, all new, no prefix restriction) its pushes are the
-        batch's shared tails joined behind this watch's head: one C{join}.
+        A published batch of matching changes (plain watches), written at
+        once. In the common case (live, all new, no prefix restriction,
+        nothing held back, the client keeping up) its pushes are the
+        batch's shared frames (L{batchFrames}): one write, and the unsent
+        bytes from their Python bound (L{proto.unsent.UnsentBound}).
         """
-        if self._kept is None and changes[0].etag > self._pos and self._allowed is None:
-            head = self._head
-            data = head + head.join(batchTails(changes))
-            self._outbox.append(data)
-            self._pos = self._outboxEtag = changes[-1].etag
-            self._outboxBytes += len(data)
-            if self._outboxBytes > CATCHUP_WINDOW:
-                self._flush()
-            return
-        for change in changes:
-            if self.ended:
+        if (
+            self._kept is None
+            and changes[0].etag > self._pos
+            and self._allowed is None
+            and not self._outbox
+        ):
+            data = batchFrames(changes, self._head)
+            self._pos = etag = changes[-1].etag
+            size = len(data)
+            unsent = self._unsent
+            if size <= DROP_BYTES and unsent.unsent(SLOW_BYTES) <= SLOW_BYTES:
+                # What _flush does when the client keeps up.
+                self._slowSince = None
+                self._resume = etag
+                self._lastWrite = 0
+                unsent.wrote(size)
+                self._ctx.pushFrames(data, len(changes))
                 return
-            self._changed(change)
+            self._outbox.append(data)
+            self._outboxEtag = etag
+            self._outboxBytes += size
+        else:
+            for change in changes:
+                if self.ended:
+                    return
+                self._changed(change)
+        self._flush()
 
     # -- output ------------------------------------------------------------------
 
@@ -381,7 +411,7 @@ class _Watch:
 
     def _roomForCatchUp(self) -> bool:
         """Is there room to write more catch-up? If not, check again soon."""
-        unsent = self._ctx.unsentBytes()
+        unsent = self._unsent.unsent(SLOW_BYTES)
         if unsent < CATCHUP_WINDOW and not self._ctx.congested():
             self._slowSince = None
             return True
@@ -465,7 +495,7 @@ class _Watch:
         """Write the pushes made so far, unless the client is too slow."""
         if not self._outbox or self.ended:
             return
-        unsent = self._ctx.unsentBytes()
+        unsent = self._unsent.unsent(SLOW_BYTES)
         if unsent > DROP_BYTES + self._lastWrite:
             self._drop(
                 f"more than {DROP_BYTES // 1024} KiB of pushes were waiting for the client"
@@ -478,6 +508,7 @@ class _Watch:
         self._outboxBytes = 0
         self._resume = self._outboxEtag
         self._lastWrite = len(data) if len(data) > DROP_BYTES else 0
+        self._unsent.wrote(len(data))
         self._ctx.pushFrames(data)
 
     def _tooSlow(self, unsent: int) -> bool:
@@ -504,7 +535,9 @@ class _Watch:
         reason = f"{why}; WATCH again with Since: {etag} to resume"
         self._outbox = []
         self._outboxBytes = 0
-        self._ctx.push(self._sequence, _json({"Type": "Dropped", "Reason": reason, "Etag": etag}))
+        body = _json({"Type": "Dropped", "Reason": reason, "Etag": etag})
+        self._unsent.wrote(len(self._head) + len(body) + 16)
+        self._ctx.push(self._sequence, body)
         self._ctx.unsubscribe(self._sequence)
         stats = getattr(self._ctx, "stats", None)
         if stats is not None:
@@ -534,6 +567,18 @@ class _Watch:
         watches = _watches.get(self._ctx)
         if watches is not None and watches.get(self._sequence) is self:
             del watches[self._sequence]
+
+
+#: The unsent-bytes bound of each connection with watches (shared by them:
+#: it counts what all of them write).
+_bounds: WeakKeyDictionary[Any, UnsentBound] = WeakKeyDictionary()
+
+
+def _unsentBound(ctx: Any) -> UnsentBound:
+    bound = _bounds.get(ctx)
+    if bound is None:
+        bound = _bounds[ctx] = UnsentBound(ctx.unsentBytes, ctx.clock)
+    return bound
 
 
 #: The active watches of each connection, by the WATCH's sequence, so that
