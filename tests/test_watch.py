@@ -513,6 +513,76 @@ class UnsentBytesTests(TestCase):
         self.assertEqual(unsentBytes(object()), 0)
 
 
+class UnsentBoundTests(TestCase):
+    """
+    proto.unsent.UnsentBound: the last exact figure plus what was written
+    since bounds what is unsent; the exact measure is asked for only when
+    that bound is over the threshold, at first, or after REFRESH_SECONDS.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        from proto.unsent import UnsentBound
+
+        self.clock = Clock()
+        self.real = 0  # what the connection really has unsent
+        self.measures = 0
+
+        def measure() -> int:
+            self.measures += 1
+            return self.real
+
+        self.bound = UnsentBound(measure, self.clock)
+        self.overhead = UnsentBound.RECORD_OVERHEAD
+
+    def write(self, size: int) -> None:
+        """A client that reads nothing: all of it stays unsent."""
+        self.real += size
+        self.bound.wrote(size)
+
+    def test_firstIsExact(self):
+        self.real = 500
+        self.assertEqual(self.bound.unsent(1000), 500)
+        self.assertEqual(self.measures, 1)
+
+    def test_writesCountedWithoutMeasuring(self):
+        self.assertEqual(self.bound.unsent(10_000), 0)
+        for _ in range(10):
+            self.write(100)
+            answer = self.bound.unsent(10_000)
+            self.assertGreaterEqual(answer, self.real)  # never below the truth
+        self.assertEqual(answer, 1000 + 10 * self.overhead)
+        self.assertEqual(self.measures, 1)
+
+    def test_overThresholdMeasures(self):
+        """Past the threshold the answer is exact: a slow client is seen."""
+        self.bound.unsent(1000)
+        self.write(2000)
+        self.assertEqual(self.bound.unsent(1000), 2000)
+        self.assertEqual(self.measures, 2)
+        self.real = 0  # the client read it all
+        self.assertEqual(self.bound.unsent(1000), 0)  # the bound stays exact while over
+        self.assertEqual(self.measures, 3)
+        self.write(10)
+        self.assertEqual(self.bound.unsent(1000), 10 + self.overhead)  # under again: no measure
+        self.assertEqual(self.measures, 3)
+
+    def test_refreshedAfterASecond(self):
+        """Bytes written by others (replies) are seen within REFRESH_SECONDS."""
+        self.bound.unsent(1000)
+        self.real = 5000  # say a big GET reply the client did not read
+        self.assertEqual(self.bound.unsent(1000), 0)
+        self.clock.advance(self.bound.REFRESH_SECONDS)
+        self.assertEqual(self.bound.unsent(1000), 5000)
+
+    def test_bigWritesCountRecords(self):
+        """A write of n bytes may make 1 + n // 16384 TLS records."""
+        self.bound.unsent(10**9)
+        self.write(100_000)
+        self.assertEqual(self.bound.unsent(10**9), 100_000 + 7 * self.overhead)
+
+
 # -- the same WATCH tests on PostgreSQL ------------------------------------------------
 
 
