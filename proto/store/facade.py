@@ -14,16 +14,37 @@ them together with the batch's lock (PostgreSQL does).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
-from proto.store.base import ChangePage, Document, Version, checkId, idKey
+from proto.store.base import ChangePage, Document, Snapshot, Version, checkId, idKey
 from proto.store.sqlite_publisher import Publisher
+
+if TYPE_CHECKING:
+    from proto.store.sqlite_worker import Worker
+
+T = TypeVar("T")
 
 #: The most changes one L{StoreFacade.changesSince} returns.
 MAX_PAGE = 10_000
+
+
+class KeyedWork(Generic[T]):
+    """
+    A write for the writer (C{work(session)}) and the keys it reads, which
+    a backend may read together with the batch's lock (PostgreSQL does).
+    """
+
+    __slots__ = ("run", "keys")
+
+    def __init__(self, run: Callable[[Any], T], keys: Sequence[str]) -> None:
+        self.run = run
+        self.keys = keys
+
+    def __call__(self, session: Any) -> T:
+        return self.run(session)
 
 
 class StoreFacade:
@@ -37,6 +58,16 @@ class StoreFacade:
     #: Writes submitted and not finished yet: while there are any, reads
     #: queue behind them on the writer (read-your-writes).
     _unfinishedWrites = 0
+
+    # -- what each backend provides (see the module docstring) -------------------
+    _writer: Worker
+    close: Callable[[], Deferred[None]]
+    read: Callable[..., Deferred[Snapshot]]
+    if TYPE_CHECKING:
+
+        @property
+        def _reader(self) -> Worker:
+            """A reader worker (PostgreSQL: the next of several, in turn)."""
 
     def __init__(self, hub: Any, retainChanges: int) -> None:
         """
@@ -96,8 +127,7 @@ class StoreFacade:
         def work(session: Any) -> Version:
             return session.put(key, id, bytes(body), ifMatch)
 
-        work.keys = (key,)
-        return self._write(work)
+        return self._write(KeyedWork(work, (key,)))
 
     def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
         try:
@@ -108,8 +138,7 @@ class StoreFacade:
         def work(session: Any) -> list[Version]:
             return session.delete(keys)
 
-        work.keys = keys
-        return self._write(work)
+        return self._write(KeyedWork(work, keys))
 
     def _write(self, work: Callable[[Any], Any]) -> Deferred[Any]:
         self._unfinishedWrites += 1

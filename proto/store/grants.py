@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 from twisted.internet.defer import Deferred
 from zope.interface import Interface
@@ -41,6 +41,7 @@ from proto.store.base import ConflictError
 
 if TYPE_CHECKING:
     from proto.permissions import Grant
+    from proto.store.sqlite_worker import Worker
 
 
 
@@ -258,7 +259,20 @@ def remove(connection: Any, thumbprint: str, dialect: GrantsSQL = SQLITE) -> lis
     return removed
 
 
-class SQLiteGrants:
+class GrantsMixin:
+    """What a store's grants mixin uses of the store (L{proto.store.facade})."""
+
+    if TYPE_CHECKING:
+
+        @property
+        def _reader(self) -> Worker:
+            """A reader worker."""
+
+        def _write(self, work: Callable[[Any], Any]) -> Deferred[Any]:
+            """Run C{work(session)} in the writer's next transaction."""
+
+
+class SQLiteGrants(GrantsMixin):
     """
     L{IGrantStore} for L{proto.store.sqlite.SQLiteStore} (a mixin: it uses
     the store's writer, through C{_write}, and its reader thread). Writes

@@ -172,7 +172,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+            from twisted.internet import reactor
         super().__init__(hub, retainChanges)
         self.conninfo = conninfo
         self.where = postgres_schema.displayed(conninfo)
@@ -220,6 +220,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
     def _writerOpen(self, session: WriteSession) -> None:
         if self._publisher is not None:
             self._publisher.startAt(session.startEtag)
+        if self.listener is not None:  # (there is one when there is a publisher)
             self.listener.start()
 
     def close(self) -> Deferred[None]:
@@ -256,7 +257,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
     def read(
         self,
         ids: Sequence[str],
-        references: Callable[[list[Document | None]], Iterable[str]] | None = None,
+        references: Callable[[list[Document | None]], Iterable[str | None]] | None = None,
     ) -> Deferred[Snapshot]:
         try:
             keys = [checkId(id) for id in ids]

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from twisted.internet.defer import Deferred
 
-from proto.store.grants import POSTGRES, GrantRow, load, put, remove, revision
+from proto.store.grants import POSTGRES, GrantRow, GrantsMixin, load, put, remove, revision
 
 
-class PostgresGrants:
+class PostgresGrants(GrantsMixin):
     """The L{IGrantStore} methods (a mixin of the store: its workers)."""
 
     def grantsRevision(self) -> Deferred[int]:

@@ -162,7 +162,7 @@ def displayed(conninfo: str) -> str:
         return "<unparseable connection string>"
     if "password" in params:
         params["password"] = "***"
-    return make_conninfo(**params) or "(libpq defaults)"
+    return make_conninfo("", **params) or "(libpq defaults)"
 
 
 def hasPassword(conninfo: str) -> bool:
@@ -181,18 +181,18 @@ def connect(conninfo: str, role: str = "") -> Any:
         C{proto-ROLE} unless the conninfo names the application.
     """
     import psycopg
-    from psycopg.conninfo import conninfo_to_dict
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     given = conninfo_to_dict(conninfo)
     defaults = {name: value for name, value in CONNECT_DEFAULTS.items() if name not in given}
     if role and "application_name" in defaults:
         defaults["application_name"] = f"proto-{role}"
-    host = given.get("host", "")
+    host = str(given.get("host", ""))
     if not host or host.startswith("/"):  # a Unix socket: no TCP settings
         for name in ("keepalives", "keepalives_idle", "keepalives_interval",
                      "keepalives_count", "tcp_user_timeout"):
             defaults.pop(name, None)
-    connection = psycopg.connect(conninfo, autocommit=True, **defaults)
+    connection = psycopg.connect(make_conninfo(conninfo, **defaults), autocommit=True)
     try:
         for setting in SESSION_SETTINGS:
             connection.execute(setting)

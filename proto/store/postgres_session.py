@@ -218,6 +218,7 @@ class Session:
         self.close()
         now = time.monotonic()
         if self._failedAt is not None and now - self._failedAt < RETRY_SECONDS:
+            assert self._lastError is not None  # (set with _failedAt)
             raise trouble(self._lastError, self.where)
         import psycopg
 
@@ -301,7 +302,10 @@ class WriteSession(Session):
     The writer thread's session: see the module docstring.
 
     @ivar changes: the changes made by the transaction in progress.
+    @ivar startEtag: the etag counter when the store opened (set by it).
     """
+
+    startEtag: int
 
     def __init__(self, conninfo: str, retain: int, published: Callable[[], int]) -> None:
         """

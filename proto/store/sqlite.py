@@ -104,6 +104,8 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         commits} is the mean group-commit batch size).
     """
 
+    _reader: Worker
+
     def __init__(
         self,
         path: str,
@@ -130,7 +132,7 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
-            from twisted.internet import reactor  # type: ignore[no-redef]
+            from twisted.internet import reactor
         super().__init__(hub, retainChanges)
         self.path = path
         self._reactor = reactor
@@ -173,6 +175,7 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
     def _writerOpen(self, session: WriteSession) -> None:
         if self._publisher is not None:
             self._publisher.startAt(session.openedAt)
+        if self._doorbell is not None:  # (there is one when there is a publisher)
             self._doorbell.start()
 
     def _readersOpen(self, _: Any) -> None:
