@@ -35,8 +35,8 @@ class CertificateFiles:
         self.keyPath = keyPath
         self._stamp = self._statStamp()
 
-    def _statStamp(self) -> tuple:
-        stamp = []
+    def _statStamp(self) -> tuple[tuple[int, int, int] | None, ...]:
+        stamp: list[tuple[int, int, int] | None] = []
         for path in (self.certPath, self.keyPath):
             try:
                 st = os.stat(path)

@@ -24,7 +24,7 @@ _OFF = {"0", "no", "false", "off"}
 
 
 def _flagNames() -> list[str]:
-    return [flag[0] for flag in Options.optFlags]
+    return [name for name, *_ in Options.optFlags if name is not None]
 
 
 def _optionNames() -> list[str]:

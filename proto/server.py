@@ -154,7 +154,7 @@ class GNPServerFactory(ServerFactory):
             proto.drainThenClose(frame, grace)
         if not self.connections:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._drained.append(d)
         return d
 
@@ -177,7 +177,7 @@ class GNPServerFactory(ServerFactory):
             proto.shutdown(grace)
         if not self.connections:
             return defer.succeed(None)
-        d = defer.Deferred()
+        d: defer.Deferred[None] = defer.Deferred()
         self._drained.append(d)
         return d
 

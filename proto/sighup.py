@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import signal
 import threading
-from typing import Callable
+from types import FrameType
+from typing import Any, Callable
 
 from twisted.application import service
 from twisted.logger import Logger
@@ -31,7 +32,7 @@ class SighupService(service.Service):
     def __init__(self, reactor) -> None:
         self._reactor = reactor
         self._actions: list[tuple[str, Callable[[], object]]] = []
-        self._previous = None
+        self._previous: Callable[[int, FrameType | None], Any] | int | None = None
         self._installed = False
         self.setName(NAME)
 

@@ -12,6 +12,7 @@ import functools
 import os
 import re
 import sys
+from typing import Any
 
 from twisted.application import service
 from twisted.application.internet import TimerService
@@ -76,7 +77,8 @@ class Options(usage.Options):
         "the documents in ./proto-data, creating them on first start."
     )
 
-    optParameters = [
+    # [long name, short name or None, default, help (, coerce)]
+    optParameters: list[list[Any]] = [
         ["data-dir", "d", datadir.DEFAULT_DATA_DIR,
          "Directory for server.pem, server.key, client.pem, client.key, allowlist.txt "
          "and the document store; created on first start."],
@@ -123,7 +125,7 @@ class Options(usage.Options):
          "description, e.g. tcp:9464:interface=127.0.0.1. [default: off]"],
     ]
 
-    optFlags = [
+    optFlags: list[list[str | None]] = [
         ["plain-transport", None,
          "Serve with plain Twisted transports: turn off the speed levers (write-through "
          "TCP writes, one TLS flush per reactor turn, the proto-epoll reactor), to rule "

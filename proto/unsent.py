@@ -75,8 +75,10 @@ class UnsentCounter:
     """
 
     def __init__(self, transport: Any) -> None:
-        self._aggregators = []
-        self._tcp = None
+        #: Twisted's TLS buffer aggregators (private: MAX_BUFFER_SIZE,
+        #: _bufferLeft) and the TCP transport, found by duck typing.
+        self._aggregators: list[Any] = []
+        self._tcp: Any = None
         layer = transport
         for _ in range(6):  # TLS -> (wrappers) -> TCP
             if layer is None:

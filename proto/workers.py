@@ -124,7 +124,7 @@ def reusePortEndpoint(reactor: Any, description: str) -> ReusePortEndpoint | Any
 
     parsed = serverEndpoint(reactor, description)
     proxied = isinstance(parsed, endpoints._WrapperServerEndpoint)
-    inner = parsed._wrappedEndpoint if proxied else parsed
+    inner = parsed._wrappedEndpoint if isinstance(parsed, endpoints._WrapperServerEndpoint) else parsed
     if not isinstance(inner, endpoints.TCP4ServerEndpoint):  # TCP6 is a subclass
         raise ValueError(
             f"--workers needs TCP listeners (tcp:, tcp6: or haproxy:tcp:), not {description!r}"
@@ -245,7 +245,9 @@ class WorkerMonitor(ProcessMonitor):
     """
 
     log = _WorkerLines()
-    killTime = WORKER_KILL_TIME
+    # Twisted's ProcessMonitor infers int from its default (5); it is only
+    # handed to callLater, which takes any number of seconds.
+    killTime = WORKER_KILL_TIME  # type: ignore[assignment]
 
     def __init__(self, reactor: Any) -> None:
         super().__init__(reactor)
@@ -281,12 +283,17 @@ class WorkerMonitor(ProcessMonitor):
     def signalAll(self, signal: str = "HUP") -> None:
         """Send C{signal} to every running worker (SIGHUP: reload files)."""
         for name, protocol in list(self.protocols.items()):
+            transport = protocol.transport
+            if transport is None:
+                continue  # (not started yet, or gone)
             try:
-                protocol.transport.signalProcess(signal)
+                transport.signalProcess(signal)
             except error.ProcessExitedAlready:
                 pass
 
-    def stopService(self) -> defer.Deferred[None]:
+    # IService.stopService may return a Deferred (twistd waits for it);
+    # ProcessMonitor annotates its own as returning None.
+    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
         waiting = []
         for name in list(self.protocols):
             waiter: defer.Deferred[None] = defer.Deferred()
