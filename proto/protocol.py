@@ -19,35 +19,25 @@ and C{CommandLocator}:
     drain, shutdown and abort timeouts;
   - states: L{proto.states}, one transition table (handshaking, ready,
     draining, closing, closed); every change goes through L{_enter};
+  - how a connection ends (drain, final frame, close, abort):
+    L{proto.ending.Ending} (mixed in; sections 4 and 5);
+  - request bodies' memory budget and timeout: L{proto.bodies.BodyBudget}
+    (mixed in; section 3);
   - subscriptions (WATCH, REMIND): L{proto.subscriptions.Subscriptions};
   - TLS and admission: L{proto.tls} (the context, session resumption) and
     L{proto.admission} (the allow-list's judgement, section 2), called
     from L{GNPServerProtocol.handshakeCompleted}.
 
-What stays here is the connection's life: admission glue, feeding the
-parser and writing a chunk's replies at once (output coalescing), the
-body budget, and how a connection ends.
-
-Draining (L{GNPServerProtocol.drainThenClose}) is how every connection
-ends once it was admitted: read nothing more, let the requests already
-accepted finish (each within its Timeout, all within a bounded grace) and
-send their replies, then the final frame (the fatal C{ERR}, say), then
-close. So every request gets exactly one reply (PROTOCOL.md section 4)
-and replies already due go before the final C{ERR} (section 5), also when
-a later request breaks the framing.
-
-A request body must keep arriving: a pending body that gets no byte for
-C{bodyTimeout} seconds ends the connection with a fatal C{ERR}. The
-bytes of partial bodies are reserved against one budget shared by all
-connections (C{maxPendingBodies}, see L{proto.server.GNPServerFactory}
-C{reserveBody}); a body that does not fit is read and dropped, and its
-request answered C{ERR}, so partial bodies can never hold more memory
-than that budget.
+What stays here is the connection's life and the glue: admission, feeding
+the parser and writing the replies of one input chunk in one write
+(output coalescing), the timeouts' handlers, carrying out flow control's
+decisions as the transport's push producer, and the command context
+(C{ICommandContext}) that commands see.
 
 Pitfalls this class guards against (see C{shared/TWISTED_NOTES.md}):
 input keeps arriving over TLS after C{loseConnection} (so every input path
-checks the state), a TLS close can hang forever (so every close arms an
-abort timer), and the producer must be unregistered before a close.
+checks the state: nothing but C{ready} executes input), and the producer
+must be unregistered before a close (L{proto.ending}).
 """
 
 from __future__ import annotations
@@ -64,24 +54,21 @@ from zope.interface import implementer
 from proto import wire
 from proto.admission import Identity, identityOfDER, judge
 from proto.commands.base import ICommandContext
+from proto.bodies import BodyBudget
 from proto.dispatch import Dispatcher
+from proto.ending import SHUTDOWN_REASON, Ending
 from proto.flowcontrol import INFLIGHT, TRANSPORT, FlowControl
 from proto.permissions import NOTHING, Grant
 from proto.states import CLOSED, CLOSING, DRAINING, ENDING, HANDSHAKING, OPEN, READY, advance
 from proto.stats import REFUSED_HANDSHAKE_TIMEOUT
 from proto.subscriptions import Subscriptions
-from proto.timers import ABORT, BODY, DRAIN, HANDSHAKE, HEAD, IDLE, SHUTDOWN, Timers
+from proto.timers import BODY, HANDSHAKE, HEAD, IDLE, Timers
 from proto.tls import peerCertificateDER
 
 __all__ = [
     "GNPServerProtocol", "SHUTDOWN_REASON", "printablePeer",
     "HANDSHAKING", "READY", "DRAINING", "CLOSING", "CLOSED",
 ]
-
-#: The reason given to requests that arrive during a server shutdown, and
-#: in the final frame of each connection (issue 10: graceful drain).
-SHUTDOWN_REASON = "Server is shutting down"
-_SHUTDOWN_FRAME = wire.encodeError(SHUTDOWN_REASON, None)
 
 
 def printablePeer(address) -> str:
@@ -97,7 +84,7 @@ def printablePeer(address) -> str:
 
 
 @implementer(IHandshakeListener, ICommandContext)
-class GNPServerProtocol(LineReceiver, Dispatcher):
+class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
     """
     Serves one client. Built by L{proto.server.GNPServerFactory}, whose
     C{config}, C{registry}, C{clock}, C{store} and C{hub} it uses.
@@ -109,16 +96,9 @@ class GNPServerProtocol(LineReceiver, Dispatcher):
     # Defaults kept on the class, set on an instance only when they change:
     # fewer than 30 instance attributes keep CPython's compact shared-key
     # instance dictionary (about 1.3 KiB less per idle connection, measured).
-    # The dispatcher's (in-flight table, ...) are on L{Dispatcher}.
+    # The mixins keep theirs (in-flight table, body budget, ...) too.
     #: See L{proto.states}; changed only by L{_enter}.
     state = HANDSHAKING
-    #: Bytes of the budget for partial bodies this body holds (0: none
-    #: yet); C{_bodyRefused}: the body did not fit, its bytes are dropped
-    #: as they come and its request is answered ERR.
-    _bodyHeld = 0
-    _bodyRefused = False
-    _bodyLast = 0.0
-    _finalFrame = b""
     #: While a chunk of input is parsed: the replies to write at its end.
     _replies: list[bytes] | None = None
     _lastActivity = 0.0
@@ -229,164 +209,12 @@ class GNPServerProtocol(LineReceiver, Dispatcher):
         self._cancelWork()
         self.factory.connectionClosed(self)
 
-    def _cancelWork(self) -> None:
-        """Cancel every command in flight and every standing subscription."""
-        self._cancelInflight()
-        self._cancelSubscriptions()
-
-    def _cancelSubscriptions(self) -> None:
-        """Draining or closing: end every subscription, and refuse new ones."""
-        self.subscriptions.close()
-
-    def _closeWith(self, data: bytes) -> None:
-        """
-        Send C{data} (a refusal or a fatal error), then close: stop parsing,
-        stop producing, write, close, and arm an abort in case the peer
-        never answers TLS's close_notify.
-        """
-        if self.state in ENDING:
-            return
-        admitted = self.state in OPEN
-        replies, self._replies = self._replies, None
-        if replies:
-            # Replies already due go out before the final frame.
-            self.transport.write(b"".join(replies))
-            del replies[:]
-        self._enter(CLOSING)
-        self.clearLineBuffer()
-        self._timers.stopAll(keep=ABORT)
-        self._dropBody()
-        self._cancelWork()
-        self.transport.unregisterProducer()
-        if self._flow.clear():
-            # Keep reading so that TLS sees the peer's close_notify.
-            self.paused = False
-            self.transport.resumeProducing()
-        if data:
-            self.stats.bytesOut += len(data)
-            if admitted and data.startswith(b"ERR"):
-                self.stats.errors += 1
-            self.transport.write(data)
-        self.transport.loseConnection()
-        self._timers.start(ABORT, self.config.closeGrace, self.transport.abortConnection)
-
-    # -- draining: how an admitted connection ends ------------------------
-
-    def drainThenClose(self, finalFrame: bytes = b"", grace: float | None = None) -> None:
-        """
-        End the connection without losing a reply: read no further input,
-        let the requests already accepted finish and send their replies,
-        then send C{finalFrame} and close (PROTOCOL.md sections 4 and 5).
-        Standing subscriptions (WATCH, REMIND) end at once: pushes are not
-        replies.
-
-        @param finalFrame: sent after the last reply (a fatal C{ERR}); may
-            be empty (QUIT).
-        @param grace: seconds after which requests still running are
-            cancelled, each answered C{ERR Cancelled ...}; C{None}: wait for
-            them (each is still bounded by its own Timeout). Called again
-            while draining, a shorter grace applies (a shutdown after a
-            QUIT); the first final frame stays.
-        """
-        if self.state is DRAINING:
-            if grace is not None:
-                self._armDrainGrace(grace)
-            return
-        if self.state is not READY:
-            # Not admitted yet (or already closing): nothing accepted to wait for.
-            self._closeWith(finalFrame)
-            return
-        self._enter(DRAINING)
-        self._finalFrame = finalFrame
-        self.clearLineBuffer()
-        self._dropBody()
-        self._timers.stop(HEAD)
-        self._timers.stop(IDLE)
-        self._cancelSubscriptions()
-        if grace is not None:
-            self._armDrainGrace(grace)
-        self._drainIfDone()
-
-    def shutdown(self, grace: float) -> None:
-        """
-        The server is stopping (SIGTERM, twistd's stop): unlike
-        L{drainThenClose}, keep reading, and answer every request that
-        arrives now with C{ERR Server is shutting down} (with its Sequence),
-        while the requests already accepted finish, for at most C{grace}
-        seconds (then they are cancelled and answered). Then the final
-        C{ERR Server is shutting down} without Sequence, and the close.
-        Standing WATCH/REMIND end when the connection does.
-        """
-        if self.state is not READY or not self._inflight:
-            self.drainThenClose(_SHUTDOWN_FRAME, grace)
-            return
-        self._refusing = SHUTDOWN_REASON
-        self._timers.stop(IDLE)
-        self._timers.start(SHUTDOWN, grace, self._shutdownGraceOver)
-
-    def _shutdownGraceOver(self) -> None:
-        if self.state is READY:
-            # Cancels what still runs (each answered), then the final frame.
-            self.drainThenClose(_SHUTDOWN_FRAME, 0)
-
     @property
     def admittedAt(self) -> float:
         """When the connection was admitted (the clock's seconds; CLIENTS)."""
         return self._since if self.state is not HANDSHAKING else 0.0
 
-    def _armDrainGrace(self, grace: float) -> None:
-        deadline = self._timers.deadline(DRAIN)
-        if deadline is not None and deadline <= self.clock.seconds() + grace:
-            return
-        self._timers.start(DRAIN, grace, self._drainGraceOver, grace)
-
-    def _drainGraceOver(self, grace: float) -> None:
-        """Cancel what still runs; each is answered (see L{Dispatcher._failureReply})."""
-        if self.state is not DRAINING:
-            return
-        self.log.info(
-            "Closing {peer}: {count} request(s) did not finish within the "
-            "{grace:g} s grace, cancelled", peer=self.peer, count=len(self._inflight),
-            grace=grace,
-        )
-        self._cancelRunning()
-        self._drainIfDone()
-
-    def _drainIfDone(self) -> None:
-        """Close once draining and every accepted request is answered."""
-        if self.state is DRAINING and not self._inflight and self._replies is None:
-            self._timers.stop(DRAIN)
-            self._closeWith(self._finalFrame)
-
-    def _requestTracked(self, inflight: int) -> None:
-        # Dispatcher hook: too many requests running stops reading.
-        if self._flow.tooManyInflight(inflight):
-            self._pause(INFLIGHT)
-
-    def _requestAnswered(self, inflight: int) -> None:
-        # Dispatcher hook: a request running in the background got its reply.
-        if self._flow.fewEnoughInflight(inflight):
-            self._resume(INFLIGHT)
-        if self.state is DRAINING:
-            self._drainIfDone()
-        elif self._refusing is not None and not self._inflight:
-            self._timers.stop(SHUTDOWN)
-            self.drainThenClose(_SHUTDOWN_FRAME, 0)
-
-    def fatal(self, reason: str, sequence: str | None = None) -> None:
-        """
-        A framing error (PROTOCOL.md section 5): the replies of the
-        requests before it, then C{ERR reason}, then close.
-        """
-        self.log.info(
-            "Protocol error from {peer}, closing: {reason}", peer=self.peer, reason=reason
-        )
-        self.drainThenClose(wire.encodeError(reason, sequence), self.config.drainGrace)
-
-    def revoke(self, reason: str) -> None:
-        """End an admitted connection whose admission no longer holds."""
-        self.log.info("Closing {peer}: {reason}", peer=self.peer, reason=reason)
-        self.drainThenClose(wire.encodeError(reason, None), self.config.drainGrace)
+    # -- rights (PROTOCOL.md section 9) -----------------------------------
 
     def setGrant(self, grant: Grant) -> None:
         """
@@ -469,75 +297,6 @@ class GNPServerProtocol(LineReceiver, Dispatcher):
             running = False
         if pending and not running:
             timers.start(HEAD, self.config.headTimeout, self._headTimedOut)
-
-    # -- request bodies: the budget and the body timeout -----------------
-
-    def _watchBody(self) -> None:
-        """
-        A body is pending after a chunk of input (or a resume): reserve its
-        memory the first time, note the time (bytes came, or we just
-        resumed reading, which was not the client's delay), and run the
-        body timer unless we stopped reading.
-        """
-        if not self._bodyHeld and not self._bodyRefused:
-            self._reserveBody()
-        self._bodyLast = self.clock.seconds()
-        if not self.paused and not self._timers.running(BODY):
-            self._timers.start(BODY, self.config.bodyTimeout, self._bodyTimerFired)
-
-    def _bodyTimerFired(self) -> None:
-        parser = self._parser
-        if self.state is not READY or not parser.bodyMissing or self.paused:
-            return
-        quiet = self.clock.seconds() - self._bodyLast
-        timeout = self.config.bodyTimeout
-        if quiet < timeout:
-            self._timers.start(BODY, timeout - quiet, self._bodyTimerFired)
-            return
-        request = parser.bodyPending
-        self.fatal(
-            f"Timeout: no byte of the {request.size}-byte body came for {timeout:g} s "
-            f"({parser.bodyMissing} bytes missing)",
-            request.sequence,
-        )
-
-    def _reserveBody(self) -> None:
-        """Take the pending body's size from the server-wide budget, or refuse it."""
-        size = self._parser.bodyPending.size
-        if self.factory.reserveBody(size):
-            self._bodyHeld = size
-            return
-        self._bodyRefused = True
-        self._parser.discardBody()
-        self.log.warn(
-            "Refused a {size}-byte body from {peer}: partial bodies already hold "
-            "the server's limit of {limit} bytes",
-            size=size, peer=self.peer, limit=self.config.maxPendingBodies,
-        )
-
-    def _bodyComplete(self, request: wire.Request) -> None:
-        """A request's body is all here: run the request (or refuse it)."""
-        refused = self._bodyRefused
-        self._dropBody()
-        if refused:
-            self._write(
-                wire.encodeError(
-                    f"Server busy: request bodies being received already hold its "
-                    f"limit of {self.config.maxPendingBodies} bytes; send this "
-                    "request again later",
-                    request.sequence,
-                )
-            )
-            return
-        self._dispatch(request)
-
-    def _dropBody(self) -> None:
-        """Give back the pending body's memory (if any); stop its timer."""
-        self._bodyRefused = False
-        if self._bodyHeld:
-            self.factory.releaseBody(self._bodyHeld)
-            self._bodyHeld = 0
-        self._timers.stop(BODY)
 
     # -- input -----------------------------------------------------------
 
@@ -624,13 +383,6 @@ class GNPServerProtocol(LineReceiver, Dispatcher):
             else:
                 self.transport.write(data)
 
-    def quitAfterReplies(self) -> None:
-        """
-        QUIT: read no further requests; close once every reply due is sent
-        (no grace: each request still runs to its end or its Timeout).
-        """
-        self.drainThenClose(b"", None)
-
     # -- ICommandContext ---------------------------------------------------
 
     def push(self, sequence: str, body: bytes, headers: Iterable[tuple[str, str]] = ()) -> None:
@@ -665,7 +417,9 @@ class GNPServerProtocol(LineReceiver, Dispatcher):
     def unsubscribe(self, sequence: str) -> bool:
         return self.subscriptions.remove(sequence)
 
-    # -- flow control (IPushProducer, driven by the transport) -------------
+    # -- flow control ----------------------------------------------------
+    # The transport drives IPushProducer, the dispatcher the in-flight
+    # limit; the decisions are proto.flowcontrol's, this carries them out.
 
     def pauseProducing(self) -> None:
         self._pause(TRANSPORT)
@@ -675,6 +429,17 @@ class GNPServerProtocol(LineReceiver, Dispatcher):
 
     def stopProducing(self) -> None:
         self._pause(TRANSPORT)
+
+    def _requestTracked(self, inflight: int) -> None:
+        # Dispatcher hook: too many requests running stops reading.
+        if self._flow.tooManyInflight(inflight):
+            self._pause(INFLIGHT)
+
+    def _requestAnswered(self, inflight: int) -> None:
+        # Dispatcher hook: a request running in the background got its reply.
+        if self._flow.fewEnoughInflight(inflight):
+            self._resume(INFLIGHT)
+        self._endIfDone()
 
     def _pause(self, why: int) -> None:
         """Stop reading for C{why} (L{proto.flowcontrol}); our stall stops the head and body timers."""

@@ -43,7 +43,9 @@ NAMES: Final = ("handshake", "head", "idle", "body", "drain", "shutdown", "abort
 
 
 class Clock(Protocol):
-    """What the timers need of the reactor: C{IReactorTime.callLater}."""
+    """What a connection needs of the reactor (C{IReactorTime}), typed."""
+
+    def seconds(self) -> float: ...
 
     def callLater(
         self, delay: float, callable: Callable[..., object], *args: object, **kw: object

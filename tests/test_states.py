@@ -54,6 +54,38 @@ class ProtocolMovesTests(unittest.TestCase):
         clock = realTimeClock()
         return connectInMemory(makeFactory(clock), "default")
 
+    def recordMoves(self):
+        """Record every state a protocol enters, from its first move on."""
+        from proto.protocol import GNPServerProtocol
+
+        moves = []
+        enter = GNPServerProtocol._enter
+
+        def recording(protocol, state):
+            enter(protocol, state)
+            moves.append(protocol.state)
+
+        self.patch(GNPServerProtocol, "_enter", recording)
+        return moves
+
+    def test_refused(self):
+        """Section 2: a refused client never reaches ready."""
+        from tests.support import Credentials
+
+        moves = self.recordMoves()
+        conn = connectInMemory(makeFactory(realTimeClock()), Credentials.get().stranger)
+        self.assertTrue(conn.closed)
+        self.assertEqual(moves, [CLOSING, CLOSED])
+
+    def test_framingError(self):
+        """Section 5: a framing error drains, then closes."""
+        moves = self.recordMoves()
+        conn = self.connect()
+        conn.client.transport.write(b"PING\r\n\r\n")  # no Sequence
+        conn.flush()
+        self.assertTrue(conn.closed)
+        self.assertEqual(moves, [READY, DRAINING, CLOSING, CLOSED])
+
     def test_lifeAlongTheTable(self):
         conn = self.connect()
         server = conn.server
