@@ -358,7 +358,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         if self.state is READY:
             if parser.bodyMissing:
                 self._watchBody()
-            if parser.headPending or self._timers.running(HEAD):
+            if self._timers.calls[HEAD] is not None or parser.headPending:  # running(HEAD), inlined
                 self._watchHead(completed)
         else:
             self._drainIfDone()
