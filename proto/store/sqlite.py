@@ -66,7 +66,7 @@ import sqlite3
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
 
 from proto.store import sqlite_read
@@ -78,6 +78,7 @@ from proto.store.base import (
     checkId,
     idKey,
 )
+from proto.store.cache import DocumentCache
 from proto.store.facade import StoreFacade
 from proto.store.sqlite_publisher import Doorbell
 from proto.store.grants import IGrantStore, SQLiteGrants
@@ -114,6 +115,7 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         retainChanges: int = DEFAULT_RETAIN_CHANGES,
         configure: Callable[[Any], None] | None = None,
         inlineReads: bool = True,
+        cache: bool = True,
     ) -> None:
         """
         @param path: the database file (created, with its directory, if
@@ -129,6 +131,8 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         @param inlineReads: serve small reads on the reactor thread (see
             L{proto.store.sqlite_reads}); C{False} sends every read to a
             reader thread.
+        @param cache: with C{inlineReads}, keep recent documents in memory
+            (L{proto.store.cache}, coherent with every commit).
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
@@ -137,6 +141,7 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         self.path = path
         self._reactor = reactor
         self._inlineReads = inlineReads
+        self._cache = cache
         self._closed = False
         self._hub = hub
         self._doorbell = (
@@ -180,7 +185,9 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
 
     def _readersOpen(self, _: Any) -> None:
         if self._inlineReads and not self._closed:
-            self._reads.inline = InlineReader(self.path)
+            self._reads.inline = InlineReader(
+                self.path, cache=DocumentCache() if self._cache else None
+            )
 
     def close(self) -> Deferred[None]:
         self._closed = True
@@ -206,10 +213,23 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         L{proto.store.sqlite_reads}.
         """
         try:
-            keys = [checkId(id) for id in ids]
-        except ValueError:
+            found = self.readNow(ids, references)
+        except Exception:
             return fail()
-        return self._reads.read(keys, references)
+        return found if isinstance(found, Deferred) else succeed(found)
+
+    def readNow(
+        self,
+        ids: Sequence[str],
+        references: Callable[[list[Document | None]], Iterable[str | None]] | None = None,
+    ) -> Snapshot | Deferred[Snapshot]:
+        """
+        L{read}, but the L{Snapshot} itself when it is read at once on
+        this thread (from the document cache, or inline), which spares the
+        caller a L{Deferred}; else the L{Deferred}. Errors of an inline
+        read (an invalid id, the Include bounds) are raised.
+        """
+        return self._reads.readNow([checkId(id) for id in ids], references)
 
     def summary(self) -> Deferred[dict[str, int]]:
         """

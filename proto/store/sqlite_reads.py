@@ -54,7 +54,8 @@ from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.python.failure import Failure
 
 from proto.store import sqlite_read
-from proto.store.base import Document, Snapshot, resolveIncludes
+from proto.store.base import Document, Snapshot, idKey, resolveIncludes
+from proto.store.cache import MISSING, DocumentCache
 
 #: Reads of more ids than this never run inline (and go to the bulk reader).
 INLINE_MAX_IDS = 16
@@ -172,11 +173,35 @@ _POINT_SQL = {
     for n in range(1, INLINE_MAX_IDS + 1)
 }
 
+#: The cache follows at most this many changes from the log at once;
+#: further behind, it starts again empty (cheaper than reading them).
+CACHE_MAX_ADVANCE = 1000
+
+#: What moves the cache (L{proto.store.cache}) to the current etag, in
+#: one statement (one snapshot): the counters, then the keys of the
+#: changes after the cache's position (at most C{?} of them).
+_ADVANCE_SQL = (
+    "SELECT 0, name, value FROM counters WHERE name IN ('etag', 'log_floor') UNION ALL "
+    "SELECT * FROM (SELECT 1, key, etag FROM changes WHERE etag > ? ORDER BY etag LIMIT ?)"
+)
+
+
+class _Miss(Exception):
+    """A document a read needs is not in the cache."""
+
 
 class InlineReader:
     """
     A read-only connection used on the reactor thread, for reads small
-    enough to cost less than a thread hop (see the module docstring).
+    enough to cost less than a thread hop (see the module docstring), and
+    the cache of recent documents (L{proto.store.cache}) it keeps coherent.
+
+    Cache coherence: before each read, C{PRAGMA data_version} (which
+    changes when any other connection, of this process or another, has
+    committed since this connection last looked) tells whether the cache
+    may be behind; if so, it is first advanced over the change log
+    (L{_ADVANCE_SQL}). Only then may a read be served from it, so it
+    never serves a version older than the last commit.
     """
 
     def __init__(
@@ -184,6 +209,7 @@ class InlineReader:
         path: str,
         clock: Callable[[], float] = time.monotonic,
         cpuClock: Callable[[], float] = time.thread_time,
+        cache: DocumentCache | None = None,
     ) -> None:
         self._connection = sqlite_read.connect(path)
         self._connection.execute("PRAGMA query_only = ON")
@@ -195,6 +221,10 @@ class InlineReader:
         self._backoffUntil = 0.0
         self.served = 0
         self.declined = 0
+        self.cache = cache
+        #: C{PRAGMA data_version} when the cache was last advanced.
+        self._version: int | None = None
+        self._versionCursor = self._connection.cursor()
 
     def close(self) -> None:
         self._connection.close()
@@ -204,6 +234,20 @@ class InlineReader:
 
     def read(self, keys: Sequence[str], references: References | None) -> Snapshot | None:
         """The snapshot, or C{None} if this read must go to a thread."""
+        cache = self.cache
+        if cache is not None:
+            try:
+                self._catchUp(cache)
+                found = self._cached(cache, keys, references)
+            except _Miss:
+                pass
+            except (_TooBig, sqlite3.Error):
+                self.declined += 1
+                return None
+            else:
+                cache.hits += 1
+                self.served += 1
+                return found
         connection = self._connection
         start, cpuStart = self._clock(), self._cpuClock()
         try:
@@ -221,6 +265,8 @@ class InlineReader:
                     found = Snapshot(results, includes, etag)
                 finally:
                     connection.execute("COMMIT")
+                if cache is not None:
+                    cache.fill(etag, ((idKey(doc.id), doc) for doc in includes))
         except (_TooBig, sqlite3.Error):
             self.declined += 1
             return None
@@ -231,8 +277,74 @@ class InlineReader:
                 or self._cpuClock() - cpuStart > INLINE_SLOW_CPU_SECONDS
             ):
                 self._backoffUntil = now + INLINE_BACKOFF_SECONDS
+        if cache is not None:
+            cache.fill(found.etag, zip(keys, found.results))
         self.served += 1
         return found
+
+    def _catchUp(self, cache: DocumentCache) -> None:
+        """Make the cache current: advance it over what was committed since."""
+        cursor = self._versionCursor
+        cursor.execute("PRAGMA data_version")
+        (version,) = cursor.fetchone()
+        if version == self._version:
+            return  # Nobody committed since the cache was advanced.
+        # Read after data_version: whatever commits from now on changes it
+        # again, so the next read advances once more.
+        etag = floor = 0
+        changed = []
+        for kind, name, value in self._connection.execute(
+            _ADVANCE_SQL, (cache.etag, CACHE_MAX_ADVANCE + 1)
+        ):
+            if kind:
+                changed.append(name)
+            elif name == "etag":
+                etag = value
+            else:
+                floor = value
+        if floor > cache.etag or len(changed) > CACHE_MAX_ADVANCE:
+            cache.clear(etag)  # The log may not hold every change since.
+        else:
+            cache.advance(etag, changed)
+        self._version = version
+
+    @staticmethod
+    def _cached(cache: DocumentCache, keys: Sequence[str], references: References | None) -> Snapshot:
+        """
+        The read from the cache alone, at its position (one snapshot:
+        nothing changes it meanwhile, on this thread).
+
+        @raise _Miss: if a document it needs is not there.
+        """
+        entries = cache.entries
+        results: list[Document | None] = []
+        for key in keys:
+            entry = entries.get(key)
+            if entry is None:
+                raise _Miss()
+            results.append(None if entry is MISSING else entry)  # type: ignore[arg-type]
+        if references is None:
+            return Snapshot(results, [], cache.etag)
+        if sum(len(doc.body) for doc in results if doc is not None) > INLINE_MAX_BYTES:
+            raise _TooBig()
+        steps = 0
+
+        def step(id: str | None) -> None:
+            nonlocal steps
+            steps += 1
+            if steps > INLINE_MAX_STEPS:
+                raise _TooBig()
+
+        def fetch(missing: list[str]) -> list[Document | None]:
+            fetched: list[Document | None] = []
+            for key in missing:
+                entry = entries.get(key)
+                if entry is None:
+                    raise _Miss()
+                fetched.append(None if entry is MISSING else entry)  # type: ignore[arg-type]
+            return fetched
+
+        return Snapshot(results, resolveIncludes(results, references, fetch, step), cache.etag)
 
     def _pointRead(self, keys: Sequence[str]) -> Snapshot:
         unique = list(dict.fromkeys(keys))
@@ -266,20 +378,35 @@ class ReadPath:
         #: Writes submitted and not yet finished.
         self.unfinishedWrites = 0
 
+    def readNow(self, keys: list[str], references: References | None) -> Snapshot | Deferred[Snapshot]:
+        """
+        The snapshot itself when it can be read on this thread at once
+        (from the cache or inline), else a L{Deferred} of it (run on a
+        thread). What the C{references} walk raises (the Include bounds)
+        is raised from here when the walk runs inline.
+        """
+        if not self.unfinishedWrites:
+            inline = self.inline
+            if inline is not None and inline.fits(keys):
+                found = inline.read(keys, references)
+                if found is not None:
+                    return found
+        return self._submit(keys, references)
+
     def read(self, keys: list[str], references: References | None) -> Deferred[Snapshot]:
-        token = Token()
+        try:
+            found = self.readNow(keys, references)
+        except Exception:
+            return fail()
+        return found if isinstance(found, Deferred) else succeed(found)
+
+    def _submit(self, keys: list[str], references: References | None) -> Deferred[Snapshot]:
+        """Run the read on a thread: behind unfinished writes, or a reader's."""
         if self.unfinishedWrites:
             worker = self._writer
         else:
-            inline = self.inline
-            if inline is not None and inline.fits(keys):
-                try:
-                    found = inline.read(keys, references)
-                except Exception:
-                    return fail()
-                if found is not None:
-                    return succeed(found)
             worker = self._point if references is None else self._bulk
+        token = Token()
         result: Deferred[Snapshot] = Deferred(lambda d: self._cancel(token))
         token.inner = worker.submit(lambda session: _guarded(session, keys, references, token))
         token.inner.addCallbacks(self._relay(result), self._relayFailure(result))
