@@ -17,12 +17,23 @@ connection with many pushes in one batch writes them at once; or a
 C{batch} callable, which gets all its changes of a published batch in one
 call (one list shared by the subscriptions of the same prefix) and writes
 them itself: no C{flush} is called for it.
+
+Turn batching: given a clock (the server passes its reactor), the hub
+delivers what is published once per reactor turn (C{callLater(0)}): a
+write batch commits every millisecond or so while a reactor turn with
+hundreds of watchers lasts several, so a watcher then gets the changes of
+several commits in one write instead of one write per commit. Delivery is
+in etag order as always, and C{etag} moves when the changes are delivered
+(a subscription made meanwhile gets them, and skips what it has already
+read: see L{proto.commands.watch}). Without a clock (tests, tools)
+delivery is synchronous.
 """
 
 from __future__ import annotations
 
 from typing import Callable
 
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from proto.store.base import Change, idKey
@@ -75,9 +86,12 @@ class ChangeHub:
 
     _log = Logger()
 
-    def __init__(self) -> None:
-        #: Every change up to this etag has been published.
+    def __init__(self, clock: IReactorTime | None = None) -> None:
+        #: Every change up to this etag has been delivered to the subscribers.
         self.etag = 0
+        self._clock = clock
+        self._queued: list[Change] = []  # published, delivered on the next turn
+        self._delivery: IDelayedCall | None = None
         self._byKey: dict[str, dict[Subscription, None]] = {}
         # How many keys of each length there are, and those lengths sorted.
         self._lengthCounts: dict[int, int] = {}
@@ -142,12 +156,29 @@ class ChangeHub:
         Tell the subscribers whose prefix matches about the changes: each
         subscription gets its matching changes in etag order (as one list,
         to its C{batch} callable if it has one, else one C{callback} call
-        each); then those that got any are flushed.
+        each); then those that got any are flushed. With a clock, on the
+        next reactor turn, together with whatever else is published until
+        then.
 
         The changes are grouped by subscribed prefix first, so that the
         subscriptions of one prefix share one list (fan-out: a subscriber
         can encode what it shares with the others once per batch).
         """
+        if not changes:
+            return
+        if self._clock is None or not (self._byKey or self._queued):
+            self._deliver(changes)
+            return
+        self._queued += changes
+        if self._delivery is None:
+            self._delivery = self._clock.callLater(0, self._deliverQueued)
+
+    def _deliverQueued(self) -> None:
+        self._delivery = None
+        changes, self._queued = self._queued, []
+        self._deliver(changes)
+
+    def _deliver(self, changes: list[Change]) -> None:
         if not changes:
             return
         self.etag = changes[-1].etag
@@ -184,7 +215,7 @@ class ChangeHub:
                             batch=batch, count=len(matched),
                         )
                     continue
-                self._deliver(subscription, matched)
+                self._callEach(subscription, matched)
                 if subscription.flush is not None:
                     touched.append(subscription)
         for subscription in touched:
@@ -196,7 +227,7 @@ class ChangeHub:
                         "Change subscriber flush {flush!r} failed", flush=subscription.flush
                     )
 
-    def _deliver(self, subscription: Subscription, matched: list[Change]) -> None:
+    def _callEach(self, subscription: Subscription, matched: list[Change]) -> None:
         for change in matched:
             if not subscription.active:
                 return

@@ -356,7 +356,9 @@ def makeService(options: Options) -> service.IService:
     except (OSError, AllowListError) as e:
         raise usage.UsageError(f"cannot use allow-list {allowPath}: {e}") from None
 
-    hub = ChangeHub()
+    from twisted.internet import reactor
+
+    hub = ChangeHub(reactor)  # delivers once per reactor turn (fan-out: proto/hub.py)
     try:
         store = openStore(
             options["store"], dataDir, hub=hub, retainChanges=options["retain-changes"]

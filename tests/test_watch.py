@@ -36,8 +36,13 @@ class WatchTestCase(SQLiteBackend, CommandTestCase):
 
     retain = 100_000
 
+    #: Deliver on the next reactor turn, as the server's hub does (proto/hub.py).
+    turnBatched = False
+
     def setUp(self) -> defer.Deferred:
-        self.hub = ChangeHub()
+        from twisted.internet import reactor
+
+        self.hub = ChangeHub(reactor if self.turnBatched else None)
         self.clock = support.realTimeClock()
         self.setUpBackend()
         self.store = self.newStore(self.hub, retainChanges=self.retain)
@@ -411,10 +416,10 @@ class RealSocketTests(TestCase):
     timeout = 60
 
     @inlineCallbacks
-    def dropCount(self, smallBuffers: bool):
+    def dropCount(self, smallBuffers: bool, turnBatched: bool = False):
         from twisted.internet import reactor
 
-        hub = ChangeHub()
+        hub = ChangeHub(reactor if turnBatched else None)
         store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=hub)
         self.addCleanup(store.close)
         yield store.start()
@@ -460,6 +465,17 @@ class RealSocketTests(TestCase):
     @inlineCallbacks
     def test_smallBuffers(self):
         count = yield self.dropCount(smallBuffers=True)
+        self.assertLess(count * 480, watchModule.DROP_BYTES + 512 * 1024)
+
+    @inlineCallbacks
+    def test_defaultBuffersTurnBatched(self):
+        """The same with the server's hub (one delivery per reactor turn)."""
+        count = yield self.dropCount(smallBuffers=False, turnBatched=True)
+        self.assertLess(count * 480, watchModule.DROP_BYTES + 512 * 1024)
+
+    @inlineCallbacks
+    def test_smallBuffersTurnBatched(self):
+        count = yield self.dropCount(smallBuffers=True, turnBatched=True)
         self.assertLess(count * 480, watchModule.DROP_BYTES + 512 * 1024)
 
 
@@ -584,6 +600,137 @@ class UnsentBoundTests(TestCase):
 
 
 # -- the same WATCH tests on PostgreSQL ------------------------------------------------
+
+
+class TurnBatchedSinceTests(SinceTests):
+    """The seam with the server's hub: delivered once per reactor turn."""
+
+    turnBatched = True
+
+
+class TurnBatchedGapTests(GapTests):
+    turnBatched = True
+
+
+class TurnBatchedDocumentsTests(DocumentsTests):
+    turnBatched = True
+
+
+class TurnBatchedCrossProcessWatchTests(CrossProcessWatchTests):
+    turnBatched = True
+
+
+class TurnBatchedEndToEndTests(EndToEndTests):
+    """The exact bytes with the server's hub (delivery on the next turn)."""
+
+    def setUp(self) -> defer.Deferred:
+        from twisted.internet import reactor
+
+        self.hub = ChangeHub(reactor)
+        self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"), hub=self.hub)
+        self.addCleanup(self.store.close)
+        self.factory = support.makeFactory(support.realTimeClock(), store=self.store, hub=self.hub)
+        return self.store.start()
+
+
+class HubTurnTests(TestCase):
+    """
+    ChangeHub with a clock (as the server makes it): what is published in
+    one reactor turn is delivered once, in order, on the next.
+    """
+
+    def setUp(self) -> None:
+        from twisted.internet.task import Clock
+
+        self.clock = Clock()
+        self.hub = ChangeHub(self.clock)
+        self.hub.startAt(10)
+        self.batches: list[list[int]] = []
+
+    def subscribe(self, prefix="a"):
+        batches: list[list[int]] = []
+        subscription = self.hub.subscribe(
+            prefix, lambda change: None, None, lambda changes: batches.append([c.etag for c in changes])
+        )
+        return subscription, batches
+
+    def test_oneDeliveryPerTurn(self):
+        _, batches = self.subscribe()
+        self.hub.publish("a/1", PUT, 11)
+        self.hub.publishChanges([Change("b/1", PUT, 12), Change("a/2", PUT, 13)])
+        self.assertEqual((batches, self.hub.etag), ([], 10))
+        self.clock.advance(0)
+        self.assertEqual((batches, self.hub.etag), ([[11, 13]], 13))
+        self.hub.publish("a/3", PUT, 14)
+        self.clock.advance(0)
+        self.assertEqual(batches, [[11, 13], [14]])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_nobodyListening(self):
+        """Without subscribers (and nothing queued) the position moves at once."""
+        self.hub.publish("a/1", PUT, 11)
+        self.assertEqual(self.hub.etag, 11)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_orderKeptWhenTheLastOneLeaves(self):
+        subscription, batches = self.subscribe()
+        self.hub.publish("a/1", PUT, 11)
+        subscription.cancel()
+        self.hub.publish("a/2", PUT, 12)  # behind 11, not before it
+        self.assertEqual(self.hub.etag, 10)
+        self.clock.advance(0)
+        self.assertEqual((batches, self.hub.etag), ([], 12))
+
+    def test_subscribedMeanwhile(self):
+        """A subscription made before the delivery is at the old position: it gets them."""
+        self.subscribe()
+        self.hub.publish("a/1", PUT, 11)
+        _, later = self.subscribe("A/")
+        self.clock.advance(0)
+        self.assertEqual(later, [[11]])
+
+
+class TurnBatchedSlowWatcherTests(WatchTestCase):
+    """The byte bound when a whole turn's changes come in one delivery."""
+
+    def setUp(self) -> defer.Deferred:
+        d = super().setUp()
+        from twisted.internet.task import Clock
+
+        self.turn = Clock()
+        self.hub._clock = self.turn  # the store publishes to this hub
+        return d
+
+    @inlineCallbacks
+    def test_droppedByBytesInOneTurn(self):
+        etag = yield self.watch(self.ctx, "s/")
+        self.ctx.countUnsent = True  # a client that reads nothing
+        pad = "x" * 300
+        for n in range(1000):
+            self.hub.publishChanges([Change(f"s/{n}{pad}", PUT, etag + n + 1)])
+        self.assertEqual(self.ctx.pushes, [])
+        self.turn.advance(0)  # one delivery of the 1,000 changes
+        pushes = self.pushesOf(self.ctx)
+        dropped = pushes[-1]
+        self.assertEqual(dropped["Type"], "Dropped")
+        self.assertEqual([p["Etag"] for p in pushes[:-1]], list(range(etag + 1, dropped["Etag"] + 1)))
+        # Checked before each write, and a write is at most CATCHUP_WINDOW
+        # (plus one push) even when the batch is bigger.
+        self.assertLessEqual(self.ctx.unsent, watchModule.DROP_BYTES + watchModule.CATCHUP_WINDOW + 500)
+        self.assertEqual(self.hub.subscriberCount(), 0)
+
+    @inlineCallbacks
+    def test_manyCommitsOneWrite(self):
+        """The pushes of several commits in one turn go out in one write."""
+        etag = yield self.watch(self.ctx, "m/")
+        writes = []
+        real = self.ctx.pushFrames
+        self.patch(self.ctx, "pushFrames", lambda data, count=None: writes.append(count) or real(data, count))
+        for n in range(5):
+            self.hub.publishChanges([Change(f"m/{n}", PUT, etag + 2 * n + 1), Change(f"x/{n}", PUT, etag + 2 * n + 2)])
+        self.turn.advance(0)
+        self.assertEqual(writes, [5])
+        self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], list(range(etag + 1, etag + 10, 2)))
 
 
 class PostgresSinceTests(PostgresBackend, SinceTests):

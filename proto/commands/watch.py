@@ -351,7 +351,9 @@ class _Watch:
         once. In the common case (live, all new, no prefix restriction,
         nothing held back, the client keeping up) its pushes are the
         batch's shared frames (L{batchFrames}): one write, and the unsent
-        bytes from their Python bound (L{proto.unsent.UnsentBound}).
+        bytes from their Python bound (L{proto.unsent.UnsentBound}). A
+        batch over L{CATCHUP_WINDOW} goes push by push, so that the bound
+        is applied within it.
         """
         if (
             self._kept is None
@@ -360,25 +362,27 @@ class _Watch:
             and not self._outbox
         ):
             data = batchFrames(changes, self._head)
-            self._pos = etag = changes[-1].etag
             size = len(data)
-            unsent = self._unsent
-            if size <= DROP_BYTES and unsent.unsent(SLOW_BYTES) <= SLOW_BYTES:
-                # What _flush does when the client keeps up.
-                self._slowSince = None
-                self._resume = etag
-                self._lastWrite = 0
-                unsent.wrote(size)
-                self._ctx.pushFrames(data, len(changes))
-                return
-            self._outbox.append(data)
-            self._outboxEtag = etag
-            self._outboxBytes += size
-        else:
-            for change in changes:
-                if self.ended:
+            if size <= CATCHUP_WINDOW:
+                self._pos = etag = changes[-1].etag
+                unsent = self._unsent
+                if unsent.unsent(SLOW_BYTES) <= SLOW_BYTES:
+                    # What _flush does when the client keeps up.
+                    self._slowSince = None
+                    self._resume = etag
+                    self._lastWrite = 0
+                    unsent.wrote(size)
+                    self._ctx.pushFrames(data, len(changes))
                     return
-                self._changed(change)
+                self._outbox.append(data)
+                self._outboxEtag = etag
+                self._outboxBytes += size
+                self._flush()
+                return
+        for change in changes:
+            if self.ended:
+                return
+            self._changed(change)
         self._flush()
 
     # -- output ------------------------------------------------------------------
