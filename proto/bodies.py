@@ -31,9 +31,10 @@ from proto.states import READY
 from proto.timers import BODY
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
     from twisted.logger import Logger
 
-    from proto.timers import Clock, Timers
+    from proto.timers import Timers
 
 
 class BodyBudget:
@@ -56,7 +57,7 @@ class BodyBudget:
         state: str
         factory: Any
         config: Any
-        clock: Clock
+        clock: IReactorTime
         log: Logger
         peer: str
         paused: bool

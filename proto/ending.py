@@ -38,12 +38,13 @@ from proto.states import CLOSING, DRAINING, ENDING, OPEN, READY
 from proto.timers import ABORT, DRAIN, HEAD, IDLE, SHUTDOWN
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IReactorTime
     from twisted.logger import Logger
 
     from proto.flowcontrol import FlowControl
     from proto.stats import ServerStats
     from proto.subscriptions import Subscriptions
-    from proto.timers import Clock, Timers
+    from proto.timers import Timers
 
 #: The reason given to requests that arrive during a server shutdown, and
 #: in the final frame of each connection (issue 10: graceful drain).
@@ -65,7 +66,7 @@ class Ending:
         state: str
         transport: Any
         config: Any
-        clock: Clock
+        clock: IReactorTime
         log: Logger
         peer: str
         stats: ServerStats

@@ -44,26 +44,30 @@ from __future__ import annotations
 
 import datetime
 from time import perf_counter
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto import wire
 from proto.admission import Identity, identityOfDER, judge
-from proto.commands.base import ICommandContext
+from proto.commands.base import Handler, ICommandContext
 from proto.bodies import BodyBudget
 from proto.dispatch import Dispatcher
 from proto.ending import SHUTDOWN_REASON, Ending
 from proto.flowcontrol import INFLIGHT, TRANSPORT, FlowControl
 from proto.permissions import NOTHING, Grant
 from proto.states import CLOSED, CLOSING, DRAINING, ENDING, HANDSHAKING, OPEN, READY, advance
-from proto.stats import REFUSED_HANDSHAKE_TIMEOUT
+from proto.stats import REFUSED_HANDSHAKE_TIMEOUT, CommandStats
 from proto.subscriptions import Subscriptions
 from proto.timers import BODY, HANDSHAKE, HEAD, IDLE, Timers
 from proto.tls import peerCertificateDER
+
+if TYPE_CHECKING:
+    from proto.server import GNPServerFactory
 
 __all__ = [
     "GNPServerProtocol", "SHUTDOWN_REASON", "printablePeer",
@@ -71,7 +75,7 @@ __all__ = [
 ]
 
 
-def printablePeer(address) -> str:
+def printablePeer(address: Any) -> str:
     """C{host:port} for logs, with IPv4-mapped IPv6 addresses unmapped."""
     host = getattr(address, "host", None)
     if host is None:
@@ -92,6 +96,11 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
 
     delimiter = wire.HEAD_END
     log = Logger()
+    #: The TLS transport (C{TLSMemoryBIOProtocol}, or proto.speed's): an
+    #: ITCPTransport that is also our push producer's consumer, pauses and
+    #: resumes reading, and aborts. Twisted's own annotation
+    #: (C{ITransport | None}) names none of that.
+    transport: Any
 
     # Defaults kept on the class, set on an instance only when they change:
     # fewer than 30 instance attributes keep CPython's compact shared-key
@@ -106,7 +115,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
     #: seconds at admission: one attribute for both (see above).
     _since = 0.0
 
-    def __init__(self, factory) -> None:
+    def __init__(self, factory: GNPServerFactory) -> None:
         self.factory = factory
         self.config = factory.config
         self.registry = factory.registry
@@ -124,7 +133,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self._flow = FlowControl(self.config.maxInflight)
         self.identity: Identity | None = None
         self.grant: Grant = NOTHING
-        self._free: dict = {}  # the commands this grant runs unchecked
+        self._free: Mapping[str, Handler] = {}  # the commands this grant runs unchecked
         self.peer = "?"
         self.subscriptions = Subscriptions(self)
 
@@ -168,6 +177,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
             allowList = self.factory.allowList()
             reason = judge(self.identity, allowList, now)
             if reason is None:
+                assert self.identity is not None  # judge() refuses a client without one
                 self._grant(allowList.grantFor(self.identity.sha1, self.identity.sha256))
             else:
                 refused = getattr(self.factory, "certificateRefused", None)
@@ -184,6 +194,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
             self.stats.refusedFor(reason)
             self._closeWith(wire.encodeGreeting(reason))
             return
+        assert who is not None
         self.log.info(
             "Admitted {peer} sha1={sha1} cn={cn!r} {grant}",
             peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
@@ -202,7 +213,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         else:
             timers.stop(HANDSHAKE)
 
-    def connectionLost(self, reason=None) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
         self._enter(CLOSED)
         self._timers.stopAll()
         self._dropBody()
@@ -324,12 +335,14 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
             # the loop already running takes the new bytes too.
             return
         self._busyReceiving = True
-        self._replies = replies = []
+        replies: list[bytes] = []
+        self._replies = replies
         # The commands that answer at once are timed per chunk: their
         # replies are all written when the chunk is done, so each one's
         # latency is the chunk's (PROTOCOL.md: one write per chunk), and one
         # histogram update per command per chunk replaces one per request.
-        self._immediate = immediate = {}
+        immediate: dict[CommandStats, int] = {}
+        self._immediate = immediate
         chunkStarted = perf_counter()
         completed = False
         take, dispatch = parser.next, self._dispatch

@@ -26,9 +26,9 @@ until its time would have come.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Final, Protocol
+from typing import Any, Callable, Final
 
-from twisted.internet.base import DelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
 HANDSHAKE: Final = 0
 HEAD: Final = 1
@@ -40,16 +40,6 @@ ABORT: Final = 6
 
 #: The timers' names, by index (for reprs and messages).
 NAMES: Final = ("handshake", "head", "idle", "body", "drain", "shutdown", "abort")
-
-
-class Clock(Protocol):
-    """What a connection needs of the reactor (C{IReactorTime}), typed."""
-
-    def seconds(self) -> float: ...
-
-    def callLater(
-        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
-    ) -> DelayedCall: ...
 
 
 class Timers:
@@ -65,9 +55,9 @@ class Timers:
 
     __slots__ = ("clock", "calls")
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: IReactorTime) -> None:
         self.clock = clock
-        self.calls: list[DelayedCall | None] = [None] * len(NAMES)
+        self.calls: list[IDelayedCall | None] = [None] * len(NAMES)
 
     def __repr__(self) -> str:
         running = [NAMES[kind] for kind in range(len(NAMES)) if self.running(kind)]
@@ -133,5 +123,5 @@ class Timers:
         # DelayedCall keeps its function and arguments as plain attributes
         # (func, args, kw), read when it fires; our trampoline is the
         # function, so only the arguments change.
-        call.args = (new, callback)
+        call.args = (new, callback)  # type: ignore[attr-defined]
         self.calls[new] = call
