@@ -1,6 +1,13 @@
 """
 The SQLite store's worker threads: each owns one session (connection)
 and runs the jobs queued for it in batches (see L{proto.store.sqlite}).
+
+One hand-off per batch, both ways (issue 13). Jobs queued during one
+reactor turn wake an idle worker once, at the end of that turn (one
+C{callLater(0)}, not one thread wake-up per job): the reactor thread
+keeps the GIL for the rest of its turn instead of fighting the worker it
+just woke for it, and the batch is every job of the turn. A batch's
+results come back with one C{callFromThread}.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from proto.store.base import StoreClosedError
 
 class Job:
     """One queued operation: what to run on the worker thread, and for whom."""
+
+    __slots__ = ("work", "state", "deferred", "_lock")
 
     QUEUED, RUNNING, CANCELLED = "queued", "running", "cancelled"
 
@@ -68,19 +77,40 @@ class Worker:
         self._lock = threading.Condition()
         self._queue: list[Job] = []
         self._stopping = False
+        #: The thread waits for jobs (guarded by C{_lock}).
+        self._idle = False
+        #: A wake-up of the idle thread is scheduled for the end of this
+        #: reactor turn (only touched on the reactor thread).
+        self._wakeScheduled = False
+        self._callLater = getattr(reactor, "callLater", None)
         self._thread: threading.Thread | None = None
         self._ready: Deferred[Any] = Deferred()
         self._stopWaiters: list[Deferred[None]] | None = []
 
     def submit(self, work: Callable[[Any], Any]) -> Deferred[Any]:
-        """Queue C{work(session)}; the result fires on the reactor thread."""
+        """
+        Queue C{work(session)} (on the reactor thread); the result fires on
+        the reactor thread. An idle thread is woken at the end of the
+        reactor turn, once for every job queued in the turn.
+        """
         job = Job(work, self._lock)
         with self._lock:
             if self._stopping:
                 return fail(StoreClosedError(f"the store's {self._name} is closed"))
             self._queue.append(job)
-            self._lock.notify()
+            if not self._idle or self._wakeScheduled:
+                return job.deferred
+            if self._callLater is None:
+                self._lock.notify()
+                return job.deferred
+            self._wakeScheduled = True
+        self._callLater(0, self._wake)
         return job.deferred
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wakeScheduled = False
+            self._lock.notify()
 
     def start(self) -> Deferred[Any]:
         """Start the thread; fires with the session once it is open."""
@@ -142,7 +172,9 @@ class Worker:
                     return jobs
                 if self._stopping:
                     return None
+                self._idle = True
                 self._lock.wait()
+                self._idle = False
 
     def _deliver(self, jobs: list[Job], outcomes: list[Any], info: Any, seconds: float) -> None:
         if self._batchDone is not None and info is not None:
