@@ -162,6 +162,41 @@ class SchemaTests(TestCase):
             lambda e: self.assertIn("newer release", str(e))
         )
 
+    def test_documentsBecomeRowidTable(self):
+        """
+        Step 4: a version 3 file's WITHOUT ROWID C{documents} becomes an
+        ordinary table with the same rows (ids, etags, bodies), still keyed
+        by C{key} (a second row with the same key is refused).
+        """
+        connection = sqlite3.connect(":memory:", isolation_level=None)
+        for step in sqlite_schema.STEPS[:3]:
+            step(connection)
+        connection.execute("PRAGMA user_version = 3")
+        rows = [("users/1", "Users/1", 3, b'{"a": 1}'), ("users/2", "users/2", 7, b"{}")]
+        connection.executemany(
+            "INSERT INTO documents (key, id, etag, body) VALUES (?, ?, ?, ?)", rows
+        )
+
+        def layout() -> str:
+            (sql,) = connection.execute(
+                "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'documents'"
+            ).fetchone()
+            return str(sql).upper()
+
+        self.assertIn("WITHOUT ROWID", layout())
+        self.assertEqual(sqlite_schema.upgrade(connection, ":memory:"), 3)
+        self.assertNotIn("WITHOUT ROWID", layout())
+        self.assertEqual(
+            connection.execute("SELECT key, id, etag, body FROM documents ORDER BY key").fetchall(),
+            rows,
+        )
+        with self.assertRaises(sqlite3.IntegrityError):
+            connection.execute(
+                "INSERT INTO documents (key, id, etag, body) VALUES ('users/1', 'x', 1, x'')"
+            )
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        self.assertNotIn("documents_rowid", tables)
+
     def test_stepsInOrder(self):
         """Each step runs once, in order, from the file's version."""
         connection = sqlite3.connect(":memory:", isolation_level=None)
