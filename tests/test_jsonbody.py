@@ -72,14 +72,75 @@ class CheckObjectTests(unittest.TestCase):
         self.assertEqual(reason(body) == "", isinstance(json.loads(body), dict))
 
 
+def loadsReason(body: bytes) -> str:
+    """
+    What the check said when it called C{json.loads} with its hooks on
+    every body (before the reactor thread's decoder was made once).
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"Body is not valid UTF-8: {e.reason} at byte {e.start}"
+    try:
+        value = json.loads(
+            text, object_pairs_hook=jsonbody._object, parse_int=jsonbody._integer,
+            parse_float=jsonbody._float, parse_constant=jsonbody._constant,
+        )
+    except jsonbody._BadValue as e:
+        return str(e)
+    except ValueError as e:
+        return f"Body is not valid JSON: {e}"
+    except RecursionError:
+        return "Body is not usable JSON: nested too deeply"
+    if value is not jsonbody._OBJECT:
+        return f"Body must be a JSON object, not {jsonbody._kind(value)}"
+    return ""
+
+
+def reactorReason(body: bytes) -> str:
+    """The reason given by the check made on the reactor thread (shared decoder)."""
+    try:
+        checkObjectBody(putRequest(body))
+    except CommandError as e:
+        return e.reason
+    return ""
+
+
+class SharedDecoderTests(unittest.TestCase):
+    """
+    The reactor thread's decoder, made once, accepts and refuses exactly
+    what C{json.loads} did, in the same words.
+    """
+
+    def test_sameWords(self):
+        for body in (
+            b"{}", b'{"a": }', b"\xef\xbb\xbf{}", '\ufeff{"a": 1}'.encode(), b'{"a": NaN}',
+            b'{"a": -Infinity}', b'{"a": 1} x', b"", b" ", b'{"a": 1, "a": 2}', b'{"a": "\\ud800"}',
+            b'{"a": "\x01"}', b'{"n": ' + b"7" * 5000 + b"}", b"[" * 5000 + b"]" * 5000, b"[1]",
+            b'{"a": 01}', b'{"a": 1.}', b'{"a": .5}', b'{"a": "\\x"}', b"\xff",
+        ):
+            self.assertEqual(reactorReason(body), loadsReason(body), body)
+        self.assertIn("BOM", reactorReason("\ufeff{}".encode()))
+
+    @given(st.binary(max_size=64))
+    def test_sameWordsForAnyBytes(self, body):
+        self.assertEqual(reactorReason(body), loadsReason(body))
+
+    @given(json_values)
+    def test_sameWordsForJsonAndItsTruncations(self, value):
+        body = json.dumps(value).encode()
+        for cut in (len(body), len(body) // 2, 1):
+            self.assertEqual(reactorReason(body[:cut]), loadsReason(body[:cut]))
+
+
 class WhereItRunsTests(unittest.TestCase):
     def setUp(self):
         self.threads = []
         original = jsonbody.checkObject
 
-        def recording(body):
+        def recording(body, *decoder):
             self.threads.append(threading.current_thread())
-            return original(body)
+            return original(body, *decoder)
 
         self.patch(jsonbody, "checkObject", recording)
 

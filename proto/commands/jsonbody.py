@@ -73,10 +73,26 @@ def _kind(value: Any) -> str:
     return "a string" if isinstance(value, str) else "an array"
 
 
-def checkObject(body: bytes) -> None:
+def _decoder() -> json.JSONDecoder:
+    return json.JSONDecoder(
+        object_pairs_hook=_object, parse_int=_integer, parse_float=_float,
+        parse_constant=_constant,
+    )
+
+
+#: The decoder of the bodies checked on the reactor thread, made once
+#: (C{json.loads} with hooks makes one per call). A decoder's scanner is
+#: not to be shared between threads: bodies checked in the thread pool
+#: get their own.
+_reactorDecoder = _decoder()
+
+
+def checkObject(body: bytes, decoder: json.JSONDecoder | None = None) -> None:
     """
     Refuse C{body} unless it is UTF-8 JSON text of an object.
 
+    @param decoder: from L{_decoder}, used by one thread only; C{None}:
+        a new one.
     @raise CommandError: saying what is wrong.
     """
     try:
@@ -84,10 +100,10 @@ def checkObject(body: bytes) -> None:
     except UnicodeDecodeError as e:
         raise CommandError(f"Body is not valid UTF-8: {e.reason} at byte {e.start}") from None
     try:
-        value = json.loads(
-            text, object_pairs_hook=_object, parse_int=_integer, parse_float=_float,
-            parse_constant=_constant,
-        )
+        if text.startswith("\ufeff"):
+            # What json.loads says of a str with a BOM (decode() does not check).
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        value = (decoder or _decoder()).decode(text)
     except _BadValue as e:
         raise CommandError(str(e)) from None
     except ValueError as e:
@@ -111,6 +127,6 @@ def checkObjectBody(request: Request) -> Deferred[None] | None:
             "PUT needs a body: a JSON object, sent after the head with a Size header"
         )
     if len(request.body) <= INLINE_LIMIT:
-        checkObject(request.body)
+        checkObject(request.body, _reactorDecoder)
         return None
     return deferToThread(checkObject, request.body)

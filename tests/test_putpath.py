@@ -1,0 +1,160 @@
+"""
+The write path's hand-offs and encodings (issue 13): the worker thread is
+woken once per reactor turn and runs that turn's jobs as one batch; the
+PUT reply and error mapping say what they said before, byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from proto.commands.base import CommandError
+from proto.commands.documents import _encodeVersion, _jsonBytes, _writeFailed
+from proto.store.base import (
+    ConflictError,
+    StorageFullError,
+    StoreUnavailableError,
+    Version,
+)
+from proto.store.sqlite_worker import Worker
+
+
+class RecordingSession:
+    """Runs each work and records the size of every batch (worker thread)."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.threads: set[threading.Thread] = set()
+
+    def runBatch(self, works: list[Any]) -> tuple[list[Any], None]:
+        self.batches.append(len(works))
+        self.threads.add(threading.current_thread())
+        return [work(self) for work in works], None
+
+    def close(self) -> None:
+        pass
+
+
+class NoCallLater:
+    """A reactor that only has C{callFromThread}."""
+
+    def callFromThread(self, f: Any, *args: Any) -> None:
+        reactor.callFromThread(f, *args)
+
+
+class WorkerTurnTests(TestCase):
+    """One wake-up per reactor turn, one batch per wake-up."""
+
+    @inlineCallbacks
+    def startWorker(self, clock: Any = reactor):
+        self.session = RecordingSession()
+        worker = Worker("test", lambda: self.session, clock)
+        self.addCleanup(worker.stop)
+        yield worker.start()
+        # Let the thread reach its wait for jobs.
+        for _ in range(1000):
+            if worker._idle:
+                break
+            yield _sleep(0.001)
+        self.assertTrue(worker._idle)
+        return worker
+
+    @inlineCallbacks
+    def test_oneTurnOneBatch(self):
+        """Jobs submitted in one reactor turn run as one batch, on the thread."""
+        worker = yield self.startWorker()
+        results = yield _gather([worker.submit(lambda session, n=n: n * 2) for n in range(5)])
+        self.assertEqual(results, [0, 2, 4, 6, 8])
+        self.assertEqual(self.session.batches, [5])
+        self.assertNotIn(threading.current_thread(), self.session.threads)
+        # And again: the worker went back to waiting, and is woken again,
+        # at the end of the turn even if the reactor thread lets go of the
+        # GIL in the middle of it (here: sleeps) after the first job.
+        deferreds = []
+        for _ in range(3):
+            deferreds.append(worker.submit(lambda session: "x"))
+            time.sleep(0.005)
+        results = yield _gather(deferreds)
+        self.assertEqual((results, self.session.batches), (["x"] * 3, [5, 3]))
+
+    @inlineCallbacks
+    def test_cancelledInTheTurnNeverRuns(self):
+        """A job cancelled in the turn it was submitted in is skipped."""
+        worker = yield self.startWorker()
+        ran: list[str] = []
+        first = worker.submit(lambda session: ran.append("first"))
+        second = worker.submit(lambda session: ran.append("second"))
+        first.cancel()
+        yield second
+        self.assertFailure(first, CancelledError)
+        yield first
+        self.assertEqual((ran, self.session.batches), (["second"], [1]))
+
+    @inlineCallbacks
+    def test_withoutCallLater(self):
+        """A reactor without callLater: the thread is woken at once."""
+        worker = yield self.startWorker(NoCallLater())
+        result = yield worker.submit(lambda session: 42)
+        self.assertEqual(result, 42)
+
+
+def _sleep(seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+@inlineCallbacks
+def _gather(deferreds: list[Deferred[Any]]):
+    results = []
+    for d in deferreds:
+        results.append((yield d))
+    return results
+
+
+class EncodeVersionTests(SynchronousTestCase):
+    @given(st.text(min_size=1, alphabet=st.characters(blacklist_categories=["Cs"])),
+           st.integers(min_value=0, max_value=2**63))
+    def test_sameAsJsonDumps(self, id: str, etag: int) -> None:
+        self.assertEqual(
+            _encodeVersion(Version(id, etag)), _jsonBytes({"Id": id, "Etag": etag})
+        )
+
+
+class WriteFailedTests(SynchronousTestCase):
+    """One errback gives each store failure its words (as three did)."""
+
+    class Context:
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+
+    def reason(self, error: Exception) -> str:
+        try:
+            _writeFailed(Failure(error), self.Context())  # type: ignore[arg-type]
+        except CommandError as e:
+            return e.reason
+        raise AssertionError("no CommandError")
+
+    def test_words(self) -> None:
+        self.assertEqual(
+            self.reason(ConflictError("a", 5, 1)), "Conflict: a has etag 1; If-Match was 5"
+        )
+        self.assertEqual(self.reason(StorageFullError("no room")), "Storage full: no room")
+        self.assertEqual(
+            self.reason(StoreUnavailableError("gone")), "Store unavailable: gone"
+        )
+
+    def test_otherFailuresGoOn(self) -> None:
+        with self.assertRaises(ZeroDivisionError):
+            _writeFailed(Failure(ZeroDivisionError()), self.Context())  # type: ignore[arg-type]
