@@ -100,7 +100,100 @@ def plainRead(connection: Any, keys: Sequence[str]) -> Snapshot:
     return Snapshot([found.get(key) for key in keys], [], etag)
 
 
+#: The most candidate ids a one-statement Include read fetches with the
+#: results (more: the read takes two round trips, L{snapshotInclude}).
+PREFETCH_MAX = 256
+
+#: GET with Include in one statement: the etag, the results, and the
+#: documents under every string the Include paths reach in them
+#: (C{jsonb_path_query}, lax mode: one level of list at each step, like
+#: L{proto.commands.include}), each candidate key with its document or
+#: NULL. Row kinds: 0 the etag, 1 a result, 2 a candidate.
+_PREFETCH_SQL = (
+    "WITH r AS (SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)), "
+    "k AS (SELECT DISTINCT lower(v #>> '{}') AS key FROM r, unnest(%s::jsonpath[]) p, "
+    "jsonb_path_query(convert_from(r.body, 'UTF8')::jsonb, p) v "
+    "WHERE jsonb_typeof(v) = 'string' LIMIT %s) "
+    "SELECT 0, NULL, NULL, value, NULL FROM proto_counters WHERE name = 'etag' "
+    "UNION ALL SELECT 1, key, id, etag, body FROM r "
+    "UNION ALL SELECT 2, k.key, d.id, d.etag, d.body FROM k "
+    "LEFT JOIN proto_documents d ON d.key = k.key"
+)
+
+
+class _NotFetched(Exception):
+    """The walk named an id the one-statement read did not look up."""
+
+
+def jsonPath(path: Sequence[str]) -> str:
+    """An Include path (C{("A", "B")}) as a lax SQL/JSON path to the strings it reaches."""
+    steps = "".join('."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"' for name in path)
+    return f"lax ${steps}[*]"
+
+
+def prefetchedRead(connection: Any, keys: Sequence[str], references: References,
+                   paths: Sequence[Sequence[str]]) -> Snapshot | None:
+    """
+    GET with Include in one statement (one snapshot, one round trip): the
+    database looks up the ids the paths reach ahead of the walk; the walk
+    (C{references}: it decides what is included, with its bounds and
+    filters) then takes its documents from those. C{None} if it named an
+    id that was not looked up (a case PostgreSQL folds otherwise, a path
+    SQL/JSON reads otherwise, too many candidates, a body C{jsonb}
+    refuses): then the caller reads in two round trips.
+    """
+    import psycopg
+
+    unique = list(dict.fromkeys(keys))
+    try:
+        rows = connection.execute(
+            _PREFETCH_SQL, (unique, [jsonPath(path) for path in paths], PREFETCH_MAX + 1)
+        ).fetchall()
+    except (psycopg.DataError, psycopg.ProgrammingError):
+        # A body jsonb refuses (one with an escaped NUL), a path it cannot
+        # parse: read in two round trips (autocommit: nothing to roll back).
+        return None
+    etag = 0
+    byKey: dict[str, Document] = {}
+    candidates: dict[str, Document | None] = {}
+    for kind, key, id, version, body in rows:
+        if kind == 0:
+            etag = version
+        elif kind == 1:
+            byKey[key] = Document(id, version, bytes(body))
+        else:
+            candidates[key] = None if id is None else Document(id, version, bytes(body))
+    if len(candidates) > PREFETCH_MAX:
+        return None
+    results = [byKey.get(key) for key in keys]
+
+    def fetch(missing: list[str]) -> list[Document | None]:
+        try:
+            return [candidates[key] for key in missing]
+        except KeyError:
+            raise _NotFetched() from None
+
+    try:
+        return Snapshot(results, resolveIncludes(results, references, fetch), etag)
+    except _NotFetched:
+        return None
+
+
 def includeRead(connection: Any, keys: Sequence[str], references: References) -> Snapshot:
+    """
+    GET with Include in one snapshot: in one round trip when the walk is
+    an L{proto.commands.include.IncludeWalk} whose paths the database can
+    follow (L{prefetchedRead}), else in two (L{snapshotInclude}).
+    """
+    paths = getattr(references, "paths", None)
+    if paths:
+        found = prefetchedRead(connection, keys, references, paths)
+        if found is not None:
+            return found
+    return snapshotInclude(connection, keys, references)
+
+
+def snapshotInclude(connection: Any, keys: Sequence[str], references: References) -> Snapshot:
     """
     GET with Include in one read-only snapshot and two round trips: the
     etag and the documents (pipelined with BEGIN), then the referenced

@@ -1,0 +1,86 @@
+"""
+The PostgreSQL store's GET with Include in one statement
+(L{proto.store.postgres_session.prefetchedRead}) and its fallback to two
+round trips: same results as the walk decides, one snapshot.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import inlineCallbacks
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from proto.commands.include import IncludeWalk, parseInclude
+from proto.store import postgres_session
+from tests.test_store import PostgresBackend
+
+
+class JsonPathTests(SynchronousTestCase):
+    def test_quoting(self) -> None:
+        self.assertEqual(postgres_session.jsonPath(("A", "B")), 'lax $."A"."B"[*]')
+        self.assertEqual(postgres_session.jsonPath(('a"b', "c\\d")), 'lax $."a\\"b"."c\\\\d"[*]')
+
+
+class PrefetchedIncludeTests(PostgresBackend, TestCase):
+    """GET with Include on PostgreSQL, in one statement where it can be."""
+
+    @inlineCallbacks
+    def setUp(self):
+        self.setUpBackend()
+        self.store = self.newStore()
+        yield self.store.start()
+        self.addCleanup(self.store.close)
+        self.twoTrips = 0
+        original = postgres_session.snapshotInclude
+
+        def counted(*args):
+            self.twoTrips += 1
+            return original(*args)
+
+        self.patch(postgres_session, "snapshotInclude", counted)
+
+    def read(self, ids, include):
+        return self.store.read(ids, IncludeWalk(parseInclude(include)))
+
+    @inlineCallbacks
+    def test_oneStatement(self):
+        """Lists one level deep, ids in any case, missing ones, repeats: one trip."""
+        yield self.store.put("o/1", b'{"A": [{"B": "R/1"}, [{"B": "r/9"}], {"B": ["r/2", "nope", 7]}], "C": "r/1"}')
+        yield self.store.put("r/1", b'{"n": 1}')
+        yield self.store.put("r/2", b'{"n": 2}')
+        yield self.store.put("r/9", b'{"n": 9}')
+        found = yield self.read(["o/1", "missing", "O/1"], "A.B, C")
+        self.assertEqual(self.twoTrips, 0)
+        self.assertEqual([d and d.id for d in found.results], ["o/1", None, "o/1"])
+        self.assertEqual([(d.id, d.body) for d in found.includes],
+                         [("r/1", b'{"n": 1}'), ("r/2", b'{"n": 2}')])
+        self.assertEqual(found.etag, 4)
+
+    @inlineCallbacks
+    def test_fallbacks(self):
+        """What the one statement cannot do is read in two round trips, with the same result."""
+        yield self.store.put("r/1", b'{"n": 1}')
+        yield self.store.put("stra\u00dfe", b'{"n": 2}')
+        # jsonb refuses an escaped NUL.
+        yield self.store.put("o/nul", b'{"R": "r/1", "x": "\\u0000"}')
+        found = yield self.read(["o/nul"], "R")
+        self.assertEqual([d.id for d in found.includes], ["r/1"])
+        self.assertEqual(self.twoTrips, 1)
+        # Case folding (Python's) that lower() does not do.
+        yield self.store.put("o/fold", '{"R": "STRA\u1e9eE"}'.encode())
+        found = yield self.read(["o/fold"], "R")
+        self.assertEqual([d.id for d in found.includes], ["stra\u00dfe"])
+        self.assertEqual(self.twoTrips, 2)
+        # More candidates than are fetched ahead.
+        self.patch(postgres_session, "PREFETCH_MAX", 1)
+        yield self.store.put("o/many", b'{"R": ["r/1", "r/2", "r/3"]}')
+        found = yield self.read(["o/many"], "R")
+        self.assertEqual([d.id for d in found.includes], ["r/1"])
+        self.assertEqual(self.twoTrips, 3)
+
+    @inlineCallbacks
+    def test_quotedPath(self):
+        yield self.store.put("r/1", b"{}")
+        yield self.store.put("o", b'{"a\\"b": {"c\\\\d": "r/1"}}')
+        found = yield self.read(["o"], 'a"b.c\\d')
+        self.assertEqual([d.id for d in found.includes], ["r/1"])
+        self.assertEqual(self.twoTrips, 0)
