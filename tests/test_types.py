@@ -3,16 +3,13 @@ The type gate: mypy over C{proto/}, as part of the suite (so every landing
 and CI run it; C{.ci/run} also runs it as its own step first).
 
 The settings are in C{pyproject.toml} (C{[tool.mypy]}): all of C{proto/}
-is checked, and the sans-I/O wire format (C{proto/wire.py}), the command
-layer (C{proto/commands/}: handlers take an C{ICommandContext} and a
-C{wire.Request}), C{proto/subscriptions.py} and the client core
-(C{proto/client/core.py}) and the connection's parts (dispatch, flow
-control, timers, states, ending, bodies, and the
-connection itself, C{proto/protocol.py}) with every flag of C{--strict}. Zope interfaces
-are types through the C{mypy-zope} plugin.
-
-A module on L{NOT_YET} is still skipped (its findings are being fixed):
-take it off the list once it passes.
+is checked; the sans-I/O wire format (C{proto/wire.py}), the command layer
+(C{proto/commands/}: handlers take an C{ICommandContext} and a
+C{wire.Request}), C{proto/subscriptions.py}, the client core
+(C{proto/client/core.py}) and the connection (C{proto/protocol.py} and its
+parts: dispatch, flow control, timers, states, ending, bodies) with every
+flag of C{--strict}. Zope interfaces are types through the C{mypy-zope}
+plugin.
 """
 
 from __future__ import annotations
@@ -35,21 +32,6 @@ STRICT = [
     "proto/ending.py", "proto/bodies.py", "proto/protocol.py",
 ]
 
-#: Not gated yet (see the module docstring).
-NOT_YET: list[str] = []
-
-
-def gatedFiles() -> list[str]:
-    """Every module of proto/ (relative to the checkout), minus L{NOT_YET}."""
-    out = []
-    for directory, _, files in os.walk(os.path.join(ROOT, "proto")):
-        for name in files:
-            if name.endswith(".py"):
-                path = os.path.relpath(os.path.join(directory, name), ROOT)
-                if path not in NOT_YET:
-                    out.append(path)
-    return sorted(out)
-
 
 class TypeGateTests(unittest.TestCase):
     def setUp(self):
@@ -70,11 +52,8 @@ class TypeGateTests(unittest.TestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
     def test_proto(self):
-        """C{mypy} (pyproject.toml's settings) over proto/."""
-        if NOT_YET:
-            self.mypy("--follow-imports=silent", *gatedFiles())
-        else:
-            self.mypy()
+        """C{mypy} with pyproject.toml's settings: all of proto/."""
+        self.mypy()
 
     def test_strict(self):
         """The strict modules pass C{mypy --strict} itself."""
