@@ -183,8 +183,30 @@ class CLIWatchTests(CLITestCase):
     def test_oneShotSince(self):
         result = self.cli("WATCH", "c/", "--since", "x")
         self.assertNotEqual(result.returncode, 0)
-        result = self.cli("WATCH", "c/", "--since", "0", "-i")
+        result = self.cli("WATCH", "c/", "-i")
         self.assertEqual(result.returncode, 0, result.stderr)
         self.assertIn(b"etag: 0", result.stdout.lower())
         # Without --follow no push is printed: it says so, not silence.
         self.assertIn(b"add --follow to print its pushes", result.stderr)
+
+    def test_sinceImpliesFollow(self):
+        """--since without --follow prints the catch-up (it used to print nothing)."""
+        for n in (1, 2, 3):
+            result = self.cli("PUT", f"c/{n}", "--body", "{}")
+            self.assertEqual(result.returncode, 0, result.stderr)
+        result = self.cli("WATCH", "c/", "--since", "1", "--count", "2", "--raw")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        lines = result.stdout.decode().splitlines()
+        pushes = [json.loads(line.split("] ", 1)[1]) for line in lines]
+        self.assertEqual([(p["Id"], p["Etag"]) for p in pushes], [("c/2", 2), ("c/3", 3)])
+        self.assertIn(b"watching c/ from etag 1", result.stderr)
+        self.assertNotIn(b"add --follow", result.stderr)
+
+    def test_impliesFollow(self):
+        from types import SimpleNamespace
+
+        from proto.client.watchcli import impliesFollow
+
+        self.assertTrue(impliesFollow(SimpleNamespace(since=0, documents=False)))
+        self.assertTrue(impliesFollow(SimpleNamespace(since=None, documents=True)))
+        self.assertFalse(impliesFollow(SimpleNamespace(since=None, documents=False)))

@@ -372,6 +372,7 @@ def oneShot(options) -> int:
     headers = [parseHeader(h) for h in options.header]
     body = readBody(options, command)
     if command == "WATCH":
+        options.follow = options.follow or watchcli.impliesFollow(options)
         if options.follow and len(args) == 1:
             show = lambda push: emit(formatFrame(push, options))  # noqa: E731
             try:

@@ -3,7 +3,7 @@ C{proto-cli WATCH prefix [--since N] [--documents] [--follow]}: the WATCH
 options of section 8, and a C{--follow} that survives reconnects and
 C{Dropped} pushes (L{proto.client.follow.WatchFollower}): it resumes from
 the last etag it printed, says so on standard error, and prints a C{Gap}
-push like any other.
+push like any other. C{--since} and C{--documents} imply C{--follow}.
 """
 
 from __future__ import annotations
@@ -19,9 +19,20 @@ from proto.client.messages import Reply
 def addOptions(group: Any) -> None:
     """The WATCH options, in the CLI's request group."""
     group.add_argument("--since", type=int, metavar="N",
-                       help="WATCH: first replay every retained change after etag N (0: all)")
+                       help="WATCH: first replay every retained change after etag N (0: all); "
+                            "implies --follow")
     group.add_argument("--documents", action="store_true",
-                       help="WATCH: pushes carry the document (Include with -H Include=Field)")
+                       help="WATCH: pushes carry the document (Include with -H Include=Field); "
+                            "implies --follow")
+
+
+def impliesFollow(options: Any) -> bool:
+    """
+    C{--since} and C{--documents} are about the pushes, which only
+    C{--follow} prints: a WATCH with either follows (else it would print
+    the reply and drop the catch-up it asked for).
+    """
+    return options.since is not None or bool(options.documents)
 
 
 def extraHeaders(options: Any) -> list[tuple[str, str]]:
