@@ -51,8 +51,15 @@ again with C{Since: e} and lose nothing.
 
 Fan-out
 =======
-The JSON of a change is encoded once for all the watches it goes to, and
-the pushes one watch gets from one published batch go out in one write.
+The JSON of a change is encoded once for all the watches it goes to (and
+the whole pushes once for all the watches with the same Sequence); the
+server's hub delivers what was committed during a reactor turn at once
+(L{proto.hub}), so the pushes one watch gets per turn go out in one
+write. The unsent bytes are checked before every write from a Python
+bound (L{proto.unsent.UnsentBound}: the last exact figure plus what was
+written since), so the kernel is asked only when that bound nears
+L{SLOW_BYTES}, or once a second; a write is at most L{CATCHUP_WINDOW}
+(a bigger batch goes push by push, checked as it goes).
 """
 
 from __future__ import annotations
