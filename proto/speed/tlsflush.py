@@ -29,8 +29,11 @@ from __future__ import annotations
 
 import weakref
 
+from OpenSSL._util import ffi, lib
+from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
+from twisted.python.failure import Failure
 from twisted.protocols.tls import (
     BufferingTLSTransport,
     TLSMemoryBIOFactory,
@@ -122,10 +125,34 @@ class TurnAggregator:
         self.flush()
 
 
+#: C{BIO_get_mem_data(bio, NULL)}: how many bytes a memory BIO holds.
+_memBytes = lib.BIO_get_mem_data
+_NULL = ffi.NULL
+_sslPending = lib.SSL_pending
+
+
 class FastTLSTransport(BufferingTLSTransport):
     """
     Twisted's buffering TLS transport with the shared per-turn flush, over
-    a TCP connection that writes through.
+    a TCP connection that writes through, and two more savings:
+
+      - no failing call per receive and per flush: Twisted's
+        C{_flushReceiveBIO} calls C{recv} until it raises C{WantReadError},
+        and C{_flushSendBIO} calls C{bio_read} even when OpenSSL wrote
+        nothing; each raised error costs about 2 microseconds (pyOpenSSL
+        builds it from OpenSSL's error queue), that is twice per TLS record
+        received in the 50x1 ECHO row. Here both first ask the memory BIOs
+        how many bytes they hold (C{BIO_get_mem_data}) and OpenSSL how many
+        plaintext bytes it has buffered (C{SSL_pending}), and stop when
+        there is nothing: the same calls, less the one that could only
+        fail. (OpenSSL reads a record from the memory BIO only whole and
+        without read-ahead, which a TLS context does not turn on, so empty
+        BIO and nothing pending means no record is left to decode.)
+      - the greeting joins the handshake's last flight: what the protocol
+        writes in C{handshakeCompleted} (C{OK}) is encrypted at once, so
+        that it leaves in the same TCP segment as OpenSSL's session
+        tickets, instead of one more send on the next reactor turn (the
+        client waits for it: one wake-up less per connection).
     """
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped: bool = True) -> None:
@@ -156,6 +183,49 @@ class FastTLSTransport(BufferingTLSTransport):
         # registerProtocol, then the application protocol's makeConnection:
         ProtocolWrapper.makeConnection(self, transport)
         self._checkHandshakeStatus()
+
+    def _checkHandshakeStatus(self) -> None:
+        if self._handshakeDone:
+            return super()._checkHandshakeStatus()
+        super()._checkHandshakeStatus()
+        if self._handshakeDone and not self._lostTLSConnection:
+            # handshakeCompleted has run: its greeting goes out now, with
+            # the tickets OpenSSL just wrote (sent by our caller's flush).
+            self._aggregator.flush()
+
+    def _flushSendBIO(self) -> None:
+        tls = self._tlsConnection
+        if _memBytes(tls._from_ssl, _NULL) > 0:
+            try:
+                data = tls.bio_read(2**15)
+            except WantReadError:
+                return
+            self.transport.write(data)
+
+    def _flushReceiveBIO(self) -> None:
+        """
+        Twisted's loop (C{TLSMemoryBIOProtocol._flushReceiveBIO}, 26.x) line
+        for line, but it stops once neither the receive BIO nor OpenSSL
+        holds a byte, instead of on the C{WantReadError} of one more recv.
+        """
+        tls = self._tlsConnection
+        ssl, into = tls._ssl, tls._into_ssl
+        while not self._lostTLSConnection:
+            try:
+                data = tls.recv(2**15)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+                if not _sslPending(ssl) and _memBytes(into, _NULL) <= 0:
+                    break
+        self._flushSendBIO()
 
 
 class FastTLSFactory(TLSMemoryBIOFactory):
