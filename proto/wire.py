@@ -55,7 +55,7 @@ _LINE_BREAKERS = re.compile(r"[\x00-\x1f\x7f]+")
 #: L{Request} that L{parseHead} gives (a property test checks it); any
 #: other head goes to L{parseHead}.
 SIMPLE_REQUEST = re.compile(
-    rb"([A-Za-z0-9_-]+)((?: [^ \r\n]+)*)\r\nSequence: ([\x21-\x7e]{1,64})" + HEAD_END
+    rb"([A-Za-z0-9_-]+)(?: ([^ \r\n]+(?: [^ \r\n]+)*))?\r\nSequence: ([\x21-\x7e]{1,64})" + HEAD_END
 )
 
 _matchSimple = SIMPLE_REQUEST.match
@@ -139,19 +139,27 @@ def simpleRequest(match: "re.Match[bytes]") -> Request | None:
     are not UTF-8 (L{parseHead} reports that).
     """
     command, args, sequence = match.groups()
-    if args:
+    if args is not None:
         try:
-            words = tuple(args[1:].decode("utf-8").split(" "))
+            words = tuple(args.decode().split(" "))
         except UnicodeDecodeError:
             return None
     else:
         words = ()
+    name = _commandName(command)
+    # The Sequence matched [\x21-\x7e]: decoding as UTF-8 (the default,
+    # the fastest) gives the same text as ASCII.
+    return Request(name, words, _NO_HEADERS, sequence.decode())
+
+
+def _commandName(command: bytes) -> str:
+    """The upper-case text of a command name (cached: names repeat)."""
     name = _commandNames.get(command)
     if name is None:
         name = command.decode("ascii").upper()
         if len(_commandNames) < 1024:
             _commandNames[command] = name
-    return Request(name, words, _NO_HEADERS, sequence.decode("ascii"))
+    return name
 
 
 def parseHead(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
@@ -323,16 +331,28 @@ class RequestParser:
         # The hot path first: a simple head, matched in place. This repeats
         # the simple-head step of _next's loop on purpose (inlined, so the
         # common request costs no extra call); keep the two in step.
+        # simpleRequest is inlined too (one call less per request); a
+        # property test checks this path against parseHead.
         pos = self._pos
         if not self.bodyMissing:
             simple = _matchSimple(self._buf, pos)
             if simple is not None:
                 stop = simple.end()
                 if stop - pos <= self._maxHead:
-                    request = simpleRequest(simple)
-                    if request is not None:
+                    command, args, sequence = simple.groups()
+                    name = _commandNames.get(command)
+                    if name is None:
+                        name = _commandName(command)
+                    if args is None:
                         self._pos = stop
-                        return request
+                        return Request(name, (), _NO_HEADERS, sequence.decode())
+                    try:
+                        words = tuple(args.decode().split(" "))
+                    except UnicodeDecodeError:
+                        pass  # _next gives it to parseHead, which says why
+                    else:
+                        self._pos = stop
+                        return Request(name, words, _NO_HEADERS, sequence.decode())
         return self._next()
 
     def _next(self) -> Request | None:

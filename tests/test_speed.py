@@ -182,6 +182,25 @@ class WriteThroughTests(unittest.TestCase):
         self.assertEqual(self.client.data.strip(b"k"), b"after-eagain")
 
     @inlineCallbacks
+    def test_sendErrorQueuesThenCloses(self):
+        """
+        send() failing with something other than EAGAIN (the peer reset the
+        connection): write() does not raise; the bytes are queued and the
+        stock doWrite closes the connection with the error, as without
+        write-through.
+        """
+        import struct
+
+        self.client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.client.close()  # RST
+        def written():
+            self.transport.write(b"x" * 100)
+            return self.server.lost is not None or self.queued() > 0
+        yield waitFor(written)
+        yield waitFor(lambda: self.server.lost is not None)
+        self.server.lost.trap(error.ConnectionLost, error.ConnectionDone)
+
+    @inlineCallbacks
     def test_pullProducerQueues(self):
         """A pull producer is asked for more by doWrite: its writes queue."""
 

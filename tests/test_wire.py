@@ -342,6 +342,31 @@ class RequestParserTests(unittest.TestCase):
         self.assertEqual(takeAll(wire.RequestParser(), chunked(data, cuts)), whole)
         self.assertEqual(takeAll(wire.RequestParser(), [data[i:i + 1] for i in range(len(data))]), whole)
 
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from([b"PING", b"echo", b"Get", b"x-y_z", b"P@NG", b""]),
+        st.lists(st.one_of(st.binary(max_size=5).filter(lambda b: b"\r" not in b and b"\n" not in b),
+                           st.sampled_from([b"\xff", b"\xc3", "\u00e9".encode()])), max_size=4),
+        st.sampled_from([b"Sequence: 1", b"Sequence: " + b"~" * 64, b"Sequence: " + b"a" * 65,
+                         b"sequence: 2", b"Sequence:  3", b"Sequence: 4\r\nX: y"]),
+    )
+    def test_nextAgreesWithParseHead(self, command, args, sequenceLine):
+        """
+        The parser's inlined simple-head path gives what parseHead gives
+        (or the same FramingError), for any bytes in the arguments.
+        """
+        head = b" ".join([command, *args]) + b"\r\n" + sequenceLine
+        parser = wire.RequestParser()
+        parser.receive(head + wire.HEAD_END + b"PING\r\nSequence: z\r\n\r\n")
+        try:
+            expected = parseHead(head)
+        except FramingError as e:
+            got = self.assertRaises(FramingError, parser.next)
+            self.assertEqual((got.reason, got.sequence), (e.reason, e.sequence))
+            return
+        self.assertEqual(parser.next(), expected)
+        self.assertEqual(parser.next().sequence, "z")
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=8))
     def test_randomBytesOnlyFramingErrorWhateverTheChunks(self, data, cuts):

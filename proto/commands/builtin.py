@@ -31,7 +31,7 @@ def ping(ctx: ICommandContext, request: Request) -> bytes:
 @registry.command("ECHO", level=ANY)
 def echo(ctx: ICommandContext, request: Request) -> bytes:
     """Reply with the arguments joined by single spaces."""
-    return " ".join(request.args).encode("utf-8")
+    return " ".join(request.args).encode()  # UTF-8 (the default is the fastest call)
 
 
 @registry.command("QUIT", level=ANY)

@@ -26,6 +26,11 @@ changes, whenever:
     stock C{doWrite} meets the same error and closes the connection with
     the usual reason.
 
+The send itself is C{socket.send} called directly, as
+C{tcp.Connection.writeSomeData} does less two wrappers it needs only for
+old Pythons and huge writes (writes over C{SEND_LIMIT} still go through
+it).
+
 Relies on private attributes of C{twisted.internet.abstract.FileDescriptor}
 and C{twisted.internet.tcp.Connection} (C{dataBuffer}, C{_tempDataLen},
 C{_writeDisconnecting}, C{_writeDisconnected}, C{_aborting},
@@ -65,13 +70,25 @@ class WriteThrough(_Connection):
             and (self.producer is None or self.streamingProducer)
             and data
         ):
-            sent = self.writeSomeData(data)
-            if sent.__class__ is int:
-                if sent == len(data):
-                    return
-                if sent:
-                    data = data[sent:]
-            # else: an error object; queue, and let doWrite report it.
+            # tcp.Connection.writeSomeData less its per-call wrappers
+            # (untilConcludes: Python retries EINTR itself since PEP 475;
+            # lazyByteSlice: only for writes over SEND_LIMIT, which take
+            # the stock path below).
+            if len(data) <= self.SEND_LIMIT:
+                try:
+                    sent = self.socket.send(data)
+                except OSError:
+                    # EAGAIN: queue. Anything else: queue too, and the stock
+                    # doWrite meets the same error and closes with its reason.
+                    sent = 0
+            else:
+                sent = self.writeSomeData(data)
+                if sent.__class__ is not int:
+                    sent = 0  # an error object: as above
+            if sent == len(data):
+                return
+            if sent:
+                data = data[sent:]
         super().write(data)
 
 
