@@ -28,6 +28,7 @@ factory's C{_clock}); pyproject.toml pins the Twisted range.
 from __future__ import annotations
 
 import weakref
+from typing import Any
 
 from OpenSSL._util import ffi, lib
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
@@ -200,7 +201,8 @@ class FastTLSTransport(BufferingTLSTransport):
                 data = tls.bio_read(2**15)
             except WantReadError:
                 return
-            self.transport.write(data)
+            transport: Any = self.transport
+            transport.write(data)
 
     def _flushReceiveBIO(self) -> None:
         """

@@ -82,9 +82,9 @@ class WriteThrough(_Connection):
                     # doWrite meets the same error and closes with its reason.
                     sent = 0
             else:
-                sent = self.writeSomeData(data)
-                if sent.__class__ is not int:
-                    sent = 0  # an error object: as above
+                result = self.writeSomeData(data)
+                # An error object: as above.
+                sent = result if isinstance(result, int) else 0
             if sent == len(data):
                 return
             if sent:
