@@ -133,3 +133,35 @@ class TimersTests(unittest.TestCase):
     def test_slots(self):
         """No per-instance dict: an idle connection pays for two slots and one list."""
         self.assertFalse(hasattr(self.timers, "__dict__"))
+
+
+class RealReactorTests(unittest.TestCase):
+    """L{Timers.move} on the real reactor: its heap re-sorts a reset call."""
+
+    def test_moveLater(self):
+        import time
+
+        from twisted.internet import defer, reactor
+
+        timers = Timers(reactor)
+        fired = defer.Deferred()
+        started = time.monotonic()
+        timers.start(HANDSHAKE, 0.05, fired.errback, AssertionError("the old deadline fired"))
+        timers.move(HANDSHAKE, IDLE, 0.3, lambda: fired.callback(time.monotonic() - started))
+        self.assertEqual(len([c for c in reactor.getDelayedCalls() if c.func == timers._fire]), 1)
+
+        def check(elapsed):
+            # A loaded machine only makes it later: 0.3 s is a lower bound.
+            self.assertGreaterEqual(elapsed, 0.29)
+            self.assertFalse(timers.running(IDLE))
+
+        return fired.addCallback(check)
+
+    def test_moveSooner(self):
+        from twisted.internet import defer, reactor
+
+        timers = Timers(reactor)
+        fired = defer.Deferred()
+        timers.start(HANDSHAKE, 30, fired.errback, AssertionError("the old call ran"))
+        timers.move(HANDSHAKE, IDLE, 0.01, lambda: fired.callback("idle"))
+        return fired.addCallback(self.assertEqual, "idle")
