@@ -66,7 +66,7 @@ def failureReason(failure: Failure, request: wire.Request) -> str | None:
     """
     The C{ERR} reason for a command's failure, or C{None}: an unexpected
     failure, which the client is told about in general words (see
-    L{failureReply}) and the log in detail.
+    L{Dispatcher._failureReply}) and the log in detail.
     """
     error = failure.value
     if isinstance(error, CommandError):
