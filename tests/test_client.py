@@ -30,6 +30,7 @@ from proto.client import (
     ProtocolError,
     Refused,
     ServerError,
+    ServerShuttingDown,
     ThumbprintMismatch,
     clientTLS,
     connect,
@@ -83,6 +84,8 @@ class MiniServer(Protocol):
       - C{CUT}: the first half of a reply, then closes;
       - C{GARBAGE}: a frame that is not GNP/1;
       - C{FATAL}: a connection-level C{ERR} without Sequence, then closes;
+      - C{DRAIN}: the final C{ERR Server is shutting down} of a drain
+        (no Sequence), then closes;
       - C{SILENT}: nothing at all.
     """
 
@@ -134,6 +137,9 @@ class MiniServer(Protocol):
             self.transport.write(b"HELLO\r\nSequence: " + seq.encode() + b"\r\n\r\n")
         elif request.command == "FATAL":
             self.transport.write(wire.encodeError("Malformed Sequence", None))
+            self.transport.loseConnection()
+        elif request.command == "DRAIN":
+            self.transport.write(wire.encodeError("Server is shutting down", None))
             self.transport.loseConnection()
 
 
@@ -423,6 +429,17 @@ class MisbehavingServerTests(ClientTestMixin, unittest.TestCase):
         client = yield self.connect((yield self.miniServer()))
         error = yield self.assertFailure(client.request("FATAL"), ConnectionClosed)
         self.assertIn("Malformed Sequence", str(error))
+
+    @defer.inlineCallbacks
+    def test_drained(self):
+        """The server's drain ends pending and later requests with ServerShuttingDown."""
+        client = yield self.connect((yield self.miniServer()))
+        error = yield self.assertFailure(client.request("DRAIN"), ServerShuttingDown)
+        self.assertEqual(
+            str(error), "the server is shutting down: it closed the connection (1 request(s) pending)"
+        )
+        error = yield self.assertFailure(client.ping(), ServerShuttingDown)
+        self.assertEqual(str(error), "the server is shutting down: the connection is closed")
 
     @defer.inlineCallbacks
     def test_localTimeout(self):

@@ -20,6 +20,7 @@ from proto.client import (
     ProtocolError,
     Refused,
     ServerError,
+    ServerShuttingDown,
     ThumbprintMismatch,
 )
 from tests import support
@@ -127,6 +128,18 @@ class BlockingClientTests(BlockingTestMixin, unittest.TestCase):
     def test_garbage(self):
         client = yield self.open((yield self.miniServer()))
         yield self.assertFailure(deferToThread(client.request, "GARBAGE"), ProtocolError)
+
+    @defer.inlineCallbacks
+    def test_drained(self):
+        """Worded as by the Twisted client (one core): ServerShuttingDown."""
+        client = yield self.open((yield self.miniServer()))
+        error = yield self.assertFailure(deferToThread(client.request, "DRAIN"), ServerShuttingDown)
+        self.assertEqual(
+            str(error), "the server is shutting down: it closed the connection (1 request(s) pending)"
+        )
+        yield self.assertFailure(deferToThread(client.nextPush, 10), ServerShuttingDown)
+        error = yield self.assertFailure(deferToThread(client.ping), ServerShuttingDown)
+        self.assertEqual(str(error), "the server is shutting down: the connection is closed")
 
 
 class BlockingAdmissionTests(BlockingTestMixin, unittest.TestCase):
