@@ -328,6 +328,41 @@ class SharedFileTests(LogTestCase):
             self.assertEqual([c.etag for c in hub.published], list(range(1, 61)))
 
     @inlineCallbacks
+    def test_otherWriterWhileOursIsBusy(self):
+        """
+        While this store's writer commits without a pause (so its doorbell
+        skips its polls), another writer's changes still reach this hub,
+        through our commits; once ours is idle, through the doorbell. All
+        of them, in order, once.
+        """
+        other = self.open()
+        yield other.start()
+        busy = [True]
+
+        @inlineCallbacks
+        def writeOn():
+            n = 0
+            while busy[0]:
+                yield self.store.put(f"own/{n % 5}", b"{}")
+                n += 1
+
+        running = writeOn()
+        yield sleep(0.03)
+        version = yield other.put("other/1", b"{}")
+        yield waitUntil(
+            lambda: version.etag in [c.etag for c in self.hub.published],
+            what="the other writer's change, while ours is busy",
+        )
+        busy[0] = False
+        yield running
+        yield sleep(0.05)  # ours idle: only the doorbell is left
+        version = yield other.put("other/2", b"{}")
+        yield waitUntil(lambda: self.hub.etag >= version.etag, what="the doorbell's hand-over")
+        self.assertEqual(
+            [c.etag for c in self.hub.published], list(range(1, version.etag + 1))
+        )
+
+    @inlineCallbacks
     def test_twoProcesses(self):
         """
         Two real processes PUT concurrently into the file this process

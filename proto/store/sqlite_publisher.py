@@ -16,7 +16,10 @@ published to the hub, in order, once. Changes reach it two ways:
     the value changes when another connection commits) and, when it rang
     and the counter row is above the position, reads the log from the
     position and hands the rows over. So a commit by another process is
-    published within about L{POLL_SECONDS} plus a read.
+    published within about L{POLL_SECONDS} plus a read, or two while this
+    process's writer is committing (the doorbell skips a poll after an own
+    commit, which has handed over every change before it), whichever
+    comes first: the writer's next commit, or the doorbell.
 
 Both may hand over the same change (the doorbell also rings for the
 writer's own commits): L{Publisher.deliver} drops whatever is at or below
@@ -56,6 +59,10 @@ class Publisher:
     def __init__(self, hub: Any) -> None:
         self.hub = hub
         self.etag = 0
+        #: Write transactions of this process that made changes, counted
+        #: as they are delivered (on the reactor thread; the doorbell reads
+        #: it from its own: a stale value only makes it look once more).
+        self.ownCommits = 0
 
     def startAt(self, etag: int) -> None:
         """The store opened at C{etag}: publish what comes after it."""
@@ -131,8 +138,19 @@ class Doorbell(BellThread):
             return
         version = None
         failing = False
+        publisher = self._publisher
+        ownCommits = publisher.ownCommits
         try:
             while not self._stop.wait(POLL_SECONDS):
+                if publisher.ownCommits != ownCommits:
+                    # Our writer committed since the last look, and each of
+                    # its commits hands over every change committed before
+                    # it (other processes' first, see sqlite_write): only
+                    # commits after its last can be missing. Look next
+                    # time, unless it commits again meanwhile (issue 13:
+                    # a busy writer made every poll read the file twice).
+                    ownCommits = publisher.ownCommits
+                    continue
                 try:
                     (now,) = connection.execute("PRAGMA data_version").fetchone()
                     if now == version:
