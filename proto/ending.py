@@ -212,7 +212,9 @@ class Ending:
         replies, self._replies = self._replies, None
         if replies:
             # Replies already due go out before the final frame.
-            self.transport.write(b"".join(replies))
+            due = b"".join(replies)
+            self.stats.bytesOut += len(due)
+            self.transport.write(due)
             del replies[:]
         self._enter(CLOSING)
         self.clearLineBuffer()

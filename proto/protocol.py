@@ -389,11 +389,11 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         replies are collected and written together when it is done.
         """
         if self.state is READY or self.state is DRAINING:  # OPEN, inlined
-            self.stats.bytesOut += len(data)
             replies = self._replies
             if replies is not None:
-                replies.append(data)
+                replies.append(data)  # counted when the chunk's write goes out
             else:
+                self.stats.bytesOut += len(data)
                 self.transport.write(data)
 
     # -- ICommandContext ---------------------------------------------------

@@ -31,6 +31,7 @@ class Host(Dispatcher):
     """The least a dispatcher needs from its connection."""
 
     log = Logger()
+    _replies = None
 
     def __init__(self, registry, grant):
         self.stats = ServerStats()
@@ -111,6 +112,18 @@ class DispatcherTests(unittest.TestCase):
             {stats.commands["ECHO"]: 2, stats.commands[UNKNOWN_COMMAND]: 1},
         )
         self.assertEqual(stats.commands["ECHO"].latency.count, 0, "the host observes them")
+
+    def test_chunkReplies(self):
+        """
+        Inside a chunk, a bytes result joins the chunk's replies (the host
+        writes them at once), encoded as wire.encodeReply would.
+        """
+        self.host._immediate = {}
+        self.host._replies = chunk = []
+        self.send(req("ECHO", "a", "b", sequence="1"), req("ECHO", sequence="x.2"))
+        self.assertEqual(self.host.written, [])
+        self.assertEqual(chunk, [wire.encodeReply("1", b"a b"), wire.encodeReply("x.2")])
+        self.assertEqual(self.host._immediate, {self.host.stats.commands["ECHO"]: 2})
 
     def test_unknown(self):
         self.assertEqual(

@@ -8,6 +8,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial import unittest
 
+from proto import wire
 from proto.admission import AllowList
 from proto.commands import builtin
 from proto.server import ServerConfig
@@ -123,6 +124,22 @@ class CommandTests(Base):
         conn.send(b"".join(request("ECHO", str(i), sequence=str(i)) for i in range(1000)))
         frames = conn.frames()
         self.assertEqual([(f.sequence, f.body) for f in frames], [(str(i), str(i).encode()) for i in range(1000)])
+
+    def test_repliesExactBytesAndCountedOnce(self):
+        """
+        Replies written in one chunk are the contract's bytes (the dispatcher
+        encodes bytes results inline), and the server counts each byte it
+        sends once (STATS, metrics).
+        """
+        conn = self.connect()
+        stats = conn.server.stats
+        before, raw = stats.bytesOut, len(conn.client.raw)
+        conn.send(request("ECHO", "a", sequence="1") + request("ECHO", sequence="x.2")
+                  + request("NOPE", sequence="3"))
+        expected = (wire.encodeReply("1", b"a") + wire.encodeReply("x.2")
+                    + wire.encodeError("Unknown command: NOPE", "3"))
+        self.assertEqual(conn.client.raw[raw:], expected)
+        self.assertEqual(stats.bytesOut - before, len(expected))
 
     def test_outOfOrder(self):
         conn = self.connect()
