@@ -141,10 +141,12 @@ class Dispatcher:
         """Run C{request} and write its reply (now, or when its Deferred fires)."""
         # Inside a chunk, replies sent at once are timed at the chunk's end
         # (started is None); else from now.
-        started = None if self._immediate is not None else perf_counter()
+        immediate = self._immediate
+        started = None if immediate is not None else perf_counter()
         sequence = request.sequence
+        name = request.command
         self.requestCount += 1
-        counts = self.stats.commands.get(request.command)
+        counts = self.stats.commands.get(name)
         if counts is None:
             counts = self.stats.command(UNKNOWN_COMMAND)
         counts.received += 1
@@ -163,9 +165,9 @@ class Dispatcher:
         # Section 9: the commands this certificate may run without a check
         # (its level suffices, no prefixes to test) are found at once; the
         # others are checked before they run.
-        handler = self._free.get(request.command)
+        handler = self._free.get(name)
         if handler is None:
-            command = self._commands.get(request.command)
+            command = self._commands.get(name)
             if command is None:
                 self._writeError(
                     wire.encodeError(f"Unknown command: {request.command}", sequence),
@@ -197,14 +199,14 @@ class Dispatcher:
                 b"OK\r\nSequence: %s\r\nSize: %d\r\n\r\n%s" % (sequence.encode(), len(result), result)
                 if result else b"OK\r\nSequence: %s\r\n\r\n" % (sequence.encode(),)
             )
-            if started is None:  # inline L{_timed}
-                immediate = self._immediate
-                immediate[counts] = immediate.get(counts, 0) + 1  # type: ignore[index,union-attr]
+            if immediate is not None:  # inline L{_timed}
+                immediate[counts] = immediate.get(counts, 0) + 1
                 replies = self._replies
                 if replies is not None:
                     replies.append(data)
                     return
             else:
+                assert started is not None  # set when immediate is None
                 counts.latency.observe(perf_counter() - started)
             self._write(data)
             return
