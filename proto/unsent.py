@@ -129,7 +129,7 @@ class UnsentBound:
     on the same connection is seen by the next exact measure.
     """
 
-    __slots__ = ("_measure", "_clock", "_base", "_written", "_at")
+    __slots__ = ("_clock", "_base", "_written", "_at")
 
     #: Bytes a TLS record may add to what it carries (header, explicit
     #: nonce or IV, tag or MAC, padding: 29 with AES-GCM in TLS 1.2, 22 in
@@ -140,8 +140,7 @@ class UnsentBound:
     #: The longest an answer goes without an exact measure behind it.
     REFRESH_SECONDS = 1.0
 
-    def __init__(self, measure: Callable[[], int], clock: Any) -> None:
-        self._measure = measure
+    def __init__(self, clock: Any) -> None:
         self._clock = clock
         self._base = -1  # no exact figure yet
         self._written = 0
@@ -151,21 +150,23 @@ class UnsentBound:
         """C{size} bytes (cleartext) were written to the connection."""
         self._written += size + self.RECORD_OVERHEAD * (1 + (size >> 14))
 
-    def unsent(self, threshold: int) -> int:
+    def unsent(self, threshold: int, measure: Callable[[], int]) -> int:
         """
-        The unsent bytes: the exact figure, or an upper bound of it that is
-        at most C{threshold} (so that C{unsent(t) <= t} is exact either way).
+        The unsent bytes: the exact figure (from C{measure()}), or an upper
+        bound of it that is at most C{threshold} (so that C{unsent(t) <= t}
+        is exact either way). The measure is passed in, not kept: this
+        object must not keep its connection alive.
         """
         base = self._base
         if base >= 0:
             bound = base + self._written
             if bound <= threshold and self._clock.seconds() - self._at < self.REFRESH_SECONDS:
                 return bound
-        return self.exact()
+        return self.exact(measure())
 
-    def exact(self) -> int:
-        """Measure (and start counting again from the figure)."""
-        base = self._base = self._measure()
+    def exact(self, measured: int) -> int:
+        """The exact figure was measured: start counting again from it."""
+        self._base = measured
         self._written = 0
         self._at = self._clock.seconds()
-        return base
+        return measured

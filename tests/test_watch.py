@@ -549,7 +549,8 @@ class UnsentBoundTests(TestCase):
             self.measures += 1
             return self.real
 
-        self.bound = UnsentBound(measure, self.clock)
+        self.bound = UnsentBound(self.clock)
+        self.measure = measure
         self.overhead = UnsentBound.RECORD_OVERHEAD
 
     def write(self, size: int) -> None:
@@ -559,44 +560,44 @@ class UnsentBoundTests(TestCase):
 
     def test_firstIsExact(self):
         self.real = 500
-        self.assertEqual(self.bound.unsent(1000), 500)
+        self.assertEqual(self.bound.unsent(1000, self.measure), 500)
         self.assertEqual(self.measures, 1)
 
     def test_writesCountedWithoutMeasuring(self):
-        self.assertEqual(self.bound.unsent(10_000), 0)
+        self.assertEqual(self.bound.unsent(10_000, self.measure), 0)
         for _ in range(10):
             self.write(100)
-            answer = self.bound.unsent(10_000)
+            answer = self.bound.unsent(10_000, self.measure)
             self.assertGreaterEqual(answer, self.real)  # never below the truth
         self.assertEqual(answer, 1000 + 10 * self.overhead)
         self.assertEqual(self.measures, 1)
 
     def test_overThresholdMeasures(self):
         """Past the threshold the answer is exact: a slow client is seen."""
-        self.bound.unsent(1000)
+        self.bound.unsent(1000, self.measure)
         self.write(2000)
-        self.assertEqual(self.bound.unsent(1000), 2000)
+        self.assertEqual(self.bound.unsent(1000, self.measure), 2000)
         self.assertEqual(self.measures, 2)
         self.real = 0  # the client read it all
-        self.assertEqual(self.bound.unsent(1000), 0)  # the bound stays exact while over
+        self.assertEqual(self.bound.unsent(1000, self.measure), 0)  # the bound stays exact while over
         self.assertEqual(self.measures, 3)
         self.write(10)
-        self.assertEqual(self.bound.unsent(1000), 10 + self.overhead)  # under again: no measure
+        self.assertEqual(self.bound.unsent(1000, self.measure), 10 + self.overhead)  # under again: no measure
         self.assertEqual(self.measures, 3)
 
     def test_refreshedAfterASecond(self):
         """Bytes written by others (replies) are seen within REFRESH_SECONDS."""
-        self.bound.unsent(1000)
+        self.bound.unsent(1000, self.measure)
         self.real = 5000  # say a big GET reply the client did not read
-        self.assertEqual(self.bound.unsent(1000), 0)
+        self.assertEqual(self.bound.unsent(1000, self.measure), 0)
         self.clock.advance(self.bound.REFRESH_SECONDS)
-        self.assertEqual(self.bound.unsent(1000), 5000)
+        self.assertEqual(self.bound.unsent(1000, self.measure), 5000)
 
     def test_bigWritesCountRecords(self):
         """A write of n bytes may make 1 + n // 16384 TLS records."""
-        self.bound.unsent(10**9)
+        self.bound.unsent(10**9, self.measure)
         self.write(100_000)
-        self.assertEqual(self.bound.unsent(10**9), 100_000 + 7 * self.overhead)
+        self.assertEqual(self.bound.unsent(10**9, self.measure), 100_000 + 7 * self.overhead)
 
 
 # -- the same WATCH tests on PostgreSQL ------------------------------------------------
@@ -748,6 +749,28 @@ class PostgresDocumentsTests(PostgresBackend, DocumentsTests):
 class PostgresCrossProcessWatchTests(PostgresBackend, CrossProcessWatchTests):
     pass
 
+
+
+class ForgottenTests(WatchTestCase):
+    """What WATCH keeps per connection goes when the connection does."""
+
+    @inlineCallbacks
+    def test_connectionCollected(self):
+        import gc
+        import weakref
+
+        from tests.test_documents import RecordingContext
+
+        ctx = RecordingContext(self.store, self.hub, self.clock)
+        yield self.watch(ctx, "g/")
+        self.hub.publish("g/1", PUT, 1)
+        self.assertEqual(len(self.pushesOf(ctx)), 1)
+        gone = weakref.ref(ctx)
+        ctx.disconnect()  # as the protocol does: every watch cancelled
+        ctx = None
+        gc.collect()
+        self.assertIsNone(gone(), "the connection is still referenced")
+        self.assertEqual(len(watchModule._bounds), 0)
 
 
 class WatchCountTests(WatchTestCase):

@@ -373,7 +373,7 @@ class _Watch:
             if size <= CATCHUP_WINDOW:
                 self._pos = etag = changes[-1].etag
                 unsent = self._unsent
-                if unsent.unsent(SLOW_BYTES) <= SLOW_BYTES:
+                if unsent.unsent(SLOW_BYTES, self._ctx.unsentBytes) <= SLOW_BYTES:
                     # What _flush does when the client keeps up.
                     self._slowSince = None
                     self._resume = etag
@@ -422,7 +422,7 @@ class _Watch:
 
     def _roomForCatchUp(self) -> bool:
         """Is there room to write more catch-up? If not, check again soon."""
-        unsent = self._unsent.unsent(SLOW_BYTES)
+        unsent = self._unsent.unsent(SLOW_BYTES, self._ctx.unsentBytes)
         if unsent < CATCHUP_WINDOW and not self._ctx.congested():
             self._slowSince = None
             return True
@@ -506,7 +506,7 @@ class _Watch:
         """Write the pushes made so far, unless the client is too slow."""
         if not self._outbox or self.ended:
             return
-        unsent = self._unsent.unsent(SLOW_BYTES)
+        unsent = self._unsent.unsent(SLOW_BYTES, self._ctx.unsentBytes)
         if unsent > DROP_BYTES + self._lastWrite:
             self._drop(
                 f"more than {DROP_BYTES // 1024} KiB of pushes were waiting for the client"
@@ -588,7 +588,7 @@ _bounds: WeakKeyDictionary[Any, UnsentBound] = WeakKeyDictionary()
 def _unsentBound(ctx: Any) -> UnsentBound:
     bound = _bounds.get(ctx)
     if bound is None:
-        bound = _bounds[ctx] = UnsentBound(ctx.unsentBytes, ctx.clock)
+        bound = _bounds[ctx] = UnsentBound(ctx.clock)  # (keeps no reference to ctx)
     return bound
 
 
