@@ -13,6 +13,8 @@ import json
 import os
 import sys
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import defer
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.utils import getProcessOutputAndValue
@@ -22,7 +24,7 @@ from proto.commands import documents
 from proto.commands.base import CommandError, Result
 from proto.commands.include import IncludeWalk, parseInclude
 from proto.store import sqlite_reads
-from proto.store.base import Document
+from proto.store.base import Document, InvalidIdError, checkId
 from proto.store.cache import MISSING, DocumentCache
 from proto.store.sqlite import SQLiteStore
 
@@ -279,3 +281,31 @@ class GetCommandTests(_Stores):
         self.readNow(["o"])
         error = self.assertRaises(CommandError, documents.get, ctx, self.Request(["o"], "R"))
         self.assertIn("Include too large", error.reason)
+
+
+class ReplyAssemblyTests(SynchronousTestCase):
+    """The GET reply's shortcuts give the same bytes as the general path."""
+
+    @given(st.text(min_size=1, max_size=40).filter(lambda s: s.strip() == s and " " not in s))
+    def test_idKeyBytes(self, id: str) -> None:
+        try:
+            checkId(id)
+        except InvalidIdError:
+            return
+        self.assertEqual(documents._idKeyBytes(id), documents._jsonBytes(id) + b": ")
+
+    def test_idKeyBytesEscapes(self) -> None:
+        for id in ('a"b', "a\\b", "caf\u00e9", "a/1"):
+            self.assertEqual(documents._idKeyBytes(id), documents._jsonBytes(id) + b": ")
+
+    def test_parsedBody(self) -> None:
+        from proto.commands import include
+
+        self.patch(include, "_parsed", {})
+        self.patch(include, "_parsedBytes", 0)
+        self.patch(include, "PARSED_MAX_BYTES", 100)
+        bodies = [json.dumps({"n": n, "pad": "x" * 30}).encode() for n in range(5)]
+        for body in bodies * 2:
+            self.assertEqual(include.parsedBody(body), json.loads(body))
+        self.assertLessEqual(include._parsedBytes, 100)
+        self.assertLessEqual(sum(map(len, include._parsed)), 100)

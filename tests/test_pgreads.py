@@ -6,7 +6,9 @@ round trips: same results as the walk decides, one snapshot.
 
 from __future__ import annotations
 
-from twisted.internet.defer import inlineCallbacks
+import threading
+
+from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from proto.commands.include import IncludeWalk, parseInclude
@@ -84,3 +86,41 @@ class PrefetchedIncludeTests(PostgresBackend, TestCase):
         found = yield self.read(["o"], 'a"b.c\\d')
         self.assertEqual([d.id for d in found.includes], ["r/1"])
         self.assertEqual(self.twoTrips, 0)
+
+
+class BatchedReadTests(PostgresBackend, TestCase):
+    """A reader's batch of GETs without Include is one statement."""
+
+    @inlineCallbacks
+    def setUp(self):
+        self.setUpBackend()
+        self.store = self.newStore(readers=1)
+        yield self.store.start()
+        self.addCleanup(self.store.close)
+
+    @inlineCallbacks
+    def test_batch(self):
+        yield self.store.put("a", b'{"n": 1}')
+        last = yield self.store.put("b", b'{"n": 2}')
+        statements = []
+        original = postgres_session.plainReads
+
+        def counted(connection, keyLists):
+            statements.append(len(keyLists))
+            return original(connection, keyLists)
+
+        self.patch(postgres_session, "plainReads", counted)
+        release = threading.Event()
+        busy = self.store._readers[0].submit(lambda session: release.wait(10))
+        reads = [self.store.read(ids) for ids in (["a"], ["B", "a"], ["nope"], ["b", "b"])]
+        include = self.store.read(["a"], lambda results: ["b"])
+        release.set()
+        yield busy
+        found = yield gatherResults(reads)
+        self.assertEqual(statements, [4])
+        self.assertEqual(
+            [[d and (d.id, d.etag) for d in snapshot.results] for snapshot in found],
+            [[("a", 1)], [("b", 2), ("a", 1)], [None], [("b", 2), ("b", 2)]],
+        )
+        self.assertEqual({snapshot.etag for snapshot in found}, {last.etag})
+        self.assertEqual([d.id for d in (yield include).includes], ["b"])

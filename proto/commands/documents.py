@@ -114,6 +114,14 @@ def _checkIds(ids: tuple[str, ...] | list[str], what: str = "id") -> None:
 # -- GET ---------------------------------------------------------------------
 
 
+def _idKeyBytes(id: str) -> bytes:
+    """C{"id": } as JSON: what L{_jsonBytes} gives, without json.dumps for plain ids."""
+    if id.isascii() and '"' not in id and "\\" not in id:
+        # Stored ids have no control characters (checkId): nothing to escape.
+        return b'"' + id.encode("ascii") + b'": '
+    return _jsonBytes(id) + b": "
+
+
 def encodeGetReply(
     results: list[Document | None], includes: list[Document]
 ) -> bytes:
@@ -124,7 +132,7 @@ def encodeGetReply(
     )
     parts.append(b'], "Includes": {')
     parts.append(
-        b", ".join(_jsonBytes(doc.id) + b": " + doc.body for doc in includes)
+        b", ".join(_idKeyBytes(doc.id) + doc.body for doc in includes)
     )
     parts.append(b"}}")
     return b"".join(parts)

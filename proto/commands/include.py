@@ -93,6 +93,38 @@ def includedIds(results: list[Document | None], paths: list[tuple[str, ...]]) ->
             yield from referencedIds(parsed, path)
 
 
+#: Parsed bodies kept for L{parsedBody}: at most this many bytes of
+#: bodies, each at most L{PARSED_MAX_BODY}.
+PARSED_MAX_BYTES = 4 * 1024 * 1024
+PARSED_MAX_BODY = 64 * 1024
+
+_parsed: dict[bytes, Any] = {}
+_parsedBytes = 0
+
+
+def parsedBody(body: bytes) -> Any:
+    """
+    C{json.loads(body)}, remembered for recent bodies: a GET with Include
+    of a document read from the store's cache (the same C{bytes} object,
+    whose hash Python keeps) is not parsed again. Keyed by the body alone,
+    so it never returns the parse of another text; the walk only reads
+    what it returns.
+    """
+    global _parsedBytes
+    parsed = _parsed.get(body)
+    if parsed is not None:
+        return parsed
+    parsed = json.loads(body)
+    size = len(body)
+    if size <= PARSED_MAX_BODY:
+        if _parsedBytes + size > PARSED_MAX_BYTES:
+            _parsed.clear()
+            _parsedBytes = 0
+        _parsed[body] = parsed
+        _parsedBytes += size
+    return parsed
+
+
 class _Budget:
     """Steps taken, and when the next tick is due."""
 
@@ -170,7 +202,7 @@ class IncludeWalk:
             walked.add(key)
             if budget.spend(1 + len(document.body) // 1024):
                 yield None
-            parsed = json.loads(document.body)
+            parsed = parsedBody(document.body)
             for path in self.paths:
                 for id in _walk(parsed, path, budget):
                     if id is None:

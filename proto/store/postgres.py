@@ -263,4 +263,6 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             keys = [checkId(id) for id in ids]
         except ValueError:
             return fail()
+        if references is None:
+            return self._readWorker().submit(postgres_session.PlainRead(keys))
         return self._readWorker().submit(lambda session: session.read(keys, references))

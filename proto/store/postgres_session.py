@@ -86,7 +86,15 @@ def plainRead(connection: Any, keys: Sequence[str]) -> Snapshot:
     GET without Include in one statement (so one snapshot, one round
     trip): the etag counter joined with the documents found.
     """
-    unique = list(dict.fromkeys(keys))
+    return plainReads(connection, [keys])[0]
+
+
+def plainReads(connection: Any, keyLists: Sequence[Sequence[str]]) -> list[Snapshot]:
+    """
+    Several GETs without Include in one statement (one round trip, one
+    snapshot for all of them): a reader's batch.
+    """
+    unique = list(dict.fromkeys(key for keys in keyLists for key in keys))
     found: dict[str, Document] = {}
     etag = 0
     for current, key, id, docEtag, body in connection.execute(
@@ -97,7 +105,19 @@ def plainRead(connection: Any, keys: Sequence[str]) -> Snapshot:
         etag = current
         if key is not None:
             found[key] = Document(id, docEtag, bytes(body))
-    return Snapshot([found.get(key) for key in keys], [], etag)
+    return [Snapshot([found.get(key) for key in keys], [], etag) for keys in keyLists]
+
+
+class PlainRead:
+    """The work of a GET without Include: readers run a batch of them as one statement."""
+
+    __slots__ = ("keys",)
+
+    def __init__(self, keys: Sequence[str]) -> None:
+        self.keys = keys
+
+    def __call__(self, session: Any) -> Snapshot:
+        return session.read(self.keys, None)  # type: ignore[no-any-return]
 
 
 #: The most candidate ids a one-statement Include read fetches with the
@@ -361,7 +381,12 @@ class ReadSession(Session):
 
         self.live()
         try:
-            return [work(self) for work in works], None
+            plain = [work.keys for work in works if isinstance(work, PlainRead)]
+            if len(plain) < 2:
+                return [work(self) for work in works], None
+            # The batch's plain GETs in one statement, the others one by one.
+            shared = iter(plainReads(self.connection, plain))
+            return [next(shared) if isinstance(work, PlainRead) else work(self) for work in works], None
         except psycopg.Error as e:
             self.rollback()
             self.lost(e)
