@@ -117,7 +117,7 @@ class PlainRead:
         self.keys = keys
 
     def __call__(self, session: Any) -> Snapshot:
-        return session.read(self.keys, None)  # type: ignore[no-any-return]
+        return session.read(self.keys, None)
 
 
 #: The most candidate ids a one-statement Include read fetches with the
