@@ -11,6 +11,7 @@ import threading
 from twisted.internet.defer import gatherResults, inlineCallbacks
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from proto.commands.base import CommandError
 from proto.commands.include import IncludeWalk, parseInclude
 from proto.store import postgres_session
 from tests.test_store import PostgresBackend
@@ -124,3 +125,49 @@ class BatchedReadTests(PostgresBackend, TestCase):
         )
         self.assertEqual({snapshot.etag for snapshot in found}, {last.etag})
         self.assertEqual([d.id for d in (yield include).includes], ["b"])
+
+    @inlineCallbacks
+    def test_includeBatch(self):
+        """
+        A batch's GETs with Include are one statement; one that falls back
+        reads in two round trips, one whose walk fails fails alone.
+        """
+        from proto.commands import include
+
+        yield self.store.put("o/1", b'{"R": "r/1"}')
+        yield self.store.put("o/2", b'{"R": ["r/1", "r/2"], "S": "r/3"}')
+        yield self.store.put("o/fold", '{"R": "STRA\u1e9eE"}'.encode())
+        yield self.store.put("stra\u00dfe", b"{}")
+        yield self.store.put("o/big", b'{"R": ["r/1", "r/2", "r/3", "r/4"]}')
+        for n in (1, 2, 3):
+            yield self.store.put(f"r/{n}", b'{"n": %d}' % n)
+        self.patch(include, "MAX_INCLUDED", 3)
+        statements = []
+        original = postgres_session.prefetchedReads
+
+        def counted(connection, reads):
+            statements.append(len(reads))
+            return original(connection, reads)
+
+        self.patch(postgres_session, "prefetchedReads", counted)
+        release = threading.Event()
+        busy = self.store._readers[0].submit(lambda session: release.wait(10))
+
+        def read(ids, fields):
+            return self.store.read(ids, IncludeWalk(parseInclude(fields)))
+
+        reads = [read(["o/1"], "R"), read(["o/2", "o/1"], "R,S"), read(["o/fold"], "R")]
+        big = read(["o/big"], "R")
+        plain = self.store.read(["o/1"])
+        release.set()
+        yield busy
+        found = yield gatherResults(reads)
+        self.assertEqual(
+            [[d.id for d in snapshot.includes] for snapshot in found],
+            [["r/1"], ["r/1", "r/2", "r/3"], ["stra\u00dfe"]],
+        )
+        error = yield self.assertFailure(big, CommandError)
+        self.assertIn("Include too large", error.reason)
+        self.assertEqual((yield plain).results[0].id, "o/1")
+        # One statement for the batch of four, then o/fold alone again.
+        self.assertEqual(statements, [4, 1])

@@ -265,4 +265,4 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             return fail()
         if references is None:
             return self._readWorker().submit(postgres_session.PlainRead(keys))
-        return self._readWorker().submit(lambda session: session.read(keys, references))
+        return self._readWorker().submit(postgres_session.IncludeRead(keys, references))

@@ -27,6 +27,7 @@ import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from proto.store.base import (
     DELETE,
@@ -48,7 +49,7 @@ from proto.store.sqlite_write import _TYPE_CODES, BatchResult, attempt, pruneFlo
 #: before the next attempt.
 RETRY_SECONDS = 1.0
 
-References = Callable[[list["Document | None"]], Iterable[str]]
+References = Callable[[list["Document | None"]], Iterable["str | None"]]
 
 
 # -- queries (any connection, in the caller's transaction) ------------------------------
@@ -151,28 +152,29 @@ def jsonPath(path: Sequence[str]) -> str:
     return f"lax ${steps}[*]"
 
 
-def prefetchedRead(connection: Any, keys: Sequence[str], references: References,
-                   paths: Sequence[Sequence[str]]) -> Snapshot | None:
+def prefetchedReads(connection: Any, reads: Sequence["IncludeRead"]) -> list[Any]:
     """
-    GET with Include in one statement (one snapshot, one round trip): the
-    database looks up the ids the paths reach ahead of the walk; the walk
-    (C{references}: it decides what is included, with its bounds and
-    filters) then takes its documents from those. C{None} if it named an
-    id that was not looked up (a case PostgreSQL folds otherwise, a path
-    SQL/JSON reads otherwise, too many candidates, a body C{jsonb}
-    refuses): then the caller reads in two round trips.
+    GETs with Include in one statement (one snapshot, one round trip):
+    the database looks up the ids the paths reach ahead of the walk; each
+    read's walk (C{references}: it decides what is included, with its
+    bounds and filters) then takes its documents from those. Per read:
+    its L{Snapshot}; C{None} if its walk named an id that was not looked
+    up (a case PostgreSQL folds otherwise, a path SQL/JSON reads
+    otherwise, too many candidates, a body C{jsonb} refuses: that read
+    then takes two round trips, L{snapshotInclude}); or the L{Failure} of
+    its walk (the Include bounds), which fails that read alone.
     """
     import psycopg
 
-    unique = list(dict.fromkeys(keys))
+    unique = list(dict.fromkeys(key for read in reads for key in read.keys))
+    paths = list(dict.fromkeys(jsonPath(path) for read in reads for path in read.paths or ()))
+    limit = PREFETCH_MAX * len(reads)
     try:
-        rows = connection.execute(
-            _PREFETCH_SQL, (unique, [jsonPath(path) for path in paths], PREFETCH_MAX + 1)
-        ).fetchall()
+        rows = connection.execute(_PREFETCH_SQL, (unique, paths, limit + 1)).fetchall()
     except (psycopg.DataError, psycopg.ProgrammingError):
         # A body jsonb refuses (one with an escaped NUL), a path it cannot
         # parse: read in two round trips (autocommit: nothing to roll back).
-        return None
+        return [None] * len(reads)
     etag = 0
     byKey: dict[str, Document] = {}
     candidates: dict[str, Document | None] = {}
@@ -183,9 +185,8 @@ def prefetchedRead(connection: Any, keys: Sequence[str], references: References,
             byKey[key] = Document(id, version, bytes(body))
         else:
             candidates[key] = None if id is None else Document(id, version, bytes(body))
-    if len(candidates) > PREFETCH_MAX:
-        return None
-    results = [byKey.get(key) for key in keys]
+    if len(candidates) > limit:
+        return [None] * len(reads)
 
     def fetch(missing: list[str]) -> list[Document | None]:
         try:
@@ -193,24 +194,47 @@ def prefetchedRead(connection: Any, keys: Sequence[str], references: References,
         except KeyError:
             raise _NotFetched() from None
 
-    try:
-        return Snapshot(results, resolveIncludes(results, references, fetch), etag)
-    except _NotFetched:
-        return None
+    found: list[Any] = []
+    for read in reads:
+        results = [byKey.get(key) for key in read.keys]
+        try:
+            found.append(Snapshot(results, resolveIncludes(results, read.references, fetch), etag))
+        except _NotFetched:
+            found.append(None)
+        except Exception:
+            found.append(Failure())
+    return found
 
 
 def includeRead(connection: Any, keys: Sequence[str], references: References) -> Snapshot:
     """
     GET with Include in one snapshot: in one round trip when the walk is
     an L{proto.commands.include.IncludeWalk} whose paths the database can
-    follow (L{prefetchedRead}), else in two (L{snapshotInclude}).
+    follow (L{prefetchedReads}), else in two (L{snapshotInclude}).
     """
-    paths = getattr(references, "paths", None)
-    if paths:
-        found = prefetchedRead(connection, keys, references, paths)
+    read = IncludeRead(keys, references)
+    if read.paths:
+        (found,) = prefetchedReads(connection, [read])
+        if isinstance(found, Failure):
+            found.raiseException()
         if found is not None:
             return found
     return snapshotInclude(connection, keys, references)
+
+
+class IncludeRead:
+    """The work of a GET with Include: readers run a batch's as one statement."""
+
+    __slots__ = ("keys", "references", "paths")
+
+    def __init__(self, keys: Sequence[str], references: References) -> None:
+        self.keys = keys
+        self.references = references
+        #: The Include paths of an IncludeWalk (the database can follow them).
+        self.paths: Sequence[Sequence[str]] | None = getattr(references, "paths", None)
+
+    def __call__(self, session: Any) -> Snapshot:
+        return session.read(self.keys, self.references)
 
 
 def snapshotInclude(connection: Any, keys: Sequence[str], references: References) -> Snapshot:
@@ -382,11 +406,23 @@ class ReadSession(Session):
         self.live()
         try:
             plain = [work.keys for work in works if isinstance(work, PlainRead)]
-            if len(plain) < 2:
-                return [work(self) for work in works], None
-            # The batch's plain GETs in one statement, the others one by one.
-            shared = iter(plainReads(self.connection, plain))
-            return [next(shared) if isinstance(work, PlainRead) else work(self) for work in works], None
+            included = [work for work in works if isinstance(work, IncludeRead) and work.paths]
+            if len(plain) < 2 and len(included) < 2:
+                return [self._alone(work) for work in works], None
+            # The batch's GETs without Include in one statement, those with
+            # in another, the others one by one.
+            shared = iter(plainReads(self.connection, plain) if len(plain) >= 2 else ())
+            prefetched = iter(prefetchedReads(self.connection, included) if len(included) >= 2 else ())
+            outcomes: list[Any] = []
+            for work in works:
+                if isinstance(work, PlainRead) and len(plain) >= 2:
+                    outcomes.append(next(shared))
+                elif isinstance(work, IncludeRead) and work.paths and len(included) >= 2:
+                    found = next(prefetched)
+                    outcomes.append(self._alone(work) if found is None else found)
+                else:
+                    outcomes.append(self._alone(work))
+            return outcomes, None
         except psycopg.Error as e:
             self.rollback()
             self.lost(e)
@@ -394,6 +430,26 @@ class ReadSession(Session):
         except BaseException:
             self.rollback()
             raise
+
+    def _alone(self, work: Callable[[Any], Any]) -> Any:
+        """
+        Run one work of a batch; what it raises other than a database
+        error (the Include bounds) fails it alone.
+        """
+        import psycopg
+        from psycopg import pq
+
+        try:
+            return work(self)
+        except psycopg.Error:
+            raise
+        except Exception:
+            failure = Failure()
+            connection = self.connection
+            if (connection is not None
+                    and connection.info.transaction_status != pq.TransactionStatus.IDLE):
+                self.rollback()
+            return failure
 
     def inSnapshot(self, query: Callable[..., Any], *args: Any) -> Any:
         """C{query(connection, *args)} in one repeatable-read, read-only transaction."""
