@@ -112,13 +112,14 @@ def plainReads(connection: Any, keyLists: Sequence[Sequence[str]]) -> list[Snaps
 class PlainRead:
     """The work of a GET without Include: readers run a batch of them as one statement."""
 
-    __slots__ = ("keys",)
+    __slots__ = ("readKeys",)
 
     def __init__(self, keys: Sequence[str]) -> None:
-        self.keys = keys
+        # (Not "keys": the writer locks and reads the keys of works so named.)
+        self.readKeys = keys
 
     def __call__(self, session: Any) -> Snapshot:
-        return session.read(self.keys, None)
+        return session.read(self.readKeys, None)
 
 
 #: The most candidate ids a one-statement Include read fetches with the
@@ -166,7 +167,7 @@ def prefetchedReads(connection: Any, reads: Sequence["IncludeRead"]) -> list[Any
     """
     import psycopg
 
-    unique = list(dict.fromkeys(key for read in reads for key in read.keys))
+    unique = list(dict.fromkeys(key for read in reads for key in read.readKeys))
     paths = list(dict.fromkeys(jsonPath(path) for read in reads for path in read.paths or ()))
     limit = PREFETCH_MAX * len(reads)
     try:
@@ -196,7 +197,7 @@ def prefetchedReads(connection: Any, reads: Sequence["IncludeRead"]) -> list[Any
 
     found: list[Any] = []
     for read in reads:
-        results = [byKey.get(key) for key in read.keys]
+        results = [byKey.get(key) for key in read.readKeys]
         try:
             found.append(Snapshot(results, resolveIncludes(results, read.references, fetch), etag))
         except _NotFetched:
@@ -225,16 +226,16 @@ def includeRead(connection: Any, keys: Sequence[str], references: References) ->
 class IncludeRead:
     """The work of a GET with Include: readers run a batch's as one statement."""
 
-    __slots__ = ("keys", "references", "paths")
+    __slots__ = ("readKeys", "references", "paths")
 
     def __init__(self, keys: Sequence[str], references: References) -> None:
-        self.keys = keys
+        self.readKeys = keys
         self.references = references
         #: The Include paths of an IncludeWalk (the database can follow them).
         self.paths: Sequence[Sequence[str]] | None = getattr(references, "paths", None)
 
     def __call__(self, session: Any) -> Snapshot:
-        return session.read(self.keys, self.references)
+        return session.read(self.readKeys, self.references)
 
 
 def snapshotInclude(connection: Any, keys: Sequence[str], references: References) -> Snapshot:
@@ -405,7 +406,7 @@ class ReadSession(Session):
 
         self.live()
         try:
-            plain = [work.keys for work in works if isinstance(work, PlainRead)]
+            plain = [work.readKeys for work in works if isinstance(work, PlainRead)]
             included = [work for work in works if isinstance(work, IncludeRead) and work.paths]
             if len(plain) < 2 and len(included) < 2:
                 return [self._alone(work) for work in works], None
