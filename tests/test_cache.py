@@ -196,6 +196,19 @@ class CoherenceTests(_Stores):
         self.assertEqual([d.id for d in (yield found).includes], ["a"])
 
 
+    @inlineCallbacks
+    def test_backOffSparesTheCache(self):
+        """After a slow read, the file is read on threads; the cache still answers here."""
+        yield self.store.put("a", b"{}")
+        self.readNow(["a"])
+        inline = self.store._reads.inline
+        inline._backoffUntil = inline._clock() + 3600
+        self.cached(["a"])
+        found = self.store.readNow(["b"])
+        self.assertIsInstance(found, defer.Deferred)
+        self.assertEqual((yield found).results, [None])
+
+
 class PrunedLogTests(_Stores):
     """The changes the cache would follow were pruned: it starts again."""
 

@@ -230,7 +230,8 @@ class InlineReader:
         self._connection.close()
 
     def fits(self, keys: Sequence[str]) -> bool:
-        return len(keys) <= INLINE_MAX_IDS and self._clock() >= self._backoffUntil
+        """Few enough ids to be read here (the back-off is checked in L{read})."""
+        return len(keys) <= INLINE_MAX_IDS
 
     def read(self, keys: Sequence[str], references: References | None) -> Snapshot | None:
         """The snapshot, or C{None} if this read must go to a thread."""
@@ -248,8 +249,13 @@ class InlineReader:
                 cache.hits += 1
                 self.served += 1
                 return found
+        # The cache is bounded work; the file may not be (cold pages): after
+        # a slow read, reads of the file go to the threads for a while.
+        start = self._clock()
+        if start < self._backoffUntil:
+            return None
         connection = self._connection
-        start, cpuStart = self._clock(), self._cpuClock()
+        cpuStart = self._cpuClock()
         try:
             if references is None:
                 found = self._pointRead(keys)
