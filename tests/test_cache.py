@@ -312,7 +312,7 @@ class ReplyAssemblyTests(SynchronousTestCase):
         self.assertEqual(documents._idKeyBytes(id), documents._jsonBytes(id) + b": ")
 
     def test_idKeyBytesEscapes(self) -> None:
-        for id in ('a"b', "a\\b", "caf\u00e9", "a/1"):
+        for id in ('a"b', "a\\b", "caf\u00e9", "a/1", "a\x01b", "a\x7fb", "a b"):
             self.assertEqual(documents._idKeyBytes(id), documents._jsonBytes(id) + b": ")
 
     def test_parsedBody(self) -> None:

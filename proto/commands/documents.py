@@ -116,8 +116,8 @@ def _checkIds(ids: tuple[str, ...] | list[str], what: str = "id") -> None:
 
 def _idKeyBytes(id: str) -> bytes:
     """C{"id": } as JSON: what L{_jsonBytes} gives, without json.dumps for plain ids."""
-    if id.isascii() and '"' not in id and "\\" not in id:
-        # Stored ids have no control characters (checkId): nothing to escape.
+    if id.isascii() and id.isprintable() and '"' not in id and "\\" not in id:
+        # Printable ASCII without quote or backslash: nothing to escape.
         return b'"' + id.encode("ascii") + b'": '
     return _jsonBytes(id) + b": "
 
