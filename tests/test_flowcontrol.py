@@ -2,7 +2,8 @@
 Flow control over a real loopback TCP + TLS connection: a client that
 pipelines far more than the socket buffers hold and does not read must
 not make the server buffer without bound, and once it reads, every
-request already sent is answered (nothing waits for new bytes).
+request already sent is answered (nothing waits for new bytes). And
+L{proto.flowcontrol.FlowControl}'s decisions alone, without a transport.
 """
 
 from twisted.internet import defer, endpoints, protocol, reactor, task
@@ -11,6 +12,7 @@ from twisted.trial import unittest
 
 from proto import wire
 from proto.commands import builtin
+from proto.flowcontrol import INFLIGHT, TRANSPORT, FlowControl
 from proto.server import ServerConfig
 from tests.support import Credentials, listenInProcess, makeFactory
 
@@ -101,8 +103,6 @@ class FlowControlDecisionTests(unittest.TestCase):
     """L{proto.flowcontrol.FlowControl}: the decisions alone, no transport."""
 
     def setUp(self):
-        from proto.flowcontrol import FlowControl
-
         self.flow = FlowControl(maxInflight=8)
 
     def test_reading(self):
@@ -140,5 +140,3 @@ class FlowControlDecisionTests(unittest.TestCase):
     def test_slots(self):
         self.assertFalse(hasattr(self.flow, "__dict__"))
 
-
-from proto.flowcontrol import INFLIGHT, TRANSPORT  # noqa: E402
