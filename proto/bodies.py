@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
     from twisted.logger import Logger
 
+    from proto.server import ServerConfig
     from proto.timers import Timers
 
 
@@ -56,7 +57,7 @@ class BodyBudget:
         # What the host (the connection) provides.
         state: str
         factory: Any
-        config: Any
+        config: ServerConfig
         clock: IReactorTime
         log: Logger
         peer: str

@@ -31,19 +31,21 @@ transition table of L{proto.states}.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Mapping
 
 from proto import wire
 from proto.states import CLOSING, DRAINING, ENDING, OPEN, READY
 from proto.timers import ABORT, DRAIN, HEAD, IDLE, SHUTDOWN
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
     from twisted.internet.interfaces import IReactorTime
     from twisted.logger import Logger
 
     from proto.flowcontrol import FlowControl
     from proto.stats import ServerStats
     from proto.subscriptions import Subscriptions
+    from proto.server import ServerConfig
     from proto.timers import Timers
 
 #: The reason given to requests that arrive during a server shutdown, and
@@ -65,7 +67,7 @@ class Ending:
         # What the host (the connection) provides.
         state: str
         transport: Any
-        config: Any
+        config: ServerConfig
         clock: IReactorTime
         log: Logger
         peer: str
@@ -75,7 +77,7 @@ class Ending:
         _timers: Timers
         _flow: FlowControl
         _replies: list[bytes] | None
-        _inflight: Any
+        _inflight: Mapping[str, Deferred[Any]]
         _refusing: str | None
 
         def _enter(self, state: str) -> None: ...
