@@ -10,6 +10,7 @@ every event says which request it went to.
 from __future__ import annotations
 
 import json
+from typing import NamedTuple
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -27,7 +28,6 @@ from proto.client.core import (
     Failed,
     Pushed,
     Replied,
-    Sent,
     Stray,
 )
 from proto.client.errors import (
@@ -50,8 +50,14 @@ def opened() -> ClientCore[str, str]:
     return core
 
 
-def send(core: ClientCore[str, str], command: str, *args: str, **kw) -> Sent[str]:
-    return core.request(command, args, waiter, **kw)
+class Sent(NamedTuple):
+    sequence: str
+    data: bytes
+    waiter: str
+
+
+def send(core: ClientCore[str, str], command: str, *args: str, **kw) -> Sent:
+    return Sent(*core.request(command, args, waiter, **kw))
 
 
 class GreetingTests(unittest.TestCase):
@@ -322,8 +328,8 @@ class PropertyTests(unittest.TestCase):
         events = [e for b in range(len(greeting)) for e in core.receive(greeting[b:b + 1])]
         self.assertEqual(events, [Admitted()])
         for n in range(len(requests)):
-            sent = core.request("WATCH", [f"p{n}/"], waiter, onPush=f"t{n + 1}")
-            self.assertEqual(sent.sequence, str(n + 1))
+            sequence, _, _ = core.request("WATCH", [f"p{n}/"], waiter, onPush=f"t{n + 1}")
+            self.assertEqual(sequence, str(n + 1))
         frames = []
         for n, (how, body, pushes) in enumerate(requests):
             sequence = str(n + 1)

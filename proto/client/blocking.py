@@ -211,12 +211,12 @@ class BlockingClient(CommandMethods):
         @raise ConnectionClosed: if the connection has ended.
         """
         with self._lock:
-            sent = self._core.request(
-                command, args, _newFuture, headers=headers, body=body, timeout=timeout
+            sequence, data, future = self._core.request(
+                command, args, _newFuture, headers, body, timeout
             )
-            self._outbox += sent.data
+            self._outbox += data
         self._wake()
-        return sent.sequence, sent.waiter
+        return sequence, future
 
     def request(
         self,

@@ -118,17 +118,15 @@ class GNPClientProtocol(Protocol, CommandMethods):
             C{ValueError} if the request cannot be written.
         """
         try:
-            sent = self._core.request(
-                command, args, self._waiter, headers=headers, body=body, timeout=timeout,
-                onPush=onPush,
+            sequence, data, d = self._core.request(
+                command, args, self._waiter, headers, body, timeout, onPush
             )
         except (ClientError, ValueError) as e:
             return fail(e)
         assert self.transport is not None
-        self.transport.write(sent.data)
-        d = sent.waiter
+        self.transport.write(data)
         if timeout is not None:
-            d.addTimeout(timeout + TIMEOUT_GRACE, self._clock, self._timedOut(command, sent.sequence))
+            d.addTimeout(timeout + TIMEOUT_GRACE, self._clock, self._timedOut(command, sequence))
         return d
 
     def _waiter(self, sequence: str) -> Deferred[Reply]:

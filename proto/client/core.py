@@ -39,7 +39,7 @@ import enum
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Iterable, TypeVar, Union
+from typing import Callable, Generic, Sequence, TypeVar, Union
 
 from proto.client.errors import (
     ClientError,
@@ -75,12 +75,12 @@ GREETING, OPEN, CLOSING, ENDED = State.GREETING, State.OPEN, State.CLOSING, Stat
 # -- events ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Admitted:
     """The greeting was C{OK}: requests may be sent."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Abort:
     """
     End the connection now (abort the transport): the greeting refused us,
@@ -91,7 +91,7 @@ class Abort:
     error: ClientError
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Replied(Generic[W]):
     """The C{OK} reply of a pending request."""
 
@@ -99,7 +99,7 @@ class Replied(Generic[W]):
     reply: Reply
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Failed(Generic[W]):
     """The C{ERR} reply of a pending request."""
 
@@ -107,7 +107,7 @@ class Failed(Generic[W]):
     error: ServerError
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Pushed(Generic[H]):
     """
     A C{PUSH} frame; C{target} is the one given with the request that
@@ -119,7 +119,7 @@ class Pushed(Generic[H]):
     target: H | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Stray:
     """An C{OK}/C{ERR} for a Sequence that is not pending (given up on)."""
 
@@ -131,7 +131,7 @@ class Stray:
 Event = Union[Admitted, Abort, Replied[W], Failed[W], Pushed[H], Stray]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Ended(Generic[W]):
     """
     The connection is gone: every request that was pending (C{waiters}, in
@@ -142,16 +142,7 @@ class Ended(Generic[W]):
     waiters: list[W] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class Sent(Generic[W]):
-    """A request the core accepted: its Sequence, its bytes, its waiter."""
-
-    sequence: str
-    data: bytes
-    waiter: W
-
-
-@dataclass
+@dataclass(slots=True)
 class _Pending(Generic[W]):
     command: str
     waiter: W
@@ -238,17 +229,18 @@ class ClientCore(Generic[W, H]):
     def request(
         self,
         command: str,
-        args: Iterable[str],
+        args: Sequence[str],
         waiter: Callable[[str], W],
-        *,
         headers: Headers = None,
         body: bytes | None = None,
         timeout: float | None = None,
         onPush: H | None = None,
-    ) -> Sent[W]:
+    ) -> tuple[str, bytes, W]:
         """
-        Number, encode and record one request. The caller sends
-        C{sent.data}.
+        Number, encode and record one request.
+
+        @return: its Sequence, its bytes (the caller sends them) and the
+            waiter made for it.
 
         @param waiter: makes the wrapper's waiter, given the Sequence.
         @param timeout: seconds for the C{Timeout} header.
@@ -259,17 +251,16 @@ class ClientCore(Generic[W, H]):
         if self.state is not OPEN:
             raise self.unusableError()
         sequence = str(next(self._sequences))
-        argv = tuple(args)
-        data = encodeClientRequest(command, argv, sequence, headers, body, timeout)
+        data = encodeClientRequest(command, args, sequence, headers, body, timeout)
         made = waiter(sequence)
         upper = command.upper()
         pending = _Pending(upper, made)
-        if upper == "UNWATCH" and argv:
-            pending.ends = argv[0]
+        if upper == "UNWATCH" and args:
+            pending.ends = args[0]
         self._pending[sequence] = pending
         if onPush is not None:
             self._targets[sequence] = (upper, onPush)
-        return Sent(sequence, data, made)
+        return sequence, data, made
 
     def stopPushes(self, sequence: str) -> None:
         """Route no more pushes of request C{sequence} to its target."""
