@@ -4,7 +4,8 @@ of your own").
 
 The package exposes C{registry}, a L{CommandRegistry}, and names it in the
 C{proto.commands} entry-point group of its C{pyproject.toml}. Handlers
-have the signature of the built-in ones, C{handler(ctx, request)}: C{ctx}
+have the signature of the built-in ones, C{handler(ctx: ICommandContext,
+request: proto.wire.Request)}: C{ctx}
 is the connection (L{proto.commands.base.ICommandContext}: C{store},
 C{clock}, C{push}, C{subscribe}, C{grant}, C{identity}), C{request} the
 parsed request (C{args}, C{header(name)}, C{body}, C{sequence}). They
@@ -19,17 +20,20 @@ from __future__ import annotations
 import datetime
 import json
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from proto.commands.base import (
     FIRST_ARG,
     CommandError,
     CommandRegistry,
+    ICommandContext,
     Result,
     requireArgs,
     secondsArgument,
 )
-from proto.store.base import InvalidIdError, checkId
+from proto.store.base import InvalidIdError, Version, checkId
+from proto.wire import Request
 
 registry = CommandRegistry()
 
@@ -37,19 +41,19 @@ registry = CommandRegistry()
 MAX_COUNT = 1000
 
 
-def _who(ctx) -> str:
+def _who(ctx: ICommandContext) -> str:
     return ctx.grant.name or ctx.identity.commonName
 
 
 @registry.command("HELLO", level="any")
-def hello(ctx, request) -> bytes:
+def hello(ctx: ICommandContext, request: Request) -> bytes:
     """C{HELLO [name ...]}: a greeting that names who asked."""
     to = " ".join(request.args) or "world"
     return f"Hello, {to}! (asked by {_who(ctx)})".encode("utf-8")
 
 
 @registry.command("COUNTDOWN", level="any")
-def countdown(ctx, request) -> Result:
+def countdown(ctx: ICommandContext, request: Request) -> Result:
     """
     C{COUNTDOWN n [seconds]}: reply C{OK}, then push C{n}, ..., C{1}, one
     every C{seconds}. Stops when the connection ends (the subscription's
@@ -91,7 +95,7 @@ def countdown(ctx, request) -> Result:
 
 
 @registry.command("STAMP", level="write", ids=FIRST_ARG)
-def stamp(ctx, request):
+def stamp(ctx: ICommandContext, request: Request) -> Deferred[bytes]:
     """C{STAMP id}: store who stamped it and when; needs write rights on C{id}."""
     requireArgs(request, 1, 1, "STAMP id")
     (id,) = request.args
@@ -102,6 +106,7 @@ def stamp(ctx, request):
     at = datetime.datetime.fromtimestamp(ctx.clock.seconds(), datetime.timezone.utc)
     body = json.dumps({"StampedBy": _who(ctx), "At": at.strftime("%Y-%m-%dT%H:%M:%SZ")})
     d = ctx.store.put(id, body.encode("utf-8"))
-    return d.addCallback(
-        lambda version: json.dumps({"Id": version.id, "Etag": version.etag}).encode("utf-8")
-    )
+    def reply(version: Version) -> bytes:
+        return json.dumps({"Id": version.id, "Etag": version.etag}).encode("utf-8")
+
+    return d.addCallback(reply)
