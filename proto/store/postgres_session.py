@@ -82,6 +82,19 @@ def snapshot(connection: Any, keys: Sequence[str], references: References | None
     return Snapshot(results, includes, etag)
 
 
+#: Joins keys into one text parameter (C{string_to_array}): no key has
+#: it (ids have no control characters), and one text parameter is
+#: cheaper for psycopg to send than a list (a C{text[]}).
+KEY_SEPARATOR = "\x1f"
+
+_READ_SQL = (
+    "SELECT c.value, d.key, d.id, d.etag, d.body FROM proto_counters c "
+    "LEFT JOIN proto_documents d ON {} WHERE c.name = 'etag'"
+)
+_ONE_KEY_SQL = _READ_SQL.format("d.key = %s")
+_KEYS_SQL = _READ_SQL.format("d.key = ANY(string_to_array(%s, chr(31)))")
+
+
 def plainRead(connection: Any, keys: Sequence[str]) -> Snapshot:
     """
     GET without Include in one statement (so one snapshot, one round
@@ -99,9 +112,7 @@ def plainReads(connection: Any, keyLists: Sequence[Sequence[str]]) -> list[Snaps
     found: dict[str, Document] = {}
     etag = 0
     for current, key, id, docEtag, body in connection.execute(
-        "SELECT c.value, d.key, d.id, d.etag, d.body FROM proto_counters c "
-        "LEFT JOIN proto_documents d ON d.key = ANY(%s) WHERE c.name = 'etag'",
-        (unique,),
+        _ONE_KEY_SQL if len(unique) == 1 else _KEYS_SQL, (KEY_SEPARATOR.join(unique),)
     ):
         etag = current
         if key is not None:
@@ -132,8 +143,8 @@ PREFETCH_MAX = 256
 #: L{proto.commands.include}), each candidate key with its document or
 #: NULL. Row kinds: 0 the etag, 1 a result, 2 a candidate.
 _PREFETCH_SQL = (
-    "WITH r AS (SELECT key, id, etag, body FROM proto_documents WHERE key = ANY(%s)), "
-    "k AS (SELECT DISTINCT lower(v #>> '{}') AS key FROM r, unnest(%s::jsonpath[]) p, "
+    "WITH r AS (SELECT key, id, etag, body FROM proto_documents WHERE {keys}), "
+    "k AS (SELECT DISTINCT lower(v #>> '{{}}') AS key FROM r, {paths}, "
     "jsonb_path_query(convert_from(r.body, 'UTF8')::jsonb, p) v "
     "WHERE jsonb_typeof(v) = 'string' LIMIT %s) "
     "SELECT 0, NULL, NULL, value, NULL FROM proto_counters WHERE name = 'etag' "
@@ -141,6 +152,17 @@ _PREFETCH_SQL = (
     "UNION ALL SELECT 2, k.key, d.id, d.etag, d.body FROM k "
     "LEFT JOIN proto_documents d ON d.key = k.key"
 )
+
+#: L{_PREFETCH_SQL} by (one key?, one path?): single parameters are
+#: cheaper to send than arrays.
+_PREFETCH = {
+    (oneKey, onePath): _PREFETCH_SQL.format(
+        keys="key = %s" if oneKey else "key = ANY(string_to_array(%s, chr(31)))",
+        paths="CAST(%s AS jsonpath) p" if onePath else "unnest(CAST(%s AS jsonpath[])) p",
+    )
+    for oneKey in (True, False)
+    for onePath in (True, False)
+}
 
 
 class _NotFetched(Exception):
@@ -171,7 +193,10 @@ def prefetchedReads(connection: Any, reads: Sequence["IncludeRead"]) -> list[Any
     paths = list(dict.fromkeys(jsonPath(path) for read in reads for path in read.paths or ()))
     limit = PREFETCH_MAX * len(reads)
     try:
-        rows = connection.execute(_PREFETCH_SQL, (unique, paths, limit + 1)).fetchall()
+        rows = connection.execute(
+            _PREFETCH[len(unique) == 1, len(paths) == 1],
+            (KEY_SEPARATOR.join(unique), paths[0] if len(paths) == 1 else paths, limit + 1),
+        ).fetchall()
     except (psycopg.DataError, psycopg.ProgrammingError):
         # A body jsonb refuses (one with an escaped NUL), a path it cannot
         # parse: read in two round trips (autocommit: nothing to roll back).
