@@ -345,17 +345,26 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self._immediate = immediate
         chunkStarted = perf_counter()
         completed = False
-        take, dispatch = parser.next, self._dispatch
+        take, dispatch = parser.nextMany, self._dispatch
         try:
             while not self.paused and self.state is READY:
-                request = take()
-                if request is None:
+                requests = take()
+                if not requests:
                     break
                 completed = True
-                if request.size:
-                    self._bodyComplete(request)
-                else:
-                    dispatch(request)
+                pending = iter(requests)
+                for request in pending:
+                    if request.size:
+                        self._bodyComplete(request)
+                    else:
+                        dispatch(request)
+                    if self.paused or self.state is not READY:
+                        if self.state is READY:
+                            # Paused mid-batch: the rest runs on resume.
+                            parser.unread(list(pending))
+                        # Else ending: the rest is dropped, as the input
+                        # after it is (clearLineBuffer).
+                        break
         except wire.FramingError as e:
             self.fatal(e.reason, e.sequence)
         finally:

@@ -215,6 +215,30 @@ def takeAll(parser, chunks):
     return out, None
 
 
+def takeAllMany(parser, chunks, giveBack=()):
+    """
+    As L{takeAll}, through C{nextMany}; after the i-th batch, when C{i} is
+    in C{giveBack}, only its first request is kept and the rest given back
+    with C{unread} (as the server does when it pauses mid-batch).
+    """
+    out = []
+    batches = 0
+    try:
+        for chunk in chunks:
+            parser.receive(chunk)
+            while requests := parser.nextMany():
+                if batches in giveBack and len(requests) > 1:
+                    parser.unread(requests[1:])
+                    requests = requests[:1]
+                batches += 1
+                for request in requests:
+                    out.append((request.command, request.args, dict(request.headers), request.sequence,
+                                request.size, request.body, request.error))
+    except FramingError as e:
+        return out, e.reason
+    return out, None
+
+
 def chunked(data: bytes, cuts) -> list:
     points = sorted({c % (len(data) + 1) for c in cuts})
     edges = [0, *points, len(data)]
@@ -300,6 +324,31 @@ class RequestParserTests(unittest.TestCase):
         parser.receive(b"x")
         self.assertRaises(FramingError, parser.next)
 
+    def test_nextManyRunsThenError(self):
+        """A batch stops before a head it cannot take; a framing error comes with the next call."""
+        parser = wire.RequestParser()
+        parser.receive(b"PING\r\nSequence: 1\r\n\r\nECHO a\r\nSequence: 2\r\n\r\n"
+                       b"PING\r\nno colon\r\n\r\nPING\r\nSequence: 4\r\n\r\n")
+        self.assertEqual([r.sequence for r in parser.nextMany()], ["1", "2"])
+        e = self.assertRaises(FramingError, parser.nextMany)
+        self.assertIn("Malformed header line", e.reason)
+        self.assertEqual((parser.nextMany(), parser.buffered), ([], 0))
+
+    def test_unreadComesFirstAndClearDropsIt(self):
+        parser = wire.RequestParser()
+        parser.receive(b"PING\r\nSequence: 1\r\n\r\nPING\r\nSequence: 2\r\n\r\nPING\r\nSequence: 3\r\n\r\n")
+        first, *rest = parser.nextMany()
+        parser.unread(rest)
+        self.assertFalse(parser.headPending)
+        parser.receive(b"PING\r\nSequence: 4\r\n\r\n")
+        self.assertEqual(parser.next().sequence, "2")
+        self.assertEqual([r.sequence for r in parser.nextMany()], ["3"])
+        self.assertEqual([r.sequence for r in parser.nextMany()], ["4"])
+        parser.receive(b"PING\r\nSequence: 5\r\n\r\n")
+        parser.unread(parser.nextMany())
+        parser.clear()
+        self.assertEqual(parser.nextMany(), [])
+
     def test_framingErrorClears(self):
         parser = wire.RequestParser()
         parser.receive(b"PING\r\nSequence: 1\r\n\r\nPING\r\nno colon\r\n\r\nPING\r\nSequence: 3\r\n\r\n")
@@ -341,6 +390,9 @@ class RequestParserTests(unittest.TestCase):
             self.assertEqual((got[0], got[1], got[3], got[5]), (command.upper(), tuple(args), sequence, body or b""))
         self.assertEqual(takeAll(wire.RequestParser(), chunked(data, cuts)), whole)
         self.assertEqual(takeAll(wire.RequestParser(), [data[i:i + 1] for i in range(len(data))]), whole)
+        # The server's batches (nextMany), with requests given back (unread) anywhere.
+        self.assertEqual(takeAllMany(wire.RequestParser(), [data]), whole)
+        self.assertEqual(takeAllMany(wire.RequestParser(), chunked(data, cuts), set(cuts)), whole)
 
     @settings(max_examples=400, deadline=None)
     @given(
@@ -373,3 +425,4 @@ class RequestParserTests(unittest.TestCase):
         """Arbitrary bytes: requests or FramingError, and the same however they arrive."""
         whole = takeAll(wire.RequestParser(maxHead=128), [data])
         self.assertEqual(takeAll(wire.RequestParser(maxHead=128), chunked(data, cuts)), whole)
+        self.assertEqual(takeAllMany(wire.RequestParser(maxHead=128), chunked(data, cuts), {0, 2}), whole)
