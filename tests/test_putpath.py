@@ -61,13 +61,17 @@ class WorkerTurnTests(TestCase):
         worker = Worker("test", lambda: self.session, clock)
         self.addCleanup(worker.stop)
         yield worker.start()
-        # Let the thread reach its wait for jobs.
-        for _ in range(1000):
+        yield self.untilIdle(worker)
+        return worker
+
+    @inlineCallbacks
+    def untilIdle(self, worker: Worker):
+        """Let the thread reach its wait for jobs (bounded)."""
+        for _ in range(2000):
             if worker._idle:
                 break
-            yield _sleep(0.001)
+            yield _sleep(0.005)
         self.assertTrue(worker._idle)
-        return worker
 
     @inlineCallbacks
     def test_oneTurnOneBatch(self):
@@ -80,6 +84,7 @@ class WorkerTurnTests(TestCase):
         # And again: the worker went back to waiting, and is woken again,
         # at the end of the turn even if the reactor thread lets go of the
         # GIL in the middle of it (here: sleeps) after the first job.
+        yield self.untilIdle(worker)
         deferreds = []
         for _ in range(3):
             deferreds.append(worker.submit(lambda session: "x"))
