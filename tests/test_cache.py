@@ -209,6 +209,38 @@ class CoherenceTests(_Stores):
         self.assertEqual((yield found).results, [None])
 
 
+    @inlineCallbacks
+    def test_walHeaderSparesTheCheck(self):
+        """
+        While the WAL-index header is unchanged nobody committed: no
+        C{data_version} statement; a commit (of another store) changes it.
+        """
+        yield self.store.put("a", b'{"v": 1}')
+        self.readNow(["a"])
+        inline = self.store._reads.inline
+        self.assertIsNotNone(inline._walIndex, "the WAL-index is mapped")
+        statements = []
+        cursor = inline._versionCursor
+
+        class Counting:
+            def execute(self, sql):
+                statements.append(sql)
+                return cursor.execute(sql)
+
+            def fetchone(self):
+                return cursor.fetchone()
+
+        inline._versionCursor = Counting()
+        for _ in range(3):
+            self.cached(["a"])
+        self.assertEqual(statements, [])
+        put = yield self.other.put("a", b'{"v": 2}')
+        self.assertEqual(self.readNow(["a"]).results[0].etag, put.etag)
+        self.assertEqual(statements, ["PRAGMA data_version"])
+        self.cached(["a"])
+        self.assertEqual(len(statements), 1)
+
+
 class PrunedLogTests(_Stores):
     """The changes the cache would follow were pruned: it starts again."""
 
