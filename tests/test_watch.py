@@ -162,7 +162,8 @@ class SinceTests(WatchTestCase):
             replyEtag = yield began
             start = replyEtag if since is None else int(since)
             expected = [etag for etag in matching if etag > start]
-            yield self.waitForEtag(ctx, expected[-1])
+            if expected:  # Empty when every later write committed before the watch began.
+                yield self.waitForEtag(ctx, expected[-1])
             got = [p["Etag"] for p in self.pushesOf(ctx)]
             self.assertEqual(got, expected, f"watch started at write {n}")
         self.assertGreater(last, total - total // 5 - 5)
