@@ -183,9 +183,14 @@ def clientsOf(factory) -> list[dict[str, Any]]:
         who = proto.identity
         if who is None:
             continue
-        name = names.get(who.sha1)
-        if name is None:
-            name = names.get(who.sha256, "")
+        # The name WHOAMI reports: the connection's grant, which also
+        # covers APPROVE and ENROLL (the allow-list file has only its own).
+        grant = getattr(proto, "grant", None)
+        name = grant.name if grant is not None else None
+        if not name:
+            name = names.get(who.sha1)
+            if name is None:
+                name = names.get(who.sha256, "")
         out.append({
             "Peer": proto.peer,
             "Sha1": who.sha1,

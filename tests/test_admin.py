@@ -174,6 +174,25 @@ class ClientsTests(AdminTestMixin, unittest.TestCase):
                           byRequests[1]["Watches"]), (3, 0, 1))
         yield sleeping
 
+    @defer.inlineCallbacks
+    def test_nameOfApprovedCertificate(self):
+        """
+        A certificate admitted by APPROVE (not by the allow-list file) is
+        listed with the name it was approved under, as its WHOAMI says
+        (section 9), not an empty one.
+        """
+        yield self.startServer()
+        admin = yield self.connect(self.port)
+        stranger = certs.sha1Thumbprint(self.creds.stranger.certificate)
+        yield admin.request("APPROVE", stranger, "night", "job", "can=read")
+        guest = yield self.connect(self.port, tls=self.tls(self.creds.stranger))
+        whoami = yield self.call(guest, "WHOAMI")
+        self.assertEqual(whoami["Name"], "night job")
+        listed = yield self.call(admin, "CLIENTS")
+        names = {entry["Sha1"]: entry["Name"] for entry in listed}
+        self.assertEqual(names[stranger], "night job")
+        self.assertEqual(names[certs.sha1Thumbprint(self.creds.client.certificate)], "operator")
+
 
 class BackupTests(AdminTestMixin, unittest.TestCase):
     @defer.inlineCallbacks
