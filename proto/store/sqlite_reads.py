@@ -238,6 +238,23 @@ class _Miss(Exception):
     """A document a read needs is not in the cache."""
 
 
+def _fromCache(cache: DocumentCache, keys: Iterable[str]) -> list[Document | None]:
+    """
+    The documents of C{keys} from C{cache} (L{None} for one known not to
+    exist), in order.
+
+    @raise _Miss: if one is not there.
+    """
+    entries = cache.entries
+    results: list[Document | None] = []
+    for key in keys:
+        entry = entries.get(key)
+        if entry is None:
+            raise _Miss()
+        results.append(None if entry is MISSING else entry)  # type: ignore[arg-type]
+    return results
+
+
 class InlineReader:
     """
     A read-only connection used on the reactor thread, for reads small
@@ -394,13 +411,7 @@ class InlineReader:
 
         @raise _Miss: if a document it needs is not there.
         """
-        entries = cache.entries
-        results: list[Document | None] = []
-        for key in keys:
-            entry = entries.get(key)
-            if entry is None:
-                raise _Miss()
-            results.append(None if entry is MISSING else entry)  # type: ignore[arg-type]
+        results = _fromCache(cache, keys)
         if references is None:
             return Snapshot(results, [], cache.etag)
         if sum(len(doc.body) for doc in results if doc is not None) > INLINE_MAX_BYTES:
@@ -414,13 +425,7 @@ class InlineReader:
                 raise _TooBig()
 
         def fetch(missing: list[str]) -> list[Document | None]:
-            fetched: list[Document | None] = []
-            for key in missing:
-                entry = entries.get(key)
-                if entry is None:
-                    raise _Miss()
-                fetched.append(None if entry is MISSING else entry)  # type: ignore[arg-type]
-            return fetched
+            return _fromCache(cache, missing)
 
         return Snapshot(results, resolveIncludes(results, references, fetch, step), cache.etag)
 
