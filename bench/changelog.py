@@ -347,11 +347,7 @@ def main() -> int:
     dirs = {name: os.path.join(workdir, name) for name in ("ours", "before")}
     for path in dirs.values():
         bootstrap(path)
-    bodyFile = os.path.join(workdir, "doc-1k.json")
-    body = {"Name": "bench document", "Ref": "bench/ref", "Pad": ""}
-    body["Pad"] = "x" * (1024 - len(json.dumps(body)))
-    with open(bodyFile, "w") as f:
-        f.write(json.dumps(body))
+    bodyFile, _ = run.writeBodies(workdir)
 
     print("change-log benchmark (issue 7)")
     print(f"  {os.cpu_count()} CPUs; pinning {'on' if a.pin else 'off'}; {a.seconds:g} s per PUT row, "

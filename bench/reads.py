@@ -49,14 +49,7 @@ def main() -> int:
     workdir = tempfile.mkdtemp(prefix="proto-bench-reads-")
     dataDir = os.path.join(workdir, "data")
     bootstrap(dataDir)
-    body = {"Name": "bench document", "Ref": "bench/ref", "Pad": ""}
-    body["Pad"] = "x" * max(0, 1024 - len(json.dumps(body)))
-    bodyFile = os.path.join(workdir, "doc-1k.json")
-    refFile = os.path.join(workdir, "ref.json")
-    with open(bodyFile, "w") as f:
-        f.write(json.dumps(body))
-    with open(refFile, "w") as f:
-        f.write(json.dumps({"Name": "the referenced document"}))
+    bodyFile, refFile = run.writeBodies(workdir)
     with open(bodyFile, "rb") as f, open(refFile, "rb") as g:
         bodyBytes, refBytes = f.read(), g.read()
     wanted = [n for n in a.references.split(",") if n and n != "none"]
@@ -86,11 +79,7 @@ def main() -> int:
                    ["--store", f"postgresql:host={pg.dir} port={pg.port} user=proto dbname=postgres"])
         for name in ("ours", "ours on PostgreSQL"):
             if name in servers:
-                for args in (
-                    ["-n", "1", "-c", "1", "-d", "1", "--command", "PUT bench/ref", "--body-file", refFile],
-                    ["-n", str(a.keys), "-c", "1", "-d", "16", "--command", "PUT bench/%d",
-                     "--body-file", bodyFile, "--keys", str(a.keys)],
-                ):
+                for args in run.populateArgs(a.keys, bodyFile, refFile):
                     run.runLoadgen(servers[name], dataDir, args, a.pin, 120)
         plain = ["--command", "GET bench/%d", "--keys", str(a.keys), "-t", str(a.seconds),
                  "--warmup", str(min(1.0, a.seconds / 10))]

@@ -52,6 +52,32 @@ LOADGEN_CPU = 1
 # --------------------------------------------------------------------------- setup
 
 
+def writeBodies(workdir: str) -> tuple[str, str]:
+    """
+    Write the document the store rows PUT (1 KiB of JSON whose C{Ref}
+    names C{bench/ref}, for the C{Include: Ref} rows) and the one it refers
+    to into C{workdir}; their paths, for loadgen's C{--body-file}.
+    """
+    body = {"Name": "bench document", "Ref": "bench/ref", "Pad": ""}
+    body["Pad"] = "x" * max(0, 1024 - len(json.dumps(body)))
+    bodyFile = os.path.join(workdir, "doc-1k.json")
+    refFile = os.path.join(workdir, "ref.json")
+    with open(bodyFile, "w") as f:
+        f.write(json.dumps(body))
+    with open(refFile, "w") as f:
+        f.write(json.dumps({"Name": "the referenced document"}))
+    return bodyFile, refFile
+
+
+def populateArgs(keys: int | str, bodyFile: str, refFile: str) -> list[list[str]]:
+    """The loadgen runs that write C{bench/ref} and C{bench/0} .. C{bench/<keys - 1>}."""
+    keys = str(keys)
+    return [
+        ["-n", "1", "-c", "1", "-d", "1", "--command", "PUT bench/ref", "--body-file", refFile],
+        ["-n", keys, "-c", "1", "-d", "16", "--command", "PUT bench/%d", "--body-file", bodyFile, "--keys", keys],
+    ]
+
+
 def buildLoadgen(force: bool = False) -> None:
     if (
         not force
@@ -478,15 +504,7 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
     raw = []
     rows = []
     warmup = min(1.0, a.seconds / 10)
-    body = {"Name": "bench document", "Ref": "bench/ref", "Pad": ""}
-    pad = 1024 - len(json.dumps(body))
-    body["Pad"] = "x" * max(0, pad)
-    bodyFile = os.path.join(workdir, "doc-1k.json")
-    with open(bodyFile, "w") as f:
-        f.write(json.dumps(body))
-    refFile = os.path.join(workdir, "ref.json")
-    with open(refFile, "w") as f:
-        f.write(json.dumps({"Name": "the referenced document"}))
+    bodyFile, refFile = writeBodies(workdir)
     keys = str(a.keys)
 
     def one(label, args, rateField="req_per_s"):
@@ -507,10 +525,7 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
         return r
 
     # populate: bench/ref and bench/0 .. bench/K-1
-    for args in (
-        ["-n", "1", "-c", "1", "-d", "1", "--command", "PUT bench/ref", "--body-file", refFile],
-        ["-n", keys, "-c", "1", "-d", "16", "--command", "PUT bench/%d", "--body-file", bodyFile, "--keys", keys],
-    ):
+    for args in populateArgs(keys, bodyFile, refFile):
         try:
             runLoadgen(server, dataDir, args, a.pin, 120)
         except LoadgenError as e:

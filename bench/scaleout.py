@@ -27,7 +27,6 @@ process is the bottleneck. See bench/README.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import shutil
@@ -203,24 +202,13 @@ def main() -> int:
     datadir.bootstrap(dataDir, makeServerCert=True)
     warmup = str(min(1.0, a.seconds / 10))
     t = ["-t", str(a.seconds), "--warmup", warmup]
-    body = {"Name": "bench document", "Ref": "bench/ref", "Pad": ""}
-    body["Pad"] = "x" * max(0, 1024 - len(json.dumps(body)))
-    bodyFile = os.path.join(workdir, "doc-1k.json")
-    refFile = os.path.join(workdir, "ref.json")
-    with open(bodyFile, "w") as f:
-        f.write(json.dumps(body))
-    with open(refFile, "w") as f:
-        f.write(json.dumps({"Name": "the referenced document"}))
+    bodyFile, refFile = run.writeBodies(workdir)
     keys = str(a.keys)
     put = ["--command", "PUT bench/%d", "--body-file", bodyFile, "--keys", keys, *t]
     include = ["--command", "GET bench/%d", "--keys", keys, "--header", "Include: Ref", *t]
 
     def populate(server) -> None:
-        for args in (
-            ["-n", "1", "-c", "1", "-d", "1", "--command", "PUT bench/ref", "--body-file", refFile],
-            ["-n", keys, "-c", "1", "-d", "16", "--command", "PUT bench/%d", "--body-file",
-             bodyFile, "--keys", keys],
-        ):
+        for args in run.populateArgs(keys, bodyFile, refFile):
             loadgen(server, dataDir, args, 120)
 
     results: dict[str, dict] = {}

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import os
 import shutil
 import subprocess
@@ -110,11 +109,7 @@ def main() -> int:
         servers["after"] = startServer("after", run.ROOT, workdir, a.pin)
         if a.baseline:
             servers["before"] = startServer("before", os.path.abspath(a.baseline), workdir, a.pin)
-        body = {"Name": "bench document", "Ref": "bench/ref", "Pad": ""}
-        body["Pad"] = "x" * max(0, 1024 - len(json.dumps(body)))
-        bodyFile = os.path.join(workdir, "doc-1k.json")
-        with open(bodyFile, "w") as f:
-            f.write(json.dumps(body))
+        bodyFile, _ = run.writeBodies(workdir)
         keys = str(a.keys)
         for server, dataDir in servers.values():
             run.runLoadgen(server, dataDir, ["-n", keys, "-c", "1", "-d", "16", "--command", "PUT bench/%d",
