@@ -99,24 +99,44 @@ class BatchedReadTests(PostgresBackend, TestCase):
         yield self.store.start()
         self.addCleanup(self.store.close)
 
+    def countStatements(self, name):
+        """
+        The list to which each call of C{postgres_session.<name>} (one
+        statement for a batch of reads) appends the size of its batch.
+        """
+        sizes = []
+        original = getattr(postgres_session, name)
+
+        def counted(connection, batch):
+            sizes.append(len(batch))
+            return original(connection, batch)
+
+        self.patch(postgres_session, name, counted)
+        return sizes
+
+    @inlineCallbacks
+    def whileBusy(self, start):
+        """
+        Call C{start} while the one reader is busy, so that the reads it
+        starts queue up and go as one batch; what it returns, once the
+        reader is free again.
+        """
+        release = threading.Event()
+        busy = self.store._readers[0].submit(lambda session: release.wait(10))
+        started = start()
+        release.set()
+        yield busy
+        return started
+
     @inlineCallbacks
     def test_batch(self):
         yield self.store.put("a", b'{"n": 1}')
         last = yield self.store.put("b", b'{"n": 2}')
-        statements = []
-        original = postgres_session.plainReads
-
-        def counted(connection, keyLists):
-            statements.append(len(keyLists))
-            return original(connection, keyLists)
-
-        self.patch(postgres_session, "plainReads", counted)
-        release = threading.Event()
-        busy = self.store._readers[0].submit(lambda session: release.wait(10))
-        reads = [self.store.read(ids) for ids in (["a"], ["B", "a"], ["nope"], ["b", "b"])]
-        include = self.store.read(["a"], lambda results: ["b"])
-        release.set()
-        yield busy
+        statements = self.countStatements("plainReads")
+        reads, include = yield self.whileBusy(lambda: (
+            [self.store.read(ids) for ids in (["a"], ["B", "a"], ["nope"], ["b", "b"])],
+            self.store.read(["a"], lambda results: ["b"]),
+        ))
         found = yield gatherResults(reads)
         self.assertEqual(statements, [4])
         self.assertEqual(
@@ -142,25 +162,16 @@ class BatchedReadTests(PostgresBackend, TestCase):
         for n in (1, 2, 3):
             yield self.store.put(f"r/{n}", b'{"n": %d}' % n)
         self.patch(include, "MAX_INCLUDED", 3)
-        statements = []
-        original = postgres_session.prefetchedReads
-
-        def counted(connection, reads):
-            statements.append(len(reads))
-            return original(connection, reads)
-
-        self.patch(postgres_session, "prefetchedReads", counted)
-        release = threading.Event()
-        busy = self.store._readers[0].submit(lambda session: release.wait(10))
+        statements = self.countStatements("prefetchedReads")
 
         def read(ids, fields):
             return self.store.read(ids, IncludeWalk(parseInclude(fields)))
 
-        reads = [read(["o/1"], "R"), read(["o/2", "o/1"], "R,S"), read(["o/fold"], "R")]
-        big = read(["o/big"], "R")
-        plain = self.store.read(["o/1"])
-        release.set()
-        yield busy
+        reads, big, plain = yield self.whileBusy(lambda: (
+            [read(["o/1"], "R"), read(["o/2", "o/1"], "R,S"), read(["o/fold"], "R")],
+            read(["o/big"], "R"),
+            self.store.read(["o/1"]),
+        ))
         found = yield gatherResults(reads)
         self.assertEqual(
             [[d.id for d in snapshot.includes] for snapshot in found],

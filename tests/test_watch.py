@@ -69,6 +69,20 @@ class WatchTestCase(SQLiteBackend, CommandTestCase):
 
         yield waitUntil(reached, timeout, f"push with etag {etag}")
 
+    @inlineCallbacks
+    def floodUnreading(self):
+        """
+        Watch C{s/} from a client that reads nothing and publish 1,000
+        changes of ~300-byte ids past the WATCH's etag: far more than
+        L{watchModule.DROP_BYTES} unsent.
+        """
+        etag = yield self.watch(self.ctx, "s/")
+        self.ctx.countUnsent = True
+        pad = "x" * 300
+        for n in range(1000):
+            self.hub.publishChanges([Change(f"s/{n}{pad}", PUT, etag + n + 1)])
+        return etag
+
 
 class SinceTests(WatchTestCase):
     """Catch-up from the log, then live."""
@@ -244,11 +258,7 @@ class SlowWatcherTests(WatchTestCase):
 
     @inlineCallbacks
     def test_droppedByBytes(self):
-        etag = yield self.watch(self.ctx, "s/")
-        self.ctx.countUnsent = True  # a client that reads nothing
-        pad = "x" * 300
-        for n in range(1000):
-            self.hub.publishChanges([Change(f"s/{n}{pad}", PUT, etag + n + 1)])
+        yield self.floodUnreading()
         pushes = self.pushesOf(self.ctx)
         dropped = pushes[-1]
         self.assertEqual(dropped["Type"], "Dropped")
@@ -705,11 +715,7 @@ class TurnBatchedSlowWatcherTests(WatchTestCase):
 
     @inlineCallbacks
     def test_droppedByBytesInOneTurn(self):
-        etag = yield self.watch(self.ctx, "s/")
-        self.ctx.countUnsent = True  # a client that reads nothing
-        pad = "x" * 300
-        for n in range(1000):
-            self.hub.publishChanges([Change(f"s/{n}{pad}", PUT, etag + n + 1)])
+        etag = yield self.floodUnreading()
         self.assertEqual(self.ctx.pushes, [])
         self.turn.advance(0)  # one delivery of the 1,000 changes
         pushes = self.pushesOf(self.ctx)
