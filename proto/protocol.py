@@ -345,26 +345,23 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self._immediate = immediate
         chunkStarted = perf_counter()
         completed = False
-        take, dispatch = parser.nextMany, self._dispatch
+        take, dispatchMany = parser.nextMany, self._dispatchMany
         try:
             while not self.paused and self.state is READY:
                 requests = take()
                 if not requests:
                     break
                 completed = True
-                pending = iter(requests)
-                for request in pending:
-                    if request.size:
-                        self._bodyComplete(request)
-                    else:
-                        dispatch(request)
-                    if self.paused or self.state is not READY:
-                        if self.state is READY:
-                            # Paused mid-batch: the rest runs on resume.
-                            parser.unread(list(pending))
-                        # Else ending: the rest is dropped, as the input
-                        # after it is (clearLineBuffer).
-                        break
+                if requests[0].size:
+                    # A request with a body comes alone.
+                    self._bodyComplete(requests[0])
+                    continue
+                done = dispatchMany(requests)
+                if done < len(requests) and self.state is READY:
+                    # Paused mid-batch: the rest runs on resume. (Else
+                    # ending: the rest is dropped, as the input after it
+                    # is: clearLineBuffer.)
+                    parser.unread(requests[done:])
         except wire.FramingError as e:
             self.fatal(e.reason, e.sequence)
         finally:

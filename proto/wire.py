@@ -60,6 +60,18 @@ SIMPLE_REQUEST = re.compile(
 
 _matchSimple = SIMPLE_REQUEST.match
 
+#: A run of simple requests in one C call (L{RequestParser.nextMany}):
+#: C{findall} gives each one's groups, and the last alternative, which
+#: matches at the first byte that does not start a simple head and takes
+#: the rest of the buffer in O(1) (C{.*} under DOTALL jumps to the end),
+#: ends the run there. So the matches are back to back from the start:
+#: every position is matched by one branch or the other, none skipped.
+_SIMPLE_RUN = re.compile(b"(?:" + SIMPLE_REQUEST.pattern + rb")|(?s:(.).*)")
+_simpleRun = _SIMPLE_RUN.findall
+#: What a simple head has besides its command, arguments and Sequence:
+#: C{"\r\nSequence: "} and the empty line.
+_SIMPLE_FRAMING = len(b"\r\nSequence: ") + len(HEAD_END)
+
 #: The headers of a request that has none but Sequence: shared, read-only.
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
@@ -345,28 +357,29 @@ class RequestParser:
             return unread
         taken: list[Request] = []
         if not self.bodyMissing:
-            buf, pos, maxHead = self._buf, self._pos, self._maxHead
-            names, match, append = _commandNames, _matchSimple, taken.append
-            while True:
-                simple = match(buf, pos)
-                if simple is None:
+            pos, maxHead = self._pos, self._maxHead
+            names, append = _commandNames, taken.append
+            for command, args, sequence, other in _simpleRun(self._buf, pos):
+                if other:
+                    break  # not a simple head (or not a whole one yet)
+                # findall gives b"" for a group that did not match; the
+                # arguments' group never matches an empty string.
+                size = len(command) + len(sequence) + _SIMPLE_FRAMING
+                if args:
+                    size += len(args) + 1
+                    try:
+                        words: tuple[str, ...] = tuple(args.decode().split(" "))
+                    except UnicodeDecodeError:
+                        break  # next() gives it to parseHead, which says why
+                else:
+                    words = ()
+                if size > maxHead:
                     break
-                stop = simple.end()
-                if stop - pos > maxHead:
-                    break
-                command, args, sequence = simple.groups()
                 name = names.get(command)
                 if name is None:
                     name = _commandName(command)
-                if args is None:
-                    words: tuple[str, ...] = ()
-                else:
-                    try:
-                        words = tuple(args.decode().split(" "))
-                    except UnicodeDecodeError:
-                        break  # next() gives it to parseHead, which says why
                 append(Request(name, words, _NO_HEADERS, sequence.decode()))
-                pos = stop
+                pos += size
             self._pos = pos
             if taken:
                 return taken

@@ -14,6 +14,7 @@ from proto import wire
 from proto.commands.base import CommandError, CommandRegistry, Result, FIRST_ARG
 from proto.dispatch import NO_INFLIGHT, Dispatcher, failureReason, successReply
 from proto.permissions import ANY, READ, WRITE, Grant
+from proto.states import DRAINING, READY
 from proto.stats import UNKNOWN_COMMAND, ServerStats
 
 
@@ -32,6 +33,8 @@ class Host(Dispatcher):
 
     log = Logger()
     _replies = None
+    state = READY
+    paused = False
 
     def __init__(self, registry, grant):
         self.stats = ServerStats()
@@ -233,6 +236,97 @@ class DispatcherTests(unittest.TestCase):
         """No table per connection until a command runs in the background."""
         self.assertIs(Host(self.registry, Grant()). _inflight, NO_INFLIGHT)
         self.assertNotIn("_inflight", vars(Host(self.registry, Grant())))
+
+
+class ChunkHost(Host):
+    """A host inside a chunk of input: what it writes joins the chunk's replies."""
+
+    def _write(self, data):
+        self._replies.append(data)
+
+
+class DispatchManyTests(unittest.TestCase):
+    """
+    L{Dispatcher._dispatchMany}, the batch loop: the same replies, counts
+    and in-flight table as L{Dispatcher._dispatch} one request at a time,
+    and it stops after the request that paused or ended the connection.
+    """
+
+    def setUp(self):
+        self.cases = DispatcherTests("test_bytes")
+        self.cases.setUp()
+        self.registry = self.cases.registry
+        self.registry.add("PAUSE", self.pause, level=ANY)
+        self.registry.add("QUIT", self.quit, level=ANY)
+
+    def pause(self, ctx, request):
+        ctx.paused = True
+        return b"paused"
+
+    def quit(self, ctx, request):
+        ctx.state = DRAINING
+        return None
+
+    def host(self, grant=None):
+        host = ChunkHost(self.registry, grant or Grant("tester", READ, ("mine/",)))
+        host._immediate, host._replies = {}, []
+        return host
+
+    def outcome(self, host):
+        counts = {
+            name: (c.received, c.ok, c.err, c.latency.count)
+            for name, c in host.stats.commands.items()
+        }
+        immediate = {
+            name: (host._immediate or {}).get(c) for name, c in host.stats.commands.items()
+        }
+        return (
+            host._replies, host.written, counts, immediate, host.requestCount,
+            sorted(host._inflight), host.tracked, host.stats.errors,
+        )
+
+    def batch(self):
+        return [
+            req("ECHO", "a", "b", sequence="1"), req("NONE", sequence="2"),
+            req("HEADERS", sequence="3"), req("LATER", sequence="4"),
+            req("ECHO", sequence="4"), req("NOPE", sequence="5"),
+            req("ECHO", sequence="6", error="Bad Timeout"), req("REFUSE", "x", sequence="7"),
+            req("BREAK", sequence="8"), req("WRITE", "mine/1", sequence="9"),
+            req("LATER", sequence="10", timeout=2.0), req("ECHO", "é", sequence="11"),
+        ]
+
+    def test_sameAsOneByOne(self):
+        for grant in (Grant("r", READ, ("mine/",)), Grant("w", WRITE, None)):
+            one, many = self.host(grant), self.host(grant)
+            for request in self.batch():
+                one._dispatch(request)
+            self.assertEqual(many._dispatchMany(self.batch()), len(self.batch()))
+            self.assertEqual(self.outcome(many), self.outcome(one))
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 4)
+
+    def test_outsideAChunk(self):
+        """Without the chunk's reply list, each request is _dispatch's."""
+        one, many = Host(self.registry, Grant()), Host(self.registry, Grant())
+        for request in self.batch():
+            one._dispatch(request)
+        many._dispatchMany(self.batch())
+        self.assertEqual(self.outcome(many), self.outcome(one))
+        self.flushLoggedErrors(ZeroDivisionError)
+
+    def test_refusing(self):
+        host = self.host()
+        host._refusing = "Server is shutting down"
+        self.assertEqual(host._dispatchMany([req("ECHO", sequence="1"), req("ECHO", sequence="2")]), 2)
+        self.assertEqual([r for _, _, _, r in replies(host._replies)], ["Server is shutting down"] * 2)
+
+    def test_stopsAfterPauseOrEnd(self):
+        for stopper in ("PAUSE", "QUIT"):
+            host = self.host()
+            batch = [req("ECHO", sequence="1"), req(stopper, sequence="2"), req("ECHO", sequence="3")]
+            self.assertEqual(host._dispatchMany(batch), 2)
+            self.assertEqual([s for _, s, _, _ in replies(host._replies)], ["1", "2"])
+            self.assertEqual(host.requestCount, 2, "the request not run is not counted")
+            self.assertEqual(host.stats.commands["ECHO"].received, 1)
 
 
 class ReplyMappingTests(unittest.TestCase):

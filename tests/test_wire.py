@@ -418,6 +418,22 @@ class RequestParserTests(unittest.TestCase):
             return
         self.assertEqual(parser.next(), expected)
         self.assertEqual(parser.next().sequence, "z")
+        # The batch path (nextMany) too, behind a simple head.
+        parser = wire.RequestParser()
+        parser.receive(b"PING\r\nSequence: y\r\n\r\n" + head + wire.HEAD_END)
+        batch = parser.nextMany()
+        if len(batch) == 1:
+            batch += parser.nextMany()
+        self.assertEqual(batch, [parseHead(b"PING\r\nSequence: y"), expected])
+
+    def test_nextManyHeadLimit(self):
+        """A simple head of maxHead bytes is taken in the run; one byte more is over the limit."""
+        head = b"ECHO " + b"a" * 40 + b"\r\nSequence: 1" + wire.HEAD_END
+        parser = wire.RequestParser(maxHead=len(head))
+        parser.receive(b"PING\r\nSequence: 0\r\n\r\n" + head + b"X" + head)
+        self.assertEqual([r.sequence for r in parser.nextMany()], ["0", "1"])
+        e = self.assertRaises(FramingError, parser.nextMany)
+        self.assertEqual(e.reason, f"Request head is over the limit of {len(head)} bytes")
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=8))
