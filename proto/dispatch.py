@@ -247,23 +247,29 @@ class Dispatcher:
                     break
             return done
         commands, free, append = self.stats.commands, self._free, replies.append
+        inflight = self._inflight
         # Every request of the batch is received now; one that stops the
         # batch gives back the count of those not run (below), and those
         # sent on to _dispatch count themselves.
         self.requestCount += len(requests)
-        done = 0
+        # The OK replies of the current run of one command: their C{ok}
+        # count and the chunk's tally (C{immediate}, for their latency) are
+        # added once per run. Nothing reads either before the chunk's
+        # replies are written (metrics read C{ok} on a later turn).
+        last: CommandStats | None = None
+        run = done = 0
         for request in requests:
             done += 1
             name = request.command
-            sequence = request.sequence
             handler = free.get(name)
             counts = commands.get(name)
             if (
                 handler is None or counts is None or request.error is not None
-                or sequence in self._inflight
+                or request.sequence in inflight
             ):
                 self.requestCount -= 1
                 self._dispatch(request)
+                inflight = self._inflight
             else:
                 counts.received += 1
                 try:
@@ -274,22 +280,32 @@ class Dispatcher:
                     self._writeError(self._failureReply(failure, request), counts, None)
                 else:
                     if type(result) is bytes:
-                        counts.ok += 1
-                        immediate[counts] = immediate.get(counts, 0) + 1
+                        # wire.encodeReply, inlined (a test compares them).
                         append(
                             b"OK\r\nSequence: %s\r\nSize: %d\r\n\r\n%s"
-                            % (sequence.encode(), len(result), result)
-                            if result else b"OK\r\nSequence: %s\r\n\r\n" % (sequence.encode(),)
+                            % (request.sequence.encode(), len(result), result)
+                            if result else b"OK\r\nSequence: %s\r\n\r\n" % (request.sequence.encode(),)
                         )
+                        if counts is last:
+                            run += 1
+                        else:
+                            if last is not None:
+                                last.ok += run
+                                immediate[last] = immediate.get(last, 0) + run
+                            last, run = counts, 1
                     elif isinstance(result, defer.Deferred):
                         self._track(request, result, counts, perf_counter())
+                        inflight = self._inflight
                     else:
-                        self._write(successReply(result, sequence))
+                        self._write(successReply(result, request.sequence))
                         counts.ok += 1
                         self._timed(counts, None)
             if self.paused or self.state is not READY:
                 self.requestCount -= len(requests) - done
                 break
+        if last is not None:
+            last.ok += run
+            immediate[last] = immediate.get(last, 0) + run
         return done
 
     def _timed(self, counts: CommandStats, started: float | None) -> None:
