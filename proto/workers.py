@@ -52,6 +52,9 @@ BACKLOG = 1024
 #: Options the supervisor serves itself and does not give to the workers.
 SUPERVISOR_ONLY = ("--metrics",)
 
+#: The environment variable that gives each worker its supervisor's pid.
+SUPERVISOR_PID = "PROTO_SUPERVISOR_PID"
+
 log = Logger()
 
 
@@ -209,17 +212,34 @@ class ParentWatch(TimerService):
     """
     Stops a worker whose supervisor has gone (killed with SIGKILL, say), so
     no orphaned worker goes on serving alone: its parent changes.
+
+    The supervisor may die at any point of the worker's start, so the
+    supervisor it expects is the one named in L{SUPERVISOR_PID} (by then
+    C{getppid} may already be init's), and the first check, made when
+    twistd starts the services I{before} the reactor runs, asks the
+    reactor to stop once it runs (C{reactor.stop} before then raises,
+    which ended the loop and left the worker serving alone).
     """
 
     def __init__(self, reactor: Any, interval: float = 1.0) -> None:
-        self._parent = os.getppid()
+        self._parent = int(os.environ.get(SUPERVISOR_PID) or os.getppid())
         self._reactor = reactor
+        self._stopping = False
         super().__init__(interval, self._check)
+        self.clock = reactor
 
     def _check(self) -> None:
-        if os.getppid() != self._parent:
-            log.warn("Supervisor {pid} has gone; this worker stops", pid=self._parent)
+        if self._stopping or os.getppid() == self._parent:
+            return
+        self._stopping = True
+        log.warn("Supervisor {pid} has gone; this worker stops", pid=self._parent)
+        self._reactor.callWhenRunning(self._stop)
+
+    def _stop(self) -> None:
+        try:
             self._reactor.stop()
+        except error.ReactorNotRunning:
+            pass  # already stopping (a SIGTERM came first)
 
 
 # -- the supervisor side ----------------------------------------------------
@@ -337,12 +357,18 @@ class Supervisor(service.MultiService):
 
     log = Logger()
 
-    def __init__(self, reactor: Any, store, monitor: WorkerMonitor, held: list[socket.socket]) -> None:
+    def __init__(
+        self, reactor: Any, store, monitor: WorkerMonitor, held: list[socket.socket],
+        workers: list[tuple[str, list[str]]], environment: dict[str, str],
+    ) -> None:
         super().__init__()
         self._reactor = reactor
         self._store = store
         self.monitor = monitor
         self._held = held
+        #: (name, command line) of each worker, started once the store is ready.
+        self._workers = workers
+        self._environment = environment
 
     def startService(self) -> None:
         # Our other children (SIGHUP) start now; the monitor, once the
@@ -353,6 +379,10 @@ class Supervisor(service.MultiService):
 
     def _startWorkers(self, _: object) -> None:
         if self.running:
+            # Our pid now, after twistd has daemonized (ParentWatch).
+            environment = dict(self._environment, **{SUPERVISOR_PID: str(os.getpid())})
+            for name, args in self._workers:
+                self.monitor.addProcess(name, args, env=environment)
             self.monitor.setServiceParent(self)
 
     def _storeFailed(self, failure) -> None:
@@ -415,7 +445,8 @@ def makeSupervisor(options, count: int) -> service.IService:
     monitor = WorkerMonitor(reactor)
     # Each worker drains for --drain-timeout on SIGTERM, then closes its store.
     monitor.killTime = max(WORKER_KILL_TIME, options["drain-timeout"] + 15)
-    supervisor = Supervisor(reactor, store, monitor, held)
+    workers = [(f"worker-{index}", workerArguments(options.rawArgs, index)) for index in range(count)]
+    supervisor = Supervisor(reactor, store, monitor, held, workers, environment)
     hup = SighupService(reactor)
     hup.add("the workers (signalled in turn)", monitor.signalAll)
     hup.setServiceParent(supervisor)
@@ -438,10 +469,6 @@ def makeSupervisor(options, count: int) -> service.IService:
             pass
 
     monitor.workerExited = workerExited
-    for index in range(count):
-        monitor.addProcess(
-            f"worker-{index}", workerArguments(options.rawArgs, index), env=environment
-        )
     log.info(
         "GNP/1 supervisor (pid {pid}): {count} workers on {listen}, data in {dataDir}",
         pid=os.getpid(), count=count, listen=options["listen"] or ["port 4433 (IPv4, IPv6)"],

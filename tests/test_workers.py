@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from proto import workers
@@ -69,6 +70,71 @@ class WorkerOptionTests(unittest.TestCase):
         self.assertRaises(ValueError, workers.reusePortEndpoint, reactor, "unix:/tmp/x.sock")
         endpoint = workers.reusePortEndpoint(reactor, "haproxy:tcp:4999:interface=127.0.0.1")
         self.assertEqual(endpoint._wrappedEndpoint.port, 4999)
+
+
+class ParentWatchTests(unittest.TestCase):
+    """
+    L{workers.ParentWatch} on a real reactor of its own (not the global
+    one), started the way twistd starts services: before the reactor runs.
+    """
+
+    def setUp(self):
+        from twisted.internet.selectreactor import SelectReactor
+
+        self.reactor = SelectReactor()
+        self.addCleanup(self.reactor.disconnectAll)
+        self.addCleanup(lambda: self.reactor.waker.connectionLost(None))
+        previous = os.environ.get(workers.SUPERVISOR_PID)
+        self.addCleanup(
+            lambda: os.environ.pop(workers.SUPERVISOR_PID, None) if previous is None
+            else os.environ.__setitem__(workers.SUPERVISOR_PID, previous)
+        )
+
+    def runWatched(self, supervisor: int, whenRunning=None, seconds: float = 10) -> bool:
+        """
+        Start a watch expecting C{supervisor}, then run the reactor for
+        C{seconds} at most; whether it stopped sooner.
+        """
+        os.environ[workers.SUPERVISOR_PID] = str(supervisor)
+        watch = workers.ParentWatch(self.reactor, interval=0.05)
+        if whenRunning is None:
+            watch.startService()
+        else:
+            self.reactor.callWhenRunning(whenRunning, watch)
+        safety = self.reactor.callLater(seconds, self.reactor.stop)
+        self.reactor.run(installSignalHandlers=False)
+        sooner = safety.active()
+        if sooner:
+            safety.cancel()
+        watch.stopService()
+        return sooner
+
+    def test_supervisorGoneBeforeTheReactorRuns(self):
+        """
+        The supervisor died while the worker started: the first check, made
+        before the reactor runs, stops it once it runs (it used to raise,
+        ending the loop: the worker served on, orphaned).
+        """
+        self.assertTrue(self.runWatched(os.getpid()))  # never our parent
+
+    def test_supervisorPresent(self):
+        checks = []
+        self.patch(os, "getppid", lambda: checks.append(1) or os.getpid())
+        self.assertFalse(self.runWatched(os.getpid(), seconds=0.5))
+        self.assertGreater(len(checks), 5)
+
+    def test_supervisorGoneWhileStopping(self):
+        """A worker already stopping (SIGTERM, draining) just goes on stopping."""
+        drained = defer.Deferred()
+        self.reactor.addSystemEventTrigger("before", "shutdown", lambda: drained)
+
+        def stopThenWatch(watch):
+            self.reactor.stop()
+            watch.startService()
+            self.reactor.callLater(0.2, drained.callback, None)
+
+        self.runWatched(os.getpid(), stopThenWatch)
+        self.assertFalse(self.reactor.running)
 
 
 class WorkersTests(unittest.TestCase):
