@@ -72,6 +72,16 @@ _simpleRun = _SIMPLE_RUN.findall
 #: C{"\r\nSequence: "} and the empty line.
 _SIMPLE_FRAMING = len(b"\r\nSequence: ") + len(HEAD_END)
 
+#: A simple head with a C{Size} header after the Sequence (a PUT as the
+#: clients send it): L{RequestParser.nextMany} takes it in place too when
+#: its whole body is buffered (issue 13: L{parseHead} and the body loop
+#: cost a 1 KiB PUT about 5 us more); anything else goes to L{parseHead}.
+SIZED_REQUEST = re.compile(
+    SIMPLE_REQUEST.pattern[: -len(HEAD_END)] + rb"\r\nSize: ([0-9]{1,20})" + HEAD_END
+)
+
+_matchSized = SIZED_REQUEST.match
+
 #: The headers of a request that has none but Sequence: shared, read-only.
 _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 
@@ -342,7 +352,8 @@ class RequestParser:
         """
         The complete requests now buffered, in order: a run of simple heads
         (L{SIMPLE_REQUEST}) parsed in one loop, or else the one request
-        L{next} gives; C{[]} when more bytes are needed. A caller that stops
+        L{next} gives (a L{SIZED_REQUEST} head with its whole body taken in
+        place); C{[]} when more bytes are needed. A caller that stops
         before the end of the list gives the rest back with L{unread}.
         This is L{next}'s work without one call and the attribute traffic
         per request (the server's hot loop); a property test checks that
@@ -383,8 +394,40 @@ class RequestParser:
             self._pos = pos
             if taken:
                 return taken
+            sized = self._takeSized()
+            if sized is not None:
+                return [sized]
         request = self._next()
         return [] if request is None else [request]
+
+    def _takeSized(self) -> Request | None:
+        """
+        The request of a L{SIZED_REQUEST} head at the position, with its
+        body, if the body is all buffered and within the limits; else
+        C{None}, and L{_next} takes (or refuses) it as any other head.
+        """
+        buf, pos = self._buf, self._pos
+        sized = _matchSized(buf, pos)
+        if sized is None:
+            return None
+        command, args, sequence, rawSize = sized.groups()
+        stop = sized.end()
+        size = int(rawSize)
+        end = stop + size
+        if stop - pos > self._maxHead or size > self._maxBody or end > len(buf):
+            return None
+        if args is None:
+            words: tuple[str, ...] = ()
+        else:
+            try:
+                words = tuple(args.decode().split(" "))
+            except UnicodeDecodeError:
+                return None  # parseHead says why
+        self._pos = end
+        return Request(
+            _commandName(command), words, _NO_HEADERS, sequence.decode(), size, None, None,
+            buf[stop:end],
+        )
 
     def unread(self, requests: list[Request]) -> None:
         """

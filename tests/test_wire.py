@@ -435,6 +435,30 @@ class RequestParserTests(unittest.TestCase):
         e = self.assertRaises(FramingError, parser.nextMany)
         self.assertEqual(e.reason, f"Request head is over the limit of {len(head)} bytes")
 
+    @settings(max_examples=400, deadline=None)
+    @given(
+        st.sampled_from([b"PUT", b"put", b"P@T", b""]),
+        st.lists(st.one_of(st.binary(max_size=5).filter(lambda b: b"\r" not in b and b"\n" not in b),
+                           st.sampled_from([b"\xff", "\u00e9".encode()])), max_size=3),
+        st.sampled_from([b"Size: 3", b"Size: 0", b"Size: 003", b"Size: 11", b"Size:  3", b"size: 3",
+                         b"Size: 3\r\nX: y", b"Size: x"]),
+        st.integers(0, 12),
+    )
+    def test_nextManyTakesSizedHeadsAsNextDoes(self, command, args, sizeLine, bodyBytes):
+        """
+        A head with a Size after its Sequence (taken in place by nextMany
+        when its body is all buffered): the same request, body or error as
+        next() gives, whether the body is all there or not, and over the
+        body limit.
+        """
+        data = (b" ".join([command, *args]) + b"\r\nSequence: 1\r\n" + sizeLine + wire.HEAD_END
+                + b"b" * bodyBytes + b"PING\r\nSequence: z\r\n\r\n")
+        for cut in (len(data), len(data) - 1 - bodyBytes):
+            chunks = [data[:cut], data[cut:]]
+            expected = takeAll(wire.RequestParser(maxBody=10), chunks)
+            self.assertEqual(takeAllMany(wire.RequestParser(maxBody=10), chunks), expected)
+            self.assertEqual(takeAllMany(wire.RequestParser(maxBody=10), chunks, {0}), expected)
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=8))
     def test_randomBytesOnlyFramingErrorWhateverTheChunks(self, data, cuts):
