@@ -36,6 +36,7 @@ import ssl
 import threading
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, Iterable
 
 from proto.client.core import (
     CLOSING,
@@ -89,7 +90,7 @@ def _sslContext(certPath: str, keyPath: str, pin: Pin | None, caFile: str | None
     return ctx
 
 
-class BlockingClient(CommandMethods):
+class BlockingClient(CommandMethods[Reply]):
     """
     One admitted GNP/1 connection, made in the constructor.
 
@@ -200,7 +201,7 @@ class BlockingClient(CommandMethods):
         headers: Headers = None,
         body: bytes | None = None,
         timeout: float | None = None,
-    ) -> tuple[str, Future]:
+    ) -> tuple[str, Future[Reply]]:
         """
         Send one request without waiting.
 
@@ -237,7 +238,7 @@ class BlockingClient(CommandMethods):
         sequence, future = self.send(command, *args, headers=headers, body=body, timeout=timeout)
         return self.wait(sequence, future, None if timeout is None else timeout + TIMEOUT_GRACE)
 
-    def wait(self, sequence: str, future: Future, timeout: float | None = None) -> Reply:
+    def wait(self, sequence: str, future: Future[Reply], timeout: float | None = None) -> Reply:
         """
         Wait for the reply of a request made with L{send}.
 
@@ -276,7 +277,8 @@ class BlockingClient(CommandMethods):
 
 
     def watch(
-        self, prefix: str, since: int | None = None, documents: bool = False, include=None, **kw
+        self, prefix: str, since: int | None = None, documents: bool = False,
+        include: str | Iterable[str] | None = None, **kw: Any,
     ) -> Reply:
         """
         C{WATCH} (optionally C{Since}, C{Documents}, C{Include}: section 8):
@@ -292,10 +294,10 @@ class BlockingClient(CommandMethods):
             kw["headers"] = headerList(kw.get("headers")) + extra
         return self.request("WATCH", prefix, **kw)
 
-    def unwatch(self, watchSequence: str, **kw) -> Reply:
+    def unwatch(self, watchSequence: str, **kw: Any) -> Reply:
         return self.request("UNWATCH", watchSequence, **kw)
 
-    def remind(self, seconds: float, text: str, **kw) -> Reply:
+    def remind(self, seconds: float, text: str, **kw: Any) -> Reply:
         """C{REMIND}: the reminder arrives later through L{nextPush}."""
         return self.request("REMIND", formatSeconds(seconds), *text.split(), **kw)
 
@@ -322,7 +324,7 @@ class BlockingClient(CommandMethods):
     def __enter__(self) -> "BlockingClient":
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- the I/O thread -------------------------------------------------

@@ -36,7 +36,7 @@ client; this module adds the Deferreds, the transport and the clock.
 
 from __future__ import annotations
 
-from typing import Callable, NoReturn, cast
+from typing import Any, Callable, Iterable, NoReturn, cast
 
 from OpenSSL import SSL
 from twisted.internet.defer import Deferred, fail, succeed
@@ -47,7 +47,13 @@ from twisted.internet.endpoints import (
     wrapClientTLS,
 )
 from twisted.internet.error import ConnectError, ConnectionDone
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, IStreamClientEndpoint, ITCPTransport
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IOpenSSLClientConnectionCreator,
+    IReactorTime,
+    IStreamClientEndpoint,
+    ITCPTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -74,7 +80,7 @@ CLOSE_GRACE = 5.0
 PushHandler = Callable[[Reply], None]
 
 
-class GNPClientProtocol(Protocol, CommandMethods):
+class GNPClientProtocol(Protocol, CommandMethods["Deferred[Reply]"]):
     """
     One admitted GNP/1 connection. Made by L{connect}; see the module
     docstring for the request and push model.
@@ -145,9 +151,9 @@ class GNPClientProtocol(Protocol, CommandMethods):
         onPush: PushHandler,
         since: int | None = None,
         documents: bool = False,
-        include=None,
-        **kw,
-    ) -> Deferred:
+        include: str | Iterable[str] | None = None,
+        **kw: Any,
+    ) -> Deferred[Reply]:
         """
         C{WATCH} a prefix (optionally C{Since} an etag, with C{Documents}
         and C{Include}: section 8). The reply's C{sequence} identifies the
@@ -166,11 +172,11 @@ class GNPClientProtocol(Protocol, CommandMethods):
 
         return self.request("WATCH", prefix, onPush=onPush, **kw)
 
-    def unwatch(self, watchSequence: str, **kw) -> Deferred:
+    def unwatch(self, watchSequence: str, **kw: Any) -> Deferred[Reply]:
         """C{UNWATCH}; pushes for that watch stop once the server agrees."""
         return self.request("UNWATCH", watchSequence, **kw)
 
-    def remind(self, seconds: float, text: str, onPush: PushHandler, **kw) -> Deferred:
+    def remind(self, seconds: float, text: str, onPush: PushHandler, **kw: Any) -> Deferred[Reply]:
         """C{REMIND}: C{onPush} is called once, with the reminder."""
         return self.request("REMIND", formatSeconds(seconds), *text.split(), onPush=onPush, **kw)
 
@@ -218,8 +224,8 @@ class GNPClientProtocol(Protocol, CommandMethods):
             self._killer.cancel()
         ended = self._core.connectionLost(
             reason.getErrorMessage(),
-            clean=reason.check(ConnectionDone) is not None,
-            tlsFailed=reason.check(SSL.Error) is not None,
+            clean=isinstance(reason.value, ConnectionDone),
+            tlsFailed=isinstance(reason.value, SSL.Error),
             # Set by the TLS verifier through failVerification.
             error=reason.value if isinstance(reason.value, ClientError) else None,
         )
@@ -261,13 +267,13 @@ class GNPClientProtocol(Protocol, CommandMethods):
 
 
 def connect(
-    reactor,
+    reactor: IReactorTime,
     endpoint: str | IStreamClientEndpoint,
-    tls,
+    tls: IOpenSSLClientConnectionCreator,
     *,
     timeout: float = 30.0,
     clock: IReactorTime | None = None,
-) -> Deferred:
+) -> Deferred[GNPClientProtocol]:
     """
     Connect, do the TLS handshake and wait for the server's greeting.
 
@@ -282,25 +288,25 @@ def connect(
         L{ClientTimeout}.
     """
     clock = clock or reactor
-    tcp = clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+    tcp: IStreamClientEndpoint = (
+        clientFromString(reactor, endpoint) if isinstance(endpoint, str) else endpoint
+    )
     protocol = GNPClientProtocol(clock)
-    d = connectProtocol(wrapClientTLS(tls, tcp), protocol)
+    connected: Deferred[Protocol] = connectProtocol(wrapClientTLS(tls, tcp), protocol)
 
-    def connected(_):
-        return protocol.ready
+    def failedToConnect(failure: Failure) -> Failure:
+        if isinstance(failure.value, ConnectError):
+            raise ConnectFailed(f"cannot connect to the server: {failure.getErrorMessage()}")
+        return failure
 
-    def failedToConnect(failure: Failure):
-        failure.trap(ConnectError)
-        raise ConnectFailed(f"cannot connect to the server: {failure.getErrorMessage()}")
-
-    def onTimeoutCancel(result, seconds):
+    def onTimeoutCancel(result: object, seconds: float) -> NoReturn:
         raise noGreetingError(seconds)
 
-    d.addCallbacks(connected, failedToConnect)
+    d = connected.addErrback(failedToConnect).addCallback(lambda _: protocol.ready)
     d.addTimeout(timeout, clock, onTimeoutCancel)
     return d
 
 
-def endpointFor(reactor, host: str, port: int) -> IStreamClientEndpoint:
+def endpointFor(reactor: IReactorTime, host: str, port: int) -> IStreamClientEndpoint:
     """A client endpoint for a host name or address (IPv4 or IPv6) and port."""
     return HostnameEndpoint(reactor, host, port)

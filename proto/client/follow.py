@@ -23,15 +23,22 @@ with any way of connecting (address, pin, CA, timeouts).
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proto.client.errors import ClientError, ServerError
 from proto.client.messages import Reply, includeHeader
+
+if TYPE_CHECKING:
+    from proto.client.blocking import BlockingClient
+    from proto.client.connection import GNPClientProtocol
+
+#: A change, Gap or Dropped push, parsed (section 8).
+Event = dict[str, Any]
 
 #: Seconds before the first reconnect, and the most between two.
 RETRY_SECONDS = 0.2
@@ -66,7 +73,7 @@ class _Position:
         if self.etag is None:
             self.etag = int(reply.headers.get("etag", "0"))
 
-    def push(self, event: dict) -> bool:
+    def push(self, event: Event) -> bool:
         """
         Account for a push; C{True} if it is for the caller, C{False} if it
         was a C{Dropped} (the watch must be started again from here).
@@ -97,7 +104,7 @@ class WatchFollower:
 
     def __init__(
         self,
-        connect: Callable[[], Any],
+        connect: Callable[[], BlockingClient],
         prefix: str,
         since: int | None = None,
         documents: bool = False,
@@ -113,7 +120,7 @@ class WatchFollower:
         self._sleep = sleep
         self._onReconnect = onReconnect
         self._position = _Position(since)
-        self._client: Any = None
+        self._client: BlockingClient | None = None
         self._sequence: str | None = None
         self._delay = RETRY_SECONDS
         self.reconnects = 0
@@ -141,7 +148,7 @@ class WatchFollower:
         self._delay = RETRY_SECONDS
         return reply
 
-    def next(self, timeout: float | None = None) -> dict | None:
+    def next(self, timeout: float | None = None) -> Event | None:
         """
         The next change, Gap (as the parsed push), or C{None} if none came
         within C{timeout} seconds. Reconnects (with a growing delay) as
@@ -150,7 +157,8 @@ class WatchFollower:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if self._client is None:
+            client = self._client
+            if client is None:
                 try:
                     self.start()
                 except ServerError:
@@ -160,8 +168,10 @@ class WatchFollower:
                     if deadline is not None and time.monotonic() >= deadline:
                         return None
                     continue
+                client = self._client
+                assert client is not None
             try:
-                push = self._client.nextPush(timeout=left)
+                push = client.nextPush(timeout=left)
             except ClientError as e:
                 self._lost(f"connection lost: {e}")
                 continue
@@ -169,7 +179,7 @@ class WatchFollower:
                 return None
             if push.sequence != self._sequence:
                 continue
-            event = push.json()
+            event: Event = push.json()
             if self._position.push(event):
                 return event
             self._lost(f"dropped by the server: {event.get('Reason', '')}")
@@ -206,9 +216,9 @@ class _TwistedFollower:
     def __init__(
         self,
         clock: IReactorTime,
-        connect: Callable[[], Deferred[Any]],
+        connect: Callable[[], Deferred[GNPClientProtocol]],
         prefix: str,
-        onEvent: Callable[[dict[str, Any]], None],
+        onEvent: Callable[[Event], None],
         since: int | None,
         documents: bool,
         include: str | Iterable[str] | None,
@@ -219,14 +229,15 @@ class _TwistedFollower:
         self._prefix = prefix
         self._onEvent = onEvent
         self._position = _Position(since)
-        self._headers = lambda: watchHeaders(self._position.etag, documents, include)
+        self._documents = documents
+        self._include = include
         self._onReconnect = onReconnect
-        self._client: Any = None
+        self._client: GNPClientProtocol | None = None
         self._delay = RETRY_SECONDS
-        self._retry: Any = None
+        self._retry: IDelayedCall | None = None
         self._stopped = False
         self.reconnects = 0
-        self.started: Deferred = Deferred()
+        self.started: Deferred[Reply] = Deferred()
 
     @property
     def etag(self) -> int | None:
@@ -240,12 +251,13 @@ class _TwistedFollower:
         d.addCallback(self._watch)
         d.addErrback(self._failed)
 
-    def _watch(self, client) -> Deferred:
+    def _watch(self, client: GNPClientProtocol) -> Deferred[None]:
         if self._stopped:
             return client.close()
         self._client = client
         client.whenClosed().addCallback(lambda _: self._closed(client))
-        d = client.watch(self._prefix, self._pushed, headers=self._headers())
+        headers = watchHeaders(self._position.etag, self._documents, self._include)
+        d = client.watch(self._prefix, self._pushed, headers=headers)
 
         def began(reply: Reply) -> None:
             self._position.started(reply)
@@ -256,7 +268,7 @@ class _TwistedFollower:
         return d.addCallback(began)
 
     def _pushed(self, push: Reply) -> None:
-        event = push.json()
+        event: Event = push.json()
         if self._position.push(event):
             self._onEvent(event)
         elif self._client is not None:
@@ -265,7 +277,7 @@ class _TwistedFollower:
     def _failed(self, failure: Failure) -> None:
         if self._stopped:
             return
-        if failure.check(ServerError) or not failure.check(ClientError):
+        if isinstance(failure.value, ServerError) or not isinstance(failure.value, ClientError):
             # Refused by the server (or a request that cannot be written):
             # retrying would not help.
             if not self.started.called:
@@ -276,7 +288,7 @@ class _TwistedFollower:
             return
         self._again(f"cannot watch: {failure.getErrorMessage()}")
 
-    def _closed(self, client) -> None:
+    def _closed(self, client: GNPClientProtocol) -> None:
         if client is self._client:
             self._client = None
             self._again("connection ended")
@@ -302,10 +314,10 @@ class _TwistedFollower:
 
 
 def followWatch(
-    clock,
-    connect: Callable[[], Deferred],
+    clock: IReactorTime,
+    connect: Callable[[], Deferred[GNPClientProtocol]],
     prefix: str,
-    onEvent: Callable[[dict], None],
+    onEvent: Callable[[Event], None],
     since: int | None = None,
     documents: bool = False,
     include: str | Iterable[str] | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
 from proto.wire import Frame, encodeRequest
 
@@ -40,7 +40,7 @@ class Reply:
         """The body decoded as UTF-8 (undecodable bytes replaced)."""
         return self.body.decode("utf-8", "replace")
 
-    def json(self):
+    def json(self) -> Any:
         """
         The body parsed as JSON.
 
@@ -77,7 +77,7 @@ def includeHeader(include: str | Iterable[str] | None) -> list[tuple[str, str]]:
     return [("Include", include if isinstance(include, str) else ",".join(include))]
 
 
-def documentBody(document) -> bytes:
+def documentBody(document: object) -> bytes:
     """A PUT body: bytes as they are, anything else encoded as JSON."""
     if isinstance(document, bytes):
         return document
@@ -91,7 +91,7 @@ TIMEOUT_GRACE = 1.0
 
 def encodeClientRequest(
     command: str,
-    args,
+    args: Sequence[str],
     sequence: str,
     headers: Headers = None,
     body: bytes | None = None,
@@ -109,50 +109,54 @@ def encodeClientRequest(
     return encodeRequest(command, args, sequence, allHeaders, body)
 
 
-class CommandMethods:
+#: What a client's C{request} returns: a Deferred, or a L{Reply}.
+R = TypeVar("R")
+
+
+class CommandMethods(Generic[R]):
     """
     The built-in commands as thin methods over C{self.request(command,
     *args, headers=, body=, timeout=)}, which each client provides: they
-    return whatever it returns (a Deferred, or a L{Reply}). The commands
-    that bring pushes (WATCH, UNWATCH, REMIND) differ between the clients
-    and are theirs.
+    return whatever it returns (C{R}: a Deferred, or a L{Reply}). The
+    commands that bring pushes (WATCH, UNWATCH, REMIND) differ between the
+    clients and are theirs.
     """
 
     #: C{request(command, *args, headers=, body=, timeout=)}: the client's.
-    request: Callable[..., Any]
+    request: Callable[..., R]
 
-    def ping(self, **kw):
+    def ping(self, **kw: Any) -> R:
         return self.request("PING", **kw)
 
-    def echo(self, *words: str, **kw):
+    def echo(self, *words: str, **kw: Any) -> R:
         return self.request("ECHO", *words, **kw)
 
-    def get(self, *ids: str, include: str | Iterable[str] | None = None, **kw):
+    def get(self, *ids: str, include: str | Iterable[str] | None = None, **kw: Any) -> R:
         """C{GET}; C{include} names fields whose documents to include."""
         return self.request("GET", *ids, headers=includeHeader(include), **kw)
 
-    def put(self, id: str, document, ifMatch: int | None = None, **kw):
+    def put(self, id: str, document: object, ifMatch: int | None = None, **kw: Any) -> R:
         """C{PUT} a document (a JSON-able object, or bytes sent as they are)."""
         headers = [] if ifMatch is None else [("If-Match", str(ifMatch))]
         return self.request("PUT", id, headers=headers, body=documentBody(document), **kw)
 
-    def delete(self, *ids: str, **kw):
+    def delete(self, *ids: str, **kw: Any) -> R:
         return self.request("DELETE", *ids, **kw)
 
-    def sleep(self, seconds: float, **kw):
+    def sleep(self, seconds: float, **kw: Any) -> R:
         return self.request("SLEEP", formatSeconds(seconds), **kw)
 
-    def quit(self):
+    def quit(self) -> R:
         """C{QUIT}: the server replies, then closes the connection."""
         return self.request("QUIT")
 
     # -- section 9: who may do what ------------------------------------------
 
-    def whoami(self, **kw):
+    def whoami(self, **kw: Any) -> R:
         """C{WHOAMI}: this certificate, its name, level and prefixes (JSON)."""
         return self.request("WHOAMI", **kw)
 
-    def enroll(self, newCertPem: bytes | str, **kw):
+    def enroll(self, newCertPem: bytes | str, **kw: Any) -> R:
         """
         C{ENROLL}: have the server admit the successor certificate
         C{newCertPem} (PEM, the certificate only, never the key) with this
@@ -162,12 +166,12 @@ class CommandMethods:
         body = newCertPem.encode("ascii") if isinstance(newCertPem, str) else newCertPem
         return self.request("ENROLL", body=body, **kw)
 
-    def pending(self, **kw):
+    def pending(self, **kw: Any) -> R:
         """C{PENDING} (admin): recently refused certificates, newest first."""
         return self.request("PENDING", **kw)
 
     def approve(self, thumbprint: str, name: str | None = None, can: str | None = None,
-                prefixes: Iterable[str] | None = None, **kw):
+                prefixes: Iterable[str] | None = None, **kw: Any) -> R:
         """C{APPROVE} (admin): admit a certificate by thumbprint."""
         args = [thumbprint, *(name.split() if name else [])]
         if can is not None:
@@ -176,6 +180,6 @@ class CommandMethods:
             args.append("prefix=" + ",".join(prefixes))
         return self.request("APPROVE", *args, **kw)
 
-    def revoke(self, thumbprint: str, **kw):
+    def revoke(self, thumbprint: str, **kw: Any) -> R:
         """C{REVOKE} (admin): undo an approval or enrolment; cuts its connections."""
         return self.request("REVOKE", thumbprint, **kw)

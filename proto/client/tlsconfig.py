@@ -20,10 +20,12 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
+from OpenSSL.crypto import X509
 from service_identity import CertificateError, VerificationError
 from service_identity.cryptography import (
     verify_certificate_hostname,
@@ -41,6 +43,9 @@ from proto.client.errors import (
     ServerVerificationError,
     ThumbprintMismatch,
 )
+
+if TYPE_CHECKING:
+    from twisted.protocols.tls import TLSMemoryBIOProtocol
 
 _HEX = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 
@@ -222,7 +227,7 @@ class ClientTLS:
         verifier.configure(ctx)
         self._context = ctx
 
-    def clientConnectionForTLS(self, tlsProtocol) -> SSL.Connection:
+    def clientConnectionForTLS(self, tlsProtocol: TLSMemoryBIOProtocol) -> SSL.Connection:
         connection = SSL.Connection(self._context, None)
         name = self.verifier.serverName
         if name and not (isIPAddress(name) or isIPv6Address(name)):
@@ -233,12 +238,17 @@ class ClientTLS:
         )
         return connection
 
-    def _verifyCallback(self, tlsProtocol):
+    def _verifyCallback(
+        self, tlsProtocol: TLSMemoryBIOProtocol
+    ) -> Callable[[SSL.Connection, X509 | x509.Certificate, int, int, int], bool]:
         verifier = self.verifier
 
-        def verifyCallback(conn, cert, errno, depth, preverifyOK) -> bool:
+        def verifyCallback(
+            conn: SSL.Connection, cert: X509 | x509.Certificate, errno: int, depth: int, preverifyOK: int
+        ) -> bool:
             # Must never raise: pyOpenSSL would re-raise from do_handshake,
             # past Twisted's error handling.
+            problem: ClientError | None
             try:
                 if not isinstance(cert, x509.Certificate):
                     cert = cert.to_cryptography()
@@ -247,7 +257,8 @@ class ClientTLS:
                 problem = ClientError(f"cannot verify the server certificate: {e}")
             if problem is None:
                 return True
-            tlsProtocol.failVerification(Failure(problem))
+            # Twisted leaves Failure() unannotated (as in proto.dispatch).
+            tlsProtocol.failVerification(Failure(problem))  # type: ignore[no-untyped-call]
             return False
 
         return verifyCallback
