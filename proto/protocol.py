@@ -144,7 +144,8 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
     # -- connection life -------------------------------------------------
 
     def connectionMade(self) -> None:
-        self.peer = printablePeer(self.transport.getPeer())
+        # self.peer is set at the handshake's end (or its timeout), the
+        # first time a log line names it: getPeer() once per connection.
         setNoDelay = getattr(self.transport, "setTcpNoDelay", None)
         if setNoDelay is not None:
             setNoDelay(True)
@@ -258,6 +259,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
 
     def _handshakeTimedOut(self) -> None:
         if self.state is HANDSHAKING:
+            self.peer = printablePeer(self.transport.getPeer())
             self.log.info("Handshake timeout from {peer}", peer=self.peer)
             refused = self.stats.refused
             refused[REFUSED_HANDSHAKE_TIMEOUT] = refused.get(REFUSED_HANDSHAKE_TIMEOUT, 0) + 1

@@ -4,12 +4,14 @@ fake clock: admission, framing, pipelining, errors, timeouts, QUIT.
 """
 
 from twisted.internet import protocol
+from twisted.logger import capturedLogs
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.test import iosim
 from twisted.trial import unittest
 
 from proto import wire
 from proto.admission import AllowList
+from proto.protocol import printablePeer
 from proto.commands import builtin
 from proto.server import ServerConfig
 from tests.support import Credentials, connectInMemory, makeFactory, realTimeClock, request
@@ -261,10 +263,14 @@ class TimeoutTests(Base):
         clock.advance(4.9)
         pump.flush()
         self.assertEqual(lost, [])
-        clock.advance(0.2)
-        pump.flush()
+        with capturedLogs() as events:
+            clock.advance(0.2)
+            pump.flush()
         self.assertEqual(len(lost), 1)
         self.assertEqual(self.factory.connections, set())
+        # The log names the peer (looked up only now: none is needed before).
+        [peer] = [e["peer"] for e in events if e.get("log_format", "").startswith("Handshake timeout")]
+        self.assertEqual(peer, printablePeer(server.getPeer()))
 
     def test_slowlorisHead(self):
         """A head trickling in slower than the head timeout is cut off."""
