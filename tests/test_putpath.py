@@ -11,7 +11,7 @@ import threading
 import time
 from typing import Any
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, inlineCallbacks
@@ -163,3 +163,94 @@ class WriteFailedTests(SynchronousTestCase):
     def test_otherFailuresGoOn(self) -> None:
         with self.assertRaises(ZeroDivisionError):
             _writeFailed(Failure(ZeroDivisionError()), self.Context())  # type: ignore[arg-type]
+
+
+_ops = st.lists(
+    st.one_of(
+        st.tuples(
+            st.just("put"),
+            st.sampled_from(["a/1", "A/1", "a/2", "b/x", "B/X"]),
+            st.one_of(st.none(), st.integers(0, 6)),
+            st.binary(min_size=2, max_size=8).map(lambda b: b'{"v": "%s"}' % b.hex().encode()),
+        ),
+        st.tuples(st.just("read"), st.sampled_from(["a/1", "b/x"]), st.none(), st.none()),
+    ),
+    min_size=1, max_size=12,
+)
+
+
+class PutManyTests(SynchronousTestCase):
+    """
+    The SQLite writer runs a run of PUTs together (L{WriteSession.putMany});
+    a batch gives what one transaction per operation gives.
+    """
+
+    def session(self) -> Any:
+        from proto.store.sqlite_write import WriteSession
+
+        session = WriteSession(self.mktemp() + "/documents.sqlite3", published=lambda: 10**18)
+        self.addCleanup(session.close)
+        return session
+
+    @staticmethod
+    def works(ops: list[tuple[Any, ...]]) -> list[Any]:
+        from proto.store.base import idKey
+        from proto.store.facade import PutWork
+
+        works: list[Any] = []
+        for kind, id, ifMatch, body in ops:
+            if kind == "put":
+                works.append(PutWork(idKey(id), id, body, ifMatch))
+            else:
+                works.append(lambda session, key=idKey(id): session.read([key], None).results)
+        return works
+
+    @staticmethod
+    def state(session: Any) -> tuple[list[Any], list[Any]]:
+        connection = session.connection
+        return (
+            connection.execute("SELECT key, id, etag, body FROM documents ORDER BY key").fetchall(),
+            connection.execute("SELECT etag, key, id, type FROM changes ORDER BY etag").fetchall(),
+        )
+
+    @staticmethod
+    def outcome(result: Any) -> Any:
+        if isinstance(result, Failure):
+            error = result.value
+            assert isinstance(error, ConflictError), result
+            return ("conflict", error.id, error.expected, error.actual)
+        return result
+
+    @settings(max_examples=60, deadline=None)
+    @given(_ops)
+    def test_batchAsOneByOne(self, ops: list[tuple[Any, ...]]) -> None:
+        """Outcomes, documents, change log and published changes: the same."""
+        batched, single = self.session(), self.session()
+        outcomes, result = batched.runBatch(self.works(ops))
+        self.assertEqual(result.size, len(ops))
+        expected, changes = [], []
+        for work in self.works(ops):
+            [one], oneResult = single.runBatch([work])
+            expected.append(one)
+            changes += oneResult.changes
+        self.assertEqual([self.outcome(o) for o in outcomes], [self.outcome(o) for o in expected])
+        self.assertEqual(result.changes, changes)
+        self.assertEqual(self.state(batched), self.state(single))
+
+    def test_runOfPuts(self) -> None:
+        """Several PUTs of one id in a batch: If-Match sees the ones before; one row each."""
+        from proto.store.facade import PutWork
+
+        session = self.session()
+        outcomes, _ = session.runBatch([
+            PutWork("a/1", "a/1", b"{}", 0),
+            PutWork("a/1", "A/1", b'{"n": 2}', 1),
+            PutWork("a/1", "a/1", b'{"n": 3}', 1),
+            PutWork("b/1", "b/1", b"{}", None),
+        ])
+        self.assertEqual(outcomes[:2], [Version("a/1", 1), Version("a/1", 2)])
+        self.assertEqual(self.outcome(outcomes[2]), ("conflict", "a/1", 1, 2))
+        self.assertEqual(outcomes[3], Version("b/1", 3))
+        self.assertEqual(self.state(session)[0], [
+            ("a/1", "a/1", 2, b'{"n": 2}'), ("b/1", "b/1", 3, b"{}"),
+        ])

@@ -47,6 +47,27 @@ class KeyedWork(Generic[T]):
         return self.run(session)
 
 
+class PutWork:
+    """
+    A PUT for the writer: C{work(session)} runs C{session.put}, and its
+    parts are kept, so that a backend may run a run of PUTs together (the
+    SQLite writer does: L{proto.store.sqlite_write.WriteSession.putMany}).
+    C{keys}: as L{KeyedWork}'s.
+    """
+
+    __slots__ = ("key", "id", "body", "ifMatch", "keys")
+
+    def __init__(self, key: str, id: str, body: bytes, ifMatch: int | None) -> None:
+        self.key = key
+        self.id = id
+        self.body = body
+        self.ifMatch = ifMatch
+        self.keys = (key,)
+
+    def __call__(self, session: Any) -> Version:
+        return session.put(self.key, self.id, self.body, self.ifMatch)
+
+
 class StoreFacade:
     """
     @ivar commits: write transactions committed so far.
@@ -124,10 +145,7 @@ class StoreFacade:
         except ValueError:
             return fail()
 
-        def work(session: Any) -> Version:
-            return session.put(key, id, bytes(body), ifMatch)
-
-        return self._write(KeyedWork(work, (key,)))
+        return self._write(PutWork(key, id, bytes(body), ifMatch))
 
     def delete(self, ids: Sequence[str]) -> Deferred[list[Version]]:
         try:

@@ -44,6 +44,7 @@ from proto.store.base import (
     Version,
 )
 from proto.store import sqlite_read, sqlite_reads, sqlite_schema
+from proto.store.facade import PutWork
 from proto.store.sqlite_schema import CHANGE_DELETE, CHANGE_PUT
 
 #: Retain at least this many of the newest changes, by default.
@@ -56,6 +57,16 @@ PRUNE_MAX = 10_000
 _SQLITE_FULL = 13
 
 _TYPE_CODES = {PUT: CHANGE_PUT, DELETE: CHANGE_DELETE}
+
+#: Write a document (a new one, or a new version keeping its first id).
+_UPSERT = (
+    "INSERT INTO documents (key, id, etag, body) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, body = excluded.body"
+)
+
+#: Keys per C{SELECT ... IN (...)} of L{WriteSession.putMany} (well under
+#: SQLite's limit on parameters).
+_KEYS_PER_SELECT = 500
 
 
 def isStorageFull(error: BaseException) -> bool:
@@ -235,7 +246,7 @@ class WriteSession:
                 )
             )
             before = self._lastEtag = counters["etag"]
-            outcomes = [self._attempt(work) for work in works]
+            outcomes = self._runAll(works)
             if self._lastEtag != before:
                 connection.execute(
                     "UPDATE counters SET value = ? WHERE name = 'etag'", (self._lastEtag,)
@@ -258,6 +269,26 @@ class WriteSession:
         self.connection.execute(
             "UPDATE counters SET value = ? WHERE name = 'log_floor'", (newFloor,)
         )
+
+    def _runAll(self, works: Sequence[Callable[["WriteSession"], Any]]) -> list[Any]:
+        """
+        Each work's outcome, in order: a run of PUTs together
+        (L{putMany}), anything else on its own, so that a read queued
+        behind writes sees them all.
+        """
+        outcomes: list[Any] = []
+        run: list[PutWork] = []
+        for work in works:
+            if type(work) is PutWork:
+                run.append(work)
+                continue
+            if run:
+                outcomes += self.putMany(run)
+                run = []
+            outcomes.append(attempt(work, self))
+        if run:
+            outcomes += self.putMany(run) if len(run) > 1 else [attempt(run[0], self)]
+        return outcomes
 
     def _attempt(self, work: Callable[["WriteSession"], Any]) -> Any:
         return attempt(work, self)
@@ -282,12 +313,55 @@ class WriteSession:
     def put(self, key: str, id: str, body: bytes, ifMatch: int | None) -> Version:
         storedId = storedIdFor(id, self._find(key), ifMatch)
         etag = self._record(key, storedId, PUT)
-        self.connection.execute(
-            "INSERT INTO documents (key, id, etag, body) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, body = excluded.body",
-            (key, storedId, etag, body),
-        )
+        self.connection.execute(_UPSERT, (key, storedId, etag, body))
         return Version(storedId, etag)
+
+    def putMany(self, puts: Sequence[PutWork]) -> list[Version | Failure]:
+        """
+        L{put} for each of C{puts}, in order, with one read of the
+        documents they name and one C{executemany} each for the change
+        log and the documents (issue 13: three statements per PUT from
+        Python cost the writer about 8 us a PUT). The same outcomes as one
+        L{put} after the other: each If-Match is checked against what the
+        PUTs before it left, a conflict fails its PUT alone, a document
+        PUT twice is written once, as it ends.
+        """
+        connection = self.connection
+        keys = list(dict.fromkeys(put.key for put in puts))
+        found: dict[str, tuple[str, int]] = {}
+        for start in range(0, len(keys), _KEYS_PER_SELECT):
+            chunk = keys[start : start + _KEYS_PER_SELECT]
+            for key, storedId, etag in connection.execute(
+                "SELECT key, id, etag FROM documents WHERE key IN (%s)"
+                % ",".join("?" * len(chunk)),
+                chunk,
+            ):
+                found[key] = (storedId, etag)
+        outcomes: list[Version | Failure] = []
+        logRows: list[tuple[int, str, str, int]] = []
+        documents: dict[str, tuple[str, str, int, bytes]] = {}
+        changes = self.changes
+        etag = self._lastEtag
+        for put in puts:
+            key = put.key
+            try:
+                storedId = storedIdFor(put.id, found.get(key), put.ifMatch)
+            except ConflictError:
+                outcomes.append(Failure())
+                continue
+            etag += 1
+            logRows.append((etag, key, storedId, CHANGE_PUT))
+            changes.append(Change(storedId, PUT, etag))
+            documents[key] = (key, storedId, etag, put.body)
+            found[key] = (storedId, etag)
+            outcomes.append(Version(storedId, etag))
+        self._lastEtag = etag
+        if logRows:
+            connection.executemany(
+                "INSERT INTO changes (etag, key, id, type) VALUES (?, ?, ?, ?)", logRows
+            )
+            connection.executemany(_UPSERT, documents.values())
+        return outcomes
 
     def delete(self, keys: Sequence[str]) -> list[Version]:
         deleted = []
