@@ -5,10 +5,10 @@ and CI run it; C{.ci/run} also runs it as its own step first).
 The settings are in C{pyproject.toml} (C{[tool.mypy]}): all of C{proto/}
 is checked; the sans-I/O wire format (C{proto/wire.py}), the command layer
 (C{proto/commands/}: handlers take an C{ICommandContext} and a
-C{wire.Request}), C{proto/subscriptions.py}, the client core
-(C{proto/client/core.py}) and the connection (C{proto/protocol.py} and its
-parts: dispatch, flow control, timers, states, ending, bodies) with every
-flag of C{--strict}. Zope interfaces are types through the C{mypy-zope}
+C{wire.Request}), C{proto/subscriptions.py}, the clients
+(C{proto/client/}: the core, both connections, the CLI) and the
+connection (C{proto/protocol.py} and its parts: dispatch, flow control,
+timers, states, ending, bodies) with every flag of C{--strict}. Zope interfaces are types through the C{mypy-zope}
 plugin.
 """
 
@@ -26,7 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: Checked with C{--strict} itself as well (the per-module flags in
 #: pyproject.toml say the same; this catches a flag mypy adds to --strict).
 STRICT = [
-    "proto/wire.py", "proto/commands", "proto/subscriptions.py", "proto/client/core.py",
+    "proto/wire.py", "proto/commands", "proto/subscriptions.py", "proto/client",
     # the connection's parts (issue 9: the connection's shape)
     "proto/dispatch.py", "proto/flowcontrol.py", "proto/timers.py", "proto/states.py",
     "proto/ending.py", "proto/bodies.py", "proto/protocol.py",

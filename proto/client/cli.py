@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import types
+from typing import Any, Callable, TextIO
 
 from proto import certs, datadir
 from proto.client import cli_ops, lifecycle, watchcli
@@ -160,7 +161,7 @@ def buildParser() -> argparse.ArgumentParser:
 # -- options -> connection ----------------------------------------------------
 
 
-def parseAddress(options) -> tuple[str, int]:
+def parseAddress(options: argparse.Namespace) -> tuple[str, int]:
     """The server's host and port from --connect, or --host and --port."""
     host, port = options.host or "localhost", options.port or datadir.DEFAULT_PORT
     if options.connect:
@@ -177,7 +178,7 @@ def parseAddress(options) -> tuple[str, int]:
     return host, port
 
 
-def verification(options) -> dict:
+def verification(options: argparse.Namespace) -> dict[str, Any]:
     """The BlockingClient keyword arguments that say how to trust the server."""
     if options.pin and options.ca:
         raise UsageError("give --pin or --ca, not both")
@@ -197,7 +198,7 @@ def verification(options) -> dict:
         raise UsageError(str(e)) from None
 
 
-def openClient(options) -> BlockingClient:
+def openClient(options: argparse.Namespace) -> BlockingClient:
     host, port = parseAddress(options)
     certPath = options.cert or os.path.join(options.data_dir, datadir.CLIENT_CERT)
     keyPath = options.key or os.path.join(options.data_dir, datadir.CLIENT_KEY)
@@ -234,7 +235,7 @@ def formatBody(body: bytes, raw: bool) -> str | bytes:
         return body
 
 
-def formatFrame(reply: Reply, options, quiet: bool = False) -> str | bytes:
+def formatFrame(reply: Reply, options: argparse.Namespace, quiet: bool = False) -> str | bytes:
     """
     One reply or push for the terminal. C{quiet} (one-shot replies) prints
     nothing for an empty body; otherwise the status line stands in for it.
@@ -256,7 +257,7 @@ def formatFrame(reply: Reply, options, quiet: bool = False) -> str | bytes:
     return head + shown
 
 
-def emit(text: str | bytes, stream=None) -> None:
+def emit(text: str | bytes, stream: TextIO | None = None) -> None:
     stream = stream or sys.stdout
     if isinstance(text, bytes):
         stream.flush()
@@ -342,7 +343,7 @@ def mintClient(name: str, prefix: str | None, days: int) -> int:
 # -- one-shot -----------------------------------------------------------------
 
 
-def readBody(options, command: str) -> bytes | None:
+def readBody(options: argparse.Namespace, command: str) -> bytes | None:
     """
     The request body: --body, --body-file, or stdin for a command that
     takes one when stdin is not a terminal. Never reads stdin otherwise.
@@ -352,7 +353,8 @@ def readBody(options, command: str) -> bytes | None:
     if options.body == "-":
         return sys.stdin.buffer.read()
     if options.body is not None:
-        return options.body.encode("utf-8")
+        text: str = options.body
+        return text.encode("utf-8")
     if options.body_file is not None:
         try:
             with open(options.body_file, "rb") as f:
@@ -366,7 +368,7 @@ def readBody(options, command: str) -> bytes | None:
     return None
 
 
-def oneShot(options) -> int:
+def oneShot(options: argparse.Namespace) -> int:
     command, *args = options.request
     command = command.upper()
     headers = [parseHeader(h) for h in options.header]
@@ -404,7 +406,7 @@ def oneShot(options) -> int:
         client.close()
 
 
-def followPushes(client: BlockingClient, options, count: int | None) -> int:
+def followPushes(client: BlockingClient, options: argparse.Namespace, count: int | None) -> int:
     shown = 0
     try:
         while count is None or shown < count:
@@ -477,7 +479,7 @@ class Console:
 
     PROMPT = "proto> "
 
-    def __init__(self, connect, options) -> None:
+    def __init__(self, connect: Callable[[], BlockingClient], options: argparse.Namespace) -> None:
         """
         @param connect: opens a new L{BlockingClient} (at once, and again
             whenever the server has closed the connection).
@@ -587,7 +589,7 @@ class Console:
         )
         pusher.start()
 
-    def say(self, text: str | bytes, stream=None) -> None:
+    def say(self, text: str | bytes, stream: TextIO | None = None) -> None:
         with self._printLock:
             emit(text, stream)
 

@@ -25,7 +25,19 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Protocol
+
+if TYPE_CHECKING:
+    import argparse
+    from concurrent.futures import Future
+
+    from proto.client.blocking import BlockingClient
+    from proto.client.messages import Reply
+
+    #: proto-cli's: a client connected as the options say.
+    OpenClient = Callable[[argparse.Namespace], BlockingClient]
+    #: proto-cli's: say the message on standard error; the exit status.
+    Fail = Callable[[str, int], int]
 
 #: proto-cli words handled here (lower case, so that the GNP commands,
 #: upper case by convention, are still sent as they are).
@@ -54,7 +66,7 @@ def addArguments(parser: Any) -> None:
                        help="import: requests in flight at a time (default %(default)s)")
 
 
-def run(options: Any, openClient: Callable[[Any], Any], fail: Callable[[str, int], int],
+def run(options: argparse.Namespace, openClient: OpenClient, fail: Fail,
         statuses: dict[str, int]) -> int | None:
     request = options.request or []
     if not request:
@@ -97,7 +109,7 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {seconds}s"
 
 
-def formatStats(stats: dict) -> str:
+def formatStats(stats: dict[str, Any]) -> str:
     """STATS as lines a person reads (PROTOCOL.md section 9 fields)."""
     conns = stats.get("Connections", {})
     store = stats.get("Store", {})
@@ -122,7 +134,7 @@ def formatStats(stats: dict) -> str:
 # -- top ---------------------------------------------------------------------------
 
 
-def formatTop(stats: dict, previous: dict | None, seconds: float) -> str:
+def formatTop(stats: dict[str, Any], previous: dict[str, Any] | None, seconds: float) -> str:
     """One screen of C{top}: rates from the difference with the previous STATS."""
     conns = stats.get("Connections", {})
     store = stats.get("Store", {})
@@ -153,7 +165,9 @@ def formatTop(stats: dict, previous: dict | None, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def top(options, openClient, fail, statuses) -> int:
+def top(
+    options: argparse.Namespace, openClient: OpenClient, fail: Fail, statuses: dict[str, int]
+) -> int:
     """Refresh every C{--interval} seconds until Ctrl-C (or C{--iterations})."""
     from proto.client.errors import ServerError
 
@@ -190,7 +204,13 @@ def top(options, openClient, fail, statuses) -> int:
 # -- export / import ---------------------------------------------------------------
 
 
-def _progress(total: int | None, unit: str):
+class _Bar(Protocol):
+    def update(self, n: int = 1) -> object: ...
+
+    def close(self) -> None: ...
+
+
+def _progress(total: int | None, unit: str) -> _Bar:
     """A tqdm bar on a terminal's standard error; a do-nothing one otherwise."""
     if sys.stderr.isatty():
         from tqdm import tqdm
@@ -207,7 +227,9 @@ class _NoBar:
         pass
 
 
-def export(options, openClient, fail, statuses) -> int:
+def export(
+    options: argparse.Namespace, openClient: OpenClient, fail: Fail, statuses: dict[str, int]
+) -> int:
     from proto.client.errors import ServerError
 
     args = options.request[1:]
@@ -241,7 +263,7 @@ def export(options, openClient, fail, statuses) -> int:
     return statuses["ok"]
 
 
-def readDump(lines: Iterable[str]):
+def readDump(lines: Iterable[str]) -> Iterator[tuple[int, str, bytes]]:
     """(line number, id, body bytes) of each line of an export; ValueError names a bad line."""
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -258,7 +280,9 @@ def readDump(lines: Iterable[str]):
         yield number, id, json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
-def importDocuments(options, openClient, fail, statuses) -> int:
+def importDocuments(
+    options: argparse.Namespace, openClient: OpenClient, fail: Fail, statuses: dict[str, int]
+) -> int:
     from proto.client.errors import ClientError, ServerError
 
     if len(options.request) > 1:
@@ -269,7 +293,7 @@ def importDocuments(options, openClient, fail, statuses) -> int:
     client = openClient(options)
     bar = _progress(None, "doc")
     written = skipped = failed = 0
-    pending: list = []
+    pending: list[tuple[int, str, str, Future[Reply]]] = []
 
     def settle(limit: int) -> None:
         nonlocal written, skipped, failed
