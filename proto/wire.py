@@ -143,6 +143,11 @@ def oneLine(text: str) -> str:
     Make C{text} safe to send as a reason or header value: one line, no
     control characters (section 4: a reason is one line of text).
     """
+    if text.isprintable():
+        # No control character (those are not printable): the common
+        # case, without the regular expression (GET's Etag and Etags
+        # headers take this per reply).
+        return text.strip()
     return _LINE_BREAKERS.sub(" ", text).strip()
 
 

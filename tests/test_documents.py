@@ -22,13 +22,13 @@ from zope.interface.verify import verifyObject
 
 from proto import wire
 from proto.commands.base import CommandError, ICommandContext, Result
-from proto.commands.documents import encodeGetReply
+from proto.commands.documents import _getResult, encodeGetReply
 from proto.commands.include import parseInclude, referencedIds
 from proto.server import defaultRegistry
 from proto.hub import ChangeHub
 from proto.permissions import Grant
 from proto.subscriptions import Subscriptions
-from proto.store.base import PUT, Document
+from proto.store.base import PUT, Document, Snapshot
 from proto.store.sqlite import SQLiteStore
 from tests.test_store import GatedStore, waitForThread
 
@@ -216,6 +216,33 @@ class EncodeGetReplyTests(SynchronousTestCase):
             [stored(id, value) for id, value in includes.items()],
         )
         self.assertEqual(json.loads(reply), {"Results": results, "Includes": includes})
+
+
+class GetResultTests(SynchronousTestCase):
+    """
+    The GET reply's shortcut for one id (the common GET) gives what the
+    general encoding gives: the same body, Etag and Etags.
+    """
+
+    @given(
+        st.lists(st.none() | _jsonObjects, min_size=1, max_size=3),
+        st.dictionaries(st.text(min_size=1), _jsonObjects, max_size=3),
+        st.integers(min_value=0, max_value=2**40),
+    )
+    def test_sameAsGeneral(self, results, includes, etag) -> None:
+        docs = [
+            None if value is None else Document(f"r/{n}", n + 1, json.dumps(value).encode())
+            for n, value in enumerate(results)
+        ]
+        included = [Document(id, 7, json.dumps(value).encode()) for id, value in includes.items()]
+        if all(doc is None for doc in docs):
+            included = []  # Includes come from results that exist.
+        result = _getResult(Snapshot(docs, included, etag))
+        self.assertEqual(result.body, encodeGetReply(docs, included))
+        self.assertEqual(
+            result.headers,
+            (("Etag", str(etag)), ("Etags", ",".join(str(0 if d is None else d.etag) for d in docs))),
+        )
 
 
 class PutGetDeleteTests(CommandTestCase):

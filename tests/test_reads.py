@@ -81,6 +81,56 @@ class IncludeWalkTests(SynchronousTestCase):
         error = self.assertRaises(CommandError, list, IncludeWalk(paths)(docs))
         self.assertIn("Include too large: following it takes more than 1,000,000 steps", error.reason)
 
+    def test_rememberedWalkAgrees(self) -> None:
+        """
+        A walk remembered for a body (L{include._walkedIds}) names what the
+        walk itself names, in the same order, the first time and the next.
+        """
+        body = json.dumps({"A": ["x/1", "X/1", {"B": "y"}], "B": "x/1", "C": [{"B": "z"}, {"B": ["w", "y"]}]})
+        paths = parseInclude("A, C.B, B, A.B")
+        expected = []
+        for id in include.includedIds([Document("d", 1, body.encode())], paths):
+            if id.casefold() not in [e.casefold() for e in expected]:
+                expected.append(id)
+        for attempt in range(2):
+            doc = Document(f"d/{attempt}", 1, body.encode())  # a new bytes object each time
+            self.assertEqual(self.ids(IncludeWalk(paths), [doc]), expected)
+        self.assertIsNotNone(include._walkedIds(body.encode(), tuple(paths)))
+
+    def test_longWalkNotRemembered(self) -> None:
+        """
+        A walk longer than WALKED_MAX_STEPS is not remembered: it runs as a
+        stream each time, with its ticks (test_ticks), so a long walk can
+        still be cancelled on the way.
+        """
+        body = json.dumps({"L": [{"x": 1}] * (include.WALKED_MAX_STEPS + 10)}).encode()
+        self.assertIsNone(include._walkedIds(body, (("L", "y"),)))
+        items = list(IncludeWalk([("L", "y")])([Document("d", 1, body)]))
+        self.assertGreaterEqual(items.count(None), 1)
+
+    def test_rememberedStepsCount(self) -> None:
+        """
+        The steps of a remembered walk still count against
+        MAX_INCLUDE_STEPS: many documents with one short walk each.
+        """
+        body = json.dumps({"L": [{"x": 1}] * 99}).encode()
+        docs = [Document(f"d/{n}", 1, body) for n in range(include.MAX_INCLUDE_STEPS // 100 + 1)]
+        error = self.assertRaises(CommandError, list, IncludeWalk([("L", "y")])(docs))
+        self.assertIn("Include too large: following it takes more than 1,000,000 steps", error.reason)
+
+    def test_parseIncludeRemembered(self) -> None:
+        """
+        parseInclude gives the same paths for a value it remembers; a
+        malformed value is refused every time; the memo is bounded.
+        """
+        self.assertEqual(parseInclude("A.B, C"), [("A", "B"), ("C",)])
+        self.assertEqual(parseInclude("A.B, C"), [("A", "B"), ("C",)])
+        for attempt in range(2):
+            self.assertRaises(CommandError, parseInclude, "A,,B")
+        for n in range(include.INCLUDE_MEMO_ENTRIES * 2):
+            self.assertEqual(parseInclude(f"F{n}"), [(f"F{n}",)])
+        self.assertLessEqual(len(include._includeMemo), include.INCLUDE_MEMO_ENTRIES)
+
     def test_ticks(self) -> None:
         """The walk yields None every TICK steps, for the store's cancellation check."""
         doc = Document("d", 1, json.dumps({"L": [{"x": 1}] * 20}).encode())

@@ -466,3 +466,11 @@ class RequestParserTests(unittest.TestCase):
         whole = takeAll(wire.RequestParser(maxHead=128), [data])
         self.assertEqual(takeAll(wire.RequestParser(maxHead=128), chunked(data, cuts)), whole)
         self.assertEqual(takeAllMany(wire.RequestParser(maxHead=128), chunked(data, cuts), {0, 2}), whole)
+
+
+class OneLineTests(unittest.TestCase):
+    """wire.oneLine's shortcut for printable text changes nothing."""
+
+    @given(st.text())
+    def test_sameAsExpression(self, text: str) -> None:
+        self.assertEqual(wire.oneLine(text), wire._LINE_BREAKERS.sub(" ", text).strip())

@@ -21,6 +21,15 @@ field that holds a 40-element list is 48 million candidate ids. So:
   - the walk yields C{None} every L{TICK} steps, where the store checks
     whether the request was cancelled (its Timeout, or its connection
     gone) and stops it (see L{proto.store.base.IDocumentStore.read}).
+
+Repeated work (issue 13)
+========================
+Clients send the same Include again and again, over documents the store
+serves from its cache (the same C{bytes}): the parsed value of a header
+(L{parseInclude}), the parsed body (L{parsedBody}) and a short walk's ids
+(L{_walkedIds}: at most L{WALKED_MAX_STEPS} steps, whose count still goes
+against the request's bounds) are remembered, each keyed by the text it
+came from and bounded in size.
 """
 
 from __future__ import annotations
@@ -41,16 +50,39 @@ MAX_INCLUDE_STEPS = 1_000_000
 TICK = 256
 
 
+#: Include values remembered by L{parseInclude}: at most this many, each
+#: at most L{INCLUDE_MEMO_MAX_LENGTH} characters.
+INCLUDE_MEMO_ENTRIES = 256
+INCLUDE_MEMO_MAX_LENGTH = 256
+
+_includeMemo: dict[str, list[tuple[str, ...]]] = {}
+
+
 def parseInclude(value: str | None) -> list[tuple[str, ...]]:
     """
     Parse an C{Include} header value into field paths: C{"A.B, C"} gives
     C{[("A", "B"), ("C",)]}. No header, no paths. A path given twice is
     kept once, where it first appears.
 
+    Short values are remembered (a client sends the same Include again
+    and again), so the list returned may be shared: callers must not
+    change it.
+
     @raise CommandError: for an empty field or an empty path step.
     """
     if value is None:
         return []
+    paths = _includeMemo.get(value)
+    if paths is None:
+        paths = _parseInclude(value)
+        if len(value) <= INCLUDE_MEMO_MAX_LENGTH:
+            if len(_includeMemo) >= INCLUDE_MEMO_ENTRIES:
+                _includeMemo.clear()
+            _includeMemo[value] = paths
+    return paths
+
+
+def _parseInclude(value: str) -> list[tuple[str, ...]]:
     paths: dict[tuple[str, ...], None] = {}
     for field in value.split(","):
         field = field.strip()
@@ -125,6 +157,24 @@ def parsedBody(body: bytes) -> Any:
     return parsed
 
 
+#: Walks remembered for L{_walkedIds}: at most this many bytes of bodies
+#: (each at most L{PARSED_MAX_BODY}).
+WALKED_MAX_BYTES = 4 * 1024 * 1024
+
+#: A remembered walk took at most this many steps (a longer one is
+#: walked as a stream every time, with its ticks).
+WALKED_MAX_STEPS = 256
+
+#: What the walk of a body along some paths gave: the candidate ids
+#: (each once, in order) and the steps it took; C{None}: too long to keep.
+_walked: dict[tuple[bytes, tuple[tuple[str, ...], ...]], tuple[tuple[str, ...], int] | None] = {}
+_walkedBytes = 0
+
+
+class _TooLong(Exception):
+    """A walk took more than L{WALKED_MAX_STEPS}: not one to remember."""
+
+
 class _Budget:
     """Steps taken, and when the next tick is due."""
 
@@ -146,6 +196,58 @@ class _Budget:
             )
         self.nextTick = self.steps + TICK
         return True
+
+
+class _ShortBudget(_Budget):
+    """A budget for a walk to remember: raises L{_TooLong} past L{WALKED_MAX_STEPS}."""
+
+    __slots__ = ()
+
+    def spend(self, steps: int) -> bool:
+        self.steps += steps
+        if self.steps > WALKED_MAX_STEPS:
+            raise _TooLong()
+        return False
+
+
+def _walkedIds(
+    body: bytes, paths: tuple[tuple[str, ...], ...]
+) -> tuple[tuple[str, ...], int] | None:
+    """
+    The candidate ids C{paths} reach in C{body} (each once, in the order
+    first reached) and the steps the walk took, remembered for bodies of
+    at most L{PARSED_MAX_BODY} (issue 13: a GET with Include of a
+    document read from the cache neither parses nor walks it again).
+    C{None} when the walk takes more than L{WALKED_MAX_STEPS} steps: such
+    a body is walked as a stream (L{IncludeWalk}), whose ticks let a long
+    walk be cancelled and whose steps count against the request's bounds
+    as they are taken. Keyed by the body's text and the paths alone, so
+    it never gives the walk of another text.
+    """
+    global _walkedBytes
+    key = (body, paths)
+    try:
+        return _walked[key]
+    except KeyError:
+        pass
+    budget = _ShortBudget()
+    try:
+        parsed = parsedBody(body)
+        found: dict[str, None] = {}
+        for path in paths:
+            for id in _walk(parsed, path, budget):
+                if id is not None:
+                    found[id] = None
+        walked: tuple[tuple[str, ...], int] | None = (tuple(found), budget.steps)
+    except _TooLong:
+        walked = None
+    size = len(body)
+    if _walkedBytes + size > WALKED_MAX_BYTES:
+        _walked.clear()
+        _walkedBytes = 0
+    _walked[key] = walked
+    _walkedBytes += size
+    return walked
 
 
 def _walk(document: Any, path: tuple[str, ...], budget: _Budget) -> Iterator[str | None]:
@@ -186,13 +288,13 @@ class IncludeWalk:
             left out of Includes, without an error).
         """
         self.paths = paths
+        self._pathsKey = tuple(paths)
         self.allowed = allowed
 
     def __call__(self, results: list[Document | None]) -> Iterator[str | None]:
         budget = _Budget()
         named: set[str] = set()
         walked: set[str] = set()
-        allowed = self.allowed
         for document in results:
             if document is None:
                 continue
@@ -200,23 +302,41 @@ class IncludeWalk:
             if key in walked:
                 continue  # The same document asked for twice: once.
             walked.add(key)
-            if budget.spend(1 + len(document.body) // 1024):
+            body = document.body
+            if budget.spend(1 + len(body) // 1024):
                 yield None
-            parsed = parsedBody(document.body)
+            short = _walkedIds(body, self._pathsKey) if len(body) <= PARSED_MAX_BODY else None
+            if short is not None:
+                ids, steps = short
+                if budget.spend(steps):
+                    yield None
+                for id in ids:
+                    if self._names(id, named):
+                        yield id
+                continue
+            parsed = parsedBody(body)
             for path in self.paths:
-                for id in _walk(parsed, path, budget):
-                    if id is None:
+                for reached in _walk(parsed, path, budget):
+                    if reached is None:
                         yield None
-                        continue
-                    if allowed is not None and not allowed(id):
-                        continue
-                    idKeyed = idKey(id)
-                    if idKeyed in named:
-                        continue  # Named already: the store would skip it.
-                    named.add(idKeyed)
-                    if len(named) > MAX_INCLUDED:
-                        raise CommandError(
-                            f"Include too large: it names more than {MAX_INCLUDED:,} "
-                            "documents (ask for fewer ids or fields)"
-                        )
-                    yield id
+                    elif self._names(reached, named):
+                        yield reached
+
+    def _names(self, id: str, named: set[str]) -> bool:
+        """
+        Whether the walk names C{id} (allowed, and not named before),
+        noting it in C{named}; L{MAX_INCLUDED} is enforced here.
+        """
+        allowed = self.allowed
+        if allowed is not None and not allowed(id):
+            return False
+        idKeyed = idKey(id)
+        if idKeyed in named:
+            return False  # Named already: the store would skip it.
+        named.add(idKeyed)
+        if len(named) > MAX_INCLUDED:
+            raise CommandError(
+                f"Include too large: it names more than {MAX_INCLUDED:,} "
+                "documents (ask for fewer ids or fields)"
+            )
+        return True
