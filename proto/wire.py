@@ -371,6 +371,8 @@ class RequestParser:
         if unread is not None:
             self._unread = None
             return unread
+        if self._pos >= len(self._buf):
+            return []  # all taken (a body still missing needs bytes too)
         taken: list[Request] = []
         if not self.bodyMissing:
             pos, maxHead = self._pos, self._maxHead
