@@ -113,6 +113,38 @@ class WorkerTurnTests(TestCase):
         self.assertEqual(result, 42)
 
 
+class BeforePollReactor(NoCallLater):
+    """A reactor with the speed lever's C{callBeforePoll}, run by hand."""
+
+    def __init__(self) -> None:
+        self.beforePoll: list[Any] = []
+
+    def callLater(self, delay: float, f: Any, *args: Any) -> None:
+        raise AssertionError("the wake-up goes through callBeforePoll")
+
+    def callBeforePoll(self, f: Any) -> None:
+        self.beforePoll.append(f)
+
+
+class BeforePollTests(TestCase):
+    """With the proto-epoll reactor: one wake-up per turn, right before its poll."""
+
+    startWorker = WorkerTurnTests.startWorker
+    untilIdle = WorkerTurnTests.untilIdle
+
+    @inlineCallbacks
+    def test_wokenBeforePoll(self):
+        clock = BeforePollReactor()
+        worker = yield self.startWorker(clock)
+        results = [worker.submit(lambda session, n=n: n) for n in range(3)]
+        self.assertEqual(len(clock.beforePoll), 1, "one wake-up for the turn")
+        yield _sleep(0.05)
+        self.assertEqual(self.session.batches, [], "not woken before the poll")
+        clock.beforePoll.pop()()
+        self.assertEqual((yield _gather(results)), [0, 1, 2])
+        self.assertEqual(self.session.batches, [3])
+
+
 def _sleep(seconds: float) -> Deferred[None]:
     d: Deferred[None] = Deferred()
     reactor.callLater(seconds, d.callback, None)

@@ -386,6 +386,35 @@ class QuietReactorTests(unittest.TestCase):
         self.assertIn("Exploding,7", systems)
 
 
+    def test_callBeforePoll(self):
+        """
+        Called once, before the next poll (after the turn's timed calls);
+        a failing one is logged and the others still run; the poll does
+        not sleep past a call one of them scheduled.
+        """
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        calls = []
+
+        def broken():
+            calls.append("broken")
+            raise ValueError("bug")
+
+        r.callLater(0, calls.append, "timed")
+        r.callBeforePoll(broken)
+        r.callBeforePoll(lambda: r.callLater(0, calls.append, "scheduled"))
+        r.runUntilCurrent()
+        self.assertEqual(calls, ["timed"])
+        started = r.seconds()
+        r.doPoll(5)
+        self.assertLess(r.seconds() - started, 4)
+        r.runUntilCurrent()
+        self.assertEqual(calls, ["timed", "broken", "scheduled"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        r.doPoll(0)
+        self.assertEqual(calls, ["timed", "broken", "scheduled"])
+
+
 @implementer(IPushProducer)
 class _Never:
     def pauseProducing(self):

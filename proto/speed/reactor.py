@@ -55,9 +55,37 @@ def _prefix(selectable) -> str:
 
 
 class QuietEPollReactor(epollreactor.EPollReactor):
-    """C{EPollReactor} without C{log.callWithLogger} around each event."""
+    """
+    C{EPollReactor} without C{log.callWithLogger} around each event, and
+    with L{callBeforePoll}.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._beforePoll: list = []
+
+    def callBeforePoll(self, f) -> None:
+        """
+        Call C{f()} once, at the end of this reactor turn: after the timed
+        calls, right before the thread blocks in the poller (and lets go
+        of the GIL). The store's worker threads are woken there (issue 13):
+        a thread woken then finds the GIL free at once, instead of waiting
+        for it while the reactor thread finishes its turn.
+        """
+        self._beforePoll.append(f)
 
     def doPoll(self, timeout):
+        if self._beforePoll:
+            calls, self._beforePoll = self._beforePoll, []
+            for f in calls:
+                try:
+                    f()
+                except BaseException:
+                    log.err(system="callBeforePoll")
+            # (They may have scheduled calls: do not sleep past them.)
+            due = self.timeout()
+            if due is not None and (timeout is None or due < timeout):
+                timeout = due
         if timeout is None:
             timeout = -1
         try:
