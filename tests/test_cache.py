@@ -25,6 +25,7 @@ from proto.commands.base import CommandError, Result
 from proto.commands.include import IncludeWalk, parseInclude
 from proto.store import sqlite_reads
 from proto.store.base import Document, InvalidIdError, checkId
+from proto.store import cache
 from proto.store.cache import MISSING, DocumentCache
 from proto.store.sqlite import SQLiteStore
 
@@ -358,3 +359,79 @@ class ReplyAssemblyTests(SynchronousTestCase):
             self.assertEqual(include.parsedBody(body), json.loads(body))
         self.assertLessEqual(include._parsedBytes, 100)
         self.assertLessEqual(sum(map(len, include._parsed)), 100)
+
+
+class SnapshotMemoTests(_Stores):
+    """
+    While nothing is committed, the same read from the cache gives the same
+    snapshot (L{proto.store.cache.SnapshotMemo}) and GET the same reply; any
+    commit ends that.
+    """
+
+    @inlineCallbacks
+    def test_sameReadSameSnapshot(self):
+        yield self.store.put("a", b'{"Ref": "r"}')
+        yield self.store.put("r", b'{"v": 1}')
+        self.readNow(["a"], "Ref")  # fills the cache
+        first = self.cached(["a"], "Ref")
+        self.assertIs(self.cached(["A"], "Ref"), first)
+        self.assertIsNot(self.cached(["a"]), first)  # another read
+        put = yield self.other.put("r", b'{"v": 2}')
+        found = self.readNow(["a"], "Ref")
+        self.assertIsNot(found, first)
+        self.assertEqual((found.includes[0].body, found.etag), (b'{"v": 2}', put.etag))
+
+    @inlineCallbacks
+    def test_filterIsPartOfTheKey(self):
+        """Two grants' filters over the same Include: each its own snapshot."""
+        yield self.store.put("a", b'{"Ref": ["x/1", "y/1"]}')
+        yield self.store.put("x/1", b"{}")
+        yield self.store.put("y/1", b"{}")
+
+        def read(allowed):
+            found = self.store.readNow(["a"], IncludeWalk(parseInclude("Ref"), allowed))
+            return [doc.id for doc in found.includes]
+
+        onlyX = lambda id: id.startswith("x/")  # noqa: E731
+        onlyY = lambda id: id.startswith("y/")  # noqa: E731
+        for attempt in range(2):
+            self.assertEqual(read(None), ["x/1", "y/1"])
+            self.assertEqual(read(onlyX), ["x/1"])
+            self.assertEqual(read(onlyY), ["y/1"])
+
+    @inlineCallbacks
+    def test_otherCallablesNotRemembered(self):
+        """A references callable without a memoKey runs on every read."""
+        yield self.store.put("a", b'{"Ref": "a"}')
+        calls = []
+
+        def references(results):
+            calls.append(1)
+            return ["a"]
+
+        for attempt in range(3):
+            found = self.store.readNow(["a"], references)
+            self.assertNotIsInstance(found, defer.Deferred)
+        self.assertEqual(len(calls), 3)
+
+    def test_bounds(self) -> None:
+        memo = cache.SnapshotMemo()
+        memo.clear(1)
+        big = Document("b", 1, b"x" * (cache.SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES + 1))
+        memo.put(("b",), sqlite_reads.Snapshot([big], [], 1))
+        self.assertIsNone(memo.get(("b",)))
+        self.patch(cache, "SNAPSHOT_MEMO_ENTRIES", 3)
+        for n in range(5):
+            memo.put((f"k{n}",), sqlite_reads.Snapshot([None], [], 1))
+        self.assertLessEqual(len(memo.entries), 3)
+        self.assertIsNotNone(memo.get(("k4",)))
+
+    def test_replyRemembered(self) -> None:
+        """GET's reply is encoded once per snapshot; equal snapshots, equal replies."""
+        snapshot = sqlite_reads.Snapshot([Document("a", 3, b'{"v": 1}')], [], 9)
+        first = documents._getResult(snapshot)
+        self.assertIs(documents._getResult(snapshot), first)
+        again = documents._getResult(sqlite_reads.Snapshot([Document("a", 3, b'{"v": 1}')], [], 9))
+        self.assertEqual(again, first)
+        self.assertEqual(first.headers, (("Etag", "9"), ("Etags", "3")))
+

@@ -136,7 +136,39 @@ def encodeGetReply(
 _MISSING_ONE = b'{"Results": [null], "Includes": {}}'
 
 
+#: Replies of recent snapshots, by the snapshot's identity: a store may
+#: give the same snapshot again for the same read while nothing is
+#: committed (L{proto.store.cache.SnapshotMemo}), and then the
+#: reply is not encoded again. Each entry keeps its snapshot, so an
+#: identity is never reused while it is here.
+_replies: dict[int, tuple[Snapshot, Result]] = {}
+_repliesBytes = 0
+
+#: L{_replies} keeps at most this many bytes of reply bodies...
+REPLY_MEMO_BYTES = 8 * 1024 * 1024
+
+#: ...and no body bigger than this.
+REPLY_MEMO_MAX_BODY = 64 * 1024
+
+
 def _getResult(snapshot: Snapshot) -> Result:
+    """L{_encodeResult}, remembered for recent snapshots (see L{_replies})."""
+    global _repliesBytes
+    remembered = _replies.get(id(snapshot))
+    if remembered is not None and remembered[0] is snapshot:
+        return remembered[1]
+    result = _encodeResult(snapshot)
+    size = len(result.body)
+    if size <= REPLY_MEMO_MAX_BODY:
+        if _repliesBytes + size > REPLY_MEMO_BYTES:
+            _replies.clear()
+            _repliesBytes = 0
+        _replies[id(snapshot)] = (snapshot, result)
+        _repliesBytes += size
+    return result
+
+
+def _encodeResult(snapshot: Snapshot) -> Result:
     """
     The GET reply: the body, C{Etag} (the snapshot's high-water etag) and
     C{Etags} (each result's etag, 0 for a missing one), section 8.

@@ -290,6 +290,9 @@ class IncludeWalk:
         self.paths = paths
         self._pathsKey = tuple(paths)
         self.allowed = allowed
+        #: What the walk depends on besides the results: equal keys, equal
+        #: walks (a store may remember a read by it).
+        self.memoKey = (self._pathsKey, allowed)
 
     def __call__(self, results: list[Document | None]) -> Iterator[str | None]:
         budget = _Budget()

@@ -30,13 +30,19 @@ At most L{DEFAULT_MAX_ENTRIES} entries and L{DEFAULT_MAX_BYTES} of
 document bodies; a document bigger than L{DEFAULT_MAX_DOCUMENT_BYTES} is
 never kept. When full, the oldest entries go first (insertion order, which
 a hit does not change: a hit costs one dict lookup).
+
+Snapshots
+=========
+L{SnapshotMemo} keeps whole reads answered from the cache (the snapshot
+of some keys, with an Include's documents), valid at one etag only: the
+backend clears it whenever the cache's position moves.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Callable, Iterable, Sequence
 
-from proto.store.base import Document
+from proto.store.base import Document, Snapshot
 
 #: The most entries (documents and known-missing ids) kept.
 DEFAULT_MAX_ENTRIES = 50_000
@@ -151,3 +157,69 @@ class DocumentCache:
 
 def _cost(entry: Document | _Missing) -> int:
     return _MISSING_COST if entry is MISSING else len(entry.body)  # type: ignore[union-attr]
+
+
+class SnapshotMemo:
+    """
+    The snapshots of recent reads served from the cache, by what was
+    asked (the keys, and the walk's C{memoKey} for an Include), all as of
+    one etag: while nothing is committed the same read gives the same
+    snapshot, so it is answered again without the cache look-ups and the
+    walk. Cleared when the etag moves; at most L{SNAPSHOT_MEMO_ENTRIES}.
+    A snapshot given out here is shared: readers must not change it.
+    """
+
+    __slots__ = ("etag", "entries", "size")
+
+    def __init__(self) -> None:
+        self.etag = -1
+        self.entries: dict[Any, Snapshot] = {}
+        #: Bytes of the documents of the snapshots kept.
+        self.size = 0
+
+    def clear(self, etag: int) -> None:
+        self.entries.clear()
+        self.size = 0
+        self.etag = etag
+
+    @staticmethod
+    def keyOf(keys: Sequence[str], references: Callable[..., Any] | None) -> Any:
+        """What identifies this read, or C{None} for one not to remember."""
+        if references is None:
+            return tuple(keys)
+        walkKey = getattr(references, "memoKey", None)
+        if walkKey is None:
+            return None  # An arbitrary callable: maybe not a pure one.
+        return (tuple(keys), walkKey)
+
+    def get(self, key: Any) -> Snapshot | None:
+        return self.entries.get(key)
+
+    def put(self, key: Any, snapshot: Snapshot) -> None:
+        """
+        Keep C{snapshot}, unless its documents are more than
+        L{SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES}; a full memo starts again
+        empty. (The documents are mostly the cache's own, but one the
+        cache drops stays alive here until the memo lets go of it: hence
+        the byte bound.)
+        """
+        size = sum([len(doc.body) for doc in snapshot.results if doc is not None])
+        size += sum([len(doc.body) for doc in snapshot.includes])
+        if size > SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES:
+            return
+        entries = self.entries
+        if len(entries) >= SNAPSHOT_MEMO_ENTRIES or self.size + size > SNAPSHOT_MEMO_BYTES:
+            entries.clear()
+            self.size = 0
+        entries[key] = snapshot
+        self.size += size
+
+
+#: The most snapshots L{SnapshotMemo} keeps...
+SNAPSHOT_MEMO_ENTRIES = 4096
+
+#: ...and the most bytes of their documents...
+SNAPSHOT_MEMO_BYTES = 16 * 1024 * 1024
+
+#: ...and of one snapshot's.
+SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES = 64 * 1024

@@ -31,6 +31,16 @@ A read (L{ReadPath.read}) goes, in this order of preference:
      delay other reads with Include, never those without (nor, through 2,
      any small read while the reactor serves it inline).
 
+Repeated reads
+==============
+While nothing is committed (the cache's etag has not moved), the same
+read served from the cache (the same keys; for an Include, a walk with
+the same C{memoKey}: the same paths and filter) gives the same snapshot
+again: L{proto.store.cache.SnapshotMemo} keeps the recent ones, bounded
+in count and bytes, and forgets them all when the etag moves. GET then
+also finds the reply it encoded for that snapshot
+(L{proto.commands.documents}).
+
 Cancellation and bounds
 =======================
 Every read's Deferred can be cancelled (the request's Timeout, or its
@@ -58,7 +68,7 @@ from twisted.python.failure import Failure
 
 from proto.store import sqlite_read
 from proto.store.base import Document, Snapshot, idKey, resolveIncludes
-from proto.store.cache import MISSING, DocumentCache
+from proto.store.cache import MISSING, DocumentCache, SnapshotMemo
 
 #: Reads of more ids than this never run inline (and go to the bulk reader).
 INLINE_MAX_IDS = 16
@@ -286,6 +296,7 @@ class InlineReader:
         self._cpuClock = cpuClock
         self._backoffUntil = 0.0
         self.served = 0
+        self._memo = SnapshotMemo()
         self.declined = 0
         self.cache = cache
         #: C{PRAGMA data_version} when the cache was last advanced.
@@ -315,7 +326,15 @@ class InlineReader:
         if cache is not None:
             try:
                 self._catchUp(cache)
-                found = self._cached(cache, keys, references)
+                memo = self._memo
+                if memo.etag != cache.etag:
+                    memo.clear(cache.etag)
+                memoKey = memo.keyOf(keys, references)
+                found = memo.get(memoKey) if memoKey is not None else None
+                if found is None:
+                    found = self._cached(cache, keys, references)
+                    if memoKey is not None:
+                        memo.put(memoKey, found)
             except _Miss:
                 pass
             except (_TooBig, sqlite3.Error):
