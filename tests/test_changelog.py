@@ -443,5 +443,44 @@ class PostgresRetentionTests(PostgresBackend, RetentionTests):
     """L{RetentionTests} on PostgreSQL."""
 
 
+class SQLiteDoorbellTests(LogTestCase):
+    """The SQLite doorbell's polls (PostgreSQL has NOTIFY instead)."""
+
+    @inlineCallbacks
+    def test_idleDoorbellRunsNoStatement(self):
+        """
+        While nobody commits, the doorbell compares the WAL-index header
+        and runs no statement; another writer's commit still rings it.
+        """
+        import threading
+
+        from proto.store import sqlite_publisher
+
+        statements = []
+        connect = sqlite_publisher.sqlite_read.connect
+
+        def tracingConnect(*args, **kwargs):
+            connection = connect(*args, **kwargs)
+            if threading.current_thread().name == sqlite_publisher.Doorbell.threadName:
+                connection.set_trace_callback(statements.append)
+            return connection
+
+        self.patch(sqlite_publisher.sqlite_read, "connect", tracingConnect)
+        hub = RecordingHub()
+        store = self.open(hub)
+        yield store.start()
+        # The first poll maps the WAL-index; the second reads its header
+        # before its data_version. From then on, nobody commits.
+        yield waitUntil(
+            lambda: statements.count("PRAGMA data_version") >= 2, what="the doorbell's first polls"
+        )
+        before = len(statements)
+        yield sleep(sqlite_publisher.POLL_SECONDS * 10)
+        self.assertEqual(statements[before:], [], "ten idle polls")
+        version = yield self.store.put("other/1", b"{}")
+        yield waitUntil(lambda: hub.etag >= version.etag, what="the doorbell's hand-over")
+        self.assertIn("PRAGMA data_version", statements[before:])
+
+
 class PostgresSharedDatabaseTests(PostgresBackend, SharedFileTests):
     """L{SharedFileTests} on PostgreSQL: several writers on one database."""
