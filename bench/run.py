@@ -347,15 +347,17 @@ def echoSuite(servers: dict[str, Server], dataDir: str, a) -> tuple[list, list]:
 
     # Memory first, on fresh processes; a short warm-up so one-time costs
     # (imports, caches, first connection) are not charged to the idle ones.
-    print(f"[idle memory] {a.idle} idle admitted connections", flush=True)
+    if "idle" in a.rows:
+        print(f"[idle memory] {a.idle} idle admitted connections", flush=True)
     for s in servers.values():
         try:
             runLoadgen(s, dataDir, ["-c", "50", "-d", "4", "-t", "1"], a.pin, 60)
         except LoadgenError as e:
             print(f"  {s.name}: warm-up failed: {e}", flush=True)
-    measure(("idle",), lambda s: idleMemory(s, dataDir, a.idle, a.pin, settle=1.0))
+    if "idle" in a.rows:
+        measure(("idle",), lambda s: idleMemory(s, dataDir, a.idle, a.pin, settle=1.0))
 
-    for c, d in ECHO_SHAPES:
+    for c, d in (ECHO_SHAPES if "echo" in a.rows else []):
         print(f"[echo] {c} connection(s) x {d} in flight, {a.seconds:g} s", flush=True)
         measure(
             ("echo", c, d),
@@ -366,7 +368,8 @@ def echoSuite(servers: dict[str, Server], dataDir: str, a) -> tuple[list, list]:
             a.repeat, "req_per_s",
         )
 
-    print(f"[handshake] {a.handshake_conns} concurrent, {a.seconds:g} s", flush=True)
+    if "handshake" in a.rows:
+        print(f"[handshake] {a.handshake_conns} concurrent, {a.seconds:g} s", flush=True)
     measure(
         ("handshake",),
         lambda s: runLoadgen(
@@ -374,13 +377,13 @@ def echoSuite(servers: dict[str, Server], dataDir: str, a) -> tuple[list, list]:
             ["--mode", "handshake", "-c", str(a.handshake_conns), "-t", str(a.seconds), "--warmup", str(warmup)],
             a.pin, a.seconds + 90,
         ),
-        a.repeat, "handshakes_per_s",
+        a.repeat if "handshake" in a.rows else 0, "handshakes_per_s",
     )
 
     # Session resumption (ours only): each loadgen worker offers the session
     # ticket of its previous connection. TLS 1.3 (the default) and 1.2,
     # each against our full handshakes of the same version.
-    if "ours" in servers:
+    if "ours" in servers and "resumed" in a.rows:
         for tls in ("1.3", "1.2"):
             args = ["--mode", "handshake", "-c", str(a.handshake_conns), "-t", str(a.seconds),
                     "--warmup", str(warmup), "--tls", tls]
@@ -573,6 +576,9 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=2,
                    help="runs per server per row, alternating; the best is shown (default 2)")
     p.add_argument("--idle", type=int, default=2000, help="idle connections for the memory row")
+    p.add_argument("--rows", default="idle,echo,handshake,resumed",
+                   help="echo suite: which rows to run, a comma list of idle, echo, handshake, resumed "
+                        "(default: all; e.g. --rows handshake,resumed)")
     p.add_argument("--handshake-conns", type=int, default=8, help="concurrent handshakes")
     p.add_argument("--keys", type=int, default=1000, help="distinct document ids in the store rows")
     p.add_argument("--only", choices=["ours", "floor", "uvloop"], help="run one server only")
@@ -600,6 +606,9 @@ def main() -> int:
     if not (1 <= a.idle <= 100000):
         p.error("--idle must be in [1, 100000]")
 
+    a.rows = {r.strip() for r in a.rows.split(",") if r.strip()}
+    if not a.rows <= {"idle", "echo", "handshake", "resumed"}:
+        p.error(f"--rows: unknown rows {sorted(a.rows - {'idle', 'echo', 'handshake', 'resumed'})}")
     a.references = [] if a.references == "none" else [n.strip() for n in a.references.split(",") if n.strip()]
     for name in a.references:
         if name not in references.SYSTEMS:

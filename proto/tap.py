@@ -379,6 +379,12 @@ def makeService(options: Options) -> service.IService:
     factory.backupDir = os.path.join(dataDir, "backups")
 
     top = OrderedShutdown()  # stops last-added first, one at a time (proto.lifecycle)
+    if not options["plain-transport"]:
+        # Lever 4 (proto.speed.textlog): twistd's text log lines, same text,
+        # less CPU. First in, so last out: the shutdown's lines use it too.
+        from proto.speed.textlog import TextLogService
+
+        TextLogService().setServiceParent(top)
     StoreService(store).setServiceParent(top)
     TimerService(ALLOWLIST_POLL_SECONDS, allowFile.check).setServiceParent(top)
     _shareStats(factory, dataDir, top)
