@@ -384,25 +384,36 @@ class InlineReader:
         return found
 
     def _catchUp(self, cache: DocumentCache) -> None:
-        """Make the cache current: advance it over what was committed since."""
+        """
+        Make the cache current: advance it over what was committed since.
+
+        The WAL-index header is read first and only kept once the cache
+        is as new as that moment (after the advance, which may fail: then
+        the next read checks again): a commit after the header was read
+        changes the header again, so the next read looks once more.
+        """
         walIndex = self._walIndex
+        header: bytes | None = None
         if walIndex is not None:
             header = walIndex[:WAL_HEADER_BYTES]
             if header == self._walHeader:
                 return  # Nobody committed since the last check (see _walIndex).
-            self._walHeader = header
         cursor = self._versionCursor
         cursor.execute("PRAGMA data_version")
         (version,) = cursor.fetchone()
         if walIndex is None and not self._walIndexTried:
             self._walIndexTried = True
+            # Its header stays unknown (b""): the next read reads it before
+            # its PRAGMA data_version, and so checks once more.
             self._walIndex = walIndexOf(self._connection, self._path)
-            if self._walIndex is not None:
-                # Read before the check below: a commit after this read
-                # changes it, so the next read checks again.
-                self._walHeader = self._walIndex[:WAL_HEADER_BYTES]
-        if version == self._version:
-            return  # Nobody committed since the cache was advanced.
+        if version != self._version:
+            self._advance(cache)
+            self._version = version
+        if header is not None:
+            self._walHeader = header
+
+    def _advance(self, cache: DocumentCache) -> None:
+        """Move the cache over the change log to the current etag (one statement, one snapshot)."""
         # Read after data_version: whatever commits from now on changes it
         # again, so the next read advances once more.
         etag = floor = 0
@@ -420,7 +431,6 @@ class InlineReader:
             cache.clear(etag)  # The log may not hold every change since.
         else:
             cache.advance(etag, changed)
-        self._version = version
 
     @staticmethod
     def _cached(cache: DocumentCache, keys: Sequence[str], references: References | None) -> Snapshot:
