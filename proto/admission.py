@@ -153,6 +153,36 @@ def identityOfDER(der: bytes) -> Identity:
     )
 
 
+#: SHA-256 digest of a certificate's DER to its identity (L{identityOf}).
+_bySHA256: dict[bytes, Identity] = {}
+_MAX_IDENTITIES = 1024
+
+
+def identityOf(sha256: bytes, der: Callable[[], bytes | None]) -> Identity:
+    """
+    The L{Identity} of the certificate whose DER has this SHA-256 digest;
+    C{der()} gives the DER the first time a certificate is seen. Keyed by
+    the full SHA-256 (never by SHA-1 alone, whose collisions can be made),
+    so two certificates never share an entry. Bounded: past
+    L{_MAX_IDENTITIES} certificates the table starts again.
+
+    @raise ValueError: if C{der()} is not a certificate, or not the one
+        with that digest.
+    """
+    who = _bySHA256.get(sha256)
+    if who is None:
+        encoded = der()
+        if encoded is None:
+            raise ValueError("no certificate")
+        who = identityOfDER(encoded)
+        if who.sha256 != sha256.hex():
+            raise ValueError("the certificate does not have the digest given")
+        if len(_bySHA256) >= _MAX_IDENTITIES:
+            _bySHA256.clear()
+        _bySHA256[sha256] = who
+    return who
+
+
 def _utc(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 

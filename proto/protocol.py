@@ -53,7 +53,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto import wire
-from proto.admission import Identity, identityOfDER, judge
+from proto.admission import Identity, identityOf, judge
 from proto.commands.base import Handler, ICommandContext
 from proto.bodies import BodyBudget
 from proto.dispatch import Dispatcher
@@ -64,7 +64,7 @@ from proto.states import CLOSED, CLOSING, DRAINING, ENDING, HANDSHAKING, OPEN, R
 from proto.stats import REFUSED_HANDSHAKE_TIMEOUT, CommandStats
 from proto.subscriptions import Subscriptions
 from proto.timers import BODY, HANDSHAKE, HEAD, IDLE, Timers
-from proto.tls import peerCertificateDER
+from proto.tls import peerCertificateDER, peerCertificateSHA256
 
 if TYPE_CHECKING:
     from proto.server import GNPServerFactory
@@ -169,9 +169,10 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         # after connectionMade, so only now does getPeer() give the
         # client's address rather than HAProxy's (Twisted #12501).
         self.peer = printablePeer(self.transport.getPeer())
-        der = peerCertificateDER(self.transport)
-        if der is not None:
-            self.identity = identityOfDER(der)
+        transport = self.transport
+        digest = peerCertificateSHA256(transport)
+        if digest is not None:
+            self.identity = identityOf(digest, lambda: peerCertificateDER(transport))
         reason = self.factory.overloadReason()
         if reason is None:
             now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)

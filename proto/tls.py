@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from cryptography import x509
 from OpenSSL import SSL, crypto
+from OpenSSL._util import ffi, lib
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from zope.interface import implementer
 
@@ -160,9 +161,32 @@ class ServerTLS:
 
 def sessionReused(transport) -> bool:
     """Did this TLS connection resume a session (a ticket) instead of a full handshake?"""
-    from OpenSSL._util import lib
-
     return bool(lib.SSL_session_reused(transport.getHandle()._ssl))
+
+
+_SHA256 = lib.EVP_get_digestbyname(b"sha256")
+
+
+def peerCertificateSHA256(transport) -> bytes | None:
+    """
+    The SHA-256 digest of the client's certificate (of its DER, as the
+    allow-list's thumbprints), or C{None} when it sent none. Computed by
+    OpenSSL on its own copy of the certificate: no Python object for the
+    certificate, no DER copied out. With L{proto.admission.identityOf} it
+    replaces L{peerCertificateDER} + C{identityOfDER} on every handshake
+    but a certificate's first.
+    """
+    cert = lib.SSL_get_peer_certificate(transport.getHandle()._ssl)
+    if cert == ffi.NULL:
+        return None
+    try:
+        digest = ffi.new("unsigned char[]", lib.EVP_MAX_MD_SIZE)
+        size = ffi.new("unsigned int *")
+        if not lib.X509_digest(cert, _SHA256, digest, size):
+            raise ValueError("OpenSSL could not hash the client certificate")
+        return ffi.buffer(digest, size[0])[:]
+    finally:
+        lib.X509_free(cert)
 
 
 def peerCertificateDER(transport) -> bytes | None:

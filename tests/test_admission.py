@@ -74,3 +74,61 @@ class AllowListFileTests(unittest.TestCase):
         reasons = [e["error"] for e in events if "not reloaded" in e.get("log_format", "")]
         self.assertEqual(len(reasons), 2)
         self.assertIn("line 1", reasons[0])
+
+
+class IdentityOfTests(unittest.TestCase):
+    """identityOf: identities looked up by the certificate's SHA-256."""
+
+    def setUp(self) -> None:
+        from proto import admission
+
+        self.patch(admission, "_bySHA256", {})
+
+    def test_derOnlyTheFirstTime(self):
+        """The DER is asked for once per certificate; the identity is identityOfDER's."""
+        import hashlib
+
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from proto import certs
+        from proto.admission import identityOf, identityOfDER
+
+        der = certs.mint("someone").certificate.public_bytes(Encoding.DER)
+        asked = []
+
+        def getDER():
+            asked.append(1)
+            return der
+
+        digest = hashlib.sha256(der).digest()
+        first = identityOf(digest, getDER)
+        self.assertEqual(first, identityOfDER(der))
+        self.assertIs(identityOf(digest, getDER), first)
+        self.assertEqual(len(asked), 1)
+
+    def test_digestMustMatch(self):
+        """A DER whose digest is not the one given is refused, and not remembered."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from proto import admission, certs
+        from proto.admission import identityOf
+
+        der = certs.mint("someone").certificate.public_bytes(Encoding.DER)
+        self.assertRaises(ValueError, identityOf, b"\0" * 32, lambda: der)
+        self.assertRaises(ValueError, identityOf, b"\1" * 32, lambda: None)
+        self.assertEqual(admission._bySHA256, {})
+
+    def test_bounded(self):
+        """Past _MAX_IDENTITIES certificates the table starts again."""
+        import hashlib
+
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from proto import admission, certs
+        from proto.admission import identityOf
+
+        self.patch(admission, "_MAX_IDENTITIES", 3)
+        for n in range(7):
+            der = certs.mint(f"c{n}").certificate.public_bytes(Encoding.DER)
+            identityOf(hashlib.sha256(der).digest(), lambda: der)
+            self.assertLessEqual(len(admission._bySHA256), 3)

@@ -3,6 +3,7 @@ The server's TLS context with real handshakes in memory: the versions it
 accepts, and that it asks for a client certificate without requiring one.
 """
 
+from cryptography.hazmat.primitives.serialization import Encoding
 from OpenSSL import SSL
 from twisted.internet import protocol
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
@@ -67,3 +68,40 @@ class VersionTests(unittest.TestCase):
         server, client = self.handshake(TLSVersion.TLSv1_1, TLSVersion.TLSv1_1, OldClient())
         self.assertEqual(client.raw, b"")
         self.assertIn("version", str(client.lost.value))
+
+
+class PeerCertificateTests(unittest.TestCase):
+    """What the server reads of the client's certificate after the handshake."""
+
+    def test_digestIsTheSHA256OfTheDER(self):
+        """peerCertificateSHA256 is the SHA-256 of the DER that peerCertificateDER gives."""
+        import hashlib
+
+        from proto.tls import peerCertificateDER, peerCertificateSHA256
+        from tests.support import connectInMemory
+
+        conn = connectInMemory()
+        der = peerCertificateDER(conn.serverTLS)
+        self.assertEqual(der, Credentials.get().client.certificate.public_bytes(Encoding.DER))
+        self.assertEqual(peerCertificateSHA256(conn.serverTLS), hashlib.sha256(der).digest())
+        self.assertEqual(conn.server.identity.sha256, hashlib.sha256(der).hexdigest())
+
+    def test_noCertificate(self):
+        """No certificate: no digest, and the refusal says so."""
+        from proto import tls
+        from tests.support import connectInMemory
+
+        seen = []
+        original = tls.peerCertificateSHA256
+
+        def spy(transport):
+            seen.append(original(transport))
+            return seen[-1]
+
+        self.patch(tls, "peerCertificateSHA256", spy)
+        import proto.protocol
+
+        self.patch(proto.protocol, "peerCertificateSHA256", spy)
+        conn = connectInMemory(client=None)
+        self.assertEqual(seen, [None])
+        self.assertIn(b"No client certificate", conn.client.raw)
