@@ -26,6 +26,7 @@ import argparse
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -96,6 +97,7 @@ def measure(keys: int, runs: int) -> dict[str, float]:
             gc.enable()
             results[name] = best
         yield store.close()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     def done(_):
         reactor.stop()
