@@ -100,6 +100,17 @@ class OutageTests(unittest.TestCase):
         self.addCleanup(self.cluster.destroy)
         self.cluster.start()
         self.a, self.b = twoServers(self, "postgresql:" + self.cluster.createDatabase())
+        # The outage starts once both stores are open. Only the port is
+        # waited for above, and under load (a -j2 suite run) B's store was
+        # once still opening when the test stopped the database: its start
+        # failed, and B answered every PUT "Internal error" (a store that
+        # cannot open at start never opens: StoreClosedError), which is not
+        # the outage of a running server this test is about.
+        deadline = time.monotonic() + 20
+        for server in (self.a, self.b):
+            while "Document store <PostgresStore" not in server.log():
+                self.assertLess(time.monotonic(), deadline, server.log()[-2000:])
+                time.sleep(0.05)
 
     def test_errorsWithinSecondsThenRecoveryWithoutGap(self):
         watcher, writer, other = client(self, self.a), client(self, self.a), client(self, self.b)

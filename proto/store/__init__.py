@@ -99,14 +99,17 @@ class StoreService(Service):
     def startService(self) -> None:
         super().startService()
         # Requests that come before the store is open wait for it; if it
-        # cannot be opened, they fail (and the reason is logged here).
-        self.store.start().addErrback(
+        # cannot be opened, they fail (and the reason is logged here). Once
+        # it is open, the log says so: from then on a database that goes
+        # away is an outage the store recovers from, not a failed start.
+        self.store.start().addCallbacks(
+            lambda _: self._log.info("Document store {store!r} is open", store=self.store),
             lambda failure: self._log.failure(
                 "Cannot open the document store {store!r}; document commands "
                 "will fail",
                 failure,
                 store=self.store,
-            )
+            ),
         )
 
     def stopService(self) -> Deferred[None]:
