@@ -146,6 +146,26 @@ class OutageTests(unittest.TestCase):
         self.assertEqual(etag, 2)
 
 
+class UnreachableAtStartTests(unittest.TestCase):
+    """A database that is down when the server starts: a clear ERR, not an internal error."""
+
+    def test_clearError(self):
+        missing = os.path.abspath(self.mktemp())  # no PostgreSQL socket there
+        server = startTwistd(os.path.abspath(self.mktemp()),
+                             extraArgs=["--store", f"postgresql:host={missing} dbname=proto"])
+        self.addCleanup(server.stop)
+        conn = client(self, server)
+        for command in (("PUT", "f/1"), ("GET", "f/1")):
+            reply = call(conn, *command, body=b"{}" if command[0] == "PUT" else None)
+            self.assertEqual(reply.kind, "ERR", reply)
+            self.assertIn("Store unavailable: the document store could not be opened at start",
+                          reply.reason)
+            self.assertIn("restart the server", reply.reason)
+        log = server.log()
+        self.assertIn("Cannot open the document store", log)
+        self.assertNotIn("Command PUT from", log)  # (how an internal error is logged)
+
+
 class ListenerTests(unittest.TestCase):
     """The LISTEN connection is only a doorbell: losing it loses nothing."""
 

@@ -30,6 +30,8 @@ from proto.store.base import (
     InvalidIdError,
     StoreClosedError,
     StoreError,
+    StoreNotOpenedError,
+    StoreUnavailableError,
     Version,
     checkId,
     idKey,
@@ -580,14 +582,20 @@ class LifecycleTests(SQLiteBackend, TestCase):
     def test_cannotOpen(self):
         """
         A file that cannot be opened fails start(), fails the work queued
-        for it, and leaves the store closed.
+        for it, and leaves the store closed. That work and any later fail
+        with the reason (L{StoreNotOpenedError}: a client's ERR Store
+        unavailable), not as an unexplained closed store.
         """
         store, expected = self.unopenableStore()
         queued = store.put("a", b"{}")
         read = store.get(["a"])
         yield self.assertFailure(store.start(), expected)
-        yield self.assertFailure(queued, StoreClosedError)
-        yield self.assertFailure(read, StoreClosedError)
+        for d in (queued, read, store.put("b", b"{}"), store.get(["b"])):
+            error = yield self.assertFailure(d, StoreClosedError)
+            self.assertIsInstance(error, StoreNotOpenedError)
+            self.assertIsInstance(error, StoreUnavailableError)
+            self.assertIn("could not be opened at start (", str(error))
+            self.assertIn("restart the server", str(error))
         yield store.close()
 
     @inlineCallbacks

@@ -67,6 +67,17 @@ class StoreUnavailableError(StoreError):
     """
 
 
+class StoreNotOpenedError(StoreClosedError, StoreUnavailableError):
+    """
+    The store could not be opened at start (a database that was down, a
+    file that cannot be opened): it is closed, and unlike an outage of an
+    open store it does not recover by itself. Every operation fails with
+    this, its message (one line, for the client) says why and that the
+    server must be restarted, so a client gets C{ERR Store unavailable:
+    ...} rather than an internal error.
+    """
+
+
 class StorageFullError(StoreError):
     """
     The storage has no room for the write (a full disk, or the database's

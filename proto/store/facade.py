@@ -82,6 +82,7 @@ class StoreFacade:
 
     # -- what each backend provides (see the module docstring) -------------------
     _writer: Worker
+    _workers: Callable[[], list[Worker]]
     close: Callable[[], Deferred[None]]
     read: Callable[..., Deferred[Snapshot]]
     if TYPE_CHECKING:
@@ -112,6 +113,14 @@ class StoreFacade:
         return self._publisher.etag if self._publisher is not None else 0
 
     def _startFailed(self, failure: Failure) -> Failure:
+        # Operations (queued or later) fail with the reason, in words for
+        # the client (ERR Store unavailable: ...), not as closed workers.
+        reason = str(failure.value).strip().splitlines()[:1] or [failure.type.__name__]
+        for worker in self._workers():
+            worker.notOpened = (
+                f"the document store could not be opened at start ({reason[0]}); "
+                "restart the server once that is fixed"
+            )
         self.close()
         return failure
 

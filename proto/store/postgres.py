@@ -223,6 +223,9 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         if self.listener is not None:  # (there is one when there is a publisher)
             self.listener.start()
 
+    def _workers(self) -> list[Worker]:
+        return [self._writer, *self._readers]
+
     def close(self) -> Deferred[None]:
         if self.listener is not None:
             self.listener.stop()

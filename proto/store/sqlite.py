@@ -177,6 +177,9 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         started.addErrback(self._startFailed)
         return started
 
+    def _workers(self) -> list[Worker]:
+        return [self._writer, self._reader, self._bulkReader]
+
     def _writerOpen(self, session: WriteSession) -> None:
         if self._publisher is not None:
             self._publisher.startAt(session.openedAt)

@@ -24,7 +24,7 @@ from typing import Any, Callable
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.python.failure import Failure
 
-from proto.store.base import StoreClosedError
+from proto.store.base import StoreClosedError, StoreNotOpenedError
 
 
 class Job:
@@ -93,6 +93,14 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._ready: Deferred[Any] = Deferred()
         self._stopWaiters: list[Deferred[None]] | None = []
+        #: Why the store could not be opened (set by the store when its
+        #: start failed): then operations fail with L{StoreNotOpenedError}.
+        self.notOpened: str | None = None
+
+    def _closedError(self) -> StoreClosedError:
+        if self.notOpened is not None:
+            return StoreNotOpenedError(self.notOpened)
+        return StoreClosedError(f"the store's {self._name} is closed")
 
     def submit(self, work: Callable[[Any], Any]) -> Deferred[Any]:
         """
@@ -103,7 +111,7 @@ class Worker:
         job = Job(work, self._lock)
         with self._lock:
             if self._stopping:
-                return fail(StoreClosedError(f"the store's {self._name} is closed"))
+                return fail(self._closedError())
             self._queue.append(job)
             if not self._idle or self._wakeScheduled:
                 return job.deferred
@@ -139,7 +147,7 @@ class Worker:
         """Start the thread; fires with the session once it is open."""
         with self._lock:
             if self._stopping:
-                return fail(StoreClosedError(f"the store's {self._name} is closed"))
+                return fail(self._closedError())
         self._thread = threading.Thread(
             target=self._main, name=f"proto-store-{self._name}", daemon=True
         )
@@ -224,9 +232,7 @@ class Worker:
             leftover, self._queue = self._queue, []
         for job in leftover:
             if not job.deferred.called:
-                job.deferred.errback(
-                    StoreClosedError(f"the store's {self._name} is closed")
-                )
+                job.deferred.errback(self._closedError())
         waiters, self._stopWaiters = self._stopWaiters or [], None
         for waiter in waiters:
             waiter.callback(None)
