@@ -32,7 +32,8 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from hotpath import addAlternationArguments, bestOfRounds, printBest  # bench/hotpath.py
+
 
 SHAPES = {
     "ECHO": b"ECHO hello world\r\nSequence: %d\r\n\r\n",
@@ -123,35 +124,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--keys", type=int, default=1000, help="documents, one request each per run")
     p.add_argument("--runs", type=int, default=20, help="timed runs per shape; best shown")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="alternations of ours and the baseline (default 3)")
-    p.add_argument("--baseline", metavar="DIR",
-                   help="another checkout of this repository, measured alternately as 'before'")
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    addAlternationArguments(p)
     args = p.parse_args()
     if args.child:
         print(json.dumps(measure(args.keys, args.runs)))
         return
-    sides = {"ours": ROOT}
-    if args.baseline:
-        sides["before"] = os.path.abspath(args.baseline)
-    best: dict[str, dict[str, float]] = {name: {} for name in sides}
-    for _ in range(args.rounds):
-        for name, root in sides.items():
-            for shape, seconds in child(root, args).items():
-                best[name][shape] = min(seconds, best[name].get(shape, float("inf")))
+    best = bestOfRounds(args, child)
     print("in-process CPU per request (best of all runs), depth 1, SQLite store, cache warm, no TLS")
-    header = f"{'request':<14}  {'ours us':>8}"
-    if args.baseline:
-        header += f"  {'before us':>9}  {'before/ours':>11}"
-    print(header)
-    for shape in SHAPES:
-        line = f"{shape:<14}  {best['ours'][shape] * 1e6:8.2f}"
-        if args.baseline:
-            before = best["before"][shape]
-            line += f"  {before * 1e6:9.2f}  {before / best['ours'][shape]:11.3f}"
-        print(line)
-
+    printBest(best, SHAPES, args.baseline, "request", "<14", 2)
 
 if __name__ == "__main__":
     main()

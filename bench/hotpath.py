@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Any, Callable, Iterable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -95,33 +96,55 @@ def main() -> None:
                    help="requests per input chunk (default 1 16 64)")
     p.add_argument("--runs", type=int, default=25, help="timed runs per depth; best shown")
     p.add_argument("--requests", type=int, default=20000, help="requests per timed run")
+    addAlternationArguments(p)
+    args = p.parse_args()
+    if args.child:
+        json.dump(measure(args.depth, args.runs, args.requests), sys.stdout)
+        return
+    best = bestOfRounds(args, child)
+    print("in-process CPU per request (best of all runs), ECHO, no TLS")
+    printBest(best, args.depth, args.baseline, "depth", ">6", 3)
+
+
+def addAlternationArguments(p: argparse.ArgumentParser) -> None:
+    """C{--rounds}, C{--baseline} and the internal C{--child}, for L{bestOfRounds}."""
     p.add_argument("--rounds", type=int, default=3,
                    help="alternations of ours and the baseline (default 3)")
     p.add_argument("--baseline", metavar="DIR",
                    help="another checkout of this repository, measured alternately as 'before'")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = p.parse_args()
-    if args.child:
-        json.dump(measure(args.depth, args.runs, args.requests), sys.stdout)
-        return
+
+
+def bestOfRounds(args: argparse.Namespace, child: Callable[[str, argparse.Namespace], dict[Any, float]]
+                 ) -> dict[str, dict[Any, float]]:
+    """
+    The least seconds per row of C{child(root, args)} over C{args.rounds}
+    rounds, for our checkout ("ours") and, with C{args.baseline}, that one
+    ("before"), measured alternately so that both see the same machine.
+    """
     sides = {"ours": ROOT}
     if args.baseline:
         sides["before"] = os.path.abspath(args.baseline)
-    best: dict[str, dict[int, float]] = {name: {} for name in sides}
+    best: dict[str, dict[Any, float]] = {name: {} for name in sides}
     for _ in range(args.rounds):
         for name, root in sides.items():
-            for depth, seconds in child(root, args).items():
-                best[name][depth] = min(seconds, best[name].get(depth, float("inf")))
-    print("in-process CPU per request (best of all runs), ECHO, no TLS")
-    header = f"{'depth':>6}  {'ours us':>8}"
-    if args.baseline:
+            for row, seconds in child(root, args).items():
+                best[name][row] = min(seconds, best[name].get(row, float("inf")))
+    return best
+
+
+def printBest(best: dict[str, dict[Any, float]], rows: Iterable[Any], baseline: str | None,
+              label: str, align: str, digits: int) -> None:
+    """Print L{bestOfRounds}' figures in microseconds, with before/ours when there is a baseline."""
+    header = f"{label:{align}}  {'ours us':>8}"
+    if baseline:
         header += f"  {'before us':>9}  {'before/ours':>11}"
     print(header)
-    for depth in args.depth:
-        line = f"{depth:>6}  {best['ours'][depth] * 1e6:8.3f}"
-        if args.baseline:
-            before = best["before"][depth]
-            line += f"  {before * 1e6:9.3f}  {before / best['ours'][depth]:11.3f}"
+    for row in rows:
+        line = f"{row:{align}}  {best['ours'][row] * 1e6:8.{digits}f}"
+        if baseline:
+            before = best["before"][row]
+            line += f"  {before * 1e6:9.{digits}f}  {before / best['ours'][row]:11.3f}"
         print(line)
 
 

@@ -188,17 +188,26 @@ def simpleRequest(match: "re.Match[bytes]") -> Request | None:
     are not UTF-8 (L{parseHead} reports that).
     """
     command, args, sequence = match.groups()
-    if args is not None:
-        try:
-            words = tuple(args.decode().split(" "))
-        except UnicodeDecodeError:
-            return None
-    else:
-        words = ()
+    words = _argWords(args)
+    if words is None:
+        return None
     name = _commandName(command)
     # The Sequence matched [\x21-\x7e]: decoding as UTF-8 (the default,
     # the fastest) gives the same text as ASCII.
     return Request(name, words, _NO_HEADERS, sequence.decode())
+
+
+def _argWords(args: bytes | None) -> tuple[str, ...] | None:
+    """
+    The words of a matched head's arguments (none for C{None}), or
+    C{None} when they are not UTF-8 (L{parseHead} says why).
+    """
+    if args is None:
+        return ()
+    try:
+        return tuple(args.decode().split(" "))
+    except UnicodeDecodeError:
+        return None
 
 
 def _commandName(command: bytes) -> str:
@@ -448,13 +457,9 @@ class RequestParser:
         end = stop + size
         if stop - pos > self._maxHead or size > self._maxBody or end > len(buf):
             return None
-        if args is None:
-            words: tuple[str, ...] = ()
-        else:
-            try:
-                words = tuple(args.decode().split(" "))
-            except UnicodeDecodeError:
-                return None  # parseHead says why
+        words = _argWords(args)
+        if words is None:
+            return None  # parseHead says why
         self._pos = end
         return Request(
             _commandName(command), words, _NO_HEADERS, sequence.decode(), size, None, None,
@@ -480,13 +485,9 @@ class RequestParser:
         header = name.decode().lower()
         if header in _SPECIAL_HEADERS:
             return None
-        if args is None:
-            words: tuple[str, ...] = ()
-        else:
-            try:
-                words = tuple(args.decode().split(" "))
-            except UnicodeDecodeError:
-                return None  # parseHead says why
+        words = _argWords(args)
+        if words is None:
+            return None  # parseHead says why
         self._pos = stop
         return Request(
             _commandName(command), words, {header: value.decode()}, sequence.decode(),

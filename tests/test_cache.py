@@ -23,6 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from proto.commands import documents
 from proto.commands.base import CommandError, Result
 from proto.commands.include import IncludeWalk, parseInclude
+from proto.memo import BoundedMemo
 from proto.store import sqlite_reads
 from proto.store.base import Document, InvalidIdError, checkId
 from proto.store import cache
@@ -383,14 +384,13 @@ class ReplyAssemblyTests(SynchronousTestCase):
     def test_parsedBody(self) -> None:
         from proto.commands import include
 
-        self.patch(include, "_parsed", {})
-        self.patch(include, "_parsedBytes", 0)
-        self.patch(include, "PARSED_MAX_BYTES", 100)
+        self.patch(include, "_parsed", BoundedMemo(100, include.PARSED_MAX_BODY))
         bodies = [json.dumps({"n": n, "pad": "x" * 30}).encode() for n in range(5)]
         for body in bodies * 2:
             self.assertEqual(include.parsedBody(body), json.loads(body))
-        self.assertLessEqual(include._parsedBytes, 100)
-        self.assertLessEqual(sum(map(len, include._parsed)), 100)
+        self.assertLessEqual(include._parsed.size, 100)
+        self.assertLessEqual(sum(map(len, include._parsed.entries)), 100)
+        self.assertTrue(include._parsed.entries)
 
 
 class SnapshotMemoTests(_Stores):
@@ -447,12 +447,12 @@ class SnapshotMemoTests(_Stores):
         self.assertEqual(len(calls), 3)
 
     def test_bounds(self) -> None:
+        self.patch(cache, "SNAPSHOT_MEMO_ENTRIES", 3)
         memo = cache.SnapshotMemo()
         memo.clear(1)
         big = Document("b", 1, b"x" * (cache.SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES + 1))
         memo.put(("b",), sqlite_reads.Snapshot([big], [], 1))
         self.assertIsNone(memo.get(("b",)))
-        self.patch(cache, "SNAPSHOT_MEMO_ENTRIES", 3)
         for n in range(5):
             memo.put((f"k{n}",), sqlite_reads.Snapshot([None], [], 1))
         self.assertLessEqual(len(memo.entries), 3)

@@ -79,6 +79,7 @@ from proto.commands.base import (
     trap,
 )
 from proto.commands.include import IncludeWalk, parseInclude
+from proto.memo import BoundedMemo
 from proto.permissions import ANY, READ, WRITE
 from proto.store.base import (
     ConflictError,
@@ -136,35 +137,27 @@ def encodeGetReply(
 _MISSING_ONE = b'{"Results": [null], "Includes": {}}'
 
 
-#: Replies of recent snapshots, by the snapshot's identity: a store may
-#: give the same snapshot again for the same read while nothing is
-#: committed (L{proto.store.cache.SnapshotMemo}), and then the
-#: reply is not encoded again. Each entry keeps its snapshot, so an
-#: identity is never reused while it is here.
-_replies: dict[int, tuple[Snapshot, Result]] = {}
-_repliesBytes = 0
-
 #: L{_replies} keeps at most this many bytes of reply bodies...
 REPLY_MEMO_BYTES = 8 * 1024 * 1024
 
 #: ...and no body bigger than this.
 REPLY_MEMO_MAX_BODY = 64 * 1024
 
+#: Replies of recent snapshots, by the snapshot's identity: a store may
+#: give the same snapshot again for the same read while nothing is
+#: committed (L{proto.store.cache.SnapshotMemo}), and then the
+#: reply is not encoded again. Each entry keeps its snapshot, so an
+#: identity is never reused while it is here.
+_replies: BoundedMemo[int, tuple[Snapshot, Result]] = BoundedMemo(REPLY_MEMO_BYTES, REPLY_MEMO_MAX_BODY)
+
 
 def _getResult(snapshot: Snapshot) -> Result:
     """L{_encodeResult}, remembered for recent snapshots (see L{_replies})."""
-    global _repliesBytes
-    remembered = _replies.get(id(snapshot))
+    remembered = _replies.entries.get(id(snapshot))
     if remembered is not None and remembered[0] is snapshot:
         return remembered[1]
     result = _encodeResult(snapshot)
-    size = len(result.body)
-    if size <= REPLY_MEMO_MAX_BODY:
-        if _repliesBytes + size > REPLY_MEMO_BYTES:
-            _replies.clear()
-            _repliesBytes = 0
-        _replies[id(snapshot)] = (snapshot, result)
-        _repliesBytes += size
+    _replies.put(id(snapshot), (snapshot, result), len(result.body))
     return result
 
 

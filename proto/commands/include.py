@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterator
 
 from proto.commands.base import CommandError
 from proto.store.base import Document, idKey
+from proto.memo import BoundedMemo
 
 #: The most distinct ids one GET's Include may name.
 MAX_INCLUDED = 10_000
@@ -130,8 +131,7 @@ def includedIds(results: list[Document | None], paths: list[tuple[str, ...]]) ->
 PARSED_MAX_BYTES = 4 * 1024 * 1024
 PARSED_MAX_BODY = 64 * 1024
 
-_parsed: dict[bytes, Any] = {}
-_parsedBytes = 0
+_parsed: BoundedMemo[bytes, Any] = BoundedMemo(PARSED_MAX_BYTES, PARSED_MAX_BODY)
 
 
 def parsedBody(body: bytes) -> Any:
@@ -142,18 +142,11 @@ def parsedBody(body: bytes) -> Any:
     so it never returns the parse of another text; the walk only reads
     what it returns.
     """
-    global _parsedBytes
-    parsed = _parsed.get(body)
+    parsed = _parsed.entries.get(body)
     if parsed is not None:
         return parsed
     parsed = json.loads(body)
-    size = len(body)
-    if size <= PARSED_MAX_BODY:
-        if _parsedBytes + size > PARSED_MAX_BYTES:
-            _parsed.clear()
-            _parsedBytes = 0
-        _parsed[body] = parsed
-        _parsedBytes += size
+    _parsed.put(body, parsed, len(body))
     return parsed
 
 
@@ -167,8 +160,9 @@ WALKED_MAX_STEPS = 256
 
 #: What the walk of a body along some paths gave: the candidate ids
 #: (each once, in order) and the steps it took; C{None}: too long to keep.
-_walked: dict[tuple[bytes, tuple[tuple[str, ...], ...]], tuple[tuple[str, ...], int] | None] = {}
-_walkedBytes = 0
+_walked: BoundedMemo[tuple[bytes, tuple[tuple[str, ...], ...]], tuple[tuple[str, ...], int] | None] = (
+    BoundedMemo(WALKED_MAX_BYTES, PARSED_MAX_BODY)
+)
 
 
 class _TooLong(Exception):
@@ -224,10 +218,9 @@ def _walkedIds(
     as they are taken. Keyed by the body's text and the paths alone, so
     it never gives the walk of another text.
     """
-    global _walkedBytes
     key = (body, paths)
     try:
-        return _walked[key]
+        return _walked.entries[key]
     except KeyError:
         pass
     budget = _ShortBudget()
@@ -241,12 +234,7 @@ def _walkedIds(
         walked: tuple[tuple[str, ...], int] | None = (tuple(found), budget.steps)
     except _TooLong:
         walked = None
-    size = len(body)
-    if _walkedBytes + size > WALKED_MAX_BYTES:
-        _walked.clear()
-        _walkedBytes = 0
-    _walked[key] = walked
-    _walkedBytes += size
+    _walked.put(key, walked, len(body))
     return walked
 
 

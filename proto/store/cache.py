@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
+from proto.memo import BoundedMemo
 from proto.store.base import Document, Snapshot
 
 #: The most entries (documents and known-missing ids) kept.
@@ -169,17 +170,23 @@ class SnapshotMemo:
     A snapshot given out here is shared: readers must not change it.
     """
 
-    __slots__ = ("etag", "entries", "size")
+    __slots__ = ("etag", "_memo")
 
     def __init__(self) -> None:
         self.etag = -1
-        self.entries: dict[Any, Snapshot] = {}
-        #: Bytes of the documents of the snapshots kept.
-        self.size = 0
+        #: The snapshots, bounded by the bytes of their documents. (These
+        #: are mostly the cache's own, but one the cache drops stays alive
+        #: here until the memo lets go of it: hence the byte bound.)
+        self._memo: BoundedMemo[Any, Snapshot] = BoundedMemo(
+            SNAPSHOT_MEMO_BYTES, SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES, SNAPSHOT_MEMO_ENTRIES
+        )
+
+    @property
+    def entries(self) -> dict[Any, Snapshot]:
+        return self._memo.entries
 
     def clear(self, etag: int) -> None:
-        self.entries.clear()
-        self.size = 0
+        self._memo.clear()
         self.etag = etag
 
     @staticmethod
@@ -193,26 +200,13 @@ class SnapshotMemo:
         return (tuple(keys), walkKey)
 
     def get(self, key: Any) -> Snapshot | None:
-        return self.entries.get(key)
+        return self._memo.entries.get(key)
 
     def put(self, key: Any, snapshot: Snapshot) -> None:
-        """
-        Keep C{snapshot}, unless its documents are more than
-        L{SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES}; a full memo starts again
-        empty. (The documents are mostly the cache's own, but one the
-        cache drops stays alive here until the memo lets go of it: hence
-        the byte bound.)
-        """
+        """Keep C{snapshot}, unless its documents are more than L{SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES}."""
         size = sum([len(doc.body) for doc in snapshot.results if doc is not None])
         size += sum([len(doc.body) for doc in snapshot.includes])
-        if size > SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES:
-            return
-        entries = self.entries
-        if len(entries) >= SNAPSHOT_MEMO_ENTRIES or self.size + size > SNAPSHOT_MEMO_BYTES:
-            entries.clear()
-            self.size = 0
-        entries[key] = snapshot
-        self.size += size
+        self._memo.put(key, snapshot, size)
 
 
 #: The most snapshots L{SnapshotMemo} keeps...
