@@ -1,7 +1,8 @@
 """
 A memo bounded by the bytes it stands for (issue 13).
 
-Several read paths remember what they computed from a document's bytes,
+Several read paths remember what they computed from a document's bytes
+(or an Include header's text),
 so that the same read is not done twice: the parse of a body and its
 Include walk (L{proto.commands.include}), GET's encoded reply
 (L{proto.commands.documents}), a whole snapshot read from the cache

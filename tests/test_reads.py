@@ -129,7 +129,7 @@ class IncludeWalkTests(SynchronousTestCase):
             self.assertRaises(CommandError, parseInclude, "A,,B")
         for n in range(include.INCLUDE_MEMO_ENTRIES * 2):
             self.assertEqual(parseInclude(f"F{n}"), [(f"F{n}",)])
-        self.assertLessEqual(len(include._includeMemo), include.INCLUDE_MEMO_ENTRIES)
+        self.assertLessEqual(len(include._includeMemo.entries), include.INCLUDE_MEMO_ENTRIES)
 
     def test_ticks(self) -> None:
         """The walk yields None every TICK steps, for the store's cancellation check."""

@@ -56,7 +56,9 @@ TICK = 256
 INCLUDE_MEMO_ENTRIES = 256
 INCLUDE_MEMO_MAX_LENGTH = 256
 
-_includeMemo: dict[str, list[tuple[str, ...]]] = {}
+_includeMemo: BoundedMemo[str, list[tuple[str, ...]]] = BoundedMemo(
+    INCLUDE_MEMO_ENTRIES * INCLUDE_MEMO_MAX_LENGTH, INCLUDE_MEMO_MAX_LENGTH, INCLUDE_MEMO_ENTRIES
+)
 
 
 def parseInclude(value: str | None) -> list[tuple[str, ...]]:
@@ -73,13 +75,10 @@ def parseInclude(value: str | None) -> list[tuple[str, ...]]:
     """
     if value is None:
         return []
-    paths = _includeMemo.get(value)
+    paths = _includeMemo.entries.get(value)
     if paths is None:
         paths = _parseInclude(value)
-        if len(value) <= INCLUDE_MEMO_MAX_LENGTH:
-            if len(_includeMemo) >= INCLUDE_MEMO_ENTRIES:
-                _includeMemo.clear()
-            _includeMemo[value] = paths
+        _includeMemo.put(value, paths, len(value))
     return paths
 
 

@@ -282,16 +282,18 @@ class WriteSession:
             if type(work) is PutWork:
                 run.append(work)
                 continue
-            if run:
-                outcomes += self.putMany(run)
-                run = []
+            self._runPuts(run, outcomes)
+            run = []
             outcomes.append(attempt(work, self))
-        if run:
-            outcomes += self.putMany(run) if len(run) > 1 else [attempt(run[0], self)]
+        self._runPuts(run, outcomes)
         return outcomes
 
-    def _attempt(self, work: Callable[["WriteSession"], Any]) -> Any:
-        return attempt(work, self)
+    def _runPuts(self, run: list[PutWork], outcomes: list[Any]) -> None:
+        """A run of PUTs' outcomes onto C{outcomes}: L{putMany}, or L{put} for one alone."""
+        if len(run) > 1:
+            outcomes += self.putMany(run)
+        elif run:
+            outcomes.append(attempt(run[0], self))
 
     # -- operations (inside a transaction) ----------------------------------
 
