@@ -118,15 +118,15 @@ class DispatcherTests(unittest.TestCase):
 
     def test_chunkReplies(self):
         """
-        Inside a chunk, a bytes result joins the chunk's replies (the host
-        writes them at once), encoded as wire.encodeReply would.
+        Inside a chunk, a bytes result goes to the host's _write (which
+        holds it for the chunk's one write) encoded as wire.encodeReply
+        would, tallied for the chunk's latency instead of timed now.
         """
         self.host._immediate = {}
-        self.host._replies = chunk = []
         self.send(req("ECHO", "a", "b", sequence="1"), req("ECHO", sequence="x.2"))
-        self.assertEqual(self.host.written, [])
-        self.assertEqual(chunk, [wire.encodeReply("1", b"a b"), wire.encodeReply("x.2")])
+        self.assertEqual(self.host.written, [wire.encodeReply("1", b"a b"), wire.encodeReply("x.2")])
         self.assertEqual(self.host._immediate, {self.host.stats.commands["ECHO"]: 2})
+        self.assertEqual(self.host.stats.commands["ECHO"].latency.count, 0)
 
     def test_unknown(self):
         self.assertEqual(
