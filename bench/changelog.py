@@ -249,11 +249,7 @@ def fanOut(server: run.Server, dataDir: str, bodyFile: str, watchers: int, a,
         assert ready.get("event") == "admitted", ready
         time.sleep(0.5)  # the WATCH replies
         if profile:
-            spy = subprocess.Popen(
-                [os.path.join(os.path.dirname(sys.executable), "py-spy"), "record", "--nonblocking",
-                 "-r", "200", "-d", str(int(a.seconds) + 1), "-f", "raw", "-o", profile,
-                 "-p", str(server.proc.pid)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            spy = run.pySpy(server.proc.pid, a.seconds + 1, profile, 200)
         cpu0, t0 = processCpu(child.pid), time.monotonic()
         result = putRate(server, dataDir, bodyFile, 50, a)
         result["reader_cpu"] = (processCpu(child.pid) - cpu0) / (time.monotonic() - t0)

@@ -140,6 +140,20 @@ def pin(pid: int, cpu: int, enabled: bool) -> None:
             pass
 
 
+def pySpy(pid: int, seconds: float, output: str, rate: int, *extra: str) -> subprocess.Popen:
+    """
+    py-spy recording process C{pid} for C{seconds} into C{output} (raw,
+    folded stacks), without pausing it; wait() for it before reading.
+    The py-spy of this venv if it has one (pip install py-spy), else PATH's.
+    """
+    here = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    return subprocess.Popen(
+        [here if os.path.exists(here) else "py-spy", "record", "--nonblocking", "--format", "raw",
+         "--rate", str(rate), "--duration", str(int(seconds)), "--output", output, "--pid", str(pid), *extra],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
 class Server:
     """One server process under test."""
 

@@ -15,9 +15,10 @@ CPU per PUT (its user+sys over the row / PUTs), voluntary + involuntary
 context switches per PUT summed over every thread of the server
 (/proc/PID/task/*/status), and the mean group-commit batch.
 
-With --profile DIR, py-spy records this checkout's server during its
-50-client runs (DIR/put50.txt, collapsed stacks); the run's figures are
-then not comparable with the baseline's.
+With --profile DIR, py-spy records this checkout's server during each of
+its runs (DIR/putCLIENTS-REPEAT.txt, raw collapsed stacks: put50-0.txt is
+the first 50-client run); the run's figures are then not comparable with
+the baseline's.
 
 The references (Redis, PostgreSQL) are in bench/run.py --store.
 """
@@ -75,11 +76,7 @@ def measure(server: run.Server, dataDir: str, args: list[str], pinning: bool,
     pid = server.proc.pid
     spy = None
     if profile:
-        spy = subprocess.Popen(
-            [os.path.join(os.path.dirname(sys.executable), "py-spy") if os.path.exists(os.path.join(os.path.dirname(sys.executable), "py-spy")) else "py-spy", "record", "--pid", str(pid), "--threads", "--format", "raw",
-             "--rate", "500", "--duration", str(int(seconds) + 2), "--output", profile, "--nonblocking"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
+        spy = run.pySpy(pid, seconds + 2, profile, 500, "--threads")
     switches0 = contextSwitches(pid)
     r = run.runLoadgen(server, dataDir, args, pinning, seconds + 90)
     switches1 = contextSwitches(pid)
