@@ -4,7 +4,7 @@ kept from holding up the others (issue 12, item 1).
 
 Routes
 ======
-A read (L{ReadPath.read}) goes, in this order of preference:
+A read (L{ReadPath.readNow}) goes, in this order of preference:
 
   1. B{behind the unfinished writes} (read-your-writes, so a client may
      pipeline PUT then GET, and a GET then DELETE): while any write is
@@ -63,7 +63,7 @@ import struct
 import time
 from typing import Any, Callable, Iterable, Sequence
 
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
 
 from proto.store import sqlite_read
@@ -504,13 +504,6 @@ class ReadPath:
                 if found is not None:
                     return found
         return self._submit(keys, references)
-
-    def read(self, keys: list[str], references: References | None) -> Deferred[Snapshot]:
-        try:
-            found = self.readNow(keys, references)
-        except Exception:
-            return fail()
-        return found if isinstance(found, Deferred) else succeed(found)
 
     def _submit(self, keys: list[str], references: References | None) -> Deferred[Snapshot]:
         """Run the read on a thread: behind unfinished writes, or a reader's."""
