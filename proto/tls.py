@@ -159,11 +159,6 @@ class ServerTLS:
         return SSL.Connection(self._context, None)
 
 
-def sessionReused(transport) -> bool:
-    """Did this TLS connection resume a session (a ticket) instead of a full handshake?"""
-    return bool(lib.SSL_session_reused(transport.getHandle()._ssl))
-
-
 _SHA256 = lib.EVP_get_digestbyname(b"sha256")
 
 
