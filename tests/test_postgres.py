@@ -10,15 +10,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import tempfile
 import time
+import urllib.error
+import urllib.request
 
 from twisted.internet.defer import inlineCallbacks
 from twisted.trial import unittest
 
-from proto.store import postgres_schema
+from proto import certs, datadir
+from proto.store import grants, postgres_schema
+from proto.store.grants import GrantRow
 from proto.store.base import StoreError
 from tests.pgsupport import PostgresCluster, sharedCluster
-from tests.support import BlockingConnection, request, startTwistd
+from tests.support import BlockingConnection, freePort, mintedContext, request, startTwistd
 
 
 def connect(server) -> BlockingConnection:
@@ -147,23 +153,115 @@ class OutageTests(unittest.TestCase):
 
 
 class UnreachableAtStartTests(unittest.TestCase):
-    """A database that is down when the server starts: a clear ERR, not an internal error."""
+    """
+    A database that is down when the server starts: clear ERRs (and a
+    failing /healthz) while the server keeps trying to open the store,
+    then everything works once the database is up, without a restart.
+    """
 
-    def test_clearError(self):
-        missing = os.path.abspath(self.mktemp())  # no PostgreSQL socket there
+    def test_opensOnceTheDatabaseIsUp(self):
+        import psycopg
+
+        cluster = PostgresCluster()
+        self.addCleanup(cluster.destroy)
+        cluster.start()
+        conninfo = cluster.createDatabase()
+        # An approval kept in the database (made through another server,
+        # say) before this server starts: it admits once the store opens,
+        # never before (the allow-list file admits meanwhile).
+        approved = certs.mint("approved elsewhere")
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            postgres_schema.upgrade(connection, "test")
+            with connection.transaction():
+                grants.put(connection, GrantRow(
+                    certs.sha1Thumbprint(approved.certificate), None, "elsewhere", "read",
+                    None, "approved", None, time.time(),
+                ), False, grants.POSTGRES)
+        cluster.stop()
+
+        web = freePort()
+        server = startTwistd(os.path.abspath(self.mktemp()), extraArgs=[
+            "--store", f"postgresql:{conninfo}", "--metrics", f"tcp:{web}:interface=127.0.0.1",
+        ])
+        self.addCleanup(server.stop)
+        approvedContext = mintedContext(approved, self.mktemp(),
+                                        server.dataDir.file(datadir.SERVER_CERT))
+        conn = client(self, server)
+        for command in (("PUT", "f/1"), ("GET", "f/1"), ("WATCH", "f/")):
+            reply = call(conn, *command, body=b"{}" if command[0] == "PUT" else None)
+            self.assertEqual(reply.kind, "ERR", reply)
+            self.assertIn("Store unavailable: the document store is not open yet: PostgreSQL at",
+                          reply.reason)
+            self.assertTrue(reply.reason.endswith("(retrying)"), reply.reason)
+        self.assertEqual(healthz(web), (503, "(retrying)"))
+        refused = BlockingConnection(server.port, approvedContext, timeout=20)
+        greeting = refused.next()
+        refused.close()
+        self.assertFalse(greeting.ok, greeting)
+        self.assertIn("not on the allow-list", greeting.reason)
+
+        cluster.start()
+        deadline = time.monotonic() + 20
+        while True:
+            reply = call(conn, "PUT", "f/1", body=b'{"n": 1}')
+            if reply.kind == "OK" or time.monotonic() > deadline:
+                break
+            self.assertIn("(retrying)", reply.reason)
+            time.sleep(0.2)
+        self.assertEqual(reply.kind, "OK", reply)
+        self.assertEqual(json.loads(reply.body), {"Id": "f/1", "Etag": 1})
+        self.assertEqual(call(conn, "GET", "f/1").body, b'{"Results": [{"n": 1}], "Includes": {}}')
+        watcher = client(self, server)
+        self.assertEqual(call(watcher, "WATCH", "f/", sequence="w").kind, "OK")
+        self.assertEqual(call(conn, "PUT", "f/2", body=b"{}").kind, "OK")
+        self.assertEqual(nextPush(watcher), {"Id": "f/2", "Type": "Put", "Etag": 2})
+        self.assertEqual(healthz(web), (200, "serving"))
+        # The approval is read within the grants poll (a second).
+        deadline = time.monotonic() + 10
+        while True:
+            admitted = BlockingConnection(server.port, approvedContext, timeout=20)
+            greeting = admitted.next()
+            admitted.close()
+            if greeting.ok or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        self.assertTrue(greeting.ok, greeting)
+        log = server.log()
+        self.assertIn("cannot open it (attempt 1)", log)
+        self.assertIn("Document store <PostgresStore", log)
+        self.assertNotIn("Traceback", log)
+
+    def test_stopsQuicklyWhileRetrying(self):
+        """SIGTERM while the store is still trying to open: a quick, clean exit."""
+        missing = tempfile.mkdtemp(prefix="proto-nopg-")  # no PostgreSQL socket there
+        self.addCleanup(os.rmdir, missing)
         server = startTwistd(os.path.abspath(self.mktemp()),
                              extraArgs=["--store", f"postgresql:host={missing} dbname=proto"])
         self.addCleanup(server.stop)
-        conn = client(self, server)
-        for command in (("PUT", "f/1"), ("GET", "f/1")):
-            reply = call(conn, *command, body=b"{}" if command[0] == "PUT" else None)
-            self.assertEqual(reply.kind, "ERR", reply)
-            self.assertIn("Store unavailable: the document store could not be opened at start",
-                          reply.reason)
-            self.assertIn("restart the server", reply.reason)
+        conn = connect(server)
+        conn.pushes = []
+        reply = call(conn, "GET", "f/1")
+        self.assertIn("No such file or directory", reply.reason)
+        self.assertIn("(retrying)", reply.reason)
+        conn.close()  # (an open connection is drained: up to --drain-timeout)
+        started = time.monotonic()
+        server.process.terminate()
+        server.process.wait(20)
+        self.assertLess(time.monotonic() - started, 5)
+        self.assertIn(server.process.returncode, (0, -signal.SIGTERM), server.log())
         log = server.log()
-        self.assertIn("Cannot open the document store", log)
-        self.assertNotIn("Command PUT from", log)  # (how an internal error is logged)
+        self.assertIn("Server Shut Down", log)
+        self.assertNotIn("Traceback", log)
+        self.assertNotIn("Cannot open the document store", log)
+
+
+def healthz(port: int) -> tuple[int, str]:
+    """C{/healthz}'s status and the last word of its first line."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as reply:
+            return reply.status, reply.read().decode().split()[-1]
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode().split()[-1]
 
 
 class ListenerTests(unittest.TestCase):

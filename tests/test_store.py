@@ -12,7 +12,7 @@ import threading
 from unittest import mock
 
 from twisted.application.service import MultiService
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -772,12 +772,19 @@ class PostgresBackend:
         return None if row is None else row[0]
 
     def unopenableStore(self):
+        """
+        A store that cannot open for good: its schema is from a newer
+        release. (A database that cannot be reached is retried:
+        L{PostgresLifecycleTests.test_retriesUntilTheDatabaseExists}.)
+        """
         import psycopg
 
         from proto.store.postgres import PostgresStore
 
-        missing = self.cluster.conninfo("no_such_database")
-        return PostgresStore(missing), psycopg.OperationalError
+        with psycopg.connect(self.conninfo, autocommit=True) as connection:
+            connection.execute("CREATE TABLE proto_schema (version integer NOT NULL)")
+            connection.execute("INSERT INTO proto_schema VALUES (99)")
+        return PostgresStore(self.conninfo), StoreError
 
 
 class PostgresStoreTests(PostgresBackend, SQLiteStoreTests):
@@ -809,3 +816,72 @@ class PostgresCancellationTests(PostgresBackend, CancellationTests):
 
 class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
     """L{LifecycleTests} on PostgreSQL."""
+
+    @inlineCallbacks
+    def test_retriesUntilTheDatabaseExists(self):
+        """
+        A database that cannot be opened yet (here: it does not exist yet)
+        is tried again and again: operations fail at once meanwhile with
+        the reason and "(retrying)", and work once it exists, without a
+        new start. WATCH's start (the publisher's etag) is the database's.
+        """
+        import psycopg
+
+        from proto.store.postgres import PostgresStore
+
+        name = f"later_{os.getpid()}_{id(self)}"
+        hub = ChangeHub()
+        store = PostgresStore(self.cluster.conninfo(name), hub=hub, retryPolicy=lambda n: 0.05)
+        self.addCleanup(store.close)
+        queued = store.put("a", b"{}")
+        started = store.start()
+        error = yield self.assertFailure(queued, StoreNotOpenedError)
+        self.assertIsInstance(error, StoreUnavailableError)
+        self.assertIn("the document store is not open yet: PostgreSQL at", str(error))
+        self.assertIn(f'database "{name}" does not exist', str(error))
+        self.assertTrue(str(error).endswith("(retrying)"), str(error))
+        self.assertNotIn("restart", str(error))
+        # While it retries, every operation fails at once, the same way.
+        for _ in range(3):
+            for d in (store.put("b", b"{}"), store.get(["b"]), store.currentEtag()):
+                error = yield self.assertFailure(d, StoreNotOpenedError)
+                self.assertIn("(retrying)", str(error))
+            yield deferLater(reactor, 0.06, lambda: None)
+        self.assertFalse(started.called)
+        self.assertGreaterEqual(store.opening.attempts, 3)
+
+        with psycopg.connect(self.cluster.conninfo(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        self.addCleanup(self.dropDatabase, name)
+        yield started
+        self.assertTrue(store.opened)
+        seen = []
+        hub.subscribe("", seen.append)
+        self.assertEqual((yield store.currentEtag()), 0)
+        self.assertEqual((yield store.put("a", b'{"x": 1}')).etag, 1)
+        self.assertEqual((yield store.get(["a"])), [Document("a", 1, b'{"x": 1}')])
+        self.assertEqual([c.etag for c in seen], [1])
+
+    def dropDatabase(self, name):
+        import psycopg
+
+        with psycopg.connect(self.cluster.conninfo(), autocommit=True) as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    @inlineCallbacks
+    def test_closeWhileRetrying(self):
+        """Closing a store that is still trying to open stops it trying, at once."""
+        from proto.store.postgres import PostgresStore
+
+        store = PostgresStore(self.cluster.conninfo("never_created"), retryPolicy=lambda n: 0.05)
+        started = store.start()
+        yield deferLater(reactor, 0.2, lambda: None)
+        attempts = store.opening.attempts
+        self.assertGreaterEqual(attempts, 2)
+        yield store.close()
+        yield self.assertFailure(started, StoreClosedError)
+        yield deferLater(reactor, 0.2, lambda: None)
+        self.assertEqual(store.opening.attempts, attempts)
+        self.assertFalse(store.opening.waiting)
+        error = yield self.assertFailure(store.get(["a"]), StoreClosedError)
+        self.assertNotIn("(retrying)", str(error))

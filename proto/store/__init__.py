@@ -13,8 +13,9 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
-from proto.store.base import IDocumentStore
+from proto.store.base import IDocumentStore, StoreClosedError
 from proto.store.sqlite import DEFAULT_FILE_NAME, SQLiteStore
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES
 
@@ -98,18 +99,26 @@ class StoreService(Service):
 
     def startService(self) -> None:
         super().startService()
-        # Requests that come before the store is open wait for it; if it
-        # cannot be opened, they fail (and the reason is logged here). Once
-        # it is open, the log says so: from then on a database that goes
-        # away is an outage the store recovers from, not a failed start.
+        # Requests that come before the store is open wait for it (or, once
+        # an attempt to open failed, fail with the reason). A PostgreSQL
+        # store keeps trying while its database cannot be reached
+        # (proto.store.reopen logs that); SQLite tries once: a file that
+        # cannot be opened is a configuration error, which a restart after
+        # the fix answers. Once it is open, the log says so: from then on a
+        # database that goes away is an outage the store recovers from.
         self.store.start().addCallbacks(
             lambda _: self._log.info("Document store {store!r} is open", store=self.store),
-            lambda failure: self._log.failure(
-                "Cannot open the document store {store!r}; document commands "
-                "will fail",
-                failure,
-                store=self.store,
-            ),
+            self._startFailed,
+        )
+
+    def _startFailed(self, failure: Failure) -> None:
+        if not self.running and failure.check(StoreClosedError):
+            return  # Stopped while it was still trying to open: nothing failed.
+        self._log.failure(
+            "Cannot open the document store {store!r}; document commands "
+            "will fail until the server is restarted",
+            failure,
+            store=self.store,
         )
 
     def stopService(self) -> Deferred[None]:

@@ -69,12 +69,14 @@ class StoreUnavailableError(StoreError):
 
 class StoreNotOpenedError(StoreClosedError, StoreUnavailableError):
     """
-    The store could not be opened at start (a database that was down, a
-    file that cannot be opened): it is closed, and unlike an outage of an
-    open store it does not recover by itself. Every operation fails with
-    this, its message (one line, for the client) says why and that the
-    server must be restarted, so a client gets C{ERR Store unavailable:
-    ...} rather than an internal error.
+    The store is not open: it could not be opened at start. A PostgreSQL
+    store whose database cannot be reached keeps trying (its message ends
+    C{(retrying)}, L{proto.store.reopen}) and works once it opens; an
+    SQLite file that cannot be opened, or a PostgreSQL schema from a newer
+    release, leaves the store closed, and the message says that the server
+    must be restarted once that is fixed. Either way every operation fails
+    with this at once, its message one line for the client, so a client
+    gets C{ERR Store unavailable: ...} rather than an internal error.
     """
 
 

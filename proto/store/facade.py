@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from proto.store.base import ChangePage, Document, Snapshot, Version, checkId, idKey
+from proto.store.reopen import firstLine
 from proto.store.sqlite_publisher import Publisher
 
 if TYPE_CHECKING:
@@ -113,16 +114,27 @@ class StoreFacade:
         return self._publisher.etag if self._publisher is not None else 0
 
     def _startFailed(self, failure: Failure) -> Failure:
-        # Operations (queued or later) fail with the reason, in words for
-        # the client (ERR Store unavailable: ...), not as closed workers.
-        reason = str(failure.value).strip().splitlines()[:1] or [failure.type.__name__]
-        for worker in self._workers():
-            worker.notOpened = (
-                f"the document store could not be opened at start ({reason[0]}); "
-                "restart the server once that is fixed"
-            )
+        """The one attempt to open failed (SQLite): close, and say so to every operation."""
+        self._notOpened(firstLine(failure), retrying=False)
         self.close()
         return failure
+
+    def _notOpened(self, reason: str, retrying: bool) -> None:
+        """
+        Operations (queued or later) fail with the reason, in words for the
+        client (C{ERR Store unavailable: ...}), not as closed workers: the
+        store retries by itself (C{retrying}: L{proto.store.reopen}), or
+        the server must be restarted once the cause is fixed.
+        """
+        if retrying:
+            message = f"the document store is not open yet: {reason} (retrying)"
+        else:
+            message = (
+                f"the document store could not be opened at start ({reason}); "
+                "restart the server once that is fixed"
+            )
+        for worker in self._workers():
+            worker.notOpened = message
 
     # -- reads -------------------------------------------------------------------
 

@@ -22,7 +22,13 @@ runs on the reactor thread, and not on the reactor's thread pool):
 A database that goes away: operations fail with
 L{proto.store.base.StoreUnavailableError} (the client gets C{ERR} with
 the reason) within seconds, the sessions connect again when it is back,
-and the listener catches up, so a WATCH resumes without a gap.
+and the listener catches up, so a WATCH resumes without a gap. One that
+cannot be reached when the store starts is retried in the background
+(L{proto.store.reopen}: 0.5 s doubling to 5 s, jittered): operations fail
+at once meanwhile (L{proto.store.base.StoreNotOpenedError}, "...
+(retrying)"), and each attempt opens a fresh writer and readers; the
+publisher's start etag is taken at the first writer that opens, and the
+listener starts once every worker is open.
 
 The connection string comes from the command line, but a password should
 not: use libpq's C{PGPASSWORD}, C{PGPASSFILE} or C{~/.pgpass}. Logs show
@@ -33,7 +39,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Sequence
 
-from twisted.internet.defer import Deferred, fail, gatherResults
+from twisted.internet.defer import Deferred, fail, gatherResults, succeed
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto.store import postgres_grants, postgres_schema, postgres_session
@@ -41,12 +48,15 @@ from proto.store.base import (
     Document,
     IDocumentStore,
     Snapshot,
+    StoreClosedError,
     StoreError,
+    StoreUnavailableError,
     checkId,
 )
 from proto.store.grants import IGrantStore
-from proto.store.postgres_session import ReadSession, WriteSession
 from proto.store.facade import StoreFacade
+from proto.store.postgres_session import ReadSession, WriteSession
+from proto.store.reopen import RetryingStart, firstLine
 from proto.store.sqlite_publisher import BellThread, Publisher, handOver
 from proto.store.sqlite_worker import Worker
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES
@@ -161,14 +171,19 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         reactor: Any = None,
         retainChanges: int = DEFAULT_RETAIN_CHANGES,
         readers: int = READERS,
+        retryPolicy: Callable[[int], float] | None = None,
     ) -> None:
         """
         @param conninfo: a libpq connection string or URI.
         @param hub: a L{proto.hub.ChangeHub} told of every committed
             change (of every server sharing the database), or C{None}.
+        @param reactor: for C{callFromThread}, and the clock of the
+            attempts to open (L{start}).
         @param retainChanges: keep at least this many of the newest
             changes in the log (at least 1).
         @param readers: how many reader threads (connections).
+        @param retryPolicy: the delays between attempts to open
+            (L{proto.store.reopen.retryPolicy} by default).
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
@@ -176,21 +191,36 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         super().__init__(hub, retainChanges)
         self.conninfo = conninfo
         self.where = postgres_schema.displayed(conninfo)
+        self._reactor = reactor
+        self._retain = retainChanges
+        self._readerCount = max(1, readers)
         self.listener = (
             Listener(conninfo, self._publisher, reactor) if self._publisher is not None else None
         )
-        self._writer = Worker(
-            "writer", lambda: self._openWriter(retainChanges, self._published), reactor,
-            self._committed,
-        )
-        self._readers = [
-            Worker(f"reader-{n}", lambda: ReadSession(conninfo), reactor)
-            for n in range(max(1, readers))
-        ]
+        self._makeWorkers()
         self._turn = 0
+        self._closed = False
+        #: Every worker is open (and the listener started).
+        self.opened = False
+        self._publisherStarted = False
+        self.opening = RetryingStart(
+            repr(self), self._attempt, self._transient, reactor, retryPolicy
+        )
 
     def __repr__(self) -> str:
         return f"<PostgresStore {self.where!r}>"
+
+    def _makeWorkers(self) -> None:
+        """A writer and readers for an attempt to open (none started yet)."""
+        conninfo = self.conninfo
+        self._writer = Worker(
+            "writer", lambda: self._openWriter(self._retain, self._published), self._reactor,
+            self._committed,
+        )
+        self._readers = [
+            Worker(f"reader-{n}", lambda: ReadSession(conninfo), self._reactor)
+            for n in range(self._readerCount)
+        ]
 
     def _openWriter(self, retain: int, published: Callable[[], int]) -> WriteSession:
         session = WriteSession(self.conninfo, retain, published)
@@ -203,10 +233,39 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         return session
 
     def start(self) -> Deferred[None]:
+        """
+        Open the store; fires once it is open. While the database cannot
+        be reached (or refuses us: L{_transient}), it keeps trying
+        (L{proto.store.reopen}): operations fail at once meanwhile with
+        L{StoreNotOpenedError} saying why and that it is retrying, and
+        work once it is open, without a restart. A failure that will not
+        pass by itself (a schema from a newer release) fails the start:
+        operations then fail with the reason and advice to restart.
+        """
         if self._started:
             return fail(StoreError(f"{self!r} is already started"))
         self._started = True
-        # The writer creates (or upgrades) the schema: the others open after it.
+        if self._closed:
+            return fail(StoreClosedError(f"{self!r} is closed"))
+        return self.opening.start().addCallback(self._opened)
+
+    @staticmethod
+    def _transient(failure: Failure) -> bool:
+        """
+        Whether an attempt to open failed for a reason that may pass: the
+        database unreachable, not there yet, refusing the login or timing
+        out (psycopg's C{OperationalError}). Not: a schema from a newer
+        release, SQL the database rejects (a missing privilege): those
+        need the operator, and the server is restarted after the fix.
+        """
+        import psycopg
+
+        return failure.check(psycopg.OperationalError, StoreUnavailableError) is not None
+
+    def _attempt(self) -> Deferred[None]:
+        """One attempt to open every worker; the writer first (it creates the schema)."""
+        if self.opening.attempts > 1:
+            self._makeWorkers()  # (those of the failed attempt are stopped)
         started = self._writer.start()
         started.addCallback(self._writerOpen)
         started.addCallback(
@@ -214,12 +273,34 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             .addErrback(lambda failure: failure.value.subFailure)
         )
         started.addCallback(lambda _: None)
-        started.addErrback(self._startFailed)
+        started.addErrback(self._attemptFailed)
         return started
 
     def _writerOpen(self, session: WriteSession) -> None:
-        if self._publisher is not None:
+        # Before any batch's result (callFromThread keeps order). Only at
+        # the first attempt that opens the writer: a later attempt must not
+        # move the position past changes a watch of the first may wait for
+        # (the listener catches up from it).
+        if self._publisher is not None and not self._publisherStarted:
+            self._publisherStarted = True
             self._publisher.startAt(session.startEtag)
+
+    def _attemptFailed(self, failure: Failure) -> Deferred[None]:
+        """
+        Fail the work queued for this attempt, and any until the next one,
+        with the reason; stop the workers that did open. Fires (with the
+        failure) once they have stopped.
+        """
+        if not self._closed:
+            self._notOpened(f"PostgreSQL at {self.where}: {firstLine(failure)}",
+                            retrying=self._transient(failure))
+        stopped = gatherResults([worker.stop() for worker in self._workers()])
+        return stopped.addCallback(lambda _: failure)
+
+    def _opened(self, _: Any) -> None:
+        if self._closed:
+            return
+        self.opened = True
         if self.listener is not None:  # (there is one when there is a publisher)
             self.listener.start()
 
@@ -227,9 +308,22 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         return [self._writer, *self._readers]
 
     def close(self) -> Deferred[None]:
+        """
+        Close: the writer commits what is queued first. A store still
+        trying to open stops trying, and does not wait for an attempt in
+        progress (a connection attempt can take C{connect_timeout}): its
+        threads end by themselves, and nothing was written.
+        """
+        self._closed = True
+        if self.opening.failing is not None:
+            for worker in self._workers():
+                worker.notOpened = None  # closed now, no longer "(retrying)"
+        self.opening.stop()
         if self.listener is not None:
             self.listener.stop()
         closing = [self._writer.stop()] + [reader.stop() for reader in self._readers]
+        if not self.opened:
+            return succeed(None)
         return gatherResults(closing).addCallback(lambda _: None)
 
     # -- reads -----------------------------------------------------------------

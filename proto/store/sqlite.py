@@ -161,6 +161,16 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         return f"<SQLiteStore {self.path!r}>"
 
     def start(self) -> Deferred[None]:
+        """
+        Open the file; fires once it is open. One attempt, unlike the
+        PostgreSQL store, which keeps trying while its database cannot be
+        reached (L{proto.store.reopen}): a local file that cannot be opened
+        (a wrong path, permissions, a file that is not a database, a schema
+        from a newer release) is a configuration error that does not pass
+        by itself, and retrying would only hide it. Operations then fail
+        with L{proto.store.base.StoreNotOpenedError}, which says why and
+        that the server must be restarted once that is fixed.
+        """
         if self._started:
             return fail(StoreError(f"{self!r} is already started"))
         self._started = True
