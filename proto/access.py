@@ -239,8 +239,9 @@ class AccessControl:
         if not self._storeFailing:
             self._storeFailing = True
             self.log.error(
-                "Cannot read approvals and enrolments from the store, keeping the "
-                "last ones read: {error}",
+                "Cannot read approvals and enrolments from the store, {kept}: {error}",
+                kept="keeping the last ones read" if self._revision >= 0 else
+                "none read yet: only the allow-list file admits until they are",
                 error=failure.getErrorMessage(),
             )
 

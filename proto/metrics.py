@@ -273,17 +273,33 @@ class HealthResource(resource.Resource):
     """
     C{/healthz}: C{200 serving}; C{503 draining} from the moment a drain
     starts; C{503 store failing: ...} when a small read of the store does
-    not succeed within L{HEALTH_STORE_TIMEOUT} seconds.
+    not succeed within L{HEALTH_STORE_TIMEOUT} seconds (also while a
+    PostgreSQL store is still trying to open: L{proto.store.reopen}), or,
+    in a C{--workers} supervisor, while a worker reports a store not open
+    (C{storeTrouble}). A failing store is logged when it starts failing or
+    its reason changes, and when it answers again: not at every probe.
     """
 
     isLeaf = True
 
-    def __init__(self, factory, store, reactor, draining: Callable[[], bool] | None = None) -> None:
+    def __init__(self, factory, store, reactor, draining: Callable[[], bool] | None = None,
+                 storeTrouble: Callable[[], str | None] | None = None) -> None:
         super().__init__()
         self.factory = factory
         self.store = store
         self.reactor = reactor
         self._draining = draining or (lambda: getattr(factory, "drainingReason", None) is not None)
+        self._storeTrouble = storeTrouble
+        #: The store's failure last logged, C{None} while it answers.
+        self._failing: str | None = None
+
+    def _storeState(self, why: str | None) -> None:
+        """Log a change of the store's health (see the class docstring)."""
+        if why is not None and why != self._failing:
+            log.warn("Health check: the store is failing: {error}", error=why)
+        elif why is None and self._failing is not None:
+            log.info("Health check: the store answers again")
+        self._failing = why
 
     def render_GET(self, request):
         request.setHeader(b"content-type", b"text/plain; charset=utf-8")
@@ -292,6 +308,11 @@ class HealthResource(resource.Resource):
             request.setResponseCode(503)
             return b"draining\n"
         if self.store is None:
+            trouble = self._storeTrouble() if self._storeTrouble is not None else None
+            self._storeState(trouble)
+            if trouble is not None:
+                request.setResponseCode(503)
+                return f"store failing: {trouble}\n".encode("utf-8", "replace")
             return b"serving\n"
         probe = defer.maybeDeferred(self.store.get, ["healthz"])
         probe.addTimeout(HEALTH_STORE_TIMEOUT, self.reactor)
@@ -305,9 +326,10 @@ class HealthResource(resource.Resource):
             elif isinstance(result, Exception) or hasattr(result, "getErrorMessage"):
                 request.setResponseCode(503)
                 why = result.getErrorMessage() if hasattr(result, "getErrorMessage") else str(result)
-                log.warn("Health check: the store is failing: {error}", error=why)
+                self._storeState(why)
                 request.write(f"store failing: {why}\n".encode("utf-8", "replace"))
             else:
+                self._storeState(None)
                 request.write(b"serving\n")
             request.finish()
 
@@ -324,16 +346,18 @@ class QuietSite(server.Site):
 
 def metricsSite(mirror: PrometheusMirror | None, factory, store, reactor,
                 draining: Callable[[], bool] | None = None,
-                multiprocessDir: str | None = None) -> server.Site:
+                multiprocessDir: str | None = None,
+                storeTrouble: Callable[[], str | None] | None = None) -> server.Site:
     root = resource.Resource()
     root.putChild(b"metrics", MetricsResource(scrapeRegistry(mirror, reactor, multiprocessDir)))
-    root.putChild(b"healthz", HealthResource(factory, store, reactor, draining))
+    root.putChild(b"healthz", HealthResource(factory, store, reactor, draining, storeTrouble))
     return QuietSite(root)
 
 
 def metricsService(reactor, description: str, factory=None, store=None,
                    draining: Callable[[], bool] | None = None,
-                   multiprocessDir: str | None = None):
+                   multiprocessDir: str | None = None,
+                   storeTrouble: Callable[[], str | None] | None = None):
     """
     The service that serves C{/metrics} and C{/healthz} on the Twisted
     endpoint C{description} (for example C{tcp:9464:interface=127.0.0.1}).
@@ -345,7 +369,7 @@ def metricsService(reactor, description: str, factory=None, store=None,
     if factory is not None:
         mirror = getattr(factory, "metricsMirror", None) or PrometheusMirror(factory)
         factory.metricsMirror = mirror
-    site = metricsSite(mirror, factory, store, reactor, draining, multiprocessDir)
+    site = metricsSite(mirror, factory, store, reactor, draining, multiprocessDir, storeTrouble)
     listener = internet.StreamServerEndpointService(
         endpoints.serverFromString(reactor, description), site
     )
@@ -367,6 +391,23 @@ def supervisorHealth(supervisor, runDir: str) -> Callable[[], bool]:
         return not snapshots or any(snap.get("Draining") for snap in snapshots)
 
     return draining
+
+
+def supervisorStoreTrouble(runDir: str) -> Callable[[], str | None]:
+    """
+    C{/healthz} of a C{--workers} supervisor: why a worker's store is not
+    open (its snapshot's C{StoreNotOpen}: a PostgreSQL store still trying
+    to open), or C{None} when every worker's is.
+    """
+    from proto.stats import readSnapshots
+
+    def trouble() -> str | None:
+        for snap in readSnapshots(runDir):
+            if snap.get("StoreNotOpen"):
+                return str(snap["StoreNotOpen"])
+        return None
+
+    return trouble
 
 
 #: Every metric family the server exports (dashboards may use these,

@@ -217,6 +217,9 @@ def processSnapshot(factory) -> dict[str, Any]:
         "Started": stats.startedAt,
         "Written": time.time(),
         "Draining": getattr(factory, "drainingReason", None) is not None,
+        # Why the store is not open yet (a PostgreSQL store still trying to
+        # open it: proto.store.reopen), or None: the supervisor's /healthz.
+        "StoreNotOpen": getattr(getattr(factory, "store", None), "notOpenReason", None),
         "Connections": {
             "Open": len(factory.connections),
             "Admitted": len(factory.admitted),

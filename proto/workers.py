@@ -451,11 +451,12 @@ def makeSupervisor(options, count: int) -> service.IService:
     hup.add("the workers (signalled in turn)", monitor.signalAll)
     hup.setServiceParent(supervisor)
     if options["metrics"]:
-        from proto.metrics import metricsService, supervisorHealth
+        from proto.metrics import metricsService, supervisorHealth, supervisorStoreTrouble
 
         metricsService(
             reactor, options["metrics"], multiprocessDir=environment["PROMETHEUS_MULTIPROC_DIR"],
             draining=supervisorHealth(supervisor, runDir),
+            storeTrouble=supervisorStoreTrouble(runDir),
         ).setServiceParent(supervisor)
 
     def workerExited(pid: int) -> None:

@@ -12,6 +12,7 @@ import os
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, endpoints, reactor
+from twisted.logger import capturedLogs
 from twisted.trial import unittest
 from twisted.web.client import Agent, HTTPConnectionPool, readBody
 
@@ -163,9 +164,51 @@ class HealthTests(MetricsTestMixin, unittest.TestCase):
     def test_storeFailing(self):
         yield self.startServer()
         yield self.store.close()
+        with capturedLogs() as events:
+            for _ in range(3):
+                code, body = yield self.get("/healthz")
+                self.assertEqual(code, 503)
+                self.assertIn("store failing", body)
+        # Logged when it starts failing, not at every probe.
+        warned = [e for e in events if "store is failing" in e.get("log_format", "")]
+        self.assertEqual(len(warned), 1)
+
+    @defer.inlineCallbacks
+    def test_supervisorSeesAWorkersStoreNotOpen(self):
+        """
+        A C{--workers} supervisor's /healthz: 503 while a worker's snapshot
+        says its store is not open, 200 once every worker's is.
+        """
+        runDir = self.mktemp()
+        blocker = self.mktemp()
+        with open(blocker, "w"):
+            pass
+        unopened = SQLiteStore(os.path.join(blocker, "docs.sqlite3"))
+        yield self.assertFailure(unopened.start(), OSError)
+        worker = stats.SnapshotWriter(support.makeFactory(reactor, store=unopened), runDir)
+        worker.write()
+        prometheusDir = self.mktemp()
+        os.makedirs(prometheusDir)
+        site = metrics.metricsSite(
+            None, None, None, reactor, draining=lambda: False, multiprocessDir=prometheusDir,
+            storeTrouble=metrics.supervisorStoreTrouble(runDir),
+        )
+        web = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
+        self.addCleanup(web.stopListening)
+        self.webPort = web.getHost().port
+        pool = HTTPConnectionPool(reactor, persistent=False)
+        self.agent = Agent(reactor, pool=pool)
+        self.addCleanup(pool.closeCachedConnections)
         code, body = yield self.get("/healthz")
         self.assertEqual(code, 503)
-        self.assertIn("store failing", body)
+        self.assertIn("store failing: the document store could not be opened at start", body)
+        # The same worker with a store that opened.
+        opened = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"))
+        yield opened.start()
+        self.addCleanup(opened.close)
+        worker.factory = support.makeFactory(reactor, store=opened)
+        worker.write()
+        self.assertEqual((yield self.get("/healthz")), (200, "serving\n"))
 
 
 class MirrorTests(unittest.TestCase):

@@ -849,12 +849,14 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
             yield deferLater(reactor, 0.06, lambda: None)
         self.assertFalse(started.called)
         self.assertGreaterEqual(store.opening.attempts, 3)
+        self.assertIn("(retrying)", store.notOpenReason)
 
         with psycopg.connect(self.cluster.conninfo(), autocommit=True) as connection:
             connection.execute(f'CREATE DATABASE "{name}"')
         self.addCleanup(self.dropDatabase, name)
         yield started
         self.assertTrue(store.opened)
+        self.assertIsNone(store.notOpenReason)
         seen = []
         hub.subscribe("", seen.append)
         self.assertEqual((yield store.currentEtag()), 0)

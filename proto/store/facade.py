@@ -81,6 +81,12 @@ class StoreFacade:
     #: queue behind them on the writer (read-your-writes).
     _unfinishedWrites = 0
 
+    #: Why the store is not open: its start failed, or (PostgreSQL) it is
+    #: still trying to open; C{None} otherwise. The message operations
+    #: fail with (L{proto.store.base.StoreNotOpenedError}); the
+    #: supervisor's C{/healthz} reads it from the workers' snapshots.
+    notOpenReason: str | None = None
+
     # -- what each backend provides (see the module docstring) -------------------
     _writer: Worker
     _workers: Callable[[], list[Worker]]
@@ -133,6 +139,7 @@ class StoreFacade:
                 f"the document store could not be opened at start ({reason}); "
                 "restart the server once that is fixed"
             )
+        self.notOpenReason = message
         for worker in self._workers():
             worker.notOpened = message
 

@@ -301,6 +301,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         if self._closed:
             return
         self.opened = True
+        self.notOpenReason = None
         if self.listener is not None:  # (there is one when there is a publisher)
             self.listener.start()
 
@@ -316,6 +317,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         """
         self._closed = True
         if self.opening.failing is not None:
+            self.notOpenReason = None
             for worker in self._workers():
                 worker.notOpened = None  # closed now, no longer "(retrying)"
         self.opening.stop()
