@@ -43,6 +43,8 @@ from twisted.python import usage
 from twisted.runner.procmon import ProcessMonitor
 from zope.interface import implementer
 
+from proto.store.base import StoreClosedError
+
 #: Seconds a worker has, after SIGTERM, to drain and exit before SIGKILL.
 WORKER_KILL_TIME = 30.0
 
@@ -376,6 +378,24 @@ class Supervisor(service.MultiService):
         super().startService()
         self._ready = self._store.start().addCallback(lambda _: self._store.close())
         self._ready.addCallbacks(self._startWorkers, self._storeFailed)
+        # A PostgreSQL database that cannot be reached yet: the workers are
+        # started anyway, and each keeps trying to open the store, answering
+        # ERR Store unavailable (...) (retrying) meanwhile, rather than the
+        # port held with nobody answering. (They cannot race at creating the
+        # schema: its upgrade holds an advisory lock.)
+        opening = getattr(self._store, "opening", None)
+        if opening is not None:
+            opening.whenRetrying().addCallback(self._startWorkersAnyway)
+
+    def _startWorkersAnyway(self, reason: str) -> None:
+        if not self.running or self.monitor.running:
+            return
+        self.log.warn(
+            "The document store cannot be opened yet ({reason}); starting the workers, "
+            "which keep trying", reason=reason,
+        )
+        self._startWorkers(None)
+        self._store.close()  # (its start fails: StoreClosedError, ignored below)
 
     def _startWorkers(self, _: object) -> None:
         if self.running:
@@ -386,6 +406,8 @@ class Supervisor(service.MultiService):
             self.monitor.setServiceParent(self)
 
     def _storeFailed(self, failure) -> None:
+        if failure.check(StoreClosedError) and self.monitor.running:
+            return  # closed by _startWorkersAnyway
         self.log.failure("Cannot prepare the document store; not starting workers", failure)
         self._reactor.stop()
 

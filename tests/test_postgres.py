@@ -240,6 +240,41 @@ class UnreachableAtStartTests(unittest.TestCase):
         self.assertIn("Document store <PostgresStore", log)
         self.assertNotIn("Traceback", log)
 
+    def test_workersStartAndRecover(self):
+        """
+        With C{--workers}, the supervisor (which prepares the store before
+        starting the workers) does not hold the port with nobody answering:
+        it starts the workers, which keep trying themselves; its /healthz
+        says why until their stores are open.
+        """
+        cluster = PostgresCluster()
+        self.addCleanup(cluster.destroy)
+        web = freePort()
+        server = startTwistd(os.path.abspath(self.mktemp()), extraArgs=[
+            "--workers", "2", "--store", f"postgresql:{cluster.conninfo()}",
+            "--metrics", f"tcp:{web}:interface=127.0.0.1",
+        ])
+        self.addCleanup(server.stop)
+        conn = client(self, server)
+        reply = call(conn, "GET", "f/1")
+        self.assertEqual(reply.kind, "ERR", reply)
+        self.assertIn("(retrying)", reply.reason)
+        deadline = time.monotonic() + 10  # (workers' snapshots: every second)
+        while healthz(web) != (503, "(retrying)"):
+            self.assertLess(time.monotonic(), deadline, server.log()[-3000:])
+            time.sleep(0.1)
+        self.assertIn("starting the workers, which keep trying", server.log())
+
+        cluster.start()
+        deadline = time.monotonic() + 20
+        while (reply := call(conn, "PUT", "f/1", body=b"{}")).kind != "OK":
+            self.assertLess(time.monotonic(), deadline, reply)
+            time.sleep(0.2)
+        while healthz(web) != (200, "serving"):
+            self.assertLess(time.monotonic(), deadline, server.log()[-3000:])
+            time.sleep(0.1)
+        self.assertNotIn("Traceback", server.log())
+
     def test_stopsQuicklyWhileRetrying(self):
         """SIGTERM while the store is still trying to open: a quick, clean exit."""
         missing = tempfile.mkdtemp(prefix="proto-nopg-")  # no PostgreSQL socket there

@@ -139,3 +139,19 @@ class RetryingStartTests(SynchronousTestCase):
         self.assertEqual(len([t for t in texts if "still trying" in t]), 1)
         self.assertIn("opened at attempt 16, after 150.0 s", texts[-1])
         self.assertEqual(len(texts), reopen.LOGGED_ATTEMPTS + 3)
+
+    def test_whenRetrying(self) -> None:
+        """Fires with the reason at the first failure that is retried; at once if already so."""
+        early = self.retrying.whenRetrying()
+        self.retrying.start()
+        self.assertNoResult(early)
+        self.attempts.fail("refused")
+        self.assertEqual(self.successResultOf(early), "refused")
+        self.assertEqual(self.successResultOf(self.retrying.whenRetrying()), "refused")
+
+    def test_whenRetryingNotAfterOpening(self) -> None:
+        waiter = self.retrying.whenRetrying()
+        self.retrying.start()
+        self.attempts.made[-1].callback(None)
+        self.assertNoResult(waiter)
+        self.assertNoResult(self.retrying.whenRetrying())

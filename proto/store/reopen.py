@@ -28,7 +28,7 @@ import random
 from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -107,6 +107,7 @@ class RetryingStart:
         self._stopped = False
         self._done: Deferred[Any] | None = None
         self._logged: str | None = None  # the last failure reason logged
+        self._retryWaiters: list[Deferred[str]] = []
 
     def start(self) -> Deferred[Any]:
         """
@@ -134,6 +135,19 @@ class RetryingStart:
         self._pending = None
         if self._done is not None and not self._done.called:
             self._done.errback(StoreClosedError(f"{self._what} was closed before it opened"))
+
+    def whenRetrying(self) -> Deferred[str]:
+        """
+        Fires with the reason once an attempt has failed and another one
+        is due (at once if that is so now); never if the first attempt
+        opens or the failure is not transient. (The C{--workers}
+        supervisor starts its workers then: they keep trying themselves.)
+        """
+        if self.failing is not None and not self._stopped:
+            return succeed(self.failing)
+        waiter: Deferred[str] = Deferred()
+        self._retryWaiters.append(waiter)
+        return waiter
 
     @property
     def waiting(self) -> bool:
@@ -188,3 +202,6 @@ class RetryingStart:
                 )
             self._logged = reason
         self._pending = self._clock.callLater(delay, self._try)
+        waiters, self._retryWaiters = self._retryWaiters, []
+        for waiter in waiters:
+            waiter.callback(reason)
