@@ -864,6 +864,61 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
         self.assertEqual((yield store.get(["a"])), [Document("a", 1, b'{"x": 1}')])
         self.assertEqual([c.etag for c in seen], [1])
 
+    @inlineCallbacks
+    def test_partlyOpenedAttemptRetried(self):
+        """
+        An attempt in which the writer opened but a reader could not (here:
+        the role's connection limit) fails as a whole: its open workers
+        are stopped (their connections closed) and the next attempt opens
+        fresh ones. The publisher starts at the first writer's etag.
+        """
+        import psycopg
+
+        from proto.store.postgres import PostgresStore
+
+        role = name = f"limited_{os.getpid()}_{id(self)}"
+        admin = psycopg.connect(self.cluster.conninfo(), autocommit=True)
+        self.addCleanup(admin.close)
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        self.addCleanup(admin.execute, f'DROP ROLE "{role}"')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{role}"')
+        self.addCleanup(self.dropDatabase, name)
+        conninfo = f"host={self.cluster.socketDir} dbname={name} user={role}"
+        earlier = PostgresStore(conninfo, readers=1)
+        yield earlier.start()
+        for n in range(3):
+            yield earlier.put(f"e/{n}", b"{}")
+        yield earlier.close()
+        admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT 2')
+        hub = ChangeHub()
+        seen = []
+        hub.subscribe("", seen.append)
+        store = PostgresStore(conninfo, hub=hub, readers=2, retryPolicy=lambda n: 0.05)
+        self.addCleanup(store.close)
+        started = store.start()
+        for _ in range(250):  # (a writer opens once the earlier store's backends are gone)
+            if store.opening.attempts >= 3 and hub.etag == 3:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertFalse(started.called)
+        error = yield self.assertFailure(store.get(["a"]), StoreNotOpenedError)
+        self.assertIn("too many connections for role", str(error))
+        self.assertIn("(retrying)", str(error))
+        self.assertEqual(hub.etag, 3)  # (the writer did open)
+
+        admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
+        yield started
+        self.assertEqual((yield store.put("a", b"{}")).etag, 4)
+        self.assertEqual([c.etag for c in seen], [4])
+        self.assertEqual((yield store.get(["a"])), [Document("a", 4, b"{}")])
+        # Writer, two readers, listener: the failed attempts left none open.
+        count = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+        for _ in range(100):
+            if admin.execute(count, (role,)).fetchone()[0] == 4:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(admin.execute(count, (role,)).fetchone()[0], 4)
+
     def dropDatabase(self, name):
         import psycopg
 
