@@ -842,11 +842,13 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
         self.assertTrue(str(error).endswith("(retrying)"), str(error))
         self.assertNotIn("restart", str(error))
         # While it retries, every operation fails at once, the same way.
-        for _ in range(3):
+        for _ in range(500):  # (bounded: 10 s)
+            if store.opening.attempts >= 3:
+                break
             for d in (store.put("b", b"{}"), store.get(["b"]), store.currentEtag()):
                 error = yield self.assertFailure(d, StoreNotOpenedError)
                 self.assertIn("(retrying)", str(error))
-            yield deferLater(reactor, 0.06, lambda: None)
+            yield deferLater(reactor, 0.02, lambda: None)
         self.assertFalse(started.called)
         self.assertGreaterEqual(store.opening.attempts, 3)
         self.assertIn("(retrying)", store.notOpenReason)
@@ -901,9 +903,10 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
                 break
             yield deferLater(reactor, 0.02, lambda: None)
         self.assertFalse(started.called)
-        error = yield self.assertFailure(store.get(["a"]), StoreNotOpenedError)
-        self.assertIn("too many connections for role", str(error))
-        self.assertIn("(retrying)", str(error))
+        # (What operations fail with; one may also be served meanwhile by a
+        # worker of the attempt in progress that did open.)
+        self.assertIn("too many connections for role", store.notOpenReason)
+        self.assertIn("(retrying)", store.notOpenReason)
         self.assertEqual(hub.etag, 3)  # (the writer did open)
 
         admin.execute(f'ALTER ROLE "{role}" CONNECTION LIMIT -1')
@@ -919,6 +922,42 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
             yield deferLater(reactor, 0.02, lambda: None)
         self.assertEqual(admin.execute(count, (role,)).fetchone()[0], 4)
 
+    @inlineCallbacks
+    def test_failsAtOnceDuringASlowAttempt(self):
+        """
+        While it retries, operations fail at once even when an attempt is
+        slow (a database host that does not answer: each attempt lasts
+        C{connect_timeout}), and closing does not wait for the attempt.
+        """
+        import socket
+        import time
+
+        from proto.store.postgres import PostgresStore
+
+        silent = socket.socket()  # accepts (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        self.addCleanup(silent.close)
+        port = silent.getsockname()[1]
+        store = PostgresStore(
+            f"host=127.0.0.1 port={port} dbname=x user=x connect_timeout=2",
+            retryPolicy=lambda n: 0.01,
+        )
+        started = store.start()
+        for _ in range(1000):  # (bounded: 20 s)
+            if store.opening.attempts >= 2:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        self.assertEqual(store.opening.attempts, 2)  # the second one is in progress
+        began = time.monotonic()
+        error = yield self.assertFailure(store.get(["a"]), StoreNotOpenedError)
+        self.assertLess(time.monotonic() - began, 0.5)
+        self.assertIn("(retrying)", str(error))
+        began = time.monotonic()
+        yield store.close()
+        self.assertLess(time.monotonic() - began, 0.5)
+        yield self.assertFailure(started, StoreClosedError)
+
     def dropDatabase(self, name):
         import psycopg
 
@@ -932,7 +971,10 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
 
         store = PostgresStore(self.cluster.conninfo("never_created"), retryPolicy=lambda n: 0.05)
         started = store.start()
-        yield deferLater(reactor, 0.2, lambda: None)
+        for _ in range(500):  # (bounded: 10 s)
+            if store.opening.attempts >= 2:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
         attempts = store.opening.attempts
         self.assertGreaterEqual(attempts, 2)
         yield store.close()

@@ -266,6 +266,10 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         """One attempt to open every worker; the writer first (it creates the schema)."""
         if self.opening.attempts > 1:
             self._makeWorkers()  # (those of the failed attempt are stopped)
+            for worker in self._workers():
+                # Operations keep failing at once until a worker is open (an
+                # attempt can take connect_timeout), not queue for it.
+                worker.notOpened = self.notOpenReason
         started = self._writer.start()
         started.addCallback(self._writerOpen)
         started.addCallback(
@@ -302,6 +306,8 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             return
         self.opened = True
         self.notOpenReason = None
+        for worker in self._workers():
+            worker.notOpened = None
         if self.listener is not None:  # (there is one when there is a publisher)
             self.listener.start()
 
@@ -313,7 +319,8 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         Close: the writer commits what is queued first. A store still
         trying to open stops trying, and does not wait for an attempt in
         progress (a connection attempt can take C{connect_timeout}): its
-        threads end by themselves, and nothing was written.
+        threads end by themselves (after committing what was queued for a
+        writer that did open: nothing after the first failed attempt).
         """
         self._closed = True
         if self.opening.failing is not None:

@@ -94,8 +94,12 @@ class Worker:
         self._ready: Deferred[Any] = Deferred()
         self._stopWaiters: list[Deferred[None]] | None = []
         #: Why the store could not be opened (set by the store when its
-        #: start failed): then operations fail with L{StoreNotOpenedError}.
+        #: start failed): then operations fail with L{StoreNotOpenedError},
+        #: at once, also while this worker's session is still opening (a
+        #: store that tries again: L{proto.store.reopen}).
         self.notOpened: str | None = None
+        #: The session is open (set on the reactor thread).
+        self._open = False
 
     def _closedError(self) -> StoreClosedError:
         if self.notOpened is not None:
@@ -110,7 +114,7 @@ class Worker:
         """
         job = Job(work, self._lock)
         with self._lock:
-            if self._stopping:
+            if self._stopping or (self.notOpened is not None and not self._open):
                 return fail(self._closedError())
             self._queue.append(job)
             if not self._idle or self._wakeScheduled:
@@ -176,7 +180,7 @@ class Worker:
         except Exception:
             self._reactor.callFromThread(self._failedToOpen, Failure())
             return
-        self._reactor.callFromThread(self._ready.callback, session)
+        self._reactor.callFromThread(self._opened, session)
         try:
             while (jobs := self._take()) is not None:
                 try:
@@ -190,6 +194,10 @@ class Worker:
         finally:
             session.close()
             self._reactor.callFromThread(self._ended)
+
+    def _opened(self, session: Any) -> None:
+        self._open = True
+        self._ready.callback(session)
 
     def _take(self) -> list[Job] | None:
         """Wait for jobs; return all those queued, or C{None} when stopped."""
