@@ -125,6 +125,11 @@ class PrometheusMirror:
             "proto_store_changelog_entries",
             "Changes retained in the change log (what WATCH with Since can replay).",
             registry=r, multiprocess_mode="livemax")
+        self.storeNotOpen = Gauge(
+            "proto_store_not_open",
+            "1 while the store is not open: its start failed, or (PostgreSQL) it is still "
+            "trying to open it.",
+            registry=r, multiprocess_mode="livemax")
         self.up = Gauge(
             "proto_start_time_seconds", "When this server process started (Unix time).",
             registry=r, multiprocess_mode="livemin")
@@ -176,6 +181,8 @@ class PrometheusMirror:
         self._histogram("commit", self.commit, st.commit)
         self._histogram("batch", self.batch, st.batch)
         self.draining.set(1 if getattr(factory, "drainingReason", None) is not None else 0)
+        notOpen = getattr(getattr(factory, "store", None), "notOpenReason", None)
+        self.storeNotOpen.set(0 if notOpen is None else 1)
         self._syncExpiry()
 
     def refreshStore(self, reactor) -> defer.Deferred:
@@ -420,5 +427,5 @@ METRIC_NAMES = (
     "proto_pushes", "proto_watches_dropped", "proto_store_commit_seconds",
     "proto_store_commit_operations", "proto_client_certificate_expiry_seconds",
     "proto_draining", "proto_start_time_seconds", "proto_store_documents", "proto_store_etag",
-    "proto_store_changelog_entries",
+    "proto_store_changelog_entries", "proto_store_not_open",
 )

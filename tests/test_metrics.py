@@ -202,6 +202,11 @@ class HealthTests(MetricsTestMixin, unittest.TestCase):
         code, body = yield self.get("/healthz")
         self.assertEqual(code, 503)
         self.assertIn("store failing: the document store could not be opened at start", body)
+        # The worker's own metrics say so too.
+        mirror = metrics.PrometheusMirror(worker.factory)
+        mirror.sync()
+        self.assertEqual(samples(generate_latest(mirror.registry).decode())[
+            ("proto_store_not_open", ())], 1)
         # The same worker with a store that opened.
         opened = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"))
         yield opened.start()
@@ -209,6 +214,10 @@ class HealthTests(MetricsTestMixin, unittest.TestCase):
         worker.factory = support.makeFactory(reactor, store=opened)
         worker.write()
         self.assertEqual((yield self.get("/healthz")), (200, "serving\n"))
+        mirror = metrics.PrometheusMirror(worker.factory)
+        mirror.sync()
+        self.assertEqual(samples(generate_latest(mirror.registry).decode())[
+            ("proto_store_not_open", ())], 0)
 
 
 class MirrorTests(unittest.TestCase):

@@ -2,7 +2,8 @@
 C{--store postgresql:...} end to end: real C{twistd -n proto} servers on a
 real PostgreSQL (L{tests.pgsupport}). Two servers sharing one database
 behave as one; a database that goes away gives clear errors, and the
-servers recover by themselves with WATCH intact. The store's own suite
+servers recover by themselves with WATCH intact; so does a server started
+while its database is down. The store's own suite
 runs on PostgreSQL in L{tests.test_store} and L{tests.test_changelog}.
 """
 
@@ -109,9 +110,8 @@ class OutageTests(unittest.TestCase):
         # The outage starts once both stores are open. Only the port is
         # waited for above, and under load (a -j2 suite run) B's store was
         # once still opening when the test stopped the database: its start
-        # failed, and B answered every PUT "Internal error" (a store that
-        # cannot open at start never opens: StoreClosedError), which is not
-        # the outage of a running server this test is about.
+        # failed (then for good; now it retries: UnreachableAtStartTests),
+        # which is not the outage of a running server this test is about.
         deadline = time.monotonic() + 20
         for server in (self.a, self.b):
             while "Document store <PostgresStore" not in server.log():
