@@ -82,6 +82,30 @@ class StatsTests(AdminTestMixin, unittest.TestCase):
         self.assertEqual(reply["Store"], {"Documents": 2, "Etag": 2})
 
     @defer.inlineCallbacks
+    def test_storeNotOpen(self):
+        """
+        A store that is not open (here an SQLite file that cannot be
+        opened; a PostgreSQL store still trying to open alike): STATS still
+        answers, and its Store says why.
+        """
+        blocker = self.mktemp()
+        with open(blocker, "w"):
+            pass
+        self.store = SQLiteStore(os.path.join(blocker, "docs.sqlite3"))
+        yield self.assertFailure(self.store.start(), OSError)
+        self.factory = support.makeFactory(reactor, store=self.store, allowList=adminAllowList())
+        self.port = yield self.listen(self.factory, lambda: self.factory.connections)
+        client = yield self.connect(self.port)
+        reply = yield self.call(client, "STATS")
+        self.assertEqual(reply["Store"]["Documents"], None)
+        self.assertIn("could not be opened at start", reply["Store"]["NotOpen"])
+        self.assertEqual(reply["Connections"]["Admitted"], 1)
+        from proto.client.cli_ops import formatStats
+
+        self.assertIn("store        not open: the document store could not be opened",
+                      formatStats(reply))
+
+    @defer.inlineCallbacks
     def test_adminOnly(self):
         yield self.startServer(level="write")
         client = yield self.connect(self.port)

@@ -195,6 +195,8 @@ class UnreachableAtStartTests(unittest.TestCase):
             self.assertTrue(reply.reason.endswith("(retrying)"), reply.reason)
         for _ in range(2):
             self.assertEqual(healthz(web), (503, "(retrying)"))
+        stats = json.loads(call(conn, "STATS").body)  # (the operator's view still works)
+        self.assertTrue(stats["Store"]["NotOpen"].endswith("(retrying)"), stats)
         refused = BlockingConnection(server.port, approvedContext, timeout=20)
         greeting = refused.next()
         refused.close()
@@ -217,6 +219,7 @@ class UnreachableAtStartTests(unittest.TestCase):
         self.assertEqual(call(conn, "PUT", "f/2", body=b"{}").kind, "OK")
         self.assertEqual(nextPush(watcher), {"Id": "f/2", "Type": "Put", "Etag": 2})
         self.assertEqual(healthz(web), (200, "serving"))
+        self.assertEqual(json.loads(call(conn, "STATS").body)["Store"], {"Documents": 2, "Etag": 2})
         # The approval is read within the grants poll (a second).
         deadline = time.monotonic() + 10
         while True:

@@ -109,6 +109,13 @@ def _duration(seconds: float) -> str:
     return f"{minutes}m {seconds}s"
 
 
+def _storeLine(store: dict[str, Any]) -> str:
+    """STATS' C{Store} in words: its size, or why it is not open."""
+    if store.get("NotOpen"):
+        return f"not open: {store['NotOpen']}"
+    return f"{store.get('Documents')} documents, etag {store.get('Etag')}"
+
+
 def formatStats(stats: dict[str, Any]) -> str:
     """STATS as lines a person reads (PROTOCOL.md section 9 fields)."""
     conns = stats.get("Connections", {})
@@ -120,7 +127,7 @@ def formatStats(stats: dict[str, Any]) -> str:
         f"{conns.get('Total', 0)} accepted and {conns.get('Refused', 0)} refused since start",
         f"errors       {stats.get('Errors', 0)} ERR replies",
         f"watches      {stats.get('Watches', 0)}",
-        f"store        {store.get('Documents')} documents, etag {store.get('Etag')}",
+        f"store        {_storeLine(store)}",
         "requests",
     ]
     requests = stats.get("Requests", {})
@@ -156,7 +163,7 @@ def formatTop(stats: dict[str, Any], previous: dict[str, Any] | None, seconds: f
         f"{conns.get('Refused', 0)} refused, {conns.get('Total', 0)} total",
         f"requests/s: {total:.1f}   errors: {stats.get('Errors', 0)} ({errorRate:.1f}/s)"
         f"   watches: {stats.get('Watches', 0)}",
-        f"store: {store.get('Documents')} documents, etag {store.get('Etag')}",
+        f"store: {_storeLine(store)}",
         "",
         f"{'COMMAND':<12} {'REQ/S':>10} {'TOTAL':>12}",
     ]

@@ -71,7 +71,9 @@ def _json(value: Any) -> bytes:
 def stats(ctx: ICommandContext, request: Request) -> defer.Deferred[bytes]:
     """
     C{STATS}: JSON with C{Version}, C{Uptime}, C{Connections}, C{Requests},
-    C{Errors}, C{Watches} and C{Store} for the whole server.
+    C{Errors}, C{Watches} and C{Store} for the whole server. While the
+    store is not open, C{Store} is C{{"Documents": null, "Etag": null,
+    "NotOpen": reason}} (the other fields as always).
     """
     requireArgs(request, 0, 0, "STATS")
     factory = _factory(ctx)
@@ -87,6 +89,12 @@ def stats(ctx: ICommandContext, request: Request) -> defer.Deferred[bytes]:
     summary: Callable[[], defer.Deferred[dict[str, int]]] | None = getattr(
         store, "summary", None
     )
+    notOpen: str | None = getattr(store, "notOpenReason", None)
+    if notOpen is not None:
+        # The rest of STATS still helps an operator while the store is not
+        # open (a PostgreSQL store still trying: proto.store.reopen).
+        reply["Store"] = {"Documents": None, "Etag": None, "NotOpen": notOpen}
+        return defer.succeed(_json(reply))
     if summary is None:
         return defer.succeed(_json(reply))
 
