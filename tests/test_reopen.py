@@ -155,3 +155,19 @@ class RetryingStartTests(SynchronousTestCase):
         self.attempts.made[-1].callback(None)
         self.assertNoResult(waiter)
         self.assertNoResult(self.retrying.whenRetrying())
+
+    def test_attemptRaising(self) -> None:
+        """An attempt that raises instead of failing its Deferred is a failed attempt."""
+        calls = []
+
+        def attempt() -> Deferred:
+            calls.append(self.clock.seconds())
+            if len(calls) == 1:
+                raise StoreUnavailableError("cannot start a thread")
+            return Deferred()
+
+        retrying = RetryingStart("<store>", attempt, transient, self.clock, lambda n: 1.0)
+        retrying.start()
+        self.assertEqual(retrying.failing, "cannot start a thread")
+        self.clock.advance(1)
+        self.assertEqual(calls, [0, 1])

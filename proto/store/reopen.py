@@ -28,7 +28,7 @@ import random
 from typing import Any, Callable
 
 from twisted.application.internet import backoffPolicy
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -160,7 +160,9 @@ class RetryingStart:
             return
         self.attempts += 1
         self._running = True
-        self._attempt().addCallbacks(self._succeeded, self._failed)
+        # (maybeDeferred: an attempt that raises at once, say a thread that
+        # cannot be started, is a failed attempt too, not the end of trying.)
+        maybeDeferred(self._attempt).addCallbacks(self._succeeded, self._failed)
 
     def _succeeded(self, result: Any) -> None:
         self._running = False
