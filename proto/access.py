@@ -23,6 +23,7 @@ from twisted.logger import Logger
 
 from proto.admission import AllowList, Identity, normaliseThumbprint
 from proto.permissions import APPROVED, ENROLLED, Grant, isoUTC
+from proto.store.base import StoreError
 from proto.store.grants import GrantRow, IGrantStore
 
 #: How many distinct refused certificates PENDING remembers (the contract
@@ -152,7 +153,8 @@ class AccessControl:
         self._file: AllowList | None = None
         self._merged: AllowList | None = None
         self._polling: defer.Deferred | None = None
-        self._storeFailing = False
+        #: Why reading the grants fails (as last logged), or C{None}.
+        self._storeFailing: str | None = None
 
     # -- the effective list ----------------------------------------------------
 
@@ -225,24 +227,34 @@ class AccessControl:
             return result
 
         d = store.grantsRevision().addCallback(check)
+        # Set before done can run: a store that is not open fails at once
+        # (synchronously), and done must then clear it, or every later poll
+        # would think this one still runs (the grants never read again).
+        self._polling = d
         d.addCallbacks(self._storeWorks, self._storeFailed)
         d.addBoth(done)
-        self._polling = d
         return d
 
     def _storeWorks(self, _: Any) -> None:
-        if self._storeFailing:
-            self._storeFailing = False
+        if self._storeFailing is not None:
+            self._storeFailing = None
             self.log.info("Approvals and enrolments readable again")
 
     def _storeFailed(self, failure: Any) -> None:
-        if not self._storeFailing:
-            self._storeFailing = True
+        # Logged when it starts failing and when the reason changes (a
+        # store that opens late fails first with "not open yet", and
+        # whatever fails next must not be hidden behind that).
+        error = failure.getErrorMessage()
+        if error != self._storeFailing:
+            self._storeFailing = error
+            if failure.check(StoreError) is None:
+                self.log.failure("Cannot apply approvals and enrolments from the store", failure)
+                return
             self.log.error(
                 "Cannot read approvals and enrolments from the store, {kept}: {error}",
                 kept="keeping the last ones read" if self._revision >= 0 else
                 "none read yet: only the allow-list file admits until they are",
-                error=failure.getErrorMessage(),
+                error=error,
             )
 
     # -- operations ------------------------------------------------------------

@@ -958,6 +958,46 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
         self.assertLess(time.monotonic() - began, 0.5)
         yield self.assertFailure(started, StoreClosedError)
 
+    @inlineCallbacks
+    def test_grantsReadOnceOpen(self):
+        """
+        The server's grants poll (L{proto.access.AccessControl.poll}) while
+        the store retries: it fails at once (and is logged), admits nothing
+        from the store meanwhile, and reads the grants once it is open.
+        (A poll failing synchronously once left the poll stuck "running":
+        the grants were never read.)
+        """
+        import psycopg
+
+        from proto.access import AccessControl
+        from proto.admission import AllowList
+        from proto.permissions import APPROVED, Grant
+        from proto.store.grants import GrantRow
+        from proto.store.postgres import PostgresStore
+
+        name = f"later_{os.getpid()}_{id(self)}"
+        store = PostgresStore(self.cluster.conninfo(name), retryPolicy=lambda n: 0.05)
+        self.addCleanup(store.close)
+        access = AccessControl(lambda: AllowList.parse(""), store)
+        started = store.start()
+        for _ in range(500):  # (bounded: 10 s)
+            if store.opening.waiting:
+                break
+            yield deferLater(reactor, 0.02, lambda: None)
+        for _ in range(3):
+            polled = access.poll()
+            self.assertIsNotNone(polled)
+            yield polled
+        self.assertFalse(access.current().admits("a" * 40, "b" * 64))
+
+        with psycopg.connect(self.cluster.conninfo(), autocommit=True) as connection:
+            connection.execute(f'CREATE DATABASE "{name}"')
+        self.addCleanup(self.dropDatabase, name)
+        yield started
+        yield store.putGrant(GrantRow.of("a" * 40, Grant("x", "read").withOrigin(APPROVED), 1.0))
+        yield access.poll()
+        self.assertTrue(access.current().admits("a" * 40, "b" * 64))
+
     def dropDatabase(self, name):
         import psycopg
 
