@@ -564,6 +564,8 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
     )
     try:
         for label, kind, clients in references.ROWS:
+            if kind not in a.storeRows:
+                continue
             r = one(label, ["-c", str(clients), "-d", "1", *shapes[kind]])
             compared[label] = r
             if r is not None:
@@ -571,8 +573,9 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
             a.refResults += references.measureRow(systems, label, kind, clients, a.seconds)
     finally:
         references.stopReferences(systems)
-    one("GET 1 KiB + Include, 16 clients x 16", ["-c", "16", "-d", "16", *get])
-    r1, r50 = compared["PUT 1 KiB, 1 client"], compared["PUT 1 KiB, 50 clients"]
+    if "pipelined" in a.storeRows:
+        one("GET 1 KiB + Include, 16 clients x 16", ["-c", "16", "-d", "16", *get])
+    r1, r50 = compared.get("PUT 1 KiB, 1 client"), compared.get("PUT 1 KiB, 50 clients")
     if r1 and r50 and r1["req_per_s"]:
         print(f"group-commit gain (PUT/s 50 clients / 1 client): {r50['req_per_s'] / r1['req_per_s']:.1f}x")
     return rows, raw
@@ -593,6 +596,10 @@ def main() -> int:
     p.add_argument("--rows", default="idle,echo,handshake,resumed",
                    help="echo suite: which rows to run, a comma list of idle, echo, handshake, resumed "
                         "(default: all; e.g. --rows handshake,resumed)")
+    p.add_argument("--store-rows", default="put,get,include,pipelined",
+                   help="store suite: which rows to run, a comma list of put, get, include "
+                        "(1 and 50 clients, ours and the references) and pipelined (ours, 16x16); "
+                        "default: all; e.g. --store-rows put")
     p.add_argument("--handshake-conns", type=int, default=8, help="concurrent handshakes")
     p.add_argument("--keys", type=int, default=1000, help="distinct document ids in the store rows")
     p.add_argument("--only", choices=["ours", "floor", "uvloop"], help="run one server only")
@@ -623,6 +630,9 @@ def main() -> int:
     a.rows = {r.strip() for r in a.rows.split(",") if r.strip()}
     if not a.rows <= {"idle", "echo", "handshake", "resumed"}:
         p.error(f"--rows: unknown rows {sorted(a.rows - {'idle', 'echo', 'handshake', 'resumed'})}")
+    a.storeRows = {r.strip() for r in a.store_rows.split(",") if r.strip()}
+    if not a.storeRows <= {"put", "get", "include", "pipelined"}:
+        p.error(f"--store-rows: unknown rows {sorted(a.storeRows - {'put', 'get', 'include', 'pipelined'})}")
     a.references = [] if a.references == "none" else [n.strip() for n in a.references.split(",") if n.strip()]
     for name in a.references:
         if name not in references.SYSTEMS:
