@@ -131,6 +131,14 @@ class Identity:
     commonName: str
     notBefore: datetime.datetime
     notAfter: datetime.datetime
+    #: The validity dates as POSIX seconds, for L{admit}'s check without a
+    #: C{datetime} per handshake.
+    validFrom: float = field(init=False, repr=False, compare=False)
+    validUntil: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "validFrom", self.notBefore.timestamp())
+        object.__setattr__(self, "validUntil", self.notAfter.timestamp())
 
 
 @functools.lru_cache(maxsize=1024)
@@ -215,6 +223,26 @@ def judge(who: Identity | None, allowList: AllowList, now: datetime.datetime) ->
             f"{_utc(who.notAfter)}"
         )
     return None
+
+
+def admit(who: Identity | None, allowList: AllowList, now: float) -> tuple[Grant | None, str | None]:
+    """
+    L{judge} and the admitted certificate's grant in one look-up (the
+    handshake's path): C{(grant, None)} to admit, C{(None, reason)} to
+    refuse, with the same reasons in the same order as L{judge}.
+
+    @param now: the time, POSIX seconds.
+    """
+    if who is not None:
+        grant = allowList.grantFor(who.sha1, who.sha256)
+        if grant is not None and who.validFrom <= now <= who.validUntil:
+            return grant, None
+    reason = judge(who, allowList, datetime.datetime.fromtimestamp(now, datetime.timezone.utc))
+    if reason is None:
+        # On a validity date's edge, to the microsecond: judge() decides.
+        assert who is not None
+        return allowList.grantFor(who.sha1, who.sha256), None
+    return None, reason
 
 
 class AllowListFile:

@@ -42,18 +42,17 @@ must be unregistered before a close (L{proto.ending}).
 
 from __future__ import annotations
 
-import datetime
-from time import perf_counter
+from time import perf_counter, time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto import wire
-from proto.admission import Identity, identityOf, judge
+from proto.admission import Identity, admit, identityOf
 from proto.commands.base import Handler, ICommandContext
 from proto.bodies import BodyBudget
 from proto.dispatch import Dispatcher
@@ -85,6 +84,33 @@ def printablePeer(address: Any) -> str:
     if ":" in host:
         return f"[{host}]:{address.port}"
     return f"{host}:{address.port}"
+
+
+#: The admission line of every admitted connection (section 2's audit trail).
+ADMITTED = "Admitted {peer} sha1={sha1} cn={cn!r} {grant}"
+
+
+def _logInfo(protocol: "GNPServerProtocol", format: str, fields: dict[str, Any]) -> None:
+    """
+    C{protocol.log.info(format, **fields)}: the same event (the keys
+    C{Logger.emit} adds, C{log_source} the protocol) to the same observer,
+    for the line every connection logs. Less what C{Logger} does per call
+    that cannot matter here: a new bound C{Logger} per C{protocol.log}
+    access, the level's validity check, the keyword arguments copied
+    twice (in process 6.5 -> 2.8 us per line).
+    """
+    if type(protocol).__dict__.get("log") is not _CLASS_LOG:
+        # A subclass's own logger, or one put in place since: the general way.
+        protocol.log.info(format, **fields)
+        return
+    log = _BOUND_LOG
+    fields["log_logger"] = log
+    fields["log_level"] = LogLevel.info
+    fields["log_namespace"] = log.namespace
+    fields["log_source"] = protocol
+    fields["log_format"] = format
+    fields["log_time"] = time()
+    log.observer(fields)
 
 
 @implementer(IHandshakeListener, ICommandContext)
@@ -174,13 +200,11 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         if digest is not None:
             self.identity = identityOf(digest, lambda: peerCertificateDER(transport))
         reason = self.factory.overloadReason()
+        now = self.clock.seconds()
         if reason is None:
-            now = datetime.datetime.fromtimestamp(self.clock.seconds(), datetime.timezone.utc)
-            allowList = self.factory.allowList()
-            reason = judge(self.identity, allowList, now)
-            if reason is None:
-                assert self.identity is not None  # judge() refuses a client without one
-                self._grant(allowList.grantFor(self.identity.sha1, self.identity.sha256))
+            grant, reason = admit(self.identity, self.factory.allowList(), now)
+            if grant is not None:
+                self._grant(grant)
             else:
                 refused = getattr(self.factory, "certificateRefused", None)
                 if refused is not None and self.identity is not None:
@@ -197,17 +221,17 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
             self._closeWith(wire.encodeGreeting(reason))
             return
         assert who is not None
-        self.log.info(
-            "Admitted {peer} sha1={sha1} cn={cn!r} {grant}",
-            peer=self.peer, sha1=who.sha1, cn=who.commonName, admitted=True,
-            grant=self.grant.attributes(), name=self.grant.name, event="admission",
+        grant = self.grant
+        _logInfo(
+            self, ADMITTED,
+            {"peer": self.peer, "sha1": who.sha1, "cn": who.commonName, "admitted": True,
+             "grant": grant.attributes(), "name": grant.name, "event": "admission"},
         )
         self._enter(READY)
-        self._since = self.clock.seconds()
+        self._since = self._lastActivity = now
         self.stats.certificateSeen(who)
         self.factory.connectionAdmitted(self)
         self.transport.write(wire.encodeGreeting())
-        self._lastActivity = self.clock.seconds()
         if self.config.idleTimeout:
             # The handshake's DelayedCall becomes the idle timer's (see
             # Timers.move: no cancelled call left in the reactor's heap).
@@ -220,6 +244,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self._timers.stopAll()
         self._dropBody()
         self._cancelWork()
+        self.subscriptions.detach()
         self.factory.connectionClosed(self)
 
     @property
@@ -450,7 +475,12 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self._resume(TRANSPORT)
 
     def stopProducing(self) -> None:
-        self._pause(TRANSPORT)
+        # The transport is gone for good: Twisted calls this as the TCP
+        # connection is lost, right before connectionLost (which stops the
+        # timers; the reactor stops reading). Input stops being executed,
+        # as on a pause, without a pause's calls into the dead transport.
+        if self.state not in ENDING and self._flow.pause(TRANSPORT):
+            self.paused = True
 
     def _requestTracked(self, inflight: int) -> None:
         # Dispatcher hook: too many requests running stops reading.
@@ -481,3 +511,9 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self.transport.resumeProducing()
         # Parse what we already hold now: it must not wait for new bytes.
         self.dataReceived(b"")
+
+
+#: The class's logger, and the same bound to the class once (its namespace,
+#: C{proto.protocol.GNPServerProtocol}, and its observer): L{_logInfo}.
+_CLASS_LOG = GNPServerProtocol.__dict__["log"]
+_BOUND_LOG = GNPServerProtocol.log

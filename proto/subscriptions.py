@@ -27,6 +27,15 @@ from typing import Any, Callable
 from twisted.logger import Logger
 
 
+class _Gone:
+    """What L{Subscriptions.detach} keeps of its connection: the address."""
+
+    __slots__ = ("peer",)
+
+    def __init__(self, peer: str) -> None:
+        self.peer = peer
+
+
 class Subscriptions:
     """
     The subscriptions of one connection. C{owner.peer} (the connection's
@@ -86,6 +95,15 @@ class Subscriptions:
         """Cancel every subscription, and every one added from now on."""
         self.closed = True
         self.cancelAll()
+
+    def detach(self) -> None:
+        """
+        The connection is gone: keep only its address (for the logs of a
+        cancel that fails later), not the connection itself. The two no
+        longer refer to each other, so both are freed as soon as the
+        connection is dropped, without waiting for the garbage collector.
+        """
+        self.owner = _Gone(getattr(self.owner, "peer", "?"))
 
     def cancelAll(self) -> None:
         """Cancel every subscription."""

@@ -69,6 +69,11 @@ class ServerTLS:
     @ivar fingerprintSHA1: its SHA-1 thumbprint, which clients may pin.
     """
 
+    #: Every context asks for a client certificate and accepts any (or
+    #: none) at the TLS layer: admission judges it after the handshake.
+    #: The fast transport (L{proto.speed.setup}) may then accept in C.
+    acceptsAnyCertificate = True
+
     def __init__(self, chain: list[x509.Certificate], key, tickets: bool = True) -> None:
         self.certificate = chain[0]
         self.fingerprintSHA1 = certs.sha1Thumbprint(chain[0])

@@ -132,3 +132,51 @@ class IdentityOfTests(unittest.TestCase):
             der = certs.mint(f"c{n}").certificate.public_bytes(Encoding.DER)
             identityOf(hashlib.sha256(der).digest(), lambda: der)
             self.assertLessEqual(len(admission._bySHA256), 3)
+
+
+class AdmitTests(unittest.TestCase):
+    """
+    L{proto.admission.admit} (the handshake's path) decides as L{judge}
+    does, in the same order, and gives the admitted certificate's grant.
+    """
+
+    def test_sameAsJudge(self):
+        import datetime
+
+        from proto.admission import Identity, admit, judge
+
+        utc = datetime.timezone.utc
+        start = datetime.datetime(2026, 1, 1, tzinfo=utc)
+        end = datetime.datetime(2027, 1, 1, tzinfo=utc)
+        listed = Identity(SHA1, SHA256, "listed", start, end)
+        stranger = Identity("12" * 20, "34" * 32, "stranger", start, end)
+        allow = AllowList.parse(f"{SHA256} somebody can=write\n")
+        second = datetime.timedelta(seconds=1)
+        moments = [start - second, start, start + second, end - second, end, end + second]
+        for who in (None, listed, stranger):
+            for moment in moments:
+                grant, reason = admit(who, allow, moment.timestamp())
+                self.assertEqual(reason, judge(who, allow, moment), (who, moment))
+                if reason is None:
+                    self.assertEqual(grant, allow.grantFor(SHA1, SHA256))
+                else:
+                    self.assertIsNone(grant)
+        # Admitted exactly on both edges, refused a second outside.
+        self.assertIsNotNone(admit(listed, allow, start.timestamp())[0])
+        self.assertIsNotNone(admit(listed, allow, end.timestamp())[0])
+        self.assertIn("not yet valid", admit(listed, allow, (start - second).timestamp())[1])
+        self.assertIn("expired", admit(listed, allow, (end + second).timestamp())[1])
+
+    def test_validityAsSeconds(self):
+        import datetime
+
+        from proto.admission import Identity
+
+        utc = datetime.timezone.utc
+        start = datetime.datetime(2026, 1, 1, tzinfo=utc)
+        end = datetime.datetime(2027, 1, 1, 12, 30, tzinfo=utc)
+        who = Identity(SHA1, SHA256, "x", start, end)
+        self.assertEqual((who.validFrom, who.validUntil), (start.timestamp(), end.timestamp()))
+        # Not part of the identity's value (equality, repr).
+        self.assertEqual(who, Identity(SHA1, SHA256, "x", start, end))
+        self.assertNotIn("validFrom", repr(who))

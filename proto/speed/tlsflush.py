@@ -32,6 +32,7 @@ from typing import Any
 
 from OpenSSL._util import ffi, lib
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
@@ -42,6 +43,7 @@ from twisted.protocols.tls import (
     _AggregateSmallWrites,
 )
 
+from proto.speed.setup import NoDelay, acceptAnyCertificate, providesLike
 from proto.speed.writethrough import enableWriteThrough
 
 log = Logger()
@@ -156,6 +158,9 @@ class FastTLSTransport(BufferingTLSTransport):
         client waits for it: one wake-up less per connection).
     """
 
+    #: Set once C{setTcpNoDelay(False)} was called on this connection.
+    _noDelayOff = False
+
     def __init__(self, factory, wrappedProtocol, _connectWrapped: bool = True) -> None:
         TLSMemoryBIOProtocol.__init__(self, factory, wrappedProtocol, _connectWrapped)
         # Duck-typed like Twisted's aggregator (write/flush/close, _bufferLeft).
@@ -178,12 +183,34 @@ class FastTLSTransport(BufferingTLSTransport):
         if not self._connectWrapped:
             super().makeConnection(transport)
             return
-        self._tlsConnection = self.factory._creatorCallable(self)
+        factory: Any = self.factory  # a FastTLSFactory
+        tls = self._tlsConnection = factory._creatorCallable(self)
+        if factory.acceptAnyCertificate:
+            acceptAnyCertificate(tls)
         self._appSendBuffer = []
-        # directlyProvides(all of providedBy(transport)), Protocol.makeConnection,
-        # registerProtocol, then the application protocol's makeConnection:
-        ProtocolWrapper.makeConnection(self, transport)
+        factory.noDelay.check(transport)
+        # ProtocolWrapper.makeConnection: directlyProvides(all of
+        # providedBy(transport)) (from proto.speed.setup's cache),
+        # Protocol.makeConnection, registerProtocol, then the application
+        # protocol's makeConnection:
+        providesLike(self, transport)
+        Protocol.makeConnection(self, transport)
+        factory.registerProtocol(self)
+        self.wrappedProtocol.makeConnection(self)
         self._checkHandshakeStatus()
+
+    def setTcpNoDelay(self, enabled: bool) -> None:
+        """
+        The TCP transport's C{setTcpNoDelay}, which has nothing to do when
+        turning it on on a socket that inherited it from its port
+        (L{proto.speed.setup.inheritNoDelay}).
+        """
+        factory: Any = self.factory
+        if enabled and not self._noDelayOff and factory.noDelay.inherited:
+            return
+        self._noDelayOff = not enabled
+        transport: Any = self.transport
+        transport.setTcpNoDelay(enabled)
 
     def _checkHandshakeStatus(self) -> None:
         if self._handshakeDone:
@@ -230,7 +257,32 @@ class FastTLSTransport(BufferingTLSTransport):
         self._flushSendBIO()
 
 
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        # Twisted keeps a producer registered when the connection is lost
+        # under it (the peer closed): the application protocol (the
+        # producer) -> this transport -> Twisted's _ProducerMembrane -> the
+        # protocol is then a reference cycle, and every connection's
+        # objects (its SSL object too) waited for the garbage collector.
+        self._producer = None
+
+
 class FastTLSFactory(TLSMemoryBIOFactory):
-    """C{TLSMemoryBIOFactory} building L{FastTLSTransport}s."""
+    """
+    C{TLSMemoryBIOFactory} building L{FastTLSTransport}s.
+
+    @ivar acceptAnyCertificate: the connection creator's contexts accept
+        any client certificate (L{proto.tls.ServerTLS.acceptsAnyCertificate}),
+        so each connection may do so in C (L{proto.speed.setup}).
+    @ivar noDelay: whether this factory's port hands out sockets with
+        C{TCP_NODELAY} on (L{proto.speed.setup.inheritNoDelay}).
+    """
 
     protocol = FastTLSTransport
+
+    def __init__(self, contextFactory, isClient: bool, wrappedFactory, clock=None) -> None:
+        super().__init__(contextFactory, isClient, wrappedFactory, clock)
+        self.acceptAnyCertificate = not isClient and bool(
+            getattr(contextFactory, "acceptsAnyCertificate", False)
+        )
+        self.noDelay = NoDelay()
