@@ -152,6 +152,61 @@ class SetupLeverTests(unittest.TestCase):
         yield waitFor(lambda: all(ref() is None for ref in refs), timeout=2)
 
 
+class HandshakeStepTests(unittest.TestCase):
+    """
+    The handshake steps without pyOpenSSL's wrapper: a failing handshake
+    still ends the connection; a creator that does not accept any
+    certificate in C keeps pyOpenSSL's checks and works alike.
+    """
+
+    @inlineCallbacks
+    def listen(self, creator=None):
+        from zope.interface import implementer
+        from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+
+        self.factory = makeFactory(reactor, ServerConfig(closeGrace=1.0), registry=builtin.registry)
+        if creator == "python":
+            tlsCreator = Credentials.get().serverTLS()
+
+            @implementer(IOpenSSLServerConnectionCreator)
+            class PythonCallback:
+                # No acceptsAnyCertificate: pyOpenSSL's own callback runs.
+                def serverConnectionForTLS(self, tlsProtocol):
+                    return tlsCreator.serverConnectionForTLS(tlsProtocol)
+
+            creator = PythonCallback()
+        self.port = yield listenInProcess(reactor, self.factory, creator=creator, levers=True)
+        self.addCleanup(self.port.stopListening)
+
+    @inlineCallbacks
+    def test_garbageEndsTheConnection(self):
+        yield self.listen()
+        sock = socket.create_connection(("127.0.0.1", self.port.getHost().port))
+        self.addCleanup(sock.close)
+        yield waitFor(lambda: self.factory.connections)
+        sock.sendall(b"PING\r\n\r\n" * 20)
+        yield waitFor(lambda: not self.factory.connections)
+        self.assertEqual(self.factory.admitted, set())
+
+    @inlineCallbacks
+    def test_pythonVerifyCallbackCreator(self):
+        yield self.listen("python")
+        for who, ok in (("client", True), ("stranger", False)):
+            creds = Credentials.get()
+            endpoint = endpoints.wrapClientTLS(
+                creds.clientOptions(getattr(creds, who)),
+                endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
+            )
+            client = yield endpoint.connect(protocol.Factory.forProtocol(Client))
+            yield waitFor(lambda: client.frames)
+            self.assertEqual(client.frames[0].ok, ok)
+            if ok:
+                (server,) = self.factory.admitted
+                self.assertFalse(server.transport._quietWait)
+            client.transport.loseConnection()
+            yield client.lost
+
+
 class AdmittedLineTests(unittest.TestCase):
     """The Admitted line's event is the one C{self.log.info} makes."""
 

@@ -32,6 +32,7 @@ from typing import Any
 
 from OpenSSL._util import ffi, lib
 from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper
@@ -51,33 +52,19 @@ log = Logger()
 
 class TurnFlusher:
     """
-    Flushes every L{TurnAggregator} that has output, once, at the end of
-    this turn of C{clock}. One per clock (L{flusherFor}).
-
-    On L{proto.speed.reactor.QuietEPollReactor} the flush is one
-    C{callBeforePoll}: it runs after the turn's timed calls, right before
-    the poll, where a C{callLater(0)} would have run just before them. At
-    one client that spares each request a C{DelayedCall} (made, pushed on
-    the timer heap, popped, run by C{runUntilCurrent}) for the same flush
-    at the same point of the turn. Other clocks (another reactor, a test's
-    C{Clock}) keep the C{callLater(0)}.
+    Flushes every L{TurnAggregator} that has output, once, on the next
+    turn of C{clock}. One per clock (L{flusherFor}).
     """
 
     def __init__(self, clock) -> None:
         self._clock = clock
         self._due: list[TurnAggregator] = []
-        self._call: object = None
-        self._beforePoll = getattr(clock, "callBeforePoll", None)
+        self._call = None
 
     def add(self, aggregator: "TurnAggregator") -> None:
         self._due.append(aggregator)
         if self._call is None:
-            beforePoll = self._beforePoll
-            if beforePoll is not None:
-                self._call = True
-                beforePoll(self.flushAll)
-            else:
-                self._call = self._clock.callLater(0, self.flushAll)
+            self._call = self._clock.callLater(0, self.flushAll)
 
     def flushAll(self) -> None:
         self._call = None
@@ -146,22 +133,9 @@ class TurnAggregator:
 _memBytes = lib.BIO_get_mem_data
 _NULL = ffi.NULL
 _sslPending = lib.SSL_pending
-_sslRead = lib.SSL_read
-_sslWrite = lib.SSL_write
-_bioRead = lib.BIO_read
-_bioWrite = lib.BIO_write
-_cBuffer = ffi.buffer
-
-#: How much one C{SSL_read} or C{BIO_read} takes, as Twisted asks
-#: (C{recv(2**15)}, C{bio_read(2**15)}).
-_CHUNK = 2**15
-#: Twisted's C{_write} hands OpenSSL at most one TLS record's payload per call.
-_RECORD = 2**14
-#: Where C{SSL_read} and C{BIO_read} put their bytes, copied out at once
-#: (pyOpenSSL allocates a fresh 32 KiB buffer per call instead). One for
-#: the process: only the reactor thread runs TLS transports, and nothing
-#: runs between a read and its copy.
-_scratch = ffi.new("char[]", _CHUNK)
+_doHandshake = lib.SSL_do_handshake
+_sslError = lib.SSL_get_error
+_WANT_READ = lib.SSL_ERROR_WANT_READ
 
 
 class FastTLSTransport(BufferingTLSTransport):
@@ -186,24 +160,13 @@ class FastTLSTransport(BufferingTLSTransport):
         that it leaves in the same TCP segment as OpenSSL's session
         tickets, instead of one more send on the next reactor turn (the
         client waits for it: one wake-up less per connection).
-      - once the handshake is done, each record in and out calls OpenSSL
-        itself (C{BIO_write}, C{SSL_read}, C{SSL_write}, C{BIO_read}, as
-        pyOpenSSL's C{bio_write}, C{recv}, C{send} and C{bio_read} do),
-        into one reused buffer, and hands a result of 0 or less to
-        pyOpenSSL's own error mapping (C{_raise_ssl_error},
-        C{_handle_bio_errors}), so that every error raises what it raised
-        before and Twisted's handlers meet it as before. What is skipped
-        is each wrapper's argument checks, its fresh 32 KiB buffer, its
-        context manager and, after a call that succeeded, the check of the
-        context's callback helpers (certificate verification, ALPN,
-        OCSP): their callbacks run only during a handshake, and after ours
-        there is none (C{OP_NO_RENEGOTIATION}, C{VERIFY_CLIENT_ONCE}, no
-        TLS 1.3 post-handshake authentication; L{proto.tls}). About 2.5 of
-        8.5 microseconds per request and reply (measured in process).
     """
 
     #: Set once C{setTcpNoDelay(False)} was called on this connection.
     _noDelayOff = False
+    #: A handshake step that waits for the peer needs no exception (see
+    #: L{_checkHandshakeStatus}).
+    _quietWait = False
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped: bool = True) -> None:
         TLSMemoryBIOProtocol.__init__(self, factory, wrappedProtocol, _connectWrapped)
@@ -231,6 +194,8 @@ class FastTLSTransport(BufferingTLSTransport):
         tls = self._tlsConnection = factory._creatorCallable(self)
         if factory.acceptAnyCertificate:
             acceptAnyCertificate(tls)
+            context = tls._context
+            self._quietWait = context._alpn_select_helper is None and context._ocsp_helper is None
         self._appSendBuffer = []
         factory.noDelay.check(transport)
         # ProtocolWrapper.makeConnection: directlyProvides(all of
@@ -257,110 +222,90 @@ class FastTLSTransport(BufferingTLSTransport):
         transport.setTcpNoDelay(enabled)
 
     def _checkHandshakeStatus(self) -> None:
+        """
+        Twisted's (C{TLSMemoryBIOProtocol._checkHandshakeStatus}, 26.x),
+        with the handshake step called without pyOpenSSL's wrapper where
+        that can only differ by the exception it builds: a step that waits
+        for the peer (twice per handshake) costs 0.5 instead of 2 us. The
+        wrapper's checks before that exception (problems its Python
+        callbacks recorded) have nothing to find when the certificate is
+        accepted in C (L{proto.speed.setup}) and the context has no ALPN or
+        OCSP callback; otherwise, and for every other outcome, pyOpenSSL
+        raises exactly what C{do_handshake} would.
+        """
         if self._handshakeDone:
             return super()._checkHandshakeStatus()
-        super()._checkHandshakeStatus()
-        if self._handshakeDone and not self._lostTLSConnection:
+        if self._aborted:
+            return
+        tls = self._tlsConnection
+        ssl = tls._ssl
+        result = _doHandshake(ssl)
+        if result <= 0 or not self._quietWait:
+            if result <= 0 and self._quietWait and _sslError(ssl, result) == _WANT_READ:
+                self._flushSendBIO()
+                return
+            try:
+                # What do_handshake does after the step (also on success).
+                tls._raise_ssl_error(ssl, result)
+            except WantReadError:
+                self._flushSendBIO()
+                return
+            except Error:
+                self._tlsShutdownFinished(Failure())
+                return
+        self._handshakeDone = True
+        if IHandshakeListener.providedBy(self.wrappedProtocol):
+            wrapped: Any = self.wrappedProtocol
+            aggregator = self._aggregator
+            if isinstance(aggregator, TurnAggregator) and not aggregator._queued:
+                # What handshakeCompleted writes (the greeting) is flushed
+                # below: it need not be queued with the turn's flusher as
+                # well (a callLater(0) and a reactor turn per connection).
+                aggregator._queued = True
+                try:
+                    wrapped.handshakeCompleted()
+                finally:
+                    aggregator._queued = False
+            else:
+                wrapped.handshakeCompleted()
+        if not self._lostTLSConnection:
             # handshakeCompleted has run: its greeting goes out now, with
             # the tickets OpenSSL just wrote (sent by our caller's flush).
             self._aggregator.flush()
 
-    def dataReceived(self, data: bytes) -> None:
-        """
-        C{TLSMemoryBIOProtocol.dataReceived}; once the handshake is done and
-        no write waits for OpenSSL, the bytes go to the receive BIO with
-        C{BIO_write} itself (as C{bio_write} does).
-        """
-        if not self._handshakeDone or self._appSendBuffer or data.__class__ is not bytes:
-            super().dataReceived(data)
-            return
-        tls = self._tlsConnection
-        into = tls._into_ssl
-        written = _bioWrite(into, data, len(data))
-        if written <= 0:
-            tls._handle_bio_errors(into, written)
-        self._flushReceiveBIO()
-
-    def _write(self, data: bytes) -> None:
-        """
-        Twisted's C{TLSMemoryBIOProtocol._write} (26.x) line for line, with
-        C{SSL_write} called itself (see the class docstring): a result of 0
-        or less raises through pyOpenSSL's C{_raise_ssl_error} what
-        C{send} would have raised. (Before the handshake's end, or not
-        bytes: Twisted's own, whose C{send} takes any buffer.)
-        """
-        if data.__class__ is not bytes or not self._handshakeDone:
-            TLSMemoryBIOProtocol._write(self, data)
-            return
-        if self._lostTLSConnection:
-            return
-        tls = self._tlsConnection
-        ssl = tls._ssl
-        alreadySent = 0
-        while alreadySent < len(data):
-            toSend = data[alreadySent : alreadySent + _RECORD]
-            sent = _sslWrite(ssl, toSend, len(toSend))
-            if sent <= 0:
-                try:
-                    tls._raise_ssl_error(ssl, sent)
-                except WantReadError:
-                    self._bufferedWrite(data[alreadySent:])
-                    break
-                except Error:
-                    self._tlsShutdownFinished(Failure())
-                    break
-            alreadySent += sent
-            self._flushSendBIO()
-
     def _flushSendBIO(self) -> None:
         tls = self._tlsConnection
-        out = tls._from_ssl
-        if _memBytes(out, _NULL) > 0:
-            got = _bioRead(out, _scratch, _CHUNK)
-            if got <= 0:
-                try:
-                    tls._handle_bio_errors(out, got)
-                except WantReadError:
-                    return
+        if _memBytes(tls._from_ssl, _NULL) > 0:
+            try:
+                data = tls.bio_read(2**15)
+            except WantReadError:
+                return
             transport: Any = self.transport
-            transport.write(_cBuffer(_scratch, got)[:])
+            transport.write(data)
 
     def _flushReceiveBIO(self) -> None:
         """
         Twisted's loop (C{TLSMemoryBIOProtocol._flushReceiveBIO}, 26.x) line
         for line, but it stops once neither the receive BIO nor OpenSSL
-        holds a byte, instead of on the C{WantReadError} of one more recv,
-        and calls C{SSL_read} itself (see the class docstring). A
-        connection lost before its handshake's end gets Twisted's own.
+        holds a byte, instead of on the C{WantReadError} of one more recv.
         """
-        if not self._handshakeDone:
-            TLSMemoryBIOProtocol._flushReceiveBIO(self)
-            return
         tls = self._tlsConnection
         ssl, into = tls._ssl, tls._into_ssl
         while not self._lostTLSConnection:
-            got = _sslRead(ssl, _scratch, _CHUNK)
-            if got > 0:
-                data = _cBuffer(_scratch, got)[:]
-            else:
-                # What recv() does with such a result: raise, or (no error:
-                # it cannot happen, but as recv) give b"".
-                try:
-                    tls._raise_ssl_error(ssl, got)
-                except WantReadError:
-                    break
-                except ZeroReturnError:
-                    self._shutdownTLS()
-                    self._tlsShutdownFinished(None)
-                    continue
-                except Error:
-                    self._tlsShutdownFinished(Failure())
-                    continue
-                data = b""
-            if not self._aborted:
-                ProtocolWrapper.dataReceived(self, data)
-            if not _sslPending(ssl) and _memBytes(into, _NULL) <= 0:
+            try:
+                data = tls.recv(2**15)
+            except WantReadError:
                 break
+            except ZeroReturnError:
+                self._shutdownTLS()
+                self._tlsShutdownFinished(None)
+            except Error:
+                self._tlsShutdownFinished(Failure())
+            else:
+                if not self._aborted:
+                    ProtocolWrapper.dataReceived(self, data)
+                if not _sslPending(ssl) and _memBytes(into, _NULL) <= 0:
+                    break
         self._flushSendBIO()
 
 
