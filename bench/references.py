@@ -103,6 +103,14 @@ def _children(pid: int) -> list[int]:
         return []
 
 
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "?"
+
+
 def _percentile(sorted_values: list[float], q: float) -> float | None:
     if not sorted_values:
         return None
@@ -411,6 +419,18 @@ class Postgres:
                 pass
         return total
 
+    def conninfo(self) -> str:
+        """Our server's C{--store} value for this cluster (its Unix socket, no TLS)."""
+        return f"postgresql:host={self.dir} port={self.port} user=proto dbname=postgres"
+
+    def settle(self) -> None:
+        """Wait until the backends of clients that closed have exited (and were reaped)."""
+        deadline = time.monotonic() + 1
+        while time.monotonic() < deadline and any(
+            _state(child) == "Z" for child in _children(self.postmaster)
+        ):
+            time.sleep(0.02)
+
     def _settle(self, baseline: int) -> None:
         """Wait until the benchmark's backends have exited (and were reaped)."""
         deadline = time.monotonic() + 5
@@ -534,11 +554,22 @@ def runReferences(names: list[str], workdir: str, body: bytes, ref: bytes, keys:
     return results
 
 
-def fromLoadgen(label: str, r: dict, serverCpuPerWall: float, wall: float) -> dict:
-    """One of our rows (bench/loadgen's JSON) in the references' shape."""
+def fromLoadgen(label: str, r: dict, serverCpuPerWall: float, wall: float,
+                dbCpuPerWall: float | None = None) -> dict:
+    """
+    One of our rows (bench/loadgen's JSON) in the references' shape. With
+    C{dbCpuPerWall} (ours on PostgreSQL): the database's CPU is added to
+    the server's, and also kept apart (C{db_cpu_us_per_op}).
+    """
     ops = r.get("replies_total") or r["requests"]
+    serverCpu = serverCpuPerWall * wall
+    extra = None
+    if dbCpuPerWall is not None:
+        extra = {"own_cpu_us_per_op": serverCpu / ops * 1e6 if ops else None,
+                 "db_cpu_us_per_op": dbCpuPerWall * wall / ops * 1e6 if ops else None}
+        serverCpu += dbCpuPerWall * wall
     return _result("ours", label, ops, wall, r["req_per_s"], r["p50_us"], r["p99_us"],
-                   serverCpuPerWall * wall, r["loadgen_cpu"], r["errors"])
+                   serverCpu, r["loadgen_cpu"], r["errors"], extra)
 
 
 def printComparison(results: list[dict], printTable: Callable, fmtNum: Callable) -> None:
@@ -573,7 +604,9 @@ def printComparison(results: list[dict], printTable: Callable, fmtNum: Callable)
                 label if system == systems[0] else "", system, fmtNum(r["ops_per_s"]),
                 " / ".join(ratios) if system == "ours" else "",
                 fmtNum(r["p50_us"], " us"), fmtNum(r["p99_us"], " us"),
-                fmtNum(r["cpu_us_per_op"], " us"),
+                fmtNum(r["cpu_us_per_op"], " us") + (
+                    f" ({fmtNum(r['own_cpu_us_per_op'])} + {fmtNum(r['db_cpu_us_per_op'])} db)"
+                    if r.get("db_cpu_us_per_op") is not None else ""),
                 f"{r['loadgen_cpu']:.2f}" + (" (lower bound)" if saturated else ""),
                 str(r["errors"]),
             ])
@@ -582,7 +615,8 @@ def printComparison(results: list[dict], printTable: Callable, fmtNum: Callable)
     printTable(["row", "system", "ops/s", "ours/redis / ours/pg", "p50", "p99", "server CPU/op",
                 "loadgen CPU", "errors"], rows)
     print("server CPU/op: the server's user+sys CPU over the whole run / operations in it "
-          "(PostgreSQL: postmaster + its processes).")
+          "(PostgreSQL: postmaster + its processes; ours on PostgreSQL: ours + the cluster's, "
+          "'(ours + db)').")
     print(f"loadgen CPU: the load generator's own CPU seconds per wall second; >= {SATURATED} marks it "
           "saturated, and then that row is a lower bound for that server.")
     if lowerBound:

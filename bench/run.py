@@ -523,11 +523,18 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
     warmup = min(1.0, a.seconds / 10)
     bodyFile, refFile = writeBodies(workdir)
     keys = str(a.keys)
+    # Ours on PostgreSQL (--our-store postgresql): the cluster's CPU over
+    # each of our rows is counted too (its backends do our reads/writes).
+    database = a.ourDatabase
 
     def one(label, args, rateField="req_per_s"):
         print(f"[store] {label}", flush=True)
         try:
+            db0 = database.cpu() if database is not None else None
             r = runLoadgen(server, dataDir, args, a.pin, a.seconds + 90)
+            if database is not None:
+                database.settle()
+                r["db_cpu"] = (database.cpu() - db0) / r["wall"]
         except LoadgenError as e:
             print(f"  ours: FAILED: {e}", flush=True)
             rows.append([label, "FAILED", "—", "—", "—", "—"])
@@ -537,7 +544,8 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
         raw.append({"row": label, "result": r})
         rows.append([
             label, fmtNum(r[rateField]), fmtNum(r["p50_us"], " us"), fmtNum(r["p99_us"], " us"),
-            f"{r['loadgen_cpu']:.2f} / {r['server_cpu']:.2f}", str(r["errors"]),
+            f"{r['loadgen_cpu']:.2f} / {r['server_cpu']:.2f}"
+            + (f" + {r['db_cpu']:.2f} db" if "db_cpu" in r else ""), str(r["errors"]),
         ])
         return r
 
@@ -558,10 +566,14 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
     compared = {}
     with open(bodyFile, "rb") as f, open(refFile, "rb") as g:
         body, ref = f.read(), g.read()
-    systems, a.refResults = references.startReferences(
-        a.references, workdir, body, ref, a.keys,
-        SERVER_CPU if a.pin else None, LOADGEN_CPU if a.pin else None,
-    )
+    if a.systems is None:
+        systems, a.refResults = references.startReferences(
+            a.references, workdir, body, ref, a.keys,
+            SERVER_CPU if a.pin else None, LOADGEN_CPU if a.pin else None,
+        )
+    else:
+        systems = a.systems  # started before our server (main stops them)
+    measured = [s for s in systems if s.name in a.references]
     try:
         for label, kind, clients in references.ROWS:
             if kind not in a.storeRows:
@@ -569,10 +581,12 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
             r = one(label, ["-c", str(clients), "-d", "1", *shapes[kind]])
             compared[label] = r
             if r is not None:
-                a.compared.append(references.fromLoadgen(label, r, r["server_cpu"], r["wall"]))
-            a.refResults += references.measureRow(systems, label, kind, clients, a.seconds)
+                a.compared.append(references.fromLoadgen(label, r, r["server_cpu"], r["wall"],
+                                                         r.get("db_cpu")))
+            a.refResults += references.measureRow(measured, label, kind, clients, a.seconds)
     finally:
-        references.stopReferences(systems)
+        if a.systems is None:
+            references.stopReferences(systems)
     if "pipelined" in a.storeRows:
         one("GET 1 KiB + Include, 16 clients x 16", ["-c", "16", "-d", "16", *get])
     r1, r50 = compared.get("PUT 1 KiB, 1 client"), compared.get("PUT 1 KiB, 50 clients")
@@ -619,6 +633,11 @@ def main() -> int:
     p.add_argument("--references", default="redis,postgresql",
                    help="reference systems of the store suite: a comma list of redis, postgresql, "
                         "or 'none' (default: redis,postgresql; see bench/references.py)")
+    p.add_argument("--our-store", choices=["sqlite", "postgresql"], default="sqlite",
+                   help="store suite: our server's document store: its data directory's SQLite file "
+                        "(default), or the reference PostgreSQL cluster (started even when it is not a "
+                        "reference; our server reaches it over its Unix socket), whose CPU over our "
+                        "rows is then counted as ours too ('+ db')")
     a = p.parse_args()
     if not (0 < a.seconds <= 600):
         p.error("--seconds must be in (0, 600]")
@@ -639,6 +658,8 @@ def main() -> int:
             p.error(f"--references: unknown system {name!r}")
     a.compared = []
     a.refResults = []
+    a.systems = None  # the references, when started before our server
+    a.ourDatabase = None  # the PostgreSQL our server uses (--our-store postgresql)
 
     buildLoadgen(a.rebuild)
     nofile = raiseFileLimit()
@@ -686,6 +707,20 @@ def main() -> int:
     servers: dict[str, Server] = {}
     rc = 0
     try:
+        ourStore: list[str] = []
+        if wantOurs and a.our_store == "postgresql" and a.suite in ("store", "all"):
+            body, ref = (open(f, "rb").read() for f in writeBodies(workdir))
+            names = sorted({*a.references, "postgresql"}, key=list(references.SYSTEMS).index)
+            a.systems, a.refResults = references.startReferences(
+                names, workdir, body, ref, a.keys,
+                SERVER_CPU if a.pin else None, LOADGEN_CPU if a.pin else None,
+            )
+            a.ourDatabase = next((s for s in a.systems if s.name == "postgresql"), None)
+            if a.ourDatabase is None:
+                sys.exit("--our-store postgresql: PostgreSQL could not be started (see above)")
+            ourStore = ["--store", a.ourDatabase.conninfo()]
+            print(f"  our store: PostgreSQL ({ourStore[1]}); server CPU of our rows: ours + the "
+                  "cluster's ('+ db')", flush=True)
         if wantOurs:
             port = freePort()
             servers["ours"] = Server(
@@ -693,7 +728,7 @@ def main() -> int:
                 # twistd (note: "python -m twisted" is the newer "twist" runner,
                 # which has no --pidfile/-n; this is twistd from the same venv)
                 [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "proto", "--data-dir", dataDir,
-                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000"],
+                 "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000", *ourStore],
                 port, workdir, a.pin,
             )
         if wantFloor:
@@ -765,6 +800,8 @@ def main() -> int:
     finally:
         for s in servers.values():
             s.stop()
+        if a.systems is not None:
+            references.stopReferences(a.systems)
         if a.keep:
             print(f"kept {workdir}")
         else:
