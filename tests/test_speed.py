@@ -344,6 +344,49 @@ class TurnFlusherTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
+class BeforePollClock(Clock):
+    """A test clock with the quiet reactor's C{callBeforePoll}, run by hand."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.beforePoll: list = []
+
+    def callBeforePoll(self, f) -> None:
+        self.beforePoll.append(f)
+
+    def poll(self) -> None:
+        calls, self.beforePoll = self.beforePoll, []
+        for f in calls:
+            f()
+
+
+class TurnFlusherBeforePollTests(unittest.TestCase):
+    def test_flushBeforePollNotTimed(self):
+        """
+        On a reactor with C{callBeforePoll}, the flush is one call before
+        the poll for all connections, and no C{DelayedCall}.
+        """
+        clock = BeforePollClock()
+        flusher = TurnFlusher(clock)
+        out = {1: [], 2: []}
+        a = TurnAggregator(out[1].append, flusher)
+        b = TurnAggregator(out[2].append, flusher)
+        a.write(b"a1")
+        b.write(b"b1")
+        a.write(b"a2")
+        self.assertEqual(len(clock.beforePoll), 1)
+        self.assertEqual(clock.getDelayedCalls(), [])
+        clock.advance(0)
+        self.assertEqual(out, {1: [], 2: []})
+        clock.poll()
+        self.assertEqual(out, {1: [b"a1a2"], 2: [b"b1"]})
+        a.write(b"a3")
+        self.assertEqual(len(clock.beforePoll), 1)
+        clock.poll()
+        self.assertEqual(out[1], [b"a1a2", b"a3"])
+        self.assertEqual(clock.beforePoll, [])
+
+
 class Exploding:
     """A reader whose doRead raises, on one end of a socket pair."""
 
@@ -413,6 +456,23 @@ class QuietReactorTests(unittest.TestCase):
         self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
         r.doPoll(0)
         self.assertEqual(calls, ["timed", "broken", "scheduled"])
+
+    def test_callBeforePollFromOne(self):
+        """
+        A call made before the poll that asks for another one (a TLS flush
+        that makes more output) does not let the poll sleep: the new one
+        runs before the next poll.
+        """
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        calls = []
+        r.callBeforePoll(lambda: r.callBeforePoll(lambda: calls.append("again")))
+        started = r.seconds()
+        r.doPoll(5)
+        self.assertLess(r.seconds() - started, 4)
+        self.assertEqual(calls, [])
+        r.doPoll(5)
+        self.assertEqual(calls, ["again"])
 
 
 @implementer(IPushProducer)
@@ -532,3 +592,113 @@ class PlainTransportOptionTests(unittest.TestCase):
         (endpoint,) = self.endpoints(not options["plain-transport"])
         self.assertNotIsInstance(endpoint, speed.FastTLSServerEndpoint)
         self.assertFalse(speedReactor.isInstalled(), "trial's reactor was installed first")
+
+
+class _Recorder(protocol.Protocol):
+    """Keeps what TLS delivers and how the connection ended; echoes on request."""
+
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo
+        self.received = b""
+        self.reason = None
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.echo:
+            self.transport.write(data)
+
+    def connectionLost(self, reason) -> None:
+        self.reason = reason
+
+
+class DirectOpenSSLCallsTests(unittest.TestCase):
+    """
+    L{FastTLSTransport} calls OpenSSL itself once the handshake is done
+    (C{BIO_write}, C{SSL_read}, C{SSL_write}, C{BIO_read}): every outcome
+    must be the one Twisted's own transport (through pyOpenSSL's
+    wrappers) gives, in memory, both run side by side.
+    """
+
+    def connect(self, fast: bool, echo: bool = False):
+        from twisted.internet.ssl import PrivateCertificate as PC
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+        from twisted.test import iosim
+
+        from proto.speed.tlsflush import FastTLSFactory
+        from tests.support import realTimeClock
+
+        creds = Credentials.get()
+        clock = realTimeClock()
+        server, client = _Recorder(echo), _Recorder()
+        factory = FastTLSFactory if fast else TLSMemoryBIOFactory
+        serverTLS = factory(
+            creds.serverTLS(), False, protocol.Factory.forProtocol(lambda: server), clock=clock
+        ).buildProtocol(iosim.FakeAddress())
+        clientTLS = TLSMemoryBIOFactory(
+            creds.clientOptions(creds.client), True, protocol.Factory.forProtocol(lambda: client), clock=clock
+        ).buildProtocol(iosim.FakeAddress())
+        pump = iosim.connect(
+            serverTLS, iosim.makeFakeServer(serverTLS), clientTLS, iosim.makeFakeClient(clientTLS), clock=clock
+        )
+        self.assertEqual(type(serverTLS) is FastTLSTransport, fast)
+        del PC
+
+        def flush():
+            for _ in range(20):
+                pump.flush()
+                clock.advance(0)
+            pump.flush()
+
+        flush()
+        self.assertTrue(serverTLS._handshakeDone)
+        return server, client, serverTLS, clientTLS, flush
+
+    def both(self, scenario):
+        """Run C{scenario(fast)} on both transports; their results must agree."""
+        results = [scenario(fast) for fast in (False, True)]
+        self.assertEqual(results[0], results[1])
+        return results[1]
+
+    def test_bigEchoBothWays(self):
+        """Several records each way (over 16 KiB, the most one SSL_write takes), intact."""
+        data = bytes(range(256)) * 400  # 100 KiB
+
+        def scenario(fast):
+            server, client, _, clientTLS, flush = self.connect(fast, echo=True)
+            for i in range(0, len(data), 7000):
+                client.transport.write(data[i : i + 7000])
+                flush()
+            return server.received == data, client.received == data
+
+        self.assertEqual(self.both(scenario), (True, True))
+
+    def test_corruptRecord(self):
+        """A record that fails to decrypt ends the connection with OpenSSL's error, as before."""
+        from OpenSSL.SSL import Error as SSLError
+
+        def scenario(fast):
+            server, client, serverTLS, _, flush = self.connect(fast)
+            client.transport.write(b"fine")
+            flush()
+            serverTLS.dataReceived(b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+            flush()
+            self.assertIsNotNone(server.reason)
+            server.reason.trap(SSLError)
+            return server.received, str(server.reason.value)
+
+        received, reason = self.both(scenario)
+        self.assertEqual(received, b"fine")
+        self.assertIn("decryption failed or bad record mac", reason)
+
+    def test_closeNotify(self):
+        """The peer's close_notify ends the connection cleanly, as before, after its data."""
+
+        def scenario(fast):
+            server, client, _, clientTLS, flush = self.connect(fast)
+            client.transport.write(b"last words")
+            client.transport.loseConnection()
+            flush()
+            self.assertIsNotNone(server.reason)
+            return server.received, server.reason.type
+
+        self.assertEqual(self.both(scenario), (b"last words", error.ConnectionDone))

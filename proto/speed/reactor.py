@@ -82,8 +82,9 @@ class QuietEPollReactor(epollreactor.EPollReactor):
                     f()
                 except BaseException:
                     log.err(system="callBeforePoll")
-            # (They may have scheduled calls: do not sleep past them.)
-            due = self.timeout()
+            # (They may have scheduled calls, or asked for another call
+            # before the poll: do not sleep past them.)
+            due = 0 if self._beforePoll else self.timeout()
             if due is not None and (timeout is None or due < timeout):
                 timeout = due
         if timeout is None:

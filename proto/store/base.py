@@ -296,7 +296,11 @@ class IDocumentStore(Interface):
         """
         Open the store. Operations may be issued at once; they wait until
         it is open. Fires when it is ready, fails (and the store closes) if
-        it cannot be opened.
+        it cannot be opened. A backend whose cause of failure may pass by
+        itself (PostgreSQL: a database not reachable yet) keeps trying
+        instead (L{proto.store.reopen}): operations then fail at once with
+        L{StoreNotOpenedError} until it opens, and the Deferred fires then
+        (or fails with L{StoreClosedError} if the store is closed first).
         """
 
     def close() -> Deferred[None]:
