@@ -202,7 +202,7 @@ class HandshakeStepTests(unittest.TestCase):
             self.assertEqual(client.frames[0].ok, ok)
             if ok:
                 (server,) = self.factory.admitted
-                self.assertFalse(server.transport._quietWait)
+                self.assertFalse(server.transport.factory.acceptAnyCertificate)
             client.transport.loseConnection()
             yield client.lost
 

@@ -208,9 +208,6 @@ class FastTLSTransport(BufferingTLSTransport):
 
     #: Set once C{setTcpNoDelay(False)} was called on this connection.
     _noDelayOff = False
-    #: A handshake step that waits for the peer needs no exception (see
-    #: L{_checkHandshakeStatus}).
-    _quietWait = False
 
     def __init__(self, factory, wrappedProtocol, _connectWrapped: bool = True) -> None:
         TLSMemoryBIOProtocol.__init__(self, factory, wrappedProtocol, _connectWrapped)
@@ -238,8 +235,6 @@ class FastTLSTransport(BufferingTLSTransport):
         tls = self._tlsConnection = factory._creatorCallable(self)
         if factory.acceptAnyCertificate:
             acceptAnyCertificate(tls)
-            context = tls._context
-            self._quietWait = context._alpn_select_helper is None and context._ocsp_helper is None
         self._appSendBuffer = []
         factory.noDelay.check(transport)
         # ProtocolWrapper.makeConnection: directlyProvides(all of
@@ -261,7 +256,8 @@ class FastTLSTransport(BufferingTLSTransport):
         factory: Any = self.factory
         if enabled and not self._noDelayOff and factory.noDelay.inherited:
             return
-        self._noDelayOff = not enabled
+        if self._noDelayOff is bool(enabled):  # (an attribute only once it changes)
+            self._noDelayOff = not enabled
         transport: Any = self.transport
         transport.setTcpNoDelay(enabled)
 
@@ -283,9 +279,16 @@ class FastTLSTransport(BufferingTLSTransport):
             return
         tls = self._tlsConnection
         ssl = tls._ssl
+        factory: Any = self.factory
+        context = tls._context
+        quiet = (
+            factory.acceptAnyCertificate
+            and context._alpn_select_helper is None
+            and context._ocsp_helper is None
+        )
         result = _doHandshake(ssl)
-        if result <= 0 or not self._quietWait:
-            if result <= 0 and self._quietWait and _sslError(ssl, result) == _WANT_READ:
+        if result <= 0 or not quiet:
+            if result <= 0 and quiet and _sslError(ssl, result) == _WANT_READ:
                 self._flushSendBIO()
                 return
             try:
