@@ -128,7 +128,7 @@ def main() -> int:
                     r = measure(server, dataDir, ["-c", str(clients), "-d", "1", *put], a.pin,
                                 a.seconds, prof)
                     print(f"  {label} {name}: {r['req_per_s']:.0f}/s, {r['cpu_us_per_put']:.0f} us CPU/PUT, "
-                          f"{r['switches_per_put']:.2f} switches/PUT, p50 {r['p50_us']:.0f} us, "
+                          f"{r['switches_per_put']:.2f} switches/PUT, p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us, "
                           f"errors {r['errors']}", flush=True)
                     if name not in best or r["req_per_s"] > best[name]["req_per_s"]:
                         best[name] = r
@@ -136,13 +136,13 @@ def main() -> int:
             for name in names:
                 r = best[name]
                 row += [f"{r['req_per_s']:,.0f}", f"{r['cpu_us_per_put']:.0f}", f"{r['switches_per_put']:.2f}",
-                        f"{r['p50_us']:.0f}"]
+                        f"{r['p50_us']:.0f}", f"{r['p99_us']:.0f}"]
             if "before" in best:
                 row.append(f"{best['after']['req_per_s'] / best['before']['req_per_s']:.2f}")
             table.append(row)
         headers = ["row"]
         for name in servers:
-            headers += [f"{name} PUT/s", "CPU us/PUT", "switches/PUT", "p50 us"]
+            headers += [f"{name} PUT/s", "CPU us/PUT", "switches/PUT", "p50 us", "p99 us"]
         if "before" in servers:
             headers.append("after/before")
         run.printTable(headers, table)
