@@ -40,12 +40,13 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proto import wire
-from proto.commands.base import Command, CommandError, Handler, Result
+from proto.commands.base import Command, CommandError, EncodedResult, Handler, Result
 from proto.permissions import Grant
 from proto.states import READY
 from proto.stats import UNKNOWN_COMMAND, CommandStats, ServerStats
 
 _encodeReply = wire.encodeReply
+_encodeReplyTail = wire.encodeReplyTail
 
 #: The in-flight table of a connection that has none running: shared and
 #: read-only, replaced by a dict at the first Deferred (most requests
@@ -57,6 +58,8 @@ def successReply(result: bytes | Result | None, sequence: str) -> bytes:
     """The C{OK} reply for what a command returned (bytes: the body)."""
     if type(result) is bytes:
         return _encodeReply(sequence, result)
+    if type(result) is EncodedResult:
+        return _encodeReplyTail(sequence, result.tail)
     if result is None:
         return _encodeReply(sequence)
     assert isinstance(result, Result)

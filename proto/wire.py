@@ -663,15 +663,30 @@ def encodeFrame(
     Encode one server frame (section 4): the status line, Sequence, Size
     when the body is not empty, other headers, the empty line, the body.
     """
-    parts = [statusLine.encode("utf-8"), CRLF]
+    head = statusLine.encode("utf-8") + CRLF
     if sequence is not None:
-        parts.append(b"Sequence: " + sequence.encode("ascii") + CRLF)
-    if body:
-        parts.append(b"Size: %d\r\n" % (len(body),))
-    parts.append(_headerBlock(headers))
-    parts.append(CRLF)
-    parts.append(body)
-    return b"".join(parts)
+        head += b"Sequence: " + sequence.encode("ascii") + CRLF
+    return head + encodeFrameTail(body, headers)
+
+
+def encodeFrameTail(body: bytes = b"", headers: Iterable[tuple[str, str]] = ()) -> bytes:
+    """
+    What follows a frame's Sequence line (L{encodeFrame}): Size when the
+    body is not empty, the other headers, the empty line, the body. A
+    reply sent again and again (GET's memo) keeps this, see
+    L{encodeReplyTail}.
+    """
+    size = b"Size: %d\r\n" % (len(body),) if body else b""
+    return b"".join((size, _headerBlock(headers), CRLF, body))
+
+
+def encodeReplyTail(sequence: str, tail: bytes) -> bytes:
+    """
+    The C{OK} reply whose part after the Sequence line is C{tail}
+    (L{encodeFrameTail}): the same bytes as L{encodeReply} gives for that
+    body and those headers.
+    """
+    return b"OK\r\nSequence: %s\r\n%s" % (sequence.encode("ascii"), tail)
 
 
 def encodeReply(

@@ -23,6 +23,7 @@ from zope.interface.verify import verifyObject
 from proto import wire
 from proto.commands.base import CommandError, ICommandContext, Result
 from proto.commands.documents import _getResult, encodeGetReply
+from proto.dispatch import successReply
 from proto.commands.include import parseInclude, referencedIds
 from proto.server import defaultRegistry
 from proto.hub import ChangeHub
@@ -243,6 +244,8 @@ class GetResultTests(SynchronousTestCase):
             result.headers,
             (("Etag", str(etag)), ("Etags", ",".join(str(0 if d is None else d.etag) for d in docs))),
         )
+        # The reply from its encoded tail is the one its body and headers give.
+        self.assertEqual(successReply(result, "5.1"), wire.encodeReply("5.1", result.body, result.headers))
 
 
 class PutGetDeleteTests(CommandTestCase):

@@ -97,6 +97,23 @@ class EncodeTests(unittest.TestCase):
         )
         self.assertEqual(wire.encodeReply("9"), b"OK\r\nSequence: 9\r\n\r\n")
 
+    def test_replyFromTail(self):
+        """An encoded tail (GET's memo) gives the bytes encodeReply gives."""
+        for body, headers in [
+            (b"", ()),
+            (b"{}", ()),
+            (b'{"a": 1}', (("Etag", "9"), ("Etags", "3,0"))),
+            (b"", (("Etag", "a\r\nb"),)),
+        ]:
+            self.assertEqual(
+                wire.encodeReplyTail("4.2", wire.encodeFrameTail(body, headers)),
+                wire.encodeReply("4.2", body, headers),
+            )
+        self.assertEqual(
+            wire.encodeReplyTail("1", wire.encodeFrameTail(b"xy", (("Etag", "7"),))),
+            b"OK\r\nSequence: 1\r\nSize: 2\r\nEtag: 7\r\n\r\nxy",
+        )
+
     def test_reasonIsOneLine(self):
         self.assertEqual(wire.encodeError("a\r\nb\x00c", None), b"ERR a b c\r\n\r\n")
 

@@ -58,6 +58,19 @@ class Result:
     headers: tuple[tuple[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class EncodedResult(Result):
+    """
+    A L{Result} that also holds its reply already encoded, less the status
+    and Sequence lines (L{proto.wire.encodeFrameTail} of its body and
+    headers): for a reply given again and again (GET's memo of recent
+    replies), so that each reply is one formatting of the Sequence and
+    this, not an encoding of its headers again.
+    """
+
+    tail: bytes = b""
+
+
 class ICommandContext(Interface):
     """
     The connection (and server) a command runs for.

@@ -71,6 +71,7 @@ from proto.commands.base import (
     FIRST_ARG,
     CommandError,
     CommandRegistry,
+    EncodedResult,
     ICommandContext,
     Result,
     etagHeader,
@@ -91,7 +92,7 @@ from proto.store.base import (
     Version,
     checkId,
 )
-from proto.wire import Request
+from proto.wire import Request, encodeFrameTail
 
 registry = CommandRegistry()
 
@@ -146,25 +147,28 @@ REPLY_MEMO_MAX_BODY = 64 * 1024
 #: Replies of recent snapshots, by the snapshot's identity: a store may
 #: give the same snapshot again for the same read while nothing is
 #: committed (L{proto.store.cache.SnapshotMemo}), and then the
-#: reply is not encoded again. Each entry keeps its snapshot, so an
-#: identity is never reused while it is here.
-_replies: BoundedMemo[int, tuple[Snapshot, Result]] = BoundedMemo(REPLY_MEMO_BYTES, REPLY_MEMO_MAX_BODY)
+#: reply is not encoded again: neither its body nor (an
+#: L{EncodedResult}) its headers. Each entry keeps its snapshot, so an
+#: identity is never reused while it is here. (Its size: the body, twice:
+#: as the result's body and in its encoded tail.)
+_replies: BoundedMemo[int, tuple[Snapshot, EncodedResult]] = BoundedMemo(REPLY_MEMO_BYTES, REPLY_MEMO_MAX_BODY)
 
 
-def _getResult(snapshot: Snapshot) -> Result:
+def _getResult(snapshot: Snapshot) -> EncodedResult:
     """L{_encodeResult}, remembered for recent snapshots (see L{_replies})."""
     remembered = _replies.entries.get(id(snapshot))
     if remembered is not None and remembered[0] is snapshot:
         return remembered[1]
-    result = _encodeResult(snapshot)
-    _replies.put(id(snapshot), (snapshot, result), len(result.body))
+    body, headers = _encodeResult(snapshot)
+    result = EncodedResult(body, headers, encodeFrameTail(body, headers))
+    _replies.put(id(snapshot), (snapshot, result), 2 * len(body))
     return result
 
 
-def _encodeResult(snapshot: Snapshot) -> Result:
+def _encodeResult(snapshot: Snapshot) -> tuple[bytes, tuple[tuple[str, str], ...]]:
     """
-    The GET reply: the body, C{Etag} (the snapshot's high-water etag) and
-    C{Etags} (each result's etag, 0 for a missing one), section 8.
+    The GET reply's body and headers: C{Etag} (the snapshot's high-water
+    etag) and C{Etags} (each result's etag, 0 for a missing one), section 8.
     """
     results, includes, etag = snapshot
     if len(results) == 1:
@@ -172,9 +176,9 @@ def _encodeResult(snapshot: Snapshot) -> Result:
         (doc,) = results
         if doc is None:
             if not includes:
-                return Result(_MISSING_ONE, (("Etag", str(etag)), ("Etags", "0")))
+                return _MISSING_ONE, (("Etag", str(etag)), ("Etags", "0"))
         else:
-            return Result(
+            return (
                 b'{"Results": [%s], "Includes": {%s}}' % (
                     doc.body,
                     b", ".join([_idKeyBytes(i.id) + i.body for i in includes]),
@@ -182,7 +186,7 @@ def _encodeResult(snapshot: Snapshot) -> Result:
                 (("Etag", str(etag)), ("Etags", str(doc.etag))),
             )
     etags = ",".join([str(0 if doc is None else doc.etag) for doc in results])
-    return Result(encodeGetReply(results, includes), (("Etag", str(etag)), ("Etags", etags)))
+    return encodeGetReply(results, includes), (("Etag", str(etag)), ("Etags", etags))
 
 
 @registry.command("GET", level=READ, ids=ARGS)
