@@ -6,7 +6,10 @@ C{twistd proto --plain-transport} (to rule them out when debugging).
   - L{proto.speed.writethrough}: TCP writes go to the kernel at once
     instead of waiting for EPOLLOUT on the next reactor turn;
   - L{proto.speed.tlsflush}: one TLS flush per reactor turn for all
-    connections instead of one C{callLater(0)} per connection;
+    connections instead of one C{callLater(0)} per connection (a call
+    before the poll on our reactor);
+  - L{proto.speed.tlsrecords}: TLS records read and written with
+    OpenSSL called directly, errors mapped by pyOpenSSL as before;
   - L{proto.speed.reactor}: an epoll reactor that skips the per-event
     legacy log context (exceptions are still caught and logged);
   - L{proto.speed.setup}: what every connection's set-up repeats

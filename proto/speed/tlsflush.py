@@ -30,12 +30,11 @@ from __future__ import annotations
 import weakref
 from typing import Any
 
-from OpenSSL._util import ffi, lib
-from OpenSSL.SSL import Error, WantReadError, ZeroReturnError
+from OpenSSL._util import lib
+from OpenSSL.SSL import Error, WantReadError
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
-from twisted.protocols.policies import ProtocolWrapper
 from twisted.python.failure import Failure
 from twisted.protocols.tls import (
     BufferingTLSTransport,
@@ -45,6 +44,7 @@ from twisted.protocols.tls import (
 )
 
 from proto.speed.setup import NoDelay, acceptAnyCertificate, providesLike
+from proto.speed.tlsrecords import DirectRecords
 from proto.speed.writethrough import enableWriteThrough
 
 log = Logger()
@@ -143,67 +143,21 @@ class TurnAggregator:
         self.flush()
 
 
-#: C{BIO_get_mem_data(bio, NULL)}: how many bytes a memory BIO holds.
-_memBytes = lib.BIO_get_mem_data
-_NULL = ffi.NULL
-_sslPending = lib.SSL_pending
-_sslRead = lib.SSL_read
-_sslWrite = lib.SSL_write
-_bioRead = lib.BIO_read
-_bioWrite = lib.BIO_write
-_cBuffer = ffi.buffer
-
-#: How much one C{SSL_read} or C{BIO_read} takes, as Twisted asks
-#: (C{recv(2**15)}, C{bio_read(2**15)}).
-_CHUNK = 2**15
-#: Twisted's C{_write} hands OpenSSL at most one TLS record's payload per call.
-_RECORD = 2**14
-#: Where C{SSL_read} and C{BIO_read} put their bytes, copied out at once
-#: (pyOpenSSL allocates a fresh 32 KiB buffer per call instead). One for
-#: the process: only the reactor thread runs TLS transports, and nothing
-#: runs between a read and its copy.
-_scratch = ffi.new("char[]", _CHUNK)
 _doHandshake = lib.SSL_do_handshake
 _sslError = lib.SSL_get_error
 _WANT_READ = lib.SSL_ERROR_WANT_READ
 
 
-class FastTLSTransport(BufferingTLSTransport):
+class FastTLSTransport(DirectRecords, BufferingTLSTransport):
     """
     Twisted's buffering TLS transport with the shared per-turn flush, over
-    a TCP connection that writes through, and two more savings:
-
-      - no failing call per receive and per flush: Twisted's
-        C{_flushReceiveBIO} calls C{recv} until it raises C{WantReadError},
-        and C{_flushSendBIO} calls C{bio_read} even when OpenSSL wrote
-        nothing; each raised error costs about 2 microseconds (pyOpenSSL
-        builds it from OpenSSL's error queue), that is twice per TLS record
-        received in the 50x1 ECHO row. Here both first ask the memory BIOs
-        how many bytes they hold (C{BIO_get_mem_data}) and OpenSSL how many
-        plaintext bytes it has buffered (C{SSL_pending}), and stop when
-        there is nothing: the same calls, less the one that could only
-        fail. (OpenSSL reads a record from the memory BIO only whole and
-        without read-ahead, which a TLS context does not turn on, so empty
-        BIO and nothing pending means no record is left to decode.)
-      - the greeting joins the handshake's last flight: what the protocol
-        writes in C{handshakeCompleted} (C{OK}) is encrypted at once, so
-        that it leaves in the same TCP segment as OpenSSL's session
-        tickets, instead of one more send on the next reactor turn (the
-        client waits for it: one wake-up less per connection).
-      - once the handshake is done, each record in and out calls OpenSSL
-        itself (C{BIO_write}, C{SSL_read}, C{SSL_write}, C{BIO_read}, as
-        pyOpenSSL's C{bio_write}, C{recv}, C{send} and C{bio_read} do),
-        into one reused buffer, and hands a result of 0 or less to
-        pyOpenSSL's own error mapping (C{_raise_ssl_error},
-        C{_handle_bio_errors}), so that every error raises what it raised
-        before and Twisted's handlers meet it as before. What is skipped
-        is each wrapper's argument checks, its fresh 32 KiB buffer, its
-        context manager and, after a call that succeeded, the check of the
-        context's callback helpers (certificate verification, ALPN,
-        OCSP): their callbacks run only during a handshake, and after ours
-        there is none (C{OP_NO_RENEGOTIATION}, C{VERIFY_CLIENT_ONCE}, no
-        TLS 1.3 post-handshake authentication; L{proto.tls}). About 2.5 of
-        8.5 microseconds per request and reply (measured in process).
+    a TCP connection that writes through, with TLS records read and
+    written by L{proto.speed.tlsrecords.DirectRecords}, and one more
+    saving: the greeting joins the handshake's last flight. What the
+    protocol writes in C{handshakeCompleted} (C{OK}) is encrypted at once,
+    so that it leaves in the same TCP segment as OpenSSL's session
+    tickets, instead of one more send on the next reactor turn (the client
+    waits for it: one wake-up less per connection).
     """
 
     #: Set once C{setTcpNoDelay(False)} was called on this connection.
@@ -213,7 +167,7 @@ class FastTLSTransport(BufferingTLSTransport):
         TLSMemoryBIOProtocol.__init__(self, factory, wrappedProtocol, _connectWrapped)
         # Duck-typed like Twisted's aggregator (write/flush/close, _bufferLeft).
         self._aggregator = TurnAggregator(  # type: ignore[assignment]
-            TLSMemoryBIOProtocol.write.__get__(self), flusherFor(factory._clock)
+            self._sendRecords, flusherFor(factory._clock)
         )
         self.write = self._aggregator.write  # type: ignore[method-assign]  # as Twisted does
 
@@ -319,105 +273,6 @@ class FastTLSTransport(BufferingTLSTransport):
             # handshakeCompleted has run: its greeting goes out now, with
             # the tickets OpenSSL just wrote (sent by our caller's flush).
             self._aggregator.flush()
-
-    def dataReceived(self, data: bytes) -> None:
-        """
-        C{TLSMemoryBIOProtocol.dataReceived}; once the handshake is done and
-        no write waits for OpenSSL, the bytes go to the receive BIO with
-        C{BIO_write} itself (as C{bio_write} does).
-        """
-        if not self._handshakeDone or self._appSendBuffer or data.__class__ is not bytes:
-            super().dataReceived(data)
-            return
-        tls = self._tlsConnection
-        into = tls._into_ssl
-        written = _bioWrite(into, data, len(data))
-        if written <= 0:
-            tls._handle_bio_errors(into, written)
-        self._flushReceiveBIO()
-
-    def _write(self, data: bytes) -> None:
-        """
-        Twisted's C{TLSMemoryBIOProtocol._write} (26.x) line for line, with
-        C{SSL_write} called itself (see the class docstring): a result of 0
-        or less raises through pyOpenSSL's C{_raise_ssl_error} what
-        C{send} would have raised. (Before the handshake's end, or not
-        bytes: Twisted's own, whose C{send} takes any buffer.)
-        """
-        if data.__class__ is not bytes or not self._handshakeDone:
-            TLSMemoryBIOProtocol._write(self, data)
-            return
-        if self._lostTLSConnection:
-            return
-        tls = self._tlsConnection
-        ssl = tls._ssl
-        alreadySent = 0
-        while alreadySent < len(data):
-            toSend = data[alreadySent : alreadySent + _RECORD]
-            sent = _sslWrite(ssl, toSend, len(toSend))
-            if sent <= 0:
-                try:
-                    tls._raise_ssl_error(ssl, sent)
-                except WantReadError:
-                    self._bufferedWrite(data[alreadySent:])
-                    break
-                except Error:
-                    self._tlsShutdownFinished(Failure())
-                    break
-            alreadySent += sent
-            self._flushSendBIO()
-
-    def _flushSendBIO(self) -> None:
-        tls = self._tlsConnection
-        out = tls._from_ssl
-        if _memBytes(out, _NULL) > 0:
-            got = _bioRead(out, _scratch, _CHUNK)
-            if got <= 0:
-                try:
-                    tls._handle_bio_errors(out, got)
-                except WantReadError:
-                    return
-            transport: Any = self.transport
-            transport.write(_cBuffer(_scratch, got)[:])
-
-    def _flushReceiveBIO(self) -> None:
-        """
-        Twisted's loop (C{TLSMemoryBIOProtocol._flushReceiveBIO}, 26.x) line
-        for line, but it stops once neither the receive BIO nor OpenSSL
-        holds a byte, instead of on the C{WantReadError} of one more recv,
-        and calls C{SSL_read} itself (see the class docstring). A
-        connection lost before its handshake's end gets Twisted's own.
-        """
-        if not self._handshakeDone:
-            TLSMemoryBIOProtocol._flushReceiveBIO(self)
-            return
-        tls = self._tlsConnection
-        ssl, into = tls._ssl, tls._into_ssl
-        while not self._lostTLSConnection:
-            got = _sslRead(ssl, _scratch, _CHUNK)
-            if got > 0:
-                data = _cBuffer(_scratch, got)[:]
-            else:
-                # What recv() does with such a result: raise, or (no error:
-                # it cannot happen, but as recv) give b"".
-                try:
-                    tls._raise_ssl_error(ssl, got)
-                except WantReadError:
-                    break
-                except ZeroReturnError:
-                    self._shutdownTLS()
-                    self._tlsShutdownFinished(None)
-                    continue
-                except Error:
-                    self._tlsShutdownFinished(Failure())
-                    continue
-                data = b""
-            if not self._aborted:
-                ProtocolWrapper.dataReceived(self, data)
-            if not _sslPending(ssl) and _memBytes(into, _NULL) <= 0:
-                break
-        self._flushSendBIO()
-
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
