@@ -457,6 +457,47 @@ class QuietReactorTests(unittest.TestCase):
         r.doPoll(0)
         self.assertEqual(calls, ["timed", "broken", "scheduled"])
 
+    def test_callBeforePollMovesATimedCallSooner(self):
+        """
+        A call before the poll that moves a timed call sooner (reset) does
+        not let the poll sleep until the old time.
+        """
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        calls = []
+        later = r.callLater(30, calls.append, "moved")
+        r.runUntilCurrent()
+        r.callBeforePoll(lambda: later.reset(0))
+        started = r.seconds()
+        r.doPoll(r.timeout())
+        self.assertLess(r.seconds() - started, 4)
+        r.runUntilCurrent()
+        self.assertEqual(calls, ["moved"])
+
+    def test_mainLoopGoesOnAfterAnError(self):
+        """An unexpected error in a turn is logged and the loop goes on, as Twisted's."""
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        polls = []
+        real = r._poller
+
+        class Poller:
+            def poll(self, timeout, maxEvents):
+                polls.append(timeout)
+                if len(polls) == 1:
+                    raise ValueError("poller bug")
+                r._started = False
+                return []
+
+            def __getattr__(self, name):
+                return getattr(real, name)
+
+        r._poller = Poller()
+        r._started = r.running = True
+        r.mainLoop()
+        self.assertEqual(len(polls), 2)
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+
     def test_callBeforePollFromOne(self):
         """
         A call made before the poll that asks for another one (a TLS flush
@@ -471,7 +512,7 @@ class QuietReactorTests(unittest.TestCase):
         r.doPoll(5)
         self.assertLess(r.seconds() - started, 4)
         self.assertEqual(calls, [])
-        r.doPoll(5)
+        r.doPoll(0)
         self.assertEqual(calls, ["again"])
 
 

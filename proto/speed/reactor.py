@@ -39,6 +39,8 @@ import errno
 import sys
 
 from twisted.internet import epollreactor
+from twisted.internet.base import _log as _baseLog
+from twisted.internet.base import _topHandler
 from twisted.internet.main import CONNECTION_DONE, CONNECTION_LOST
 from twisted.internet.posixbase import _NO_FILEDESC
 from twisted.python import log
@@ -74,19 +76,48 @@ class QuietEPollReactor(epollreactor.EPollReactor):
         """
         self._beforePoll.append(f)
 
+    def mainLoop(self) -> None:
+        """
+        C{ReactorBase.mainLoop} (26.x) with its handler of unexpected
+        errors (log, then go on) entered once around the turns rather than
+        at every turn: the same turns, one context manager less per turn.
+        """
+        while self._started:
+            with _topHandler:
+                while self._started:
+                    self.runUntilCurrent()
+                    t2 = self.timeout()
+                    t = self.running and t2
+                    self.doIteration(t)
+        _baseLog.info("Main loop terminated.")
+
     def doPoll(self, timeout):
         if self._beforePoll:
+            # What the timeout was computed from (mainLoop's timeout()):
+            # the earliest timed call, and the new ones not filed yet.
+            heap = self._pendingTimedCalls
+            first = heap[0] if heap else None
+            firstTime = first.time if first is not None else None
             calls, self._beforePoll = self._beforePoll, []
             for f in calls:
                 try:
                     f()
                 except BaseException:
                     log.err(system="callBeforePoll")
-            # (They may have scheduled calls, or asked for another call
-            # before the poll: do not sleep past them.)
-            due = 0 if self._beforePoll else self.timeout()
-            if due is not None and (timeout is None or due < timeout):
-                timeout = due
+            # They may have scheduled calls (or moved one sooner), or asked
+            # for another call before the poll: do not sleep past them. (A
+            # TLS flush, the usual one, does none of these: then the
+            # timeout already computed stands.)
+            if self._beforePoll:
+                timeout = 0
+            elif self._newTimedCalls or (
+                (heap[0] if heap else None) is not first
+                or (first is not None and first.time != firstTime)
+                or heap is not self._pendingTimedCalls
+            ):
+                due = self.timeout()
+                if due is not None and (timeout is None or due < timeout):
+                    timeout = due
         if timeout is None:
             timeout = -1
         try:
