@@ -90,12 +90,12 @@ class PrefetchedIncludeTests(PostgresBackend, TestCase):
 
 
 class BatchedReadTests(PostgresBackend, TestCase):
-    """A reader's batch of GETs without Include is one statement."""
+    """A reader thread's batch of GETs without Include is one statement."""
 
     @inlineCallbacks
     def setUp(self):
         self.setUpBackend()
-        self.store = self.newStore(readers=1)
+        self.store = self.newStore(readers=1, reactorReads=False)
         yield self.store.start()
         self.addCleanup(self.store.close)
 

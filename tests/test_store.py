@@ -808,10 +808,13 @@ class PostgresGroupCommitTests(PostgresBackend, GroupCommitTests):
 
 
 class PostgresCancellationTests(PostgresBackend, CancellationTests):
-    """L{CancellationTests} on PostgreSQL (one reader thread, as they gate it)."""
+    """
+    L{CancellationTests} on PostgreSQL (one reader thread, as they gate
+    it, and every read on it: not on the reactor, L{tests.test_pgasync}).
+    """
 
     def newStore(self, hub=None, **kwargs):
-        return super().newStore(hub=hub, readers=1, **kwargs)
+        return super().newStore(hub=hub, readers=1, reactorReads=False, **kwargs)
 
 
 class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
@@ -914,13 +917,14 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
         self.assertEqual((yield store.put("a", b"{}")).etag, 4)
         self.assertEqual([c.etag for c in seen], [4])
         self.assertEqual((yield store.get(["a"])), [Document("a", 4, b"{}")])
-        # Writer, two readers, listener: the failed attempts left none open.
+        # Writer, two readers, listener, the reactor's reader: the failed
+        # attempts left none open.
         count = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
         for _ in range(100):
-            if admin.execute(count, (role,)).fetchone()[0] == 4:
+            if admin.execute(count, (role,)).fetchone()[0] == 5:
                 break
             yield deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual(admin.execute(count, (role,)).fetchone()[0], 4)
+        self.assertEqual(admin.execute(count, (role,)).fetchone()[0], 5)
 
     @inlineCallbacks
     def test_failsAtOnceDuringASlowAttempt(self):

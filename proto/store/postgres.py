@@ -6,12 +6,16 @@ If-Match, etags from one counter row, bodies kept byte for byte, the
 change log as the truth that WATCH reads. Several servers (worker
 processes, hosts) sharing one database behave as one.
 
-Threads (psycopg 3's sync API, each thread with its own connection; none
-runs on the reactor thread, and not on the reactor's thread pool):
+Threads (psycopg 3's sync API, each thread with its own connection; not
+the reactor's thread pool), and one connection on the reactor thread:
 
   - the B{writer} (L{proto.store.postgres_session.WriteSession}) runs
     every write queued since its last turn in one transaction;
-  - the B{reader} runs reads in read-only snapshots;
+  - the B{readers} run reads in read-only snapshots; GETs (with and
+    without Include) go instead, while it is connected, to the
+    B{reactor's reader} (L{proto.store.postgres_async}): one
+    non-blocking connection on the reactor thread, a turn's GETs in at
+    most two prepared statements, no thread hand-off;
   - the B{listener} (L{Listener}) waits on C{LISTEN proto_changes}: a
     doorbell only. When it rings (or every L{CATCH_UP_SECONDS} anyway) it
     reads the change log from the publisher's position and hands the
@@ -55,6 +59,7 @@ from proto.store.base import (
 )
 from proto.store.grants import IGrantStore
 from proto.store.facade import StoreFacade
+from proto.store.postgres_async import ReactorReader
 from proto.store.postgres_session import ReadSession, WriteSession
 from proto.store.reopen import RetryingStart, firstLine
 from proto.store.sqlite_publisher import BellThread, Publisher, handOver
@@ -172,6 +177,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         retainChanges: int = DEFAULT_RETAIN_CHANGES,
         readers: int = READERS,
         retryPolicy: Callable[[int], float] | None = None,
+        reactorReads: bool = True,
     ) -> None:
         """
         @param conninfo: a libpq connection string or URI.
@@ -184,6 +190,9 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         @param readers: how many reader threads (connections).
         @param retryPolicy: the delays between attempts to open
             (L{proto.store.reopen.retryPolicy} by default).
+        @param reactorReads: GETs on the reactor thread, in one
+            non-blocking connection (L{proto.store.postgres_async}), the
+            reader threads serving the rest; C{False}: all on the threads.
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
@@ -198,6 +207,10 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             Listener(conninfo, self._publisher, reactor) if self._publisher is not None else None
         )
         self._makeWorkers()
+        self.reactorReader = (
+            ReactorReader(conninfo, reactor, lambda work: self._reader.submit(work))
+            if reactorReads and hasattr(reactor, "addReader") else None
+        )
         self._turn = 0
         self._closed = False
         #: Every worker is open (and the listener started).
@@ -310,6 +323,8 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             worker.notOpened = None
         if self.listener is not None:  # (there is one when there is a publisher)
             self.listener.start()
+        if self.reactorReader is not None:
+            self.reactorReader.start()
 
     def _workers(self) -> list[Worker]:
         return [self._writer, *self._readers]
@@ -331,6 +346,10 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         if self.listener is not None:
             self.listener.stop()
         closing = [self._writer.stop()] + [reader.stop() for reader in self._readers]
+        if self.reactorReader is not None:
+            # Its reads in flight are answered first (failed over to the
+            # reader threads, which are closing, they fail).
+            closing.append(self.reactorReader.stop())
         if not self.opened:
             return succeed(None)
         return gatherResults(closing).addCallback(lambda _: None)
@@ -370,5 +389,12 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         except ValueError:
             return fail()
         if references is None:
-            return self._readWorker().submit(postgres_session.PlainRead(keys))
-        return self._readWorker().submit(postgres_session.IncludeRead(keys, references))
+            work: Any = postgres_session.PlainRead(keys)
+        else:
+            work = postgres_session.IncludeRead(keys, references)
+        if self._unfinishedWrites:
+            return self._writer.submit(work)
+        asynchronous = self.reactorReader
+        if asynchronous is not None and asynchronous.open and (references is None or work.paths):
+            return asynchronous.submit(work)
+        return self._reader.submit(work)

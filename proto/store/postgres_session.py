@@ -108,12 +108,21 @@ def plainReads(connection: Any, keyLists: Sequence[Sequence[str]]) -> list[Snaps
     Several GETs without Include in one statement (one round trip, one
     snapshot for all of them): a reader's batch.
     """
+    sql, params = plainStatement(keyLists)
+    return plainSnapshots(connection.execute(sql, params), keyLists)
+
+
+def plainStatement(keyLists: Sequence[Sequence[str]]) -> tuple[str, tuple[str]]:
+    """The one statement (SQL, parameters) of a batch of GETs without Include."""
     unique = list(dict.fromkeys(key for keys in keyLists for key in keys))
+    return _ONE_KEY_SQL if len(unique) == 1 else _KEYS_SQL, (KEY_SEPARATOR.join(unique),)
+
+
+def plainSnapshots(rows: Iterable[Sequence[Any]], keyLists: Sequence[Sequence[str]]) -> list[Snapshot]:
+    """Each read's L{Snapshot} from the rows of L{plainStatement} (etag, key, id, etag, body)."""
     found: dict[str, Document] = {}
     etag = 0
-    for current, key, id, docEtag, body in connection.execute(
-        _ONE_KEY_SQL if len(unique) == 1 else _KEYS_SQL, (KEY_SEPARATOR.join(unique),)
-    ):
+    for current, key, id, docEtag, body in rows:
         etag = current
         if key is not None:
             found[key] = Document(id, docEtag, bytes(body))
@@ -189,18 +198,35 @@ def prefetchedReads(connection: Any, reads: Sequence["IncludeRead"]) -> list[Any
     """
     import psycopg
 
-    unique = list(dict.fromkeys(key for read in reads for key in read.readKeys))
-    paths = list(dict.fromkeys(jsonPath(path) for read in reads for path in read.paths or ()))
-    limit = PREFETCH_MAX * len(reads)
+    sql, params = prefetchStatement(reads)
     try:
-        rows = connection.execute(
-            _PREFETCH[len(unique) == 1, len(paths) == 1],
-            (KEY_SEPARATOR.join(unique), paths[0] if len(paths) == 1 else paths, limit + 1),
-        ).fetchall()
+        rows = connection.execute(sql, params).fetchall()
     except (psycopg.DataError, psycopg.ProgrammingError):
         # A body jsonb refuses (one with an escaped NUL), a path it cannot
         # parse: read in two round trips (autocommit: nothing to roll back).
         return [None] * len(reads)
+    return prefetchedSnapshots(rows, reads)
+
+
+def prefetchStatement(reads: Sequence["IncludeRead"]) -> tuple[str, tuple[str, Any, int]]:
+    """
+    The one statement (SQL, parameters) of a batch of GETs with Include:
+    its keys, its paths (one text, or a list of them) and its row limit.
+    """
+    unique = list(dict.fromkeys(key for read in reads for key in read.readKeys))
+    paths = list(dict.fromkeys(jsonPath(path) for read in reads for path in read.paths or ()))
+    limit = PREFETCH_MAX * len(reads)
+    return _PREFETCH[len(unique) == 1, len(paths) == 1], (
+        KEY_SEPARATOR.join(unique), paths[0] if len(paths) == 1 else paths, limit + 1
+    )
+
+
+def prefetchedSnapshots(rows: Iterable[Sequence[Any]], reads: Sequence["IncludeRead"]) -> list[Any]:
+    """
+    Each read's outcome (see L{prefetchedReads}) from the rows of
+    L{prefetchStatement}: (kind, key, id, etag, body).
+    """
+    limit = PREFETCH_MAX * len(reads)
     etag = 0
     byKey: dict[str, Document] = {}
     candidates: dict[str, Document | None] = {}

@@ -1,0 +1,141 @@
+"""
+The PostgreSQL store's GETs on the reactor thread
+(L{proto.store.postgres_async.ReactorReader}): a turn's reads in at most
+two statements, the same results as the reader threads, and whatever goes
+wrong handed to those threads.
+"""
+
+from __future__ import annotations
+
+import psycopg
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, gatherResults, inlineCallbacks
+from twisted.internet.task import deferLater
+from twisted.trial.unittest import TestCase
+
+from proto.commands.include import IncludeWalk, parseInclude
+from proto.store import postgres_async, postgres_session
+from tests.test_store import PostgresBackend
+
+
+class ReactorReaderTests(PostgresBackend, TestCase):
+
+    @inlineCallbacks
+    def setUp(self):
+        self.setUpBackend()
+        self.patch(postgres_async, "RETRY_SECONDS", 0.05)
+        self.store = self.newStore()
+        yield self.store.start()
+        self.addCleanup(self.store.close)
+        self.reader = self.store.reactorReader
+        yield self.whenOpen()
+
+    @inlineCallbacks
+    def whenOpen(self):
+        for _ in range(500):
+            if self.reader.open:
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.fail("the reactor reader did not connect within 5 s")
+
+    def include(self, ids, fields="R"):
+        return self.store.read(ids, IncludeWalk(parseInclude(fields)))
+
+    @inlineCallbacks
+    def test_oneTurnTwoStatements(self):
+        """
+        The reads of one turn: one statement for those without Include,
+        one for those with; each read gets what the threads would give.
+        """
+        yield self.store.put("a", b'{"R": "b"}')
+        last = yield self.store.put("b", b'{"n": 2}')
+        before = self.reader.statements
+        reads = [self.store.read(ids) for ids in (["a"], ["B", "a"], ["nope"], ["b", "b"])]
+        included = [self.include(["a"]), self.include(["b", "a"])]
+        found = yield gatherResults(reads)
+        withIncludes = yield gatherResults(included)
+        self.assertEqual(self.reader.statements - before, 2)
+        self.assertEqual(self.reader.fallbacks, 0)
+        self.assertEqual(
+            [[d and (d.id, d.etag) for d in snapshot.results] for snapshot in found],
+            [[("a", 1)], [("b", 2), ("a", 1)], [None], [("b", 2), ("b", 2)]],
+        )
+        self.assertEqual({snapshot.etag for snapshot in found + withIncludes}, {last.etag})
+        self.assertEqual([[d.id for d in s.includes] for s in withIncludes], [["b"], ["b"]])
+        self.assertEqual(withIncludes[1].results[0].body, b'{"n": 2}')
+
+    @inlineCallbacks
+    def test_readYourWrites(self):
+        """A read asked after a write's OK sees it (each time, on the reactor)."""
+        before = self.reader.statements
+        for n in range(20):
+            version = yield self.store.put("k", b'{"n": %d}' % n)
+            (found,) = yield self.store.get(["k"])
+            self.assertEqual((found.etag, found.body), (version.etag, b'{"n": %d}' % n))
+        self.assertGreaterEqual(self.reader.statements - before, 20)
+
+    @inlineCallbacks
+    def test_refusedStatementFallsBack(self):
+        """
+        A batch whose statement the database refuses (a body jsonb
+        refuses) is read by the threads: an Include in two round trips.
+        """
+        yield self.store.put("r/1", b'{"n": 1}')
+        yield self.store.put("o/nul", b'{"R": "r/1", "x": "\\u0000"}')
+        yield self.store.put("o/ok", b'{"R": "r/1"}')
+        twoTrips = []
+        original = postgres_session.snapshotInclude
+        self.patch(postgres_session, "snapshotInclude",
+                   lambda *args: twoTrips.append(args[1]) or original(*args))
+        found = yield gatherResults([self.include(["o/nul"]), self.include(["o/ok"])])
+        self.assertEqual([[d.id for d in s.includes] for s in found], [["r/1"], ["r/1"]])
+        self.assertEqual(sorted(twoTrips), [["o/nul"], ["o/ok"]])
+        self.assertEqual(self.reader.fallbacks, 2)
+        # The connection is still good for the next turn.
+        (found,) = yield self.store.get(["o/ok"])
+        self.assertEqual(found.id, "o/ok")
+        self.assertEqual(self.reader.fallbacks, 2)
+
+    @inlineCallbacks
+    def test_lostConnection(self):
+        """
+        Reads in flight when the connection is lost are read by the
+        threads; it connects again and serves the next ones.
+        """
+        yield self.store.put("a", b"{}")
+        pid = self.reader._pgconn.backend_pid
+        with psycopg.connect(self.conninfo, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        found = yield gatherResults([self.store.get(["a"]), self.include(["a"])])
+        self.assertEqual(found[0][0].id, "a")
+        self.assertEqual(found[1].results[0].id, "a")
+        self.assertEqual(self.reader.fallbacks, 2)
+        yield self.whenOpen()
+        self.assertNotEqual(self.reader._pgconn.backend_pid, pid)
+        before = self.reader.statements
+        self.assertEqual((yield self.store.get(["a"]))[0].id, "a")
+        self.assertEqual(self.reader.statements, before + 1)
+        self.assertEqual(self.reader.fallbacks, 2)
+
+    @inlineCallbacks
+    def test_cancelled(self):
+        """A read cancelled before its turn ends is not sent; the others are answered."""
+        yield self.store.put("a", b"{}")
+        before = self.reader.statements
+        cancelled = self.store.read(["a"])
+        kept = self.include(["a"])
+        cancelled.cancel()
+        yield self.assertFailure(cancelled, CancelledError)
+        self.assertEqual((yield kept).results[0].id, "a")
+        self.assertEqual(self.reader.statements - before, 1)
+
+    @inlineCallbacks
+    def test_closeAnswersReadsInFlight(self):
+        yield self.store.put("a", b"{}")
+        reads = [self.store.get(["a"]) for _ in range(5)]
+        yield deferLater(reactor, 0, lambda: None)  # (sent)
+        closed = self.store.close()
+        found = yield gatherResults(reads)
+        self.assertEqual([f[0].id for f in found], ["a"] * 5)
+        yield closed
+        self.assertFalse(self.reader.open)
