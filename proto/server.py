@@ -327,7 +327,7 @@ def listenServices(
     C{levers}: serve with the fast transport (L{proto.speed}); C{False}
     is C{--plain-transport}. C{reusePort}: one of the workers of
     C{--workers N}, each with its own C{SO_REUSEPORT} sockets on the same
-    addresses (L{proto.workers}).
+    addresses (L{proto.reuseport}).
     """
     from proto import speed
     from proto.datadir import DEFAULT_PORT
@@ -337,7 +337,7 @@ def listenServices(
 
     services: list[service.IService] = []
     if reusePort:
-        from proto.workers import listenAddresses
+        from proto.reuseport import listenAddresses
 
         for endpoint, optional, description in listenAddresses(reactor, descriptions):
             if optional:

@@ -405,7 +405,7 @@ def makeService(options: Options) -> service.IService:
     levers = not options["plain-transport"]
     worker = options["worker-index"] is not None  # one of --workers N (proto.workers)
     if worker:
-        from proto.workers import ParentWatch
+        from proto.worker import ParentWatch
 
         ParentWatch(reactor).setServiceParent(top)
     if options["metrics"]:

@@ -8,6 +8,10 @@ B{worker} processes with Twisted's L{ProcessMonitor}, which restarts a
 worker that dies (with a back-off for one that dies at once). Each worker
 is C{twistd -n proto} again, with the same options (so every option, and
 the allow-list reload, applies to every worker) and C{--worker-index=i}.
+This module is that supervisor: what it prepares, the workers' command
+lines, and when it starts them. The parts: the monitor in
+L{proto.workermonitor}, the sockets in L{proto.reuseport}, what a worker
+adds to a plain server in L{proto.worker}.
 
 Each worker makes I{its own} listening socket on the same port with
 C{SO_REUSEPORT}, and the kernel spreads new connections over them (one
@@ -34,297 +38,29 @@ import sys
 from typing import Any, Iterable
 
 from twisted.application import service
-from twisted.application.internet import TimerService
-from twisted.internet import abstract, defer, endpoints, error
-from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import Logger
-from twisted.protocols.haproxy import proxyEndpoint
 from twisted.python import usage
-from twisted.runner.procmon import ProcessMonitor
-from zope.interface import implementer
 
 from proto.store.base import StoreClosedError
 
-#: Seconds a worker has, after SIGTERM, to drain and exit before SIGKILL.
-WORKER_KILL_TIME = 30.0
-
-#: Pending-connection queue of each worker's sockets.
-BACKLOG = 1024
+# The parts of --workers, each in its own module; their names stay
+# importable from here (tests, tap.py, server.py, twistd's --logger).
+from proto.reuseport import (  # noqa: F401
+    BACKLOG,
+    ReusePortEndpoint,
+    holdAddresses,
+    listenAddresses,
+    proxiedEndpoint,
+    reusePortEndpoint,
+    reusePortSocket,
+)
+from proto.worker import SUPERVISOR_PID, ParentWatch, workerLogObserver  # noqa: F401
+from proto.workermonitor import WORKER_KILL_TIME, WorkerMonitor  # noqa: F401
 
 #: Options the supervisor serves itself and does not give to the workers.
 SUPERVISOR_ONLY = ("--metrics",)
 
-#: The environment variable that gives each worker its supervisor's pid.
-SUPERVISOR_PID = "PROTO_SUPERVISOR_PID"
-
 log = Logger()
-
-
-# -- sockets ----------------------------------------------------------------
-
-
-def reusePortSocket(port: int, interface: str, v6only: bool = False) -> socket.socket:
-    """
-    A TCP socket bound to C{interface:port} with C{SO_REUSEPORT} (and
-    C{SO_REUSEADDR}), not yet listening. Processes of the same user can
-    bind the same address this way; the kernel balances connections over
-    those that listen.
-    """
-    family = socket.AF_INET6 if abstract.isIPv6Address(interface) else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if v6only else 0)
-        sock.bind((interface or "0.0.0.0", port))
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-@implementer(IStreamServerEndpoint)
-class ReusePortEndpoint:
-    """
-    A TCP server endpoint whose socket has C{SO_REUSEPORT}: Twisted's
-    C{tcp:} endpoint cannot set it, so we make the socket and hand it to
-    C{adoptStreamPort}.
-    """
-
-    def __init__(self, reactor: Any, port: int, interface: str = "",
-                 backlog: int = BACKLOG, v6only: bool = False) -> None:
-        self._reactor = reactor
-        self.port = port
-        self.interface = interface
-        self._backlog = backlog
-        self._v6only = v6only
-
-    def listen(self, factory):
-        try:
-            sock = reusePortSocket(self.port, self.interface, self._v6only)
-        except OSError as e:
-            return defer.fail(error.CannotListenError(self.interface, self.port, e))
-        try:
-            sock.listen(self._backlog)
-            sock.setblocking(False)
-            return defer.succeed(
-                self._reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-            )
-        except OSError as e:
-            return defer.fail(error.CannotListenError(self.interface, self.port, e))
-        finally:
-            sock.close()  # adoptStreamPort made its own copy of the descriptor
-
-
-def reusePortEndpoint(reactor: Any, description: str) -> ReusePortEndpoint | Any:
-    """
-    The endpoint for one C{--listen} description, with C{SO_REUSEPORT}:
-    C{tcp:}, C{tcp6:} and C{haproxy:tcp:...} descriptions are supported
-    (Twisted parses them; we only rebuild the TCP part).
-
-    @raise ValueError: for other kinds of endpoint (C{unix:}, C{systemd:}).
-    """
-    from proto.listen import serverEndpoint
-
-    parsed = serverEndpoint(reactor, description)
-    proxied = isinstance(parsed, endpoints._WrapperServerEndpoint)
-    inner = parsed._wrappedEndpoint if isinstance(parsed, endpoints._WrapperServerEndpoint) else parsed
-    if not isinstance(inner, endpoints.TCP4ServerEndpoint):  # TCP6 is a subclass
-        raise ValueError(
-            f"--workers needs TCP listeners (tcp:, tcp6: or haproxy:tcp:), not {description!r}"
-        )
-    tcp = ReusePortEndpoint(reactor, inner._port, inner._interface, inner._backlog)
-    return proxiedEndpoint(tcp) if proxied else tcp
-
-
-def proxiedEndpoint(endpoint):
-    """C{endpoint} behind HAProxy: every connection starts with a PROXY header."""
-    return proxyEndpoint(endpoint)
-
-
-def listenAddresses(reactor: Any, descriptions: list[str]) -> list[tuple[Any, bool, str]]:
-    """
-    The TCP endpoints of the C{--listen} descriptions (default: port 4433 on
-    IPv4 and IPv6), each with whether it is optional (the default IPv6 one:
-    a host without IPv6 must still start) and its description.
-    """
-    from proto.datadir import DEFAULT_PORT
-
-    if not descriptions:
-        return [
-            (ReusePortEndpoint(reactor, DEFAULT_PORT, "0.0.0.0"), False, f"tcp:{DEFAULT_PORT}"),
-            (ReusePortEndpoint(reactor, DEFAULT_PORT, "::", v6only=True), True,
-             f"tcp6:{DEFAULT_PORT}"),
-        ]
-    return [(reusePortEndpoint(reactor, d), False, d) for d in descriptions]
-
-
-def _tcpPart(endpoint) -> ReusePortEndpoint:
-    return endpoint._wrappedEndpoint if isinstance(endpoint, endpoints._WrapperServerEndpoint) else endpoint
-
-
-def holdAddresses(reactor: Any, descriptions: list[str]) -> list[socket.socket]:
-    """
-    Bind (without listening) every address the workers will listen on, so
-    a port in use is reported by the supervisor, once, before any worker
-    starts, and stays ours while workers restart.
-
-    @raise usage.UsageError: naming the address that cannot be bound.
-    """
-    held = []
-    try:
-        for endpoint, optional, _ in listenAddresses(reactor, descriptions):
-            tcp = _tcpPart(endpoint)
-            try:
-                held.append(reusePortSocket(tcp.port, tcp.interface, tcp._v6only))
-            except OSError as e:
-                if optional:
-                    log.warn("IPv6 address not available ({error}); workers serve IPv4 only",
-                             error=e)
-                    continue
-                raise usage.UsageError(
-                    f"cannot listen on {tcp.interface or '*'}:{tcp.port}: {e.strerror}"
-                ) from None
-    except BaseException:
-        for sock in held:
-            sock.close()
-        raise
-    return held
-
-
-# -- the worker side --------------------------------------------------------
-
-
-def workerLogObserver():
-    """
-    C{twistd --logger} of a worker: classic text lines without the time,
-    on standard output, which the supervisor logs with its time and the
-    worker's name (C{[worker-0] [proto.protocol#info] Admitted ...}).
-    """
-    from twisted.logger import FileLogObserver, formatEventAsClassicLogText
-
-    def format(event):
-        return formatEventAsClassicLogText(event, formatTime=lambda when: "-")[2:]
-
-    return FileLogObserver(sys.stdout, format)
-
-
-class ParentWatch(TimerService):
-    """
-    Stops a worker whose supervisor has gone (killed with SIGKILL, say), so
-    no orphaned worker goes on serving alone: its parent changes.
-
-    The supervisor may die at any point of the worker's start, so the
-    supervisor it expects is the one named in L{SUPERVISOR_PID} (by then
-    C{getppid} may already be init's), and the first check, made when
-    twistd starts the services I{before} the reactor runs, asks the
-    reactor to stop once it runs (C{reactor.stop} before then raises,
-    which ended the loop and left the worker serving alone).
-    """
-
-    def __init__(self, reactor: Any, interval: float = 1.0) -> None:
-        self._parent = int(os.environ.get(SUPERVISOR_PID) or os.getppid())
-        self._reactor = reactor
-        self._stopping = False
-        super().__init__(interval, self._check)
-        self.clock = reactor
-
-    def _check(self) -> None:
-        if self._stopping or os.getppid() == self._parent:
-            return
-        self._stopping = True
-        log.warn("Supervisor {pid} has gone; this worker stops", pid=self._parent)
-        self._reactor.callWhenRunning(self._stop)
-
-    def _stop(self) -> None:
-        try:
-            self._reactor.stop()
-        except error.ReactorNotRunning:
-            pass  # already stopping (a SIGTERM came first)
-
-
-# -- the supervisor side ----------------------------------------------------
-
-
-class _WorkerLines(Logger):
-    """
-    The monitor's logger: the workers' lines, without the empty one that
-    C{ProcessMonitor}'s C{LoggingProtocol} adds when a worker ends (it
-    compares C{data[-1]}, an int, with C{b"\\n"}).
-    """
-
-    def info(self, format=None, **kwargs):
-        if kwargs.get("line") == "" and "tag" in kwargs:
-            return
-        super().info(format, **kwargs)
-
-
-class WorkerMonitor(ProcessMonitor):
-    """
-    L{ProcessMonitor} that logs each worker's pid and exit, and whose
-    C{stopService} waits until every worker has exited.
-    """
-
-    log = _WorkerLines()
-    # Twisted's ProcessMonitor infers int from its default (5); it is only
-    # handed to callLater, which takes any number of seconds.
-    killTime = WORKER_KILL_TIME  # type: ignore[assignment]
-
-    def __init__(self, reactor: Any) -> None:
-        super().__init__(reactor)
-        self._exitWaiters: dict[str, list[defer.Deferred[None]]] = {}
-        self._pids: dict[str, int] = {}
-        #: Called with a worker's pid when it has exited (metrics clean-up).
-        self.workerExited: Any = None
-
-    def startProcess(self, name: str) -> None:
-        super().startProcess(name)
-        protocol = self.protocols.get(name)
-        pid = getattr(getattr(protocol, "transport", None), "pid", None)
-        self.log.info("Started {name} (pid {pid})", name=name, pid=pid)
-        if pid is not None:
-            self._pids[name] = pid
-
-    def _monitoredProcessExited(self, name: str, reason=None) -> None:
-        if self.running:
-            self.log.warn(
-                "{name} exited ({reason}); it is restarted",
-                name=name, reason=reason.getErrorMessage() if reason is not None else "?",
-            )
-        pid = self._pids.pop(name, None)
-        if pid is not None and self.workerExited is not None:
-            try:
-                self.workerExited(pid)
-            except Exception:
-                self.log.failure("Cleaning up after {name} (pid {pid}) failed", name=name, pid=pid)
-        super()._monitoredProcessExited(name, reason)
-        for waiter in self._exitWaiters.pop(name, []):
-            waiter.callback(None)
-
-    def signalAll(self, signal: str = "HUP") -> None:
-        """Send C{signal} to every running worker (SIGHUP: reload files)."""
-        for name, protocol in list(self.protocols.items()):
-            transport = protocol.transport
-            if transport is None:
-                continue  # (not started yet, or gone)
-            try:
-                transport.signalProcess(signal)
-            except error.ProcessExitedAlready:
-                pass
-
-    # IService.stopService may return a Deferred (twistd waits for it);
-    # ProcessMonitor annotates its own as returning None.
-    def stopService(self) -> defer.Deferred[None]:  # type: ignore[override]
-        waiting = []
-        for name in list(self.protocols):
-            waiter: defer.Deferred[None] = defer.Deferred()
-            self._exitWaiters.setdefault(name, []).append(waiter)
-            waiting.append(waiter)
-        super().stopService()
-        self.log.info("Stopping {count} workers; waiting for them to drain and exit",
-                      count=len(waiting))
-        return defer.gatherResults(waiting).addCallback(lambda _: None)
 
 
 def workerArguments(rawArgs: Iterable[str], index: int) -> list[str]:
@@ -347,7 +83,7 @@ def workerArguments(rawArgs: Iterable[str], index: int) -> list[str]:
         args.append(arg)
     return [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "--pidfile=", "--nodaemon", "--logger=proto.workers.workerLogObserver", "proto", *args, "--workers=1", f"--worker-index={index}",
+        "--pidfile=", "--nodaemon", "--logger=proto.worker.workerLogObserver", "proto", *args, "--workers=1", f"--worker-index={index}",
     ]
 
 
