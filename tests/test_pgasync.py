@@ -139,3 +139,36 @@ class ReactorReaderTests(PostgresBackend, TestCase):
         self.assertEqual([f[0].id for f in found], ["a"] * 5)
         yield closed
         self.assertFalse(self.reader.open)
+
+
+class OwnNotificationTests(PostgresBackend, TestCase):
+    """The listener reads the change log for others' commits, not for its own writer's."""
+
+    @inlineCallbacks
+    def test_ownCommitsSkippedOthersRead(self):
+        from proto.hub import ChangeHub
+
+        self.setUpBackend()
+        hub, otherHub = ChangeHub(), ChangeHub()
+        seen = []
+        hub.subscribe("", seen.append)
+        store, other = self.newStore(hub=hub), self.newStore(hub=otherHub)
+        for s in (store, other):
+            yield s.start()
+            self.addCleanup(s.close)
+        catchUps = []
+        original = store.listener._catchUp
+        store.listener._catchUp = lambda connection: catchUps.append(1) or original(connection)
+        for n in range(5):
+            yield store.put(f"own/{n}", b"{}")
+        yield other.put("theirs", b"{}")
+        yield store.put("own/5", b"{}")
+        for _ in range(500):
+            if store.listener.skipped >= 5 and len(seen) == 7:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([(c.id, c.etag) for c in seen],
+                         [*((f"own/{n}", n + 1) for n in range(5)), ("theirs", 6), ("own/5", 7)])
+        self.assertGreaterEqual(store.listener.skipped, 5)
+        # (At most: the one for "theirs", and one due every CATCH_UP_SECONDS.)
+        self.assertLessEqual(len(catchUps), 3)

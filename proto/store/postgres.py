@@ -41,6 +41,7 @@ the connection string without its password.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
@@ -73,6 +74,10 @@ CATCH_UP_SECONDS = 2.0
 #: it notices that the store is closing).
 WAIT_SECONDS = 0.1
 
+#: A notification of our own writer's commit that the writer has not
+#: handed over yet is read from the log after this long.
+OWN_GRACE_SECONDS = 0.05
+
 #: After the listener's connection failed, wait this long to try again.
 LISTEN_RETRY_SECONDS = 1.0
 
@@ -90,8 +95,21 @@ class Listener(BellThread):
 
     threadName = "proto-store-listener"
 
-    def __init__(self, conninfo: str, publisher: Publisher, reactor: Any) -> None:
+    def __init__(self, conninfo: str, publisher: Publisher, reactor: Any,
+                 delivered: Callable[[], int] = lambda: 0,
+                 writerPid: Callable[[], int | None] = lambda: None) -> None:
+        """
+        @param delivered: the etag up to which this server's writer has
+            handed every change to the publisher already (read from this
+            thread): a notification at or below it needs no catch-up.
+        @param writerPid: the backend process of this server's writer.
+        """
         super().__init__(publisher, reactor)
+        self._delivered = delivered
+        self._writerPid = writerPid
+        self._owed = 0  # the last etag of our writer's commits not handed over yet
+        self._owedSince = 0.0
+        self.skipped = 0  # notifications needing no catch-up (tests)
         self._conninfo = conninfo
         self._where = postgres_schema.displayed(conninfo)
         self.connects = 0  # how many times it connected (tests: reconnection)
@@ -128,22 +146,42 @@ class Listener(BellThread):
             rang = False
             # notifies() holds the connection while it waits: this
             # connection does nothing else (TWISTED_NOTES, section 9).
-            for _ in connection.notifies(timeout=WAIT_SECONDS, stop_after=1):
-                rang = True
+            wait = OWN_GRACE_SECONDS if self._owed else WAIT_SECONDS
+            for notify in connection.notifies(timeout=wait, stop_after=1):
+                # The payload is the commit's last etag: one of this
+                # server's own commits, whose changes (and those of others
+                # below them) the writer hands over itself, needs no
+                # reading of the log (issue 13: two round trips, a thread
+                # wake-up and a hand-off per commit). The notification may
+                # come before the writer has seen its commit: then it is
+                # owed, and read from the log only if the writer has not
+                # handed it over within OWN_GRACE_SECONDS.
+                etag = int(notify.payload) if notify.payload.isdigit() else None
+                if etag is not None and etag <= self._delivered():
+                    self.skipped += 1
+                elif etag is not None and notify.pid == self._writerPid():
+                    if not self._owed:
+                        self._owedSince = time.monotonic()
+                    self._owed = max(self._owed, etag)
+                else:
+                    rang = True
+            if self._owed:
+                if self._owed <= self._delivered():
+                    self._owed = 0
+                    self.skipped += 1
+                elif rang or time.monotonic() - self._owedSince >= OWN_GRACE_SECONDS:
+                    self._owed = 0
+                    rang = True
             if rang or self._due():
                 self._catchUp(connection)
 
     _lastCatchUp = 0.0
 
     def _due(self) -> bool:
-        import time
-
         return time.monotonic() - self._lastCatchUp >= CATCH_UP_SECONDS
 
     def _catchUp(self, connection: Any) -> None:
         """Hand over every change above the publisher's position."""
-        import time
-
         self._lastCatchUp = time.monotonic()
         handOver(
             self._publisher, self._reactor,
@@ -204,7 +242,8 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         self._retain = retainChanges
         self._readerCount = max(1, readers)
         self.listener = (
-            Listener(conninfo, self._publisher, reactor) if self._publisher is not None else None
+            Listener(conninfo, self._publisher, reactor, self._delivered, self._writerPid)
+            if self._publisher is not None else None
         )
         self._makeWorkers()
         self.reactorReader = (
@@ -293,7 +332,19 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         started.addErrback(self._attemptFailed)
         return started
 
+    _writeSession: WriteSession | None = None
+
+    def _delivered(self) -> int:
+        """The writer's L{WriteSession.delivered} (from the listener's thread)."""
+        session = self._writeSession
+        return 0 if session is None else session.delivered
+
+    def _writerPid(self) -> int | None:
+        session = self._writeSession
+        return None if session is None else session.backendPid
+
     def _writerOpen(self, session: WriteSession) -> None:
+        self._writeSession = session
         # Before any batch's result (callFromThread keeps order). Only at
         # the first attempt that opens the writer: a later attempt must not
         # move the position past changes a watch of the first may wait for

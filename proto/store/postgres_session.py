@@ -389,6 +389,8 @@ class Session:
         self._lastError: BaseException | None = None
         self.connection: Any = None
         self.connection = connect(conninfo, what)  # At start, a failure is the caller's.
+        #: The connection's backend process (read by the listener's thread).
+        self.backendPid: int | None = self.connection.info.backend_pid
 
     def close(self) -> None:
         if self.connection is not None:
@@ -413,6 +415,7 @@ class Session:
 
         try:
             self.connection = connect(self._conninfo, self._what)
+            self.backendPid = self.connection.info.backend_pid
         except psycopg.Error as e:
             if self._failedAt is None:
                 self._log.error("PostgreSQL store ({what}): cannot connect to {where}: {error}",
@@ -545,6 +548,9 @@ class WriteSession(Session):
         self._pruneStep = min(1000, max(1, retain // 10))
         self._published = published
         self.changes: list[Change] = []
+        #: Every change up to this etag is in a batch result handed to
+        #: the publisher (read by the listener's thread).
+        self.delivered = 0
         self._lastEtag = 0
         self._known: dict[str, tuple[str, int] | None] = {}
         self._upserts: dict[str, tuple[str, str, int, bytes]] = {}
@@ -609,6 +615,10 @@ class WriteSession(Session):
             except psycopg.Error as e:
                 self.lost(e)
                 changes = []
+        if changes:
+            # Every change up to here goes to the publisher with this batch
+            # (the listener skips the notification of this commit).
+            self.delivered = changes[-1].etag
         return outcomes, BatchResult(changes, len(works))
 
     def _attempt(self, work: Callable[["WriteSession"], Any]) -> Any:
