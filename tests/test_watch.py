@@ -19,6 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from proto import wire
 from proto.commands import watch as watchModule
+from proto.commands import watchframes, watchstream
 from proto.hub import ChangeHub
 from proto.store.base import PUT, Change
 from proto.store.sqlite import SQLiteStore
@@ -146,7 +147,7 @@ class SinceTests(WatchTestCase):
         etag order. Small pages make the catch-up cross many page
         boundaries and the seam.
         """
-        self.patch(watchModule, "CATCHUP_PAGE", 7)
+        self.patch(watchstream, "CATCHUP_PAGE", 7)
         other = self.newStore(None, retainChanges=self.retain)  # no hub: another "process"
         self.addCleanup(other.close)
         yield other.start()
@@ -297,7 +298,7 @@ class SlowWatcherTests(WatchTestCase):
     @inlineCallbacks
     def test_catchUpWaitsForTheClient(self):
         """Catch-up stops while the client is behind, and goes on when it reads."""
-        self.patch(watchModule, "CATCHUP_PAGE", 5)
+        self.patch(watchstream, "CATCHUP_PAGE", 5)
         yield gatherResults([self.store.put(f"c/{n}", b"{}") for n in range(40)])
         self.ctx.unsent = watchModule.CATCHUP_WINDOW
         yield self.watch(self.ctx, "c/", Since="0")
@@ -359,7 +360,7 @@ class BigDocumentTests(WatchTestCase):
             return real(ids, references)
 
         self.patch(self.store, "read", counting)
-        self.patch(watchModule, "DOCUMENT_BATCH", 4)
+        self.patch(watchstream, "DOCUMENT_BATCH", 4)
         yield self.watch(self.ctx, "b/", Since="0", Documents="yes")
         yield self.waitForEtag(self.ctx, 8)
         self.assertEqual([p["Etag"] for p in self.pushesOf(self.ctx)], list(range(1, 9)))
@@ -804,7 +805,7 @@ class FanOutTests(WatchTestCase):
         yield self.watch(other, "F/", sequence="bb")
         calls = []
         real = watchModule._tail
-        self.patch(watchModule, "_tail", lambda change: calls.append(change) or real(change))
+        self.patch(watchframes, "_tail", lambda change: calls.append(change) or real(change))
         sent = []
         self.patch(other, "pushFrames", lambda data, count=None: sent.append((data, count)))
         changes = [Change(f"f/{n}", PUT, n) for n in range(1, 4)]
