@@ -273,20 +273,18 @@ class Dispatcher:
                     failure = Failure()  # type: ignore[no-untyped-call]
                     self._writeError(self._failureReply(failure, request), counts, None)
                 else:
+                    reply: bytes | None = None
                     if type(result) is bytes:
                         # wire.encodeReply, inlined (a test compares them).
-                        append(
+                        reply = (
                             b"OK\r\nSequence: %s\r\nSize: %d\r\n\r\n%s"
                             % (request.sequence.encode(), len(result), result)
                             if result else b"OK\r\nSequence: %s\r\n\r\n" % (request.sequence.encode(),)
                         )
-                        if counts is last:
-                            run += 1
-                        else:
-                            if last is not None:
-                                last.ok += run
-                                immediate[last] = immediate.get(last, 0) + run
-                            last, run = counts, 1
+                    elif type(result) is EncodedResult:
+                        # A remembered reply (GET's): wire.encodeReplyTail,
+                        # inlined, and no isinstance() on Deferred (an ABC).
+                        reply = b"OK\r\nSequence: %s\r\n%s" % (request.sequence.encode(), result.tail)
                     elif isinstance(result, defer.Deferred):
                         self._track(request, result, counts, perf_counter())
                         inflight = self._inflight
@@ -294,6 +292,15 @@ class Dispatcher:
                         self._write(successReply(result, request.sequence))
                         counts.ok += 1
                         self._timed(counts, None)
+                    if reply is not None:
+                        append(reply)
+                        if counts is last:
+                            run += 1
+                        else:
+                            if last is not None:
+                                last.ok += run
+                                immediate[last] = immediate.get(last, 0) + run
+                            last, run = counts, 1
             if self.paused or self.state is not READY:
                 self.requestCount -= len(requests) - done
                 break

@@ -11,7 +11,7 @@ from twisted.python.failure import Failure
 from twisted.trial import unittest
 
 from proto import wire
-from proto.commands.base import CommandError, CommandRegistry, Result, FIRST_ARG
+from proto.commands.base import CommandError, CommandRegistry, EncodedResult, Result, FIRST_ARG
 from proto.dispatch import NO_INFLIGHT, Dispatcher, failureReason, successReply
 from proto.permissions import ANY, READ, WRITE, Grant
 from proto.states import DRAINING, READY
@@ -258,6 +258,12 @@ class DispatchManyTests(unittest.TestCase):
         self.registry = self.cases.registry
         self.registry.add("PAUSE", self.pause, level=ANY)
         self.registry.add("QUIT", self.quit, level=ANY)
+        self.registry.add("ENCODED", self.encoded, level=ANY)
+
+    def encoded(self, ctx, request):
+        # A remembered reply, as GET's memo gives.
+        headers = (("Etag", "3"), ("Etags", "1"))
+        return EncodedResult(b"{}", headers, wire.encodeFrameTail(b"{}", headers))
 
     def pause(self, ctx, request):
         ctx.paused = True
@@ -293,6 +299,7 @@ class DispatchManyTests(unittest.TestCase):
             req("ECHO", sequence="6", error="Bad Timeout"), req("REFUSE", "x", sequence="7"),
             req("BREAK", sequence="8"), req("WRITE", "mine/1", sequence="9"),
             req("LATER", sequence="10", timeout=2.0), req("ECHO", "é", sequence="11"),
+            req("ENCODED", sequence="12"), req("ENCODED", sequence="13"), req("ECHO", sequence="14"),
         ]
 
     def test_sameAsOneByOne(self):
