@@ -97,6 +97,19 @@ class ReactorReaderTests(PostgresBackend, TestCase):
         self.assertEqual(self.reader.fallbacks, 2)
 
     @inlineCallbacks
+    def test_missingPreparedStatement(self):
+        """A prepared statement the database does not know: read by the threads, then prepared again."""
+        yield self.store.put("a", b"{}")
+        yield self.store.get(["a"])
+        sql, _ = postgres_session.plainStatement([["a"]])
+        self.reader._prepared[sql] = "no_such_statement"
+        self.assertEqual((yield self.store.get(["a"]))[0].id, "a")
+        self.assertEqual(self.reader.fallbacks, 1)
+        before = self.reader.statements
+        self.assertEqual((yield self.store.get(["a"]))[0].id, "a")
+        self.assertEqual((self.reader.statements - before, self.reader.fallbacks), (1, 1))
+
+    @inlineCallbacks
     def test_lostConnection(self):
         """
         Reads in flight when the connection is lost are read by the

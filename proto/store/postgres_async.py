@@ -126,6 +126,7 @@ class ReactorReader:
         self._pgconn: Any = None
         self._fd = -1
         self._prepared: dict[str, str] = {}  # SQL -> statement name
+        self._names = 0
         self._queue: list[tuple[Any, Deferred[Any]]] = []
         self._sendScheduled = False
         self._expected: deque[Any] = deque()
@@ -295,7 +296,10 @@ class ReactorReader:
         """The name of C{sql} prepared on this connection; prepared (queued) the first time."""
         name = self._prepared.get(sql)
         if name is None:
-            name = self._prepared[sql] = f"proto_read_{len(self._prepared)}"
+            # (A fresh name each time: after a failed prepare the others
+            # are prepared again, and must not collide with themselves.)
+            self._names += 1
+            name = self._prepared[sql] = f"proto_read_{self._names}"
             numbered, n = sql, 0
             while "%s" in numbered:
                 n += 1
@@ -418,6 +422,10 @@ class ReactorReader:
             # read these (an Include in two round trips, as they would).
             twoTrips = statement.kind == "include" and result is not None and (
                 (result.error_field(ord("C")) or b"").startswith((b"22", b"42")))
+            if result is not None and result.status == ExecStatus.FATAL_ERROR:
+                # (Perhaps its prepared statement is gone or stale, say
+                # after a schema change: prepare every one again.)
+                self._prepared = {}
             for work, deferred in reads:
                 self._failOver(work, deferred, twoTrips)
             return
