@@ -1,6 +1,7 @@
 """
 The document cache (L{proto.store.cache}) and how the SQLite store keeps
-it coherent (L{proto.store.sqlite_reads.InlineReader}): a read served from
+it coherent (L{proto.store.sqlite_inline.InlineReader},
+L{proto.store.sqlite_coherence.CacheFollower}): a read served from
 the cache is what a read of the database would give at that moment,
 whoever committed last (this store's writer, another store on the same
 file, another process), and a GET with Include from the cache is one
@@ -24,7 +25,7 @@ from proto.commands import documents
 from proto.commands.base import CommandError, Result
 from proto.commands.include import IncludeWalk, parseInclude
 from proto.memo import BoundedMemo
-from proto.store import sqlite_reads
+from proto.store import sqlite_coherence, sqlite_inline, sqlite_reads
 from proto.store.base import Document, InvalidIdError, checkId
 from proto.store import cache
 from proto.store.cache import MISSING, DocumentCache
@@ -77,8 +78,8 @@ class _Stores(TestCase):
     def setUp(self):
         # A loaded machine must not send reads to threads (the inline
         # back-off after a slow read): these tests ask what the cache does.
-        self.patch(sqlite_reads, "INLINE_SLOW_SECONDS", 3600.0)
-        self.patch(sqlite_reads, "INLINE_SLOW_CPU_SECONDS", 3600.0)
+        self.patch(sqlite_inline, "INLINE_SLOW_SECONDS", 3600.0)
+        self.patch(sqlite_inline, "INLINE_SLOW_CPU_SECONDS", 3600.0)
         self.path = os.path.abspath(os.path.join(self.mktemp(), "docs.sqlite3"))
         self.store = SQLiteStore(self.path)
         yield self.store.start()
@@ -145,8 +146,8 @@ class CoherenceTests(_Stores):
         self.readNow(["a"])
         self.cached(["a"])
         put = yield self.other.put("a", b'{"v": 2}')
-        inline = self.store._reads.inline
-        advance = inline._advance
+        follower = self.store._reads.inline.follower
+        advance = follower._advance
         calls = []
 
         def failOnce(cache):
@@ -155,8 +156,8 @@ class CoherenceTests(_Stores):
                 raise sqlite3.OperationalError("database is locked")
             advance(cache)
 
-        self.patch(inline, "_advance", failOnce)
-        self.assertIsNone(inline.read(["a"], None))
+        self.patch(follower, "_advance", failOnce)
+        self.assertIsNone(self.store._reads.inline.read(["a"], None))
         found = self.readNow(["a"])
         self.assertEqual((found.results[0].body, found.etag), (b'{"v": 2}', put.etag))
         self.assertEqual(len(calls), 2)
@@ -204,7 +205,7 @@ class CoherenceTests(_Stores):
     @inlineCallbacks
     def test_farBehindStartsAgain(self):
         """More changes than it follows at once: the cache starts again empty."""
-        self.patch(sqlite_reads, "CACHE_MAX_ADVANCE", 2)
+        self.patch(sqlite_coherence, "CACHE_MAX_ADVANCE", 2)
         yield self.store.put("a", b'{"v": 1}')
         self.readNow(["a"])
         for n in range(3):
@@ -248,13 +249,13 @@ class CoherenceTests(_Stores):
         """
         yield self.store.put("a", b'{"v": 1}')
         self.readNow(["a"])
-        inline = self.store._reads.inline
-        self.assertIsNotNone(inline._walIndex, "the WAL-index is mapped")
+        follower = self.store._reads.inline.follower
+        self.assertIsNotNone(follower._walIndex, "the WAL-index is mapped")
         # The read that mapped it did not read its header (a commit could
         # have come between its PRAGMA and the mapping): the next one does.
         self.readNow(["a"])
         statements = []
-        cursor = inline._versionCursor
+        cursor = follower._versionCursor
 
         class Counting:
             def execute(self, sql):
@@ -264,7 +265,7 @@ class CoherenceTests(_Stores):
             def fetchone(self):
                 return cursor.fetchone()
 
-        inline._versionCursor = Counting()
+        follower._versionCursor = Counting()
         for _ in range(3):
             self.cached(["a"])
         self.assertEqual(statements, [])
@@ -354,7 +355,7 @@ class GetCommandTests(_Stores):
     @inlineCallbacks
     def test_boundsHoldFromTheCache(self):
         """An Include naming too many documents fails also when all are cached."""
-        self.patch(sqlite_reads, "INLINE_MAX_STEPS", 10**9)
+        self.patch(sqlite_inline, "INLINE_MAX_STEPS", 10**9)
         from proto.commands import include
 
         self.patch(include, "MAX_INCLUDED", 3)

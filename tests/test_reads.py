@@ -21,7 +21,7 @@ from proto.commands.base import CommandError
 from proto.commands.include import IncludeWalk, parseInclude
 from proto.store.base import Document
 from proto.store.sqlite import SQLiteStore
-from proto.store import sqlite_reads
+from proto.store import sqlite_inline, sqlite_reads
 
 
 def _reactor():
@@ -145,8 +145,8 @@ class InlineReadTests(TestCase):
     def setUp(self) -> defer.Deferred:
         # A loaded machine must not trigger the back-off after a slow read
         # (it would send the reads these tests expect inline to a thread).
-        self.patch(sqlite_reads, "INLINE_SLOW_SECONDS", 3600.0)
-        self.patch(sqlite_reads, "INLINE_SLOW_CPU_SECONDS", 3600.0)
+        self.patch(sqlite_inline, "INLINE_SLOW_SECONDS", 3600.0)
+        self.patch(sqlite_inline, "INLINE_SLOW_CPU_SECONDS", 3600.0)
         self.store = SQLiteStore(os.path.join(self.mktemp(), "docs.sqlite3"))
         self.addCleanup(self.store.close)
         return self.store.start()

@@ -83,7 +83,8 @@ from proto.store.facade import StoreFacade
 from proto.store.sqlite_publisher import Doorbell
 from proto.store.grants import IGrantStore, SQLiteGrants
 from proto.store.facade import MAX_PAGE
-from proto.store.sqlite_reads import InlineReader, ReaderSession, ReadPath
+from proto.store.sqlite_inline import InlineReader
+from proto.store.sqlite_reads import ReaderSession, ReadPath
 from proto.store.sqlite_worker import Worker
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES, WriteSession
 

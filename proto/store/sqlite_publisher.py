@@ -16,7 +16,7 @@ published to the hub, in order, once. Changes reach it two ways:
     the value changes when another connection commits; first it compares
     the WAL-index header, which every commit rewrites, with its last
     value, and skips the statement while it is unchanged: see
-    L{proto.store.sqlite_reads.walIndexOf}) and, when it rang
+    L{proto.store.sqlite_coherence.walIndexOf}) and, when it rang
     and the counter row is above the position, reads the log from the
     position and hands the rows over. So a commit by another process is
     published within about L{POLL_SECONDS} plus a read, or two while this
@@ -41,7 +41,7 @@ from twisted.logger import Logger
 
 from proto.store.base import Change
 from proto.store import sqlite_read
-from proto.store.sqlite_reads import WAL_HEADER_BYTES, walIndexOf
+from proto.store.sqlite_coherence import WAL_HEADER_BYTES, walIndexOf
 
 #: How often the doorbell checks for commits by other connections.
 POLL_SECONDS = 0.01

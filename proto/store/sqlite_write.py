@@ -43,7 +43,7 @@ from proto.store.base import (
     StoreError,
     Version,
 )
-from proto.store import sqlite_read, sqlite_reads, sqlite_schema
+from proto.store import sqlite_read, sqlite_schema, sqlite_snapshot
 from proto.store.facade import PutWork
 from proto.store.sqlite_schema import CHANGE_DELETE, CHANGE_PUT
 
@@ -379,8 +379,8 @@ class WriteSession:
 
     def read(self, keys: Sequence[str], references: sqlite_read.References | None,
              token: Any = None) -> Snapshot:
-        """See L{proto.store.sqlite_reads}: C{token} is checked as it goes."""
-        found = sqlite_reads.snapshot(self.connection, keys, references, token)
+        """See L{proto.store.sqlite_snapshot}: C{token} is checked as it goes."""
+        found = sqlite_snapshot.snapshot(self.connection, keys, references, token)
         # Inside the batch's transaction the counter row is not written
         # yet: the etag of this snapshot is the last one handed out.
         return found._replace(etag=max(found.etag, self._lastEtag))
