@@ -128,8 +128,8 @@ class Options(usage.Options):
     optFlags: list[list[str | None]] = [
         ["plain-transport", None,
          "Serve with plain Twisted transports: turn off the speed levers (write-through "
-         "TCP writes, one TLS flush per reactor turn, the proto-epoll reactor), to rule "
-         "them out when debugging."],
+         "TCP writes, one TLS flush per reactor turn, TLS records with OpenSSL called "
+         "directly, the proto-epoll reactor), to rule them out when debugging."],
     ]
 
     def parseOptions(self, options=None) -> None:
@@ -229,7 +229,10 @@ def _announceTransport(levers: bool) -> None:
     if not levers:
         log.info("Transport: plain Twisted (--plain-transport)")
     elif speedReactor.isInstalled():
-        log.info("Transport: speed levers on (write-through, per-turn TLS flush, proto-epoll reactor)")
+        log.info(
+            "Transport: speed levers on (write-through, per-turn TLS flush, "
+            "direct TLS records, proto-epoll reactor)"
+        )
     else:
         from twisted.internet import reactor
 
