@@ -177,14 +177,14 @@ class DirectRecords(_Base):
                     self._tlsShutdownFinished(Failure())
                     break
             alreadySent += sent
-            # _flushSendBIO, inlined.
-            if _memBytes(out, _NULL) > 0:
-                got = _bioRead(out, _scratch, _CHUNK)
-                if got > 0:
-                    transport: Any = self.transport
-                    transport.write(_cBuffer(_scratch, got)[:])
-                else:
-                    self._flushSendBIO()  # cannot happen: as bio_read, raise
+            # _flushSendBIO, inlined; no need to ask first whether the send
+            # BIO holds bytes: a successful SSL_write just wrote a record.
+            got = _bioRead(out, _scratch, _CHUNK)
+            if got > 0:
+                transport: Any = self.transport
+                transport.write(_cBuffer(_scratch, got)[:])
+            else:
+                self._flushSendBIO()  # (cannot happen) as before: ask, then read or not
 
     def _write(self, data: bytes) -> None:
         """C{TLSMemoryBIOProtocol._write}: L{_sendRecords} without the closing check."""
