@@ -168,7 +168,16 @@ class OwnNotificationTests(PostgresBackend, TestCase):
     @inlineCallbacks
     def test_ownCommitsSkippedOthersRead(self):
         from proto.hub import ChangeHub
+        from proto.store import postgres
 
+        # The skip depends on the writer handing its commit over within
+        # OWN_GRACE_SECONDS of the notification (else the log is read: also
+        # correct). 50 ms is not always met on a loaded machine (the
+        # writer's thread waits for a CPU), so the test gives it 1 s (the
+        # longest the listener then waits, also to stop), and no periodic
+        # catch-up runs meanwhile.
+        self.patch(postgres, "OWN_GRACE_SECONDS", 1.0)
+        self.patch(postgres, "CATCH_UP_SECONDS", 60.0)
         self.setUpBackend()
         hub, otherHub = ChangeHub(), ChangeHub()
         seen = []
@@ -185,11 +194,15 @@ class OwnNotificationTests(PostgresBackend, TestCase):
         yield other.put("theirs", b"{}")
         yield store.put("own/5", b"{}")
         for _ in range(500):
-            if store.listener.skipped >= 5 and len(seen) == 7:
+            if store.listener.skipped >= 1 and len(seen) == 7:
                 break
             yield deferLater(reactor, 0.01, lambda: None)
         self.assertEqual([(c.id, c.etag) for c in seen],
                          [*((f"own/{n}", n + 1) for n in range(5)), ("theirs", 6), ("own/5", 7)])
-        self.assertGreaterEqual(store.listener.skipped, 5)
-        # (At most: the one for "theirs", and one due every CATCH_UP_SECONDS.)
-        self.assertLessEqual(len(catchUps), 3)
+        # What is saved: the log is read for "theirs" (and at the first
+        # catch-up, if the listener thread had not run it yet when it was
+        # wrapped), not for our six. (Not skipped == 6: notifications of
+        # ours that arrive before the writer's hand-off of the previous
+        # one are merged into one skip.)
+        self.assertGreaterEqual(store.listener.skipped, 1)
+        self.assertLessEqual(len(catchUps), 2)
