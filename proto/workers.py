@@ -171,7 +171,7 @@ def makeSupervisor(options, count: int) -> service.IService:
     from proto.store import openStore
     from proto.tls import ServerTLS
 
-    from proto.tap import _announce
+    from proto.announce import _announce
 
     dataDir = options["data-dir"]
     report = datadir.bootstrap(dataDir, makeServerCert=options["cert"] is None)
