@@ -23,31 +23,19 @@ from proto.server import ServerConfig
 from proto.speed import setup
 from proto.speed.tlsflush import FastTLSTransport
 from tests.support import Credentials, listenInProcess, makeFactory
-from tests.test_speed import Client, waitFor
+from tests.test_speed import Client, LeveredServerMixin, waitFor
 
 
 def noDelayOf(server) -> int:
     return server.transport.transport.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
 
 
-class SetupLeverTests(unittest.TestCase):
+class SetupLeverTests(LeveredServerMixin, unittest.TestCase):
     """Our server over real loopback TCP+TLS with the levers on."""
 
     @inlineCallbacks
-    def setUp(self):
-        self.factory = makeFactory(reactor, ServerConfig(closeGrace=1.0), registry=builtin.registry)
-        self.port = yield listenInProcess(reactor, self.factory, levers=True)
-        self.addCleanup(self.port.stopListening)
-
-    @inlineCallbacks
     def connect(self, who="client"):
-        creds = Credentials.get()
-        endpoint = endpoints.wrapClientTLS(
-            creds.clientOptions(getattr(creds, who) if who else None),
-            endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
-        )
-        client = yield endpoint.connect(protocol.Factory.forProtocol(Client))
-        yield waitFor(lambda: client.frames)
+        client = yield self.dial(who)
 
         def cleanUp():
             if not client.lost.called:

@@ -49,6 +49,11 @@ class MetricsTestMixin(ClientTestMixin):
         self.port = yield self.listen(self.factory, lambda: self.factory.connections)
         mirror = metrics.PrometheusMirror(self.factory)
         site = metrics.metricsSite(mirror, self.factory, self.store, reactor)
+        yield self.serve(site)
+
+    @defer.inlineCallbacks
+    def serve(self, site):
+        """Serve C{site} on a loopback port and make the agent L{get} uses."""
         web = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
         self.addCleanup(web.stopListening)
         self.webPort = web.getHost().port
@@ -193,12 +198,7 @@ class HealthTests(MetricsTestMixin, unittest.TestCase):
             None, None, None, reactor, draining=lambda: False, multiprocessDir=prometheusDir,
             storeTrouble=metrics.supervisorStoreTrouble(runDir),
         )
-        web = yield endpoints.TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(site)
-        self.addCleanup(web.stopListening)
-        self.webPort = web.getHost().port
-        pool = HTTPConnectionPool(reactor, persistent=False)
-        self.agent = Agent(reactor, pool=pool)
-        self.addCleanup(pool.closeCachedConnections)
+        yield self.serve(site)
         code, body = yield self.get("/healthz")
         self.assertEqual(code, 503)
         self.assertIn("store failing: the document store could not be opened at start", body)

@@ -544,8 +544,12 @@ class Client(protocol.Protocol):
         self.lost.callback(None)
 
 
-class ServerWithLeversTests(unittest.TestCase):
-    """Our server over real loopback TCP+TLS, served by the fast transport."""
+class LeveredServerMixin:
+    """
+    Our server in this process over real loopback TCP+TLS with the speed
+    levers on, and a client that dials it (also used by
+    C{tests.test_connsetup}).
+    """
 
     @inlineCallbacks
     def setUp(self):
@@ -554,14 +558,25 @@ class ServerWithLeversTests(unittest.TestCase):
         self.addCleanup(self.port.stopListening)
 
     @inlineCallbacks
-    def connect(self):
+    def dial(self, who="client"):
+        """A L{Client} connected as C{who} (a L{Credentials} attribute, or
+        C{None} for no certificate), once its greeting came."""
         creds = Credentials.get()
         endpoint = endpoints.wrapClientTLS(
-            creds.clientOptions(creds.client),
+            creds.clientOptions(getattr(creds, who) if who else None),
             endpoints.TCP4ClientEndpoint(reactor, "127.0.0.1", self.port.getHost().port),
         )
         client = yield endpoint.connect(protocol.Factory.forProtocol(Client))
         yield waitFor(lambda: client.frames)
+        return client
+
+
+class ServerWithLeversTests(LeveredServerMixin, unittest.TestCase):
+    """Our server over real loopback TCP+TLS, served by the fast transport."""
+
+    @inlineCallbacks
+    def connect(self):
+        client = yield self.dial()
         self.assertTrue(client.frames[0].ok)
         (server,) = self.factory.admitted
         self.assertIsInstance(server.transport, FastTLSTransport)
