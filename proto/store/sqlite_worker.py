@@ -98,8 +98,6 @@ class Worker:
         #: at once, also while this worker's session is still opening (a
         #: store that tries again: L{proto.store.reopen}).
         self.notOpened: str | None = None
-        #: The session is open (set on the reactor thread).
-        self._open = False
 
     def _closedError(self) -> StoreClosedError:
         if self.notOpened is not None:
@@ -114,7 +112,11 @@ class Worker:
         """
         job = Job(work, self._lock)
         with self._lock:
-            if self._stopping or (self.notOpened is not None and not self._open):
+            # Not even once this worker's own session is open: a store that
+            # retries (L{proto.store.reopen}) serves only once every worker
+            # of the attempt opened (a PUT's OK then a GET "not open yet"
+            # would break read-your-writes); it clears this then.
+            if self._stopping or self.notOpened is not None:
                 return fail(self._closedError())
             self._queue.append(job)
             if not self._idle or self._wakeScheduled:
@@ -196,7 +198,6 @@ class Worker:
             self._reactor.callFromThread(self._ended)
 
     def _opened(self, session: Any) -> None:
-        self._open = True
         self._ready.callback(session)
 
     def _take(self) -> list[Job] | None:
