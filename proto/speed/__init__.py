@@ -23,8 +23,9 @@ C{twistd proto --plain-transport} (to rule them out when debugging).
 Another, C{SSL_MODE_RELEASE_BUFFERS} (idle memory per TLS connection
 54 -> 31 KiB), is always on: it is part of the TLS context (L{proto.tls}).
 
-They rely on private parts of Twisted's transports, so pyproject.toml pins
-the Twisted versions they are tested with. None of them changes
+They rely on private parts of Twisted's transports and of pyOpenSSL, so
+pyproject.toml pins the Twisted and pyOpenSSL versions they are tested
+with. None of them changes
 behaviour: backpressure, TLS close_notify, a fatal ERR flushed before the
 close, half-close and abort are tested with the levers on
 (tests/test_speed.py).
