@@ -125,3 +125,18 @@ class Timers:
         # function, so only the arguments change.
         call.args = (new, callback)  # type: ignore[attr-defined]
         self.calls[new] = call
+
+
+def endOfTurn(reactor: Any) -> Callable[[Callable[[], object]], object]:
+    """
+    How to call C{f()} once at the end of this reactor turn: the quiet
+    reactor's C{callBeforePoll} (L{proto.speed.reactor}: right before it
+    blocks in its poll, after the turn's timed calls), else
+    C{callLater(0, f)} (any other reactor; a test's C{Clock}). Used by
+    what gathers a turn's work into one go: the TLS flush, the PostgreSQL
+    reactor reader's batch.
+    """
+    beforePoll: Callable[[Callable[[], object]], object] | None = getattr(reactor, "callBeforePoll", None)
+    if beforePoll is not None:
+        return beforePoll
+    return lambda f: reactor.callLater(0, f)

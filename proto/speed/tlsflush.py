@@ -46,6 +46,7 @@ from twisted.protocols.tls import (
 from proto.speed.setup import NoDelay, acceptAnyCertificate, providesLike
 from proto.speed.tlsrecords import DirectRecords
 from proto.speed.writethrough import enableWriteThrough
+from proto.timers import endOfTurn
 
 log = Logger()
 
@@ -67,21 +68,17 @@ class TurnFlusher:
     def __init__(self, clock) -> None:
         self._clock = clock
         self._due: list[TurnAggregator] = []
-        self._call: object = None
-        self._beforePoll = getattr(clock, "callBeforePoll", None)
+        self._scheduled = False
+        self._endOfTurn = endOfTurn(clock)
 
     def add(self, aggregator: "TurnAggregator") -> None:
         self._due.append(aggregator)
-        if self._call is None:
-            beforePoll = self._beforePoll
-            if beforePoll is not None:
-                self._call = True
-                beforePoll(self.flushAll)
-            else:
-                self._call = self._clock.callLater(0, self.flushAll)
+        if not self._scheduled:
+            self._scheduled = True
+            self._endOfTurn(self.flushAll)
 
     def flushAll(self) -> None:
-        self._call = None
+        self._scheduled = False
         due, self._due = self._due, []
         for aggregator in due:
             aggregator._queued = False

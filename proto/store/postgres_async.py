@@ -47,6 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 from twisted.internet.interfaces import IReadDescriptor, IWriteDescriptor
 
+from proto.timers import endOfTurn
 from proto.store import postgres_schema, postgres_session
 from proto.store.postgres_session import IncludeRead, PlainRead
 
@@ -121,7 +122,7 @@ class ReactorReader:
         self._where = postgres_schema.displayed(conninfo)
         self._reactor = reactor
         self._fallback = fallback
-        self._beforePoll = getattr(reactor, "callBeforePoll", None)
+        self._endOfTurn = endOfTurn(reactor)
         self._connection: Any = None
         self._pgconn: Any = None
         self._fd = -1
@@ -286,10 +287,7 @@ class ReactorReader:
         self._queue.append((work, deferred))
         if not self._sendScheduled:
             self._sendScheduled = True
-            if self._beforePoll is not None:
-                self._beforePoll(self._send)
-            else:
-                self._reactor.callLater(0, self._send)
+            self._endOfTurn(self._send)
         return deferred
 
     def _statementName(self, sql: str) -> str:
