@@ -17,7 +17,7 @@ the server its memory or a connection slot forever:
     the server itself stopped reading (flow control: not the client's
     delay).
 
-The bytes themselves are the framing's (L{proto.wire.RequestParser}
+The bytes themselves are the framing's (L{proto.wire.framing.RequestParser}
 collects them); this mixin of L{proto.protocol.GNPServerProtocol} only
 does the bookkeeping around them.
 """

@@ -3,7 +3,7 @@ The type gate: mypy over C{proto/}, as part of the suite (so every landing
 and CI run it; C{.ci/run} also runs it as its own step first).
 
 The settings are in C{pyproject.toml} (C{[tool.mypy]}): all of C{proto/}
-is checked; the sans-I/O wire format (C{proto/wire.py}), the command layer
+is checked; the sans-I/O wire format (C{proto/wire/}), the command layer
 (C{proto/commands/}: handlers take an C{ICommandContext} and a
 C{wire.Request}), C{proto/subscriptions.py}, the clients
 (C{proto/client/}: the core, both connections, the CLI) and the

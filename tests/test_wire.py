@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial import unittest
 
-from proto import wire
-from proto.wire import FramingError, parseHead
+from proto.wire import encode, framing, grammar, heads, replies
+from proto.wire.grammar import FramingError
+from proto.wire.heads import parseHead
 
 
 class ParseHeadTests(unittest.TestCase):
@@ -74,11 +75,11 @@ class ParseHeadTests(unittest.TestCase):
 
     def test_simpleRequestInPlace(self):
         """The server's in-place fast path: same request, and where it ends."""
-        buf = b"xx" + wire.encodeRequest("echo", ["a", "b"], "9") + b"PING"
-        match = wire.SIMPLE_REQUEST.match(buf, 2)
+        buf = b"xx" + encode.encodeRequest("echo", ["a", "b"], "9") + b"PING"
+        match = heads.SIMPLE_REQUEST.match(buf, 2)
         self.assertEqual(buf[match.end():], b"PING")
-        self.assertEqual(wire.simpleRequest(match), parseHead(b"echo a b\r\nSequence: 9"))
-        self.assertIsNone(wire.SIMPLE_REQUEST.match(wire.encodeRequest("GET", ["a"], "1", {"Include": "X"})))
+        self.assertEqual(heads.simpleRequest(match), parseHead(b"echo a b\r\nSequence: 9"))
+        self.assertIsNone(heads.SIMPLE_REQUEST.match(encode.encodeRequest("GET", ["a"], "1", {"Include": "X"})))
 
     def test_repeatedHeadersCombine(self):
         r = parseHead(b"GET a\r\nSequence: 1\r\nInclude: A\r\nInclude: B")
@@ -88,14 +89,14 @@ class ParseHeadTests(unittest.TestCase):
 class EncodeTests(unittest.TestCase):
     def test_contractExample(self):
         self.assertEqual(
-            wire.encodeReply("1", b'{"Id": "employees/1-A", "Etag": 1}'),
+            encode.encodeReply("1", b'{"Id": "employees/1-A", "Etag": 1}'),
             b'OK\r\nSequence: 1\r\nSize: 34\r\n\r\n{"Id": "employees/1-A", "Etag": 1}',
         )
         self.assertEqual(
-            wire.encodeError("Unknown command: FROB", "3"),
+            encode.encodeError("Unknown command: FROB", "3"),
             b"ERR Unknown command: FROB\r\nSequence: 3\r\n\r\n",
         )
-        self.assertEqual(wire.encodeReply("9"), b"OK\r\nSequence: 9\r\n\r\n")
+        self.assertEqual(encode.encodeReply("9"), b"OK\r\nSequence: 9\r\n\r\n")
 
     def test_replyFromTail(self):
         """An encoded tail (GET's memo) gives the bytes encodeReply gives."""
@@ -106,33 +107,33 @@ class EncodeTests(unittest.TestCase):
             (b"", (("Etag", "a\r\nb"),)),
         ]:
             self.assertEqual(
-                wire.encodeReplyTail("4.2", wire.encodeFrameTail(body, headers)),
-                wire.encodeReply("4.2", body, headers),
+                encode.encodeReplyTail("4.2", encode.encodeFrameTail(body, headers)),
+                encode.encodeReply("4.2", body, headers),
             )
         self.assertEqual(
-            wire.encodeReplyTail("1", wire.encodeFrameTail(b"xy", (("Etag", "7"),))),
+            encode.encodeReplyTail("1", encode.encodeFrameTail(b"xy", (("Etag", "7"),))),
             b"OK\r\nSequence: 1\r\nSize: 2\r\nEtag: 7\r\n\r\nxy",
         )
 
     def test_reasonIsOneLine(self):
-        self.assertEqual(wire.encodeError("a\r\nb\x00c", None), b"ERR a b c\r\n\r\n")
+        self.assertEqual(encode.encodeError("a\r\nb\x00c", None), b"ERR a b c\r\n\r\n")
 
     def test_greeting(self):
-        self.assertEqual(wire.encodeGreeting(), b"OK\r\n")
-        self.assertEqual(wire.encodeGreeting("no\nway"), b"ERR no way\r\n")
+        self.assertEqual(encode.encodeGreeting(), b"OK\r\n")
+        self.assertEqual(encode.encodeGreeting("no\nway"), b"ERR no way\r\n")
 
     def test_requestRoundTrip(self):
-        data = wire.encodeRequest("PUT", ["a/1"], "s-1", {"If-Match": "3"}, b"{}")
-        head, _, body = data.partition(wire.HEAD_END)
+        data = encode.encodeRequest("PUT", ["a/1"], "s-1", {"If-Match": "3"}, b"{}")
+        head, _, body = data.partition(grammar.HEAD_END)
         r = parseHead(head)
         self.assertEqual((r.command, r.args, r.sequence, r.size, r.header("if-match")), ("PUT", ("a/1",), "s-1", 2, "3"))
         self.assertEqual(body, b"{}")
 
     def test_requestRefusesWhatCannotBeSent(self):
-        self.assertRaises(ValueError, wire.encodeRequest, "GET", ["a b"])
-        self.assertRaises(ValueError, wire.encodeRequest, "GET", ["a\r\n"])
-        self.assertRaises(ValueError, wire.encodeRequest, "G ET")
-        self.assertRaises(ValueError, wire.encodeRequest, "GET", [], "1", {"Sequence": "2"})
+        self.assertRaises(ValueError, encode.encodeRequest, "GET", ["a b"])
+        self.assertRaises(ValueError, encode.encodeRequest, "GET", ["a\r\n"])
+        self.assertRaises(ValueError, encode.encodeRequest, "G ET")
+        self.assertRaises(ValueError, encode.encodeRequest, "GET", [], "1", {"Sequence": "2"})
 
 
 class ReplyParserTests(unittest.TestCase):
@@ -145,24 +146,24 @@ class ReplyParserTests(unittest.TestCase):
     )
 
     def check(self, frames):
-        self.assertEqual(frames[0], wire.Greeting(True))
+        self.assertEqual(frames[0], replies.Greeting(True))
         self.assertEqual([(f.kind, f.sequence, f.body, f.reason) for f in frames[1:]], [
             ("OK", "1", b"PONG", ""), ("PUSH", "2", b"hi", ""),
             ("ERR", "3", b"", "Unknown command: FROB"), ("ERR", None, b"", "Missing Sequence header"),
         ])
 
     def test_whole(self):
-        self.check(wire.ReplyParser().feed(self.STREAM))
+        self.check(replies.ReplyParser().feed(self.STREAM))
 
     def test_byteByByte(self):
-        parser = wire.ReplyParser()
+        parser = replies.ReplyParser()
         frames = []
         for i in range(len(self.STREAM)):
             frames.extend(parser.feed(self.STREAM[i:i + 1]))
         self.check(frames)
 
     def test_refusal(self):
-        self.assertEqual(wire.ReplyParser().feed(b"ERR go away\r\n"), [wire.Greeting(False, "go away")])
+        self.assertEqual(replies.ReplyParser().feed(b"ERR go away\r\n"), [replies.Greeting(False, "go away")])
 
 
 class PropertyTests(unittest.TestCase):
@@ -185,8 +186,8 @@ class PropertyTests(unittest.TestCase):
         st.binary(max_size=50),
     )
     def test_encodeThenParse(self, args, sequence, body):
-        data = wire.encodeRequest("ECHO", args, sequence, (), body)
-        head, _, rest = data.partition(wire.HEAD_END)
+        data = encode.encodeRequest("ECHO", args, sequence, (), body)
+        head, _, rest = data.partition(grammar.HEAD_END)
         r = parseHead(head)
         self.assertEqual((r.args, r.sequence, r.size), (tuple(args), sequence, len(body)))
         self.assertEqual(rest, body)
@@ -201,11 +202,11 @@ class PropertyTests(unittest.TestCase):
     def test_fastPathAgreesWithGeneralPath(self, command, args, sequenceLine):
         head = " ".join([command, *args]).encode("utf-8", "surrogatepass") + b"\r\n" + sequenceLine.encode()
 
-        match = wire.SIMPLE_REQUEST.match(head + wire.HEAD_END)
-        fast = match and wire.simpleRequest(match)
+        match = heads.SIMPLE_REQUEST.match(head + grammar.HEAD_END)
+        fast = match and heads.simpleRequest(match)
         if fast is not None:
             self.assertEqual(fast, parseHead(head))
-            self.assertEqual(match.end(), len(head) + len(wire.HEAD_END))
+            self.assertEqual(match.end(), len(head) + len(grammar.HEAD_END))
 
     @settings(max_examples=400, deadline=None)
     @given(
@@ -223,8 +224,8 @@ class PropertyTests(unittest.TestCase):
         extra = name + colon + value
         lines = [extra, sequenceLine] if before else [sequenceLine, extra]
         head = "\r\n".join([" ".join([command, *args]), *lines]).encode("utf-8", "surrogatepass")
-        parser = wire.RequestParser(256, 1000)
-        parser.receive(head + wire.HEAD_END)
+        parser = framing.RequestParser(256, 1000)
+        parser.receive(head + grammar.HEAD_END)
         try:
             general = parseHead(head, 1000)
         except FramingError:
@@ -232,15 +233,15 @@ class PropertyTests(unittest.TestCase):
         if parser._takeHeaded() is None:
             return  # not a head this path takes: next() sees it as before
         self.assertIsNotNone(general)
-        parser2 = wire.RequestParser(256, 1000)
-        parser2.receive(head + wire.HEAD_END)
+        parser2 = framing.RequestParser(256, 1000)
+        parser2.receive(head + grammar.HEAD_END)
         self.assertEqual(parser2._takeHeaded(), general)
         self.assertEqual(parser2.buffered, 0)
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=200), st.integers(1, 7))
     def test_replyParserOnlyRaisesFramingError(self, data, step):
-        parser = wire.ReplyParser()
+        parser = replies.ReplyParser()
         try:
             for i in range(0, len(data), step):
                 parser.feed(data[i:i + step])
@@ -308,7 +309,7 @@ _requests = st.lists(
 
 
 class RequestParserTests(unittest.TestCase):
-    """L{wire.RequestParser}: the server's framing, sans I/O."""
+    """L{framing.RequestParser}: the server's framing, sans I/O."""
 
     STREAM = (
         b"PING\r\nSequence: 1\r\n\r\n"
@@ -326,16 +327,16 @@ class RequestParserTests(unittest.TestCase):
         self.assertEqual(requests[1][2], {"x-note": "n"})
 
     def test_whole(self):
-        self.check(*takeAll(wire.RequestParser(), [self.STREAM]))
+        self.check(*takeAll(framing.RequestParser(), [self.STREAM]))
 
     def test_byteByByte(self):
-        parser = wire.RequestParser()
+        parser = framing.RequestParser()
         self.check(*takeAll(parser, [self.STREAM[i:i + 1] for i in range(len(self.STREAM))]))
         self.assertFalse(parser.headPending)
         self.assertEqual(parser.buffered, 0)
 
     def test_needMoreAndPending(self):
-        parser = wire.RequestParser()
+        parser = framing.RequestParser()
         parser.receive(b"PING\r\nSeq")
         self.assertIsNone(parser.next())
         self.assertTrue(parser.headPending)
@@ -347,7 +348,7 @@ class RequestParserTests(unittest.TestCase):
 
     def test_stopAndResume(self):
         """Requests not taken stay buffered; new bytes go after them."""
-        parser = wire.RequestParser()
+        parser = framing.RequestParser()
         parser.receive(b"PING\r\nSequence: 1\r\n\r\nPING\r\nSequence: 2\r\n\r\n")
         self.assertEqual(parser.next().sequence, "1")
         parser.receive(b"PING\r\nSequence: 3\r\n\r\n")
@@ -357,15 +358,15 @@ class RequestParserTests(unittest.TestCase):
         head = b"PING\r\nSequence: 1\r\nX: "
         exact = head + b"x" * (64 - len(head) - 4) + b"\r\n\r\n"
         self.assertEqual(len(exact), 64)
-        requests, error = takeAll(wire.RequestParser(maxHead=64), [exact[i:i + 1] for i in range(64)])
+        requests, error = takeAll(framing.RequestParser(maxHead=64), [exact[i:i + 1] for i in range(64)])
         self.assertEqual((len(requests), error), (1, None))
         over = head + b"x" * (65 - len(head) - 4) + b"\r\n\r\n"
         for chunks in ([over], [over[i:i + 1] for i in range(len(over))]):
-            requests, error = takeAll(wire.RequestParser(maxHead=64), chunks)
+            requests, error = takeAll(framing.RequestParser(maxHead=64), chunks)
             self.assertEqual(requests, [])
             self.assertEqual(error, "Request head is over the limit of 64 bytes")
         # No delimiter at all: refused once maxHead bytes are held.
-        parser = wire.RequestParser(maxHead=64)
+        parser = framing.RequestParser(maxHead=64)
         parser.receive(b"x" * 63)
         self.assertIsNone(parser.next())
         parser.receive(b"x")
@@ -373,7 +374,7 @@ class RequestParserTests(unittest.TestCase):
 
     def test_nextManyRunsThenError(self):
         """A batch stops before a head it cannot take; a framing error comes with the next call."""
-        parser = wire.RequestParser()
+        parser = framing.RequestParser()
         parser.receive(b"PING\r\nSequence: 1\r\n\r\nECHO a\r\nSequence: 2\r\n\r\n"
                        b"PING\r\nno colon\r\n\r\nPING\r\nSequence: 4\r\n\r\n")
         self.assertEqual([r.sequence for r in parser.nextMany()], ["1", "2"])
@@ -382,7 +383,7 @@ class RequestParserTests(unittest.TestCase):
         self.assertEqual((parser.nextMany(), parser.buffered), ([], 0))
 
     def test_unreadComesFirstAndClearDropsIt(self):
-        parser = wire.RequestParser()
+        parser = framing.RequestParser()
         parser.receive(b"PING\r\nSequence: 1\r\n\r\nPING\r\nSequence: 2\r\n\r\nPING\r\nSequence: 3\r\n\r\n")
         first, *rest = parser.nextMany()
         parser.unread(rest)
@@ -397,7 +398,7 @@ class RequestParserTests(unittest.TestCase):
         self.assertEqual(parser.nextMany(), [])
 
     def test_framingErrorClears(self):
-        parser = wire.RequestParser()
+        parser = framing.RequestParser()
         parser.receive(b"PING\r\nSequence: 1\r\n\r\nPING\r\nno colon\r\n\r\nPING\r\nSequence: 3\r\n\r\n")
         self.assertEqual(parser.next().sequence, "1")
         e = self.assertRaises(FramingError, parser.next)
@@ -405,14 +406,14 @@ class RequestParserTests(unittest.TestCase):
         self.assertEqual((parser.next(), parser.buffered), (None, 0))
 
     def test_sizeOverLimit(self):
-        parser = wire.RequestParser(maxBody=10)
+        parser = framing.RequestParser(maxBody=10)
         parser.receive(b"PUT a\r\nSequence: 1\r\nSize: 11\r\n\r\n")
         e = self.assertRaises(FramingError, parser.next)
         self.assertEqual(e.sequence, "1")
 
     def test_discardBody(self):
         """A refused body is read and dropped; its request still comes out."""
-        parser = wire.RequestParser()
+        parser = framing.RequestParser()
         parser.receive(b"PUT a\r\nSequence: 1\r\nSize: 6\r\n\r\nabc")
         self.assertIsNone(parser.next())
         parser.discardBody()
@@ -427,19 +428,19 @@ class RequestParserTests(unittest.TestCase):
     def test_anyChunkingGivesTheSameRequests(self, specs, cuts):
         """Whole, byte by byte, or cut anywhere: the same requests, bodies included."""
         data = b"".join(
-            wire.encodeRequest(command, args, sequence, headers, body)
+            encode.encodeRequest(command, args, sequence, headers, body)
             for command, args, sequence, headers, body in specs
         )
-        whole = takeAll(wire.RequestParser(), [data])
+        whole = takeAll(framing.RequestParser(), [data])
         self.assertIsNone(whole[1])
         self.assertEqual(len(whole[0]), len(specs))
         for (command, args, sequence, headers, body), got in zip(specs, whole[0]):
             self.assertEqual((got[0], got[1], got[3], got[5]), (command.upper(), tuple(args), sequence, body or b""))
-        self.assertEqual(takeAll(wire.RequestParser(), chunked(data, cuts)), whole)
-        self.assertEqual(takeAll(wire.RequestParser(), [data[i:i + 1] for i in range(len(data))]), whole)
+        self.assertEqual(takeAll(framing.RequestParser(), chunked(data, cuts)), whole)
+        self.assertEqual(takeAll(framing.RequestParser(), [data[i:i + 1] for i in range(len(data))]), whole)
         # The server's batches (nextMany), with requests given back (unread) anywhere.
-        self.assertEqual(takeAllMany(wire.RequestParser(), [data]), whole)
-        self.assertEqual(takeAllMany(wire.RequestParser(), chunked(data, cuts), set(cuts)), whole)
+        self.assertEqual(takeAllMany(framing.RequestParser(), [data]), whole)
+        self.assertEqual(takeAllMany(framing.RequestParser(), chunked(data, cuts), set(cuts)), whole)
 
     @settings(max_examples=400, deadline=None)
     @given(
@@ -455,8 +456,8 @@ class RequestParserTests(unittest.TestCase):
         (or the same FramingError), for any bytes in the arguments.
         """
         head = b" ".join([command, *args]) + b"\r\n" + sequenceLine
-        parser = wire.RequestParser()
-        parser.receive(head + wire.HEAD_END + b"PING\r\nSequence: z\r\n\r\n")
+        parser = framing.RequestParser()
+        parser.receive(head + grammar.HEAD_END + b"PING\r\nSequence: z\r\n\r\n")
         try:
             expected = parseHead(head)
         except FramingError as e:
@@ -466,8 +467,8 @@ class RequestParserTests(unittest.TestCase):
         self.assertEqual(parser.next(), expected)
         self.assertEqual(parser.next().sequence, "z")
         # The batch path (nextMany) too, behind a simple head.
-        parser = wire.RequestParser()
-        parser.receive(b"PING\r\nSequence: y\r\n\r\n" + head + wire.HEAD_END)
+        parser = framing.RequestParser()
+        parser.receive(b"PING\r\nSequence: y\r\n\r\n" + head + grammar.HEAD_END)
         batch = parser.nextMany()
         if len(batch) == 1:
             batch += parser.nextMany()
@@ -475,8 +476,8 @@ class RequestParserTests(unittest.TestCase):
 
     def test_nextManyHeadLimit(self):
         """A simple head of maxHead bytes is taken in the run; one byte more is over the limit."""
-        head = b"ECHO " + b"a" * 40 + b"\r\nSequence: 1" + wire.HEAD_END
-        parser = wire.RequestParser(maxHead=len(head))
+        head = b"ECHO " + b"a" * 40 + b"\r\nSequence: 1" + grammar.HEAD_END
+        parser = framing.RequestParser(maxHead=len(head))
         parser.receive(b"PING\r\nSequence: 0\r\n\r\n" + head + b"X" + head)
         self.assertEqual([r.sequence for r in parser.nextMany()], ["0", "1"])
         e = self.assertRaises(FramingError, parser.nextMany)
@@ -498,26 +499,26 @@ class RequestParserTests(unittest.TestCase):
         next() gives, whether the body is all there or not, and over the
         body limit.
         """
-        data = (b" ".join([command, *args]) + b"\r\nSequence: 1\r\n" + sizeLine + wire.HEAD_END
+        data = (b" ".join([command, *args]) + b"\r\nSequence: 1\r\n" + sizeLine + grammar.HEAD_END
                 + b"b" * bodyBytes + b"PING\r\nSequence: z\r\n\r\n")
         for cut in (len(data), len(data) - 1 - bodyBytes):
             chunks = [data[:cut], data[cut:]]
-            expected = takeAll(wire.RequestParser(maxBody=10), chunks)
-            self.assertEqual(takeAllMany(wire.RequestParser(maxBody=10), chunks), expected)
-            self.assertEqual(takeAllMany(wire.RequestParser(maxBody=10), chunks, {0}), expected)
+            expected = takeAll(framing.RequestParser(maxBody=10), chunks)
+            self.assertEqual(takeAllMany(framing.RequestParser(maxBody=10), chunks), expected)
+            self.assertEqual(takeAllMany(framing.RequestParser(maxBody=10), chunks, {0}), expected)
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=8))
     def test_randomBytesOnlyFramingErrorWhateverTheChunks(self, data, cuts):
         """Arbitrary bytes: requests or FramingError, and the same however they arrive."""
-        whole = takeAll(wire.RequestParser(maxHead=128), [data])
-        self.assertEqual(takeAll(wire.RequestParser(maxHead=128), chunked(data, cuts)), whole)
-        self.assertEqual(takeAllMany(wire.RequestParser(maxHead=128), chunked(data, cuts), {0, 2}), whole)
+        whole = takeAll(framing.RequestParser(maxHead=128), [data])
+        self.assertEqual(takeAll(framing.RequestParser(maxHead=128), chunked(data, cuts)), whole)
+        self.assertEqual(takeAllMany(framing.RequestParser(maxHead=128), chunked(data, cuts), {0, 2}), whole)
 
 
 class OneLineTests(unittest.TestCase):
-    """wire.oneLine's shortcut for printable text changes nothing."""
+    """grammar.oneLine's shortcut for printable text changes nothing."""
 
     @given(st.text())
     def test_sameAsExpression(self, text: str) -> None:
-        self.assertEqual(wire.oneLine(text), wire._LINE_BREAKERS.sub(" ", text).strip())
+        self.assertEqual(grammar.oneLine(text), grammar._LINE_BREAKERS.sub(" ", text).strip())

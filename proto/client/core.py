@@ -51,7 +51,8 @@ from proto.client.errors import (
     ServerShuttingDown,
 )
 from proto.client.messages import Headers, Reply, encodeClientRequest
-from proto.wire import OK, PUSH, Frame, FramingError, Greeting, ReplyParser
+from proto.wire.grammar import OK, PUSH, FramingError
+from proto.wire.replies import Frame, Greeting, ReplyParser
 
 #: The wrapper's waiter for one request (a Deferred, a future, ...).
 W = TypeVar("W")

@@ -10,7 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Mapping, Sequence, TypeVar
 
-from proto.wire import Frame, encodeRequest
+from proto.wire.encode import encodeRequest
+from proto.wire.replies import Frame
 
 Headers = Mapping[str, str] | Iterable[tuple[str, str]] | None
 

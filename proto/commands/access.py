@@ -24,7 +24,7 @@ from proto.commands.base import CommandError, CommandRegistry, ICommandContext, 
 from proto.permissions import ADMIN, ANY, GrantSyntaxError, isoUTC, jsonBytes, parseGrantWords, whoami
 from proto.store.base import StoreError
 from proto.store.grants import GrantRow, GrantTakenError
-from proto.wire import Request
+from proto.wire.heads import Request
 
 registry = CommandRegistry()
 

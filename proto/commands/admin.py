@@ -25,7 +25,7 @@ from proto import stats as S
 from proto.commands.base import CommandError, CommandRegistry, ICommandContext, requireArgs
 from proto.permissions import ADMIN
 from proto.store.base import Document
-from proto.wire import Request
+from proto.wire.heads import Request
 
 registry = CommandRegistry()
 

@@ -25,7 +25,8 @@ from twisted.python.failure import Failure
 from zope.interface import Attribute, Interface
 
 from proto.permissions import ADMIN, LEVELS, RANK, Grant
-from proto.wire import Request, parseSeconds
+from proto.wire.grammar import parseSeconds
+from proto.wire.heads import Request
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IReactorTime
@@ -62,7 +63,7 @@ class Result:
 class EncodedResult(Result):
     """
     A L{Result} that also holds its reply already encoded, less the status
-    and Sequence lines (L{proto.wire.encodeFrameTail} of its body and
+    and Sequence lines (L{proto.wire.encode.encodeFrameTail} of its body and
     headers): for a reply given again and again (GET's memo of recent
     replies), so that each reply is one formatting of the Sequence and
     this, not an encoding of its headers again.

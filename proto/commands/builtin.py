@@ -16,7 +16,7 @@ from proto.commands.base import (
     requireArgs,
     secondsArgument,
 )
-from proto.wire import Request
+from proto.wire.heads import Request
 
 registry = CommandRegistry()
 

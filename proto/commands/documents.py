@@ -92,7 +92,8 @@ from proto.store.base import (
     Version,
     checkId,
 )
-from proto.wire import Request, encodeFrameTail
+from proto.wire.encode import encodeFrameTail
+from proto.wire.heads import Request
 
 registry = CommandRegistry()
 

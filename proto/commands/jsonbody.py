@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThread
 
 from proto.commands.base import CommandError
-from proto.wire import Request
+from proto.wire.heads import Request
 
 #: Bodies larger than this are validated off the reactor thread.
 INLINE_LIMIT = 64 * 1024

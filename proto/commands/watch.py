@@ -67,7 +67,7 @@ from proto.commands.watchstream import (  # noqa: F401  (their old home)
 )
 from proto.permissions import READ
 from proto.store.base import InvalidIdError, checkId
-from proto.wire import Request
+from proto.wire.heads import Request
 
 registry = CommandRegistry()
 
