@@ -419,9 +419,18 @@ class Postgres:
                 pass
         return total
 
-    def conninfo(self) -> str:
+    def conninfo(self, dbname: str = "postgres") -> str:
         """Our server's C{--store} value for this cluster (its Unix socket, no TLS)."""
-        return f"postgresql:host={self.dir} port={self.port} user=proto dbname=postgres"
+        return f"postgresql:host={self.dir} port={self.port} user=proto dbname={dbname}"
+
+    def createDatabase(self, name: str) -> str:
+        """
+        A new database on this cluster, for a second server of ours (the
+        'before' of --baseline): its own, so that neither server's
+        listener reads the other's change log.
+        """
+        self._psql(f'CREATE DATABASE "{name}"')
+        return self.conninfo(name)
 
     def settle(self) -> None:
         """Wait until the backends of clients that closed have exited (and were reaped)."""
@@ -555,7 +564,7 @@ def runReferences(names: list[str], workdir: str, body: bytes, ref: bytes, keys:
 
 
 def fromLoadgen(label: str, r: dict, serverCpuPerWall: float, wall: float,
-                dbCpuPerWall: float | None = None) -> dict:
+                dbCpuPerWall: float | None = None, system: str = "ours") -> dict:
     """
     One of our rows (bench/loadgen's JSON) in the references' shape. With
     C{dbCpuPerWall} (ours on PostgreSQL): the database's CPU is added to
@@ -568,7 +577,7 @@ def fromLoadgen(label: str, r: dict, serverCpuPerWall: float, wall: float,
         extra = {"own_cpu_us_per_op": serverCpu / ops * 1e6 if ops else None,
                  "db_cpu_us_per_op": dbCpuPerWall * wall / ops * 1e6 if ops else None}
         serverCpu += dbCpuPerWall * wall
-    return _result("ours", label, ops, wall, r["req_per_s"], r["p50_us"], r["p99_us"],
+    return _result(system, label, ops, wall, r["req_per_s"], r["p50_us"], r["p99_us"],
                    serverCpu, r["loadgen_cpu"], r["errors"], extra)
 
 
@@ -578,7 +587,8 @@ def printComparison(results: list[dict], printTable: Callable, fmtNum: Callable)
     for r in results:
         if r.get("row"):
             byRow.setdefault(r["row"], {})[r["system"]] = r
-    systems = [s for s in ("ours", "redis", "postgresql") if any(s in v for v in byRow.values())]
+    systems = [s for s in ("ours", "before", "redis", "postgresql")
+               if any(s in v for v in byRow.values())]
     rows = []
     lowerBound = False
     for label, _, _ in ROWS:
@@ -592,7 +602,7 @@ def printComparison(results: list[dict], printTable: Callable, fmtNum: Callable)
                 continue
             ratios = []
             ours = found.get("ours")
-            for ref in ("redis", "postgresql"):
+            for ref in ("redis", "postgresql", *(("before",) if "before" in systems else ())):
                 other = found.get(ref)
                 if system == "ours" and other and "failed" not in other and other["ops_per_s"]:
                     ratios.append(f"{ours['ops_per_s'] / other['ops_per_s']:.2f}")
@@ -612,7 +622,8 @@ def printComparison(results: list[dict], printTable: Callable, fmtNum: Callable)
             ])
     print()
     print("Document store against the references (1 KiB JSON documents, durable writes everywhere)")
-    printTable(["row", "system", "ops/s", "ours/redis / ours/pg", "p50", "p99", "server CPU/op",
+    printTable(["row", "system", "ops/s", "ours/redis / ours/pg" + (" / ours/before" if "before" in systems else ""),
+                "p50", "p99", "server CPU/op",
                 "loadgen CPU", "errors"], rows)
     print("server CPU/op: the server's user+sys CPU over the whole run / operations in it "
           "(PostgreSQL: postmaster + its processes; ours on PostgreSQL: ours + the cluster's, "

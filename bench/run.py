@@ -517,7 +517,13 @@ def echoSuite(servers: dict[str, Server], dataDir: str, a) -> tuple[list, list]:
     return rows, raw
 
 
-def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, list]:
+def storeSuite(server: Server, dataDir: str, a, workdir: str,
+               before: Server | None = None) -> tuple[list, list]:
+    """
+    The store rows on our server, each row then on the 'before' server
+    (--baseline, if given) and on each reference, so that a busy machine
+    weighs on all of them alike.
+    """
     raw = []
     rows = []
     warmup = min(1.0, a.seconds / 10)
@@ -527,8 +533,10 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
     # each of our rows is counted too (its backends do our reads/writes).
     database = a.ourDatabase
 
-    def one(label, args, rateField="req_per_s"):
-        print(f"[store] {label}", flush=True)
+    def one(label, args, rateField="req_per_s", server=server, name="ours"):
+        print(f"[store] {label}" + ("" if name == "ours" else f" ({name})"), flush=True)
+        if name != "ours":
+            label = f"{label} ({name})"
         try:
             db0 = database.cpu() if database is not None else None
             r = runLoadgen(server, dataDir, args, a.pin, a.seconds + 90)
@@ -536,11 +544,11 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
                 database.settle()
                 r["db_cpu"] = (database.cpu() - db0) / r["wall"]
         except LoadgenError as e:
-            print(f"  ours: FAILED: {e}", flush=True)
+            print(f"  {name}: FAILED: {e}", flush=True)
             rows.append([label, "FAILED", "—", "—", "—", "—"])
             raw.append({"row": label, "result": "FAILED"})
             return None
-        print(f"  ours  {json.dumps(r)}", flush=True)
+        print(f"  {name}  {json.dumps(r)}", flush=True)
         raw.append({"row": label, "result": r})
         rows.append([
             label, fmtNum(r[rateField]), fmtNum(r["p50_us"], " us"), fmtNum(r["p99_us"], " us"),
@@ -550,11 +558,12 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
         return r
 
     # populate: bench/ref and bench/0 .. bench/K-1
-    for args in populateArgs(keys, bodyFile, refFile):
-        try:
-            runLoadgen(server, dataDir, args, a.pin, 120)
-        except LoadgenError as e:
-            print(f"  populate failed: {e}", flush=True)
+    for each in (server, before):
+        for args in populateArgs(keys, bodyFile, refFile) if each is not None else ():
+            try:
+                runLoadgen(each, dataDir, args, a.pin, 120)
+            except LoadgenError as e:
+                print(f"  populate failed: {e}", flush=True)
     put = ["--command", "PUT bench/%d", "--body-file", bodyFile, "--keys", keys,
            "-t", str(a.seconds), "--warmup", str(warmup)]
     plain = ["--command", "GET bench/%d", "--keys", keys, "-t", str(a.seconds), "--warmup", str(warmup)]
@@ -583,6 +592,12 @@ def storeSuite(server: Server, dataDir: str, a, workdir: str) -> tuple[list, lis
             if r is not None:
                 a.compared.append(references.fromLoadgen(label, r, r["server_cpu"], r["wall"],
                                                          r.get("db_cpu")))
+            if before is not None:
+                b = one(label, ["-c", str(clients), "-d", "1", *shapes[kind]],
+                        server=before, name="before")
+                if b is not None:
+                    a.compared.append(references.fromLoadgen(label, b, b["server_cpu"], b["wall"],
+                                                             b.get("db_cpu"), system="before"))
             a.refResults += references.measureRow(measured, label, kind, clients, a.seconds)
     finally:
         if a.systems is None:
@@ -742,11 +757,15 @@ def main() -> int:
         if (a.baseline or a.baseline_args) and wantOurs:
             port = freePort()
             base = os.path.abspath(a.baseline or ROOT)
+            # (On PostgreSQL: a database of its own on the same cluster, so
+            # that neither server's listener reads the other's changes.)
+            baseStore = (["--store", a.ourDatabase.createDatabase("proto_before")]
+                         if ourStore else [])
             servers["base"] = Server(
                 "base",
                 [sys.executable, "-c", TWISTD, "--pidfile=", "-n", "proto", "--data-dir", dataDir,
                  "--listen", f"tcp:{port}:interface=127.0.0.1", "--max-connections", "10000",
-                 *a.baseline_args.split()],
+                 *baseStore, *a.baseline_args.split()],
                 port, workdir, a.pin, root=base,
             )
         if wantUvloop:
@@ -778,7 +797,7 @@ def main() -> int:
             if any("FAILED" in r for row in rows for r in row):
                 rc = 1
         if a.suite in ("store", "all") and "ours" in servers:
-            rows, raw = storeSuite(servers["ours"], dataDir, a, workdir)
+            rows, raw = storeSuite(servers["ours"], dataDir, a, workdir, servers.get("base"))
             allRaw["store"] = raw
             print()
             print("Document store (ours only)")
