@@ -14,7 +14,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from proto.commands.include import IncludeWalk, parseInclude
-from proto.store import postgres_async, postgres_session
+from proto.store import postgres_pipeline, postgres_reads
 from tests.test_store import PostgresBackend
 
 
@@ -23,7 +23,7 @@ class ReactorReaderTests(PostgresBackend, TestCase):
     @inlineCallbacks
     def setUp(self):
         self.setUpBackend()
-        self.patch(postgres_async, "RETRY_SECONDS", 0.05)
+        self.patch(postgres_pipeline, "RETRY_SECONDS", 0.05)
         self.store = self.newStore()
         yield self.store.start()
         self.addCleanup(self.store.close)
@@ -89,8 +89,8 @@ class ReactorReaderTests(PostgresBackend, TestCase):
         yield self.store.put("o/nul", b'{"R": "r/1", "x": "\\u0000"}')
         yield self.store.put("o/ok", b'{"R": "r/1"}')
         twoTrips = []
-        original = postgres_session.snapshotInclude
-        self.patch(postgres_session, "snapshotInclude",
+        original = postgres_reads.snapshotInclude
+        self.patch(postgres_reads, "snapshotInclude",
                    lambda *args: twoTrips.append(args[1]) or original(*args))
         found = yield gatherResults([self.include(["o/nul"]), self.include(["o/ok"])])
         self.assertEqual([[d.id for d in s.includes] for s in found], [["r/1"], ["r/1"]])
@@ -106,7 +106,7 @@ class ReactorReaderTests(PostgresBackend, TestCase):
         """A prepared statement the database does not know: read by the threads, then prepared again."""
         yield self.store.put("a", b"{}")
         yield self.store.get(["a"])
-        sql, _ = postgres_session.plainStatement([["a"]])
+        sql, _ = postgres_reads.plainStatement([["a"]])
         self.reader._prepared[sql] = "no_such_statement"
         self.assertEqual((yield self.store.get(["a"]))[0].id, "a")
         self.assertEqual(self.reader.fallbacks, 1)
@@ -168,7 +168,7 @@ class OwnNotificationTests(PostgresBackend, TestCase):
     @inlineCallbacks
     def test_ownCommitsSkippedOthersRead(self):
         from proto.hub import ChangeHub
-        from proto.store import postgres
+        from proto.store import postgres_listener
 
         # The skip depends on the writer handing its commit over within
         # OWN_GRACE_SECONDS of the notification (else the log is read: also
@@ -176,8 +176,8 @@ class OwnNotificationTests(PostgresBackend, TestCase):
         # writer's thread waits for a CPU), so the test gives it 1 s (the
         # longest the listener then waits, also to stop), and no periodic
         # catch-up runs meanwhile.
-        self.patch(postgres, "OWN_GRACE_SECONDS", 1.0)
-        self.patch(postgres, "CATCH_UP_SECONDS", 60.0)
+        self.patch(postgres_listener, "OWN_GRACE_SECONDS", 1.0)
+        self.patch(postgres_listener, "CATCH_UP_SECONDS", 60.0)
         self.setUpBackend()
         hub, otherHub = ChangeHub(), ChangeHub()
         seen = []

@@ -1,6 +1,6 @@
 """
 The PostgreSQL store's GET with Include in one statement
-(L{proto.store.postgres_session.prefetchedRead}) and its fallback to two
+(L{proto.store.postgres_reads.prefetchedReads}) and its fallback to two
 round trips: same results as the walk decides, one snapshot.
 """
 
@@ -13,14 +13,14 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from proto.commands.base import CommandError
 from proto.commands.include import IncludeWalk, parseInclude
-from proto.store import postgres_session
+from proto.store import postgres_reads, postgres_session
 from tests.test_store import PostgresBackend
 
 
 class JsonPathTests(SynchronousTestCase):
     def test_quoting(self) -> None:
-        self.assertEqual(postgres_session.jsonPath(("A", "B")), 'lax $."A"."B"[*]')
-        self.assertEqual(postgres_session.jsonPath(('a"b', "c\\d")), 'lax $."a\\"b"."c\\\\d"[*]')
+        self.assertEqual(postgres_reads.jsonPath(("A", "B")), 'lax $."A"."B"[*]')
+        self.assertEqual(postgres_reads.jsonPath(('a"b', "c\\d")), 'lax $."a\\"b"."c\\\\d"[*]')
 
 
 class PrefetchedIncludeTests(PostgresBackend, TestCase):
@@ -33,13 +33,13 @@ class PrefetchedIncludeTests(PostgresBackend, TestCase):
         yield self.store.start()
         self.addCleanup(self.store.close)
         self.twoTrips = 0
-        original = postgres_session.snapshotInclude
+        original = postgres_reads.snapshotInclude
 
         def counted(*args):
             self.twoTrips += 1
             return original(*args)
 
-        self.patch(postgres_session, "snapshotInclude", counted)
+        self.patch(postgres_reads, "snapshotInclude", counted)
 
     def read(self, ids, include):
         return self.store.read(ids, IncludeWalk(parseInclude(include)))
@@ -74,7 +74,7 @@ class PrefetchedIncludeTests(PostgresBackend, TestCase):
         self.assertEqual([d.id for d in found.includes], ["stra\u00dfe"])
         self.assertEqual(self.twoTrips, 2)
         # More candidates than are fetched ahead.
-        self.patch(postgres_session, "PREFETCH_MAX", 1)
+        self.patch(postgres_reads, "PREFETCH_MAX", 1)
         yield self.store.put("o/many", b'{"R": ["r/1", "r/2", "r/3"]}')
         found = yield self.read(["o/many"], "R")
         self.assertEqual([d.id for d in found.includes], ["r/1"])
@@ -101,16 +101,18 @@ class BatchedReadTests(PostgresBackend, TestCase):
 
     def countStatements(self, name):
         """
-        The list to which each call of C{postgres_session.<name>} (one
-        statement for a batch of reads) appends the size of its batch.
+        The list to which each call of C{postgres_reads.<name>} (one
+        statement for a batch of reads) appends the size of its batch
+        (called from there, and by the reader threads' session).
         """
         sizes = []
-        original = getattr(postgres_session, name)
+        original = getattr(postgres_reads, name)
 
         def counted(connection, batch):
             sizes.append(len(batch))
             return original(connection, batch)
 
+        self.patch(postgres_reads, name, counted)
         self.patch(postgres_session, name, counted)
         return sizes
 

@@ -97,6 +97,8 @@ def gate(store):
     """
     store.writeGate = Gate(open=False)
     store.readGate = Gate(open=True)
+    if getattr(store, "reactorWriter", None) is not None:
+        store.reactorWriter = None  # Every write goes to the gated writer thread.
     if hasattr(store, "_inlineReads"):
         store._inlineReads = False  # Every read goes to the gated reader.
     store._writer._openSession = store.writeGate.wrap(store._writer._openSession)
@@ -917,14 +919,14 @@ class PostgresLifecycleTests(PostgresBackend, LifecycleTests):
         self.assertEqual((yield store.put("a", b"{}")).etag, 4)
         self.assertEqual([c.etag for c in seen], [4])
         self.assertEqual((yield store.get(["a"])), [Document("a", 4, b"{}")])
-        # Writer, two readers, listener, the reactor's reader: the failed
-        # attempts left none open.
+        # Writer, two readers, listener, the reactor's reader and writer:
+        # the failed attempts left none open.
         count = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
         for _ in range(100):
-            if admin.execute(count, (role,)).fetchone()[0] == 5:
+            if admin.execute(count, (role,)).fetchone()[0] == 6:
                 break
             yield deferLater(reactor, 0.02, lambda: None)
-        self.assertEqual(admin.execute(count, (role,)).fetchone()[0], 5)
+        self.assertEqual(admin.execute(count, (role,)).fetchone()[0], 6)
 
     @inlineCallbacks
     def test_failsAtOnceDuringASlowAttempt(self):

@@ -7,21 +7,34 @@ change log as the truth that WATCH reads. Several servers (worker
 processes, hosts) sharing one database behave as one.
 
 Threads (psycopg 3's sync API, each thread with its own connection; not
-the reactor's thread pool), and one connection on the reactor thread:
+the reactor's thread pool), and two connections on the reactor thread:
 
-  - the B{writer} (L{proto.store.postgres_session.WriteSession}) runs
-    every write queued since its last turn in one transaction;
+  - the B{writer thread} (L{proto.store.postgres_session.WriteSession})
+    runs every write queued since its last turn in one transaction
+    (L{proto.store.postgres_batch}); PUTs and DELETEs go instead, while
+    it is connected, to the B{reactor's writer}
+    (L{proto.store.postgres_writer}): the same transaction through one
+    non-blocking connection with prepared statements, no thread hand-off.
+    A write goes to one or the other so that writes stay in order: to
+    the reactor's writer only while the thread has none unfinished;
   - the B{readers} run reads in read-only snapshots; GETs (with and
     without Include) go instead, while it is connected, to the
     B{reactor's reader} (L{proto.store.postgres_async}): one
     non-blocking connection on the reactor thread, a turn's GETs in at
     most two prepared statements, no thread hand-off;
-  - the B{listener} (L{Listener}) waits on C{LISTEN proto_changes}: a
-    doorbell only. When it rings (or every L{CATCH_UP_SECONDS} anyway) it
-    reads the change log from the publisher's position and hands the
-    changes to the L{proto.store.sqlite_publisher.Publisher}, which
-    publishes each once, in etag order. A dropped listener connection is
-    opened again and catches up from the log: no change is lost.
+  - the B{listener} (L{proto.store.postgres_listener.Listener}) waits on
+    C{LISTEN proto_changes}: a doorbell only. When it rings (or every
+    C{CATCH_UP_SECONDS} anyway) it reads the change log from the
+    publisher's position and hands the changes to the
+    L{proto.store.sqlite_publisher.Publisher}, which publishes each once,
+    in etag order. A dropped listener connection is opened again and
+    catches up from the log: no change is lost.
+
+Read-your-writes (a GET sees every write sent before it): a read that
+comes while writes are unfinished is read in the writer thread's
+transaction, behind them; behind writes of the reactor's writer, it
+waits until they are answered (L{proto.store.postgres_writer.
+ReactorWriter.barrier}), then is read as usual.
 
 A database that goes away: operations fail with
 L{proto.store.base.StoreUnavailableError} (the client gets C{ERR} with
@@ -41,14 +54,13 @@ the connection string without its password.
 
 from __future__ import annotations
 
-import time
 from typing import Any, Callable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail, gatherResults, succeed
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from proto.store import postgres_grants, postgres_schema, postgres_session
+from proto.store import postgres_grants, postgres_reads, postgres_schema
 from proto.store.base import (
     Document,
     IDocumentStore,
@@ -60,135 +72,35 @@ from proto.store.base import (
 )
 from proto.store.grants import IGrantStore
 from proto.store.facade import StoreFacade
+from proto.store.facade import KeyedWork, PutWork
 from proto.store.postgres_async import ReactorReader
+from proto.store.postgres_listener import (
+    CATCH_UP_SECONDS,
+    LISTEN_RETRY_SECONDS,
+    OWN_GRACE_SECONDS,
+    WAIT_SECONDS,
+    Listener,
+)
+from proto.store.postgres_reads import IncludeRead, PlainRead
 from proto.store.postgres_session import ReadSession, WriteSession
+from proto.store.postgres_writer import ReactorWriter
 from proto.store.reopen import RetryingStart, firstLine
-from proto.store.sqlite_publisher import BellThread, Publisher, handOver
 from proto.store.sqlite_worker import Worker
 from proto.store.sqlite_write import DEFAULT_RETAIN_CHANGES
 
-#: The listener reads the log this often even without a notification.
-CATCH_UP_SECONDS = 2.0
-
-#: The listener's longest wait for a notification at a time (how quickly
-#: it notices that the store is closing).
-WAIT_SECONDS = 0.1
-
-#: A notification of our own writer's commit that the writer has not
-#: handed over yet is read from the log after this long.
-OWN_GRACE_SECONDS = 0.05
-
-#: After the listener's connection failed, wait this long to try again.
-LISTEN_RETRY_SECONDS = 1.0
+__all__ = [
+    "CATCH_UP_SECONDS", "LISTEN_RETRY_SECONDS", "OWN_GRACE_SECONDS", "WAIT_SECONDS",
+    "Listener", "READERS", "PostgresStore",
+]
 
 #: Reader threads, each with its own connection: a read waits on round
 #: trips to the database, not on the CPU, so several run at once.
 READERS = 4
 
-
-
-class Listener(BellThread):
-    """
-    The thread that hears C{NOTIFY proto_changes} and feeds the publisher
-    from the change log (see the module docstring).
-    """
-
-    threadName = "proto-store-listener"
-
-    def __init__(self, conninfo: str, publisher: Publisher, reactor: Any,
-                 delivered: Callable[[], int] = lambda: 0,
-                 writerPid: Callable[[], int | None] = lambda: None) -> None:
-        """
-        @param delivered: the etag up to which this server's writer has
-            handed every change to the publisher already (read from this
-            thread): a notification at or below it needs no catch-up.
-        @param writerPid: the backend process of this server's writer.
-        """
-        super().__init__(publisher, reactor)
-        self._delivered = delivered
-        self._writerPid = writerPid
-        self._owed = 0  # the last etag of our writer's commits not handed over yet
-        self._owedSince = 0.0
-        self.skipped = 0  # notifications needing no catch-up (tests)
-        self._conninfo = conninfo
-        self._where = postgres_schema.displayed(conninfo)
-        self.connects = 0  # how many times it connected (tests: reconnection)
-
-    def _main(self) -> None:
-        import psycopg
-
-        failing = False
-        while not self._stop.is_set():
-            connection = None
-            try:
-                connection = postgres_schema.connect(self._conninfo, "listener")
-                connection.execute(f"LISTEN {postgres_schema.CHANNEL}")
-                self.connects += 1
-                if failing:
-                    self._log.info("PostgreSQL store (listener): connected again to {where}; "
-                                   "catching up from the change log", where=self._where)
-                    failing = False
-                self._listen(connection)
-            except psycopg.Error as e:
-                if not failing:
-                    self._log.error("PostgreSQL store (listener): {error}; connecting again",
-                                    error=e)
-                    failing = True
-                self._stop.wait(LISTEN_RETRY_SECONDS)
-            finally:
-                if connection is not None:
-                    connection.close()
-
-    def _listen(self, connection: Any) -> None:
-        """Catch up, then wait for the doorbell; until stopped or an error."""
-        self._catchUp(connection)  # after LISTEN: whatever comes later rings
-        while not self._stop.is_set():
-            rang = False
-            # notifies() holds the connection while it waits: this
-            # connection does nothing else (TWISTED_NOTES, section 9).
-            wait = OWN_GRACE_SECONDS if self._owed else WAIT_SECONDS
-            for notify in connection.notifies(timeout=wait, stop_after=1):
-                # The payload is the commit's last etag: one of this
-                # server's own commits, whose changes (and those of others
-                # below them) the writer hands over itself, needs no
-                # reading of the log (issue 13: two round trips, a thread
-                # wake-up and a hand-off per commit). The notification may
-                # come before the writer has seen its commit: then it is
-                # owed, and read from the log only if the writer has not
-                # handed it over within OWN_GRACE_SECONDS.
-                etag = int(notify.payload) if notify.payload.isdigit() else None
-                if etag is not None and etag <= self._delivered():
-                    self.skipped += 1
-                elif etag is not None and notify.pid == self._writerPid():
-                    if not self._owed:
-                        self._owedSince = time.monotonic()
-                    self._owed = max(self._owed, etag)
-                else:
-                    rang = True
-            if self._owed:
-                if self._owed <= self._delivered():
-                    self._owed = 0
-                    self.skipped += 1
-                elif rang or time.monotonic() - self._owedSince >= OWN_GRACE_SECONDS:
-                    self._owed = 0
-                    rang = True
-            if rang or self._due():
-                self._catchUp(connection)
-
-    _lastCatchUp = 0.0
-
-    def _due(self) -> bool:
-        return time.monotonic() - self._lastCatchUp >= CATCH_UP_SECONDS
-
-    def _catchUp(self, connection: Any) -> None:
-        """Hand over every change above the publisher's position."""
-        self._lastCatchUp = time.monotonic()
-        handOver(
-            self._publisher, self._reactor,
-            lambda: postgres_session.counter(connection, "etag"),
-            lambda after, upTo: postgres_session.logRange(connection, after, upTo),
-            self._stop.is_set,
-        )
+#: The writes the reactor's writer takes: PUT (L{PutWork}) and DELETE
+#: (the store's only L{KeyedWork}); their works call only C{put} and
+#: C{delete} on the keys they carry.
+_REACTOR_WRITES = (PutWork, KeyedWork)
 
 
 @implementer(IDocumentStore, IGrantStore)
@@ -216,6 +128,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         readers: int = READERS,
         retryPolicy: Callable[[int], float] | None = None,
         reactorReads: bool = True,
+        reactorWrites: bool = True,
     ) -> None:
         """
         @param conninfo: a libpq connection string or URI.
@@ -231,6 +144,9 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         @param reactorReads: GETs on the reactor thread, in one
             non-blocking connection (L{proto.store.postgres_async}), the
             reader threads serving the rest; C{False}: all on the threads.
+        @param reactorWrites: PUTs and DELETEs on the reactor thread
+            (L{proto.store.postgres_writer}), the writer thread serving
+            the rest; C{False}: all on the thread.
         @raise ValueError: if C{retainChanges} is below 1.
         """
         if reactor is None:
@@ -242,7 +158,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         self._retain = retainChanges
         self._readerCount = max(1, readers)
         self.listener = (
-            Listener(conninfo, self._publisher, reactor, self._delivered, self._writerPid)
+            Listener(conninfo, self._publisher, reactor, self._delivered, self._writerPids)
             if self._publisher is not None else None
         )
         self._makeWorkers()
@@ -250,6 +166,12 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             ReactorReader(conninfo, reactor, lambda work: self._reader.submit(work))
             if reactorReads and hasattr(reactor, "addReader") else None
         )
+        self.reactorWriter = (
+            ReactorWriter(conninfo, reactor, retainChanges, self._published, self._committed,
+                          self._threadWrite)
+            if reactorWrites and hasattr(reactor, "addReader") else None
+        )
+        self._threadWrites = 0  # writes on the writer thread not finished yet
         self._turn = 0
         self._closed = False
         #: Every worker is open (and the listener started).
@@ -278,7 +200,7 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         session = WriteSession(self.conninfo, retain, published)
         try:
             postgres_schema.upgrade(session.connection, self.where)
-            session.startEtag = postgres_session.counter(session.connection, "etag")
+            session.startEtag = postgres_reads.counter(session.connection, "etag")
         except BaseException:
             session.close()
             raise
@@ -335,13 +257,17 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
     _writeSession: WriteSession | None = None
 
     def _delivered(self) -> int:
-        """The writer's L{WriteSession.delivered} (from the listener's thread)."""
-        session = self._writeSession
-        return 0 if session is None else session.delivered
+        """The writers' C{delivered}, the higher (from the listener's thread)."""
+        session, reactorWriter = self._writeSession, self.reactorWriter
+        return max(0 if session is None else session.delivered,
+                   0 if reactorWriter is None else reactorWriter.delivered)
 
-    def _writerPid(self) -> int | None:
-        session = self._writeSession
-        return None if session is None else session.backendPid
+    def _writerPids(self) -> tuple[int, ...]:
+        """The writers' backend processes (from the listener's thread)."""
+        session, reactorWriter = self._writeSession, self.reactorWriter
+        pids = (None if session is None else session.backendPid,
+                None if reactorWriter is None else reactorWriter.backendPid)
+        return tuple(pid for pid in pids if pid is not None)
 
     def _writerOpen(self, session: WriteSession) -> None:
         self._writeSession = session
@@ -376,6 +302,8 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             self.listener.start()
         if self.reactorReader is not None:
             self.reactorReader.start()
+        if self.reactorWriter is not None:
+            self.reactorWriter.start()
 
     def _workers(self) -> list[Worker]:
         return [self._writer, *self._readers]
@@ -396,7 +324,13 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         self.opening.stop()
         if self.listener is not None:
             self.listener.stop()
-        closing = [self._writer.stop()] + [reader.stop() for reader in self._readers]
+        closing = []
+        if self.reactorWriter is not None:
+            # Its batch in flight is answered first, and what it has queued
+            # is committed in a last batch (or, not connected, handed to the
+            # writer thread, which commits what is queued).
+            closing.append(self.reactorWriter.stop())
+        closing += [self._writer.stop()] + [reader.stop() for reader in self._readers]
         if self.reactorReader is not None:
             # Its reads in flight are answered first (failed over to the
             # reader threads, which are closing, they fail).
@@ -428,7 +362,35 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
 
     def _readWorker(self) -> Worker:
         """Read-your-writes: behind unfinished writes, reads join the writer."""
-        return self._writer if self._unfinishedWrites else self._reader
+        return self._writer if self._threadWrites else self._reader
+
+    # -- writes ----------------------------------------------------------------
+
+    def _write(self, work: Callable[[Any], Any]) -> Deferred[Any]:
+        """
+        A PUT or DELETE goes to the reactor's writer while it is open and
+        the writer thread has no unfinished write (so writes stay in
+        order); every other write, and every write meanwhile, to the thread.
+        """
+        self._unfinishedWrites += 1
+        reactorWriter = self.reactorWriter
+        if (reactorWriter is not None and reactorWriter.open and not self._threadWrites
+                and type(work) in _REACTOR_WRITES):
+            d = reactorWriter.submit(work)
+        else:
+            d = self._threadWrite(work)
+        d.addBoth(self._writeFinished)
+        return d
+
+    def _threadWrite(self, work: Callable[[Any], Any]) -> Deferred[Any]:
+        """C{work} on the writer thread (also the reactor writer's fallback)."""
+        self._threadWrites += 1
+
+        def finished(result: Any) -> Any:
+            self._threadWrites -= 1
+            return result
+
+        return self._writer.submit(work).addBoth(finished)
 
     def read(
         self,
@@ -440,12 +402,21 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
         except ValueError:
             return fail()
         if references is None:
-            work: Any = postgres_session.PlainRead(keys)
+            work: Any = PlainRead(keys)
         else:
-            work = postgres_session.IncludeRead(keys, references)
-        if self._unfinishedWrites:
+            work = IncludeRead(keys, references)
+        reactorWriter = self.reactorWriter
+        if reactorWriter is not None and reactorWriter.pending:
+            # Behind the reactor writer's writes: read once they are
+            # answered (not behind those that come later).
+            return reactorWriter.barrier().addCallback(lambda _: self._readNow(work))
+        return self._readNow(work)
+
+    def _readNow(self, work: Any) -> Deferred[Snapshot]:
+        if self._threadWrites:
             return self._writer.submit(work)
         asynchronous = self.reactorReader
-        if asynchronous is not None and asynchronous.open and (references is None or work.paths):
+        if (asynchronous is not None and asynchronous.open
+                and (type(work) is PlainRead or work.paths)):
             return asynchronous.submit(work)
         return self._reader.submit(work)

@@ -1,0 +1,141 @@
+"""
+The PostgreSQL store's listener: the thread that hears C{NOTIFY
+proto_changes} (the doorbell every write transaction rings at commit,
+L{proto.store.postgres_batch}) and feeds the publisher from the change
+log, so that every server sharing a database publishes every change, in
+etag order, without a gap (C{shared/PROTOCOL.md}, section 8).
+
+A notification is a doorbell only: when it rings (or every
+L{CATCH_UP_SECONDS} anyway) the listener reads the log from the
+publisher's position. It skips the notifications of this server's own
+writers' commits (their changes, and others' below them, are handed over
+by the writers themselves: issue 13), reading the log for one only if it
+was not handed over within L{OWN_GRACE_SECONDS}. A dropped connection is
+opened again and catches up from the log: no change is lost.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Collection
+
+from proto.store import postgres_reads, postgres_schema
+from proto.store.sqlite_publisher import BellThread, Publisher, handOver
+
+#: The listener reads the log this often even without a notification.
+CATCH_UP_SECONDS = 2.0
+
+#: The listener's longest wait for a notification at a time (how quickly
+#: it notices that the store is closing).
+WAIT_SECONDS = 0.1
+
+#: A notification of our own writer's commit that the writer has not
+#: handed over yet is read from the log after this long.
+OWN_GRACE_SECONDS = 0.05
+
+#: After the listener's connection failed, wait this long to try again.
+LISTEN_RETRY_SECONDS = 1.0
+
+
+class Listener(BellThread):
+    """
+    The thread that hears C{NOTIFY proto_changes} and feeds the publisher
+    from the change log (see the module docstring).
+    """
+
+    threadName = "proto-store-listener"
+
+    def __init__(self, conninfo: str, publisher: Publisher, reactor: Any,
+                 delivered: Callable[[], int] = lambda: 0,
+                 ownPids: Callable[[], Collection[int]] = lambda: ()) -> None:
+        """
+        @param delivered: the etag up to which this server's writer has
+            handed every change to the publisher already (read from this
+            thread): a notification at or below it needs no catch-up.
+        @param ownPids: the backend processes of this server's writers.
+        """
+        super().__init__(publisher, reactor)
+        self._delivered = delivered
+        self._ownPids = ownPids
+        self._owed = 0  # the last etag of our writer's commits not handed over yet
+        self._owedSince = 0.0
+        self.skipped = 0  # notifications needing no catch-up (tests)
+        self._conninfo = conninfo
+        self._where = postgres_schema.displayed(conninfo)
+        self.connects = 0  # how many times it connected (tests: reconnection)
+
+    def _main(self) -> None:
+        import psycopg
+
+        failing = False
+        while not self._stop.is_set():
+            connection = None
+            try:
+                connection = postgres_schema.connect(self._conninfo, "listener")
+                connection.execute(f"LISTEN {postgres_schema.CHANNEL}")
+                self.connects += 1
+                if failing:
+                    self._log.info("PostgreSQL store (listener): connected again to {where}; "
+                                   "catching up from the change log", where=self._where)
+                    failing = False
+                self._listen(connection)
+            except psycopg.Error as e:
+                if not failing:
+                    self._log.error("PostgreSQL store (listener): {error}; connecting again",
+                                    error=e)
+                    failing = True
+                self._stop.wait(LISTEN_RETRY_SECONDS)
+            finally:
+                if connection is not None:
+                    connection.close()
+
+    def _listen(self, connection: Any) -> None:
+        """Catch up, then wait for the doorbell; until stopped or an error."""
+        self._catchUp(connection)  # after LISTEN: whatever comes later rings
+        while not self._stop.is_set():
+            rang = False
+            # notifies() holds the connection while it waits: this
+            # connection does nothing else (TWISTED_NOTES, section 9).
+            wait = OWN_GRACE_SECONDS if self._owed else WAIT_SECONDS
+            for notify in connection.notifies(timeout=wait, stop_after=1):
+                # The payload is the commit's last etag: one of this
+                # server's own commits, whose changes (and those of others
+                # below them) the writer hands over itself, needs no
+                # reading of the log (issue 13: two round trips, a thread
+                # wake-up and a hand-off per commit). The notification may
+                # come before the writer has seen its commit: then it is
+                # owed, and read from the log only if the writer has not
+                # handed it over within OWN_GRACE_SECONDS.
+                etag = int(notify.payload) if notify.payload.isdigit() else None
+                if etag is not None and etag <= self._delivered():
+                    self.skipped += 1
+                elif etag is not None and notify.pid in self._ownPids():
+                    if not self._owed:
+                        self._owedSince = time.monotonic()
+                    self._owed = max(self._owed, etag)
+                else:
+                    rang = True
+            if self._owed:
+                if self._owed <= self._delivered():
+                    self._owed = 0
+                    self.skipped += 1
+                elif rang or time.monotonic() - self._owedSince >= OWN_GRACE_SECONDS:
+                    self._owed = 0
+                    rang = True
+            if rang or self._due():
+                self._catchUp(connection)
+
+    _lastCatchUp = 0.0
+
+    def _due(self) -> bool:
+        return time.monotonic() - self._lastCatchUp >= CATCH_UP_SECONDS
+
+    def _catchUp(self, connection: Any) -> None:
+        """Hand over every change above the publisher's position."""
+        self._lastCatchUp = time.monotonic()
+        handOver(
+            self._publisher, self._reactor,
+            lambda: postgres_reads.counter(connection, "etag"),
+            lambda after, upTo: postgres_reads.logRange(connection, after, upTo),
+            self._stop.is_set,
+        )

@@ -1,0 +1,406 @@
+"""
+PUTs and DELETEs on the PostgreSQL store without a thread (issue 13): the
+write transaction of L{proto.store.postgres_batch} sent through one
+non-blocking libpq connection on the reactor thread
+(L{proto.store.postgres_pipeline}), with prepared statements.
+
+The writer thread (L{proto.store.postgres_session.WriteSession}) cost,
+per batch, a wake-up of a thread, a fight for the GIL, psycopg's
+machinery for each statement and a C{callFromThread} back (measured with
+1 client, C{bench/run.py --store --our-store postgresql --store-rows
+put}: about 350 us of our CPU per PUT). Here the writes queued during one
+reactor turn make a batch, sent at the end of the turn; the writes that
+come while it is in flight make the next (group commit). A batch is two
+round trips, each one write of the pipeline and one sync:
+
+  1. C{BEGIN}, the counters locked, the documents the batch names;
+  2. (its operations worked out in Python, L{WriteBatch}) the writes, the
+     counters, the doorbell (C{NOTIFY}), the changes of other servers the
+     publisher has not seen (read under the lock), C{COMMIT}.
+
+Every write of the batch is answered only once the C{COMMIT} is
+acknowledged (durable: PostgreSQL's C{synchronous_commit}); its changes
+go to the publisher first, in etag order, as with the thread. Only PUTs
+and DELETEs come here (the store decides: L{proto.store.postgres}); the
+writer thread keeps everything else, and every write while this
+connection is not open.
+
+When something goes wrong, the outcome is what the writer thread gives:
+a statement the database refuses fails the batch with the same error
+(L{proto.store.postgres_session.trouble}; the transaction is rolled
+back); a lost connection hands the writes not sent yet, and those of a
+batch whose writes were not sent, to the writer thread (nothing of them
+was written), and fails a batch whose C{COMMIT} was sent with
+C{StoreUnavailableError} saying that its outcome is unknown.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from proto.store.base import DELETE, PUT, Change, StoreUnavailableError
+from proto.store.postgres_batch import (
+    DELETE_SQL,
+    KNOWN_SQL,
+    LOCK_SQL,
+    LOG_RANGE_SQL,
+    LOG_SQL,
+    NOTIFY_SQL,
+    PRUNE_SQL,
+    SET_ETAG_SQL,
+    SET_FLOOR_SQL,
+    UPSERT_SQL,
+    WriteBatch,
+)
+from proto.store.postgres_pipeline import PipelineConnection, Statement
+from proto.store.postgres_reads import KEY_SEPARATOR
+from proto.store.postgres_schema import CHANGE_PUT, CHANNEL
+from proto.store.postgres_session import trouble
+from proto.store.sqlite_write import BatchResult
+from proto.timers import endOfTurn
+
+#: A document's parameters: text, except the body (binary: bytea as is).
+_UPSERT_FORMATS = (0, 0, 0, 1)
+
+#: SQLSTATEs of a prepared statement that is gone (26000) or stale
+#: (0A000: "cached plan must not change result type").
+_NOT_PREPARED = (b"26000", b"0A000")
+
+
+class _Batch:
+    """One write transaction in flight: its works and where it stands."""
+
+    __slots__ = ("jobs", "outcomes", "phase", "statements", "writes", "counters", "started",
+                 "theirs")
+
+    def __init__(self, jobs: list[tuple[Any, Deferred[Any]]]) -> None:
+        self.jobs = jobs
+        self.outcomes: list[Any] = []
+        #: "lock" (step 1 sent), "commit" (step 2 sent), "done".
+        self.phase = "lock"
+        self.statements: list[Statement] = []
+        self.writes: WriteBatch | None = None
+        self.counters: dict[str, int] = {}
+        self.started = time.perf_counter()
+        self.theirs: Statement | None = None
+
+
+class ReactorWriter(PipelineConnection):
+    """
+    Write batches on the reactor thread (see the module docstring).
+
+    @ivar delivered: every change up to this etag was handed to the
+        publisher with a batch's result (read by the listener's thread).
+    @ivar fallbacks: writes handed to the writer thread.
+    """
+
+    role = "reactor writer"
+    meanwhile = "the writer thread serves writes meanwhile"
+    prefix = "proto_write"
+
+    def __init__(
+        self,
+        conninfo: str,
+        reactor: Any,
+        retain: int,
+        published: Callable[[], int],
+        committed: Callable[[int, BatchResult, float], None],
+        fallback: Callable[[Any], Deferred[Any]],
+    ) -> None:
+        """
+        @param retain: the change log keeps at least this many changes.
+        @param published: the publisher's position.
+        @param committed: called with each committed batch's size, result
+            and seconds, before its Deferreds fire (the store publishes).
+        @param fallback: runs a write on the writer thread; its Deferred.
+        """
+        super().__init__(conninfo, reactor)
+        self._retain = retain
+        self._published = published
+        self._committed = committed
+        self._fallback = fallback
+        self._endOfTurn = endOfTurn(reactor)
+        self._queue: list[tuple[Any, Deferred[Any]]] = []
+        self._batch: _Batch | None = None
+        self._scheduled = False
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+        self._submitted = 0  # writes taken so far
+        self._answeredCount = 0  # writes answered so far
+        self.delivered = 0
+        self.fallbacks = 0
+        self.batches = 0
+
+    @property
+    def pending(self) -> int:
+        """Writes taken and not answered yet."""
+        return self._submitted - self._answeredCount
+
+    def barrier(self) -> Deferred[None]:
+        """
+        Fires once every write taken so far is answered (read-your-writes:
+        a read that comes after them waits for this, then is read as
+        usual).
+        """
+        deferred: Deferred[None] = Deferred()
+        if self.pending == 0:
+            deferred.callback(None)
+        else:
+            self._waiters.append((self._submitted, deferred))
+        return deferred
+
+    def _answered(self, count: int) -> None:
+        self._answeredCount += count
+        done = self._answeredCount
+        if self._waiters and done >= self._waiters[0][0]:
+            ready = [d for upTo, d in self._waiters if upTo <= done]
+            self._waiters = [(upTo, d) for upTo, d in self._waiters if upTo > done]
+            for deferred in ready:
+                if not deferred.called:
+                    deferred.callback(None)
+
+    # -- taking writes -------------------------------------------------------------------
+
+    def submit(self, work: Any) -> Deferred[Any]:
+        """A PUT or DELETE work (C{work(session)}, with its C{keys})."""
+        deferred: Deferred[Any] = Deferred()
+        self._submitted += 1
+        if not self.open:
+            self._failOver(work, deferred)
+            return deferred
+        self._queue.append((work, deferred))
+        if self._batch is None and not self._scheduled:
+            self._scheduled = True
+            self._endOfTurn(self._begin)
+        return deferred
+
+    def _failOver(self, work: Any, deferred: Deferred[Any]) -> None:
+        """Run C{work} on the writer thread instead (nothing of it was written)."""
+        self.fallbacks += 1
+
+        def done(result: Any) -> Any:
+            self._answered(1)
+            return result
+
+        if deferred.called:  # (cancelled before it was sent: it never happens)
+            self._answered(1)
+            return
+        self._fallback(work).addBoth(done).chainDeferred(deferred)
+
+    def stopping(self) -> None:
+        """Closing: the writes taken are still committed (a last batch, now)."""
+        if self._batch is None:
+            self._begin()
+
+    def _handOver(self) -> None:
+        """Every queued write to the writer thread (not connected)."""
+        queued, self._queue = self._queue, []
+        for work, deferred in queued:
+            self._failOver(work, deferred)
+
+    # -- a batch -----------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        """Step 1 of a batch: every write queued, not cancelled."""
+        self._scheduled = False
+        if self._batch is not None or not self._queue:
+            return
+        if self._pgconn is None:
+            self._handOver()
+            return
+        queued, self._queue = self._queue, []
+        jobs = []
+        for work, deferred in queued:
+            if deferred.called:
+                self._answered(1)  # Cancelled while queued: never written.
+            else:
+                jobs.append((work, deferred))
+        if not jobs:
+            return
+        batch = self._batch = _Batch(jobs)
+        wanted = list(dict.fromkeys(key for work, _ in jobs for key in work.keys))
+        try:
+            batch.statements = [
+                self.sendPlain("begin", b"BEGIN", batch),
+                self.send("lock", LOCK_SQL, [], batch),
+                self.send("known", KNOWN_SQL, [KEY_SEPARATOR.join(wanted).encode()], batch),
+            ]
+            self.sync(batch)
+        except Exception as e:
+            self.lost(e)
+
+    def synced(self, statement: Statement) -> None:
+        batch = self._batch
+        if batch is None or statement.owner is not batch:
+            return  # (a rollback's sync)
+        failed = self._failed(batch.statements)
+        if failed is not None:
+            self._fail(batch, failed)
+        elif batch.phase == "lock":
+            self._commit(batch)
+        else:
+            self._done(batch)
+
+    @staticmethod
+    def _failed(statements: list[Statement]) -> Any:
+        """The first result that is not a success (or C{"skipped"}), else C{None}."""
+        from psycopg.pq import ExecStatus
+
+        for statement in statements:
+            result = statement.result
+            if result is None:
+                return "skipped"
+            if result.status not in (ExecStatus.COMMAND_OK, ExecStatus.TUPLES_OK):
+                return result
+        return None
+
+    def _commit(self, batch: _Batch) -> None:
+        """Step 2: the operations, then the writes, counters, doorbell, COMMIT."""
+        lock, known = batch.statements[1].result, batch.statements[2].result
+        get = lock.get_value
+        counters = batch.counters = {
+            get(row, 0).decode(): int(get(row, 1)) for row in range(lock.ntuples)}
+        found: dict[str, tuple[str, int] | None] = {}
+        get = known.get_value
+        for row in range(known.ntuples):
+            found[get(row, 0).decode()] = (get(row, 1).decode(), int(get(row, 2)))
+        wanted = {key: found.get(key) for work, _ in batch.jobs for key in work.keys}
+        writes = batch.writes = WriteBatch(counters["etag"], wanted)
+        try:
+            outcomes = writes.run([work for work, _ in batch.jobs])
+        except Exception:
+            # (An operation that is neither a PUT nor a DELETE: the store
+            # sends none here.) Nothing was written: roll back.
+            self._rollback()
+            self._batch = None
+            failure = Failure()
+            self._fire(batch, [failure] * len(batch.jobs))
+            return
+        batch.outcomes = outcomes
+        batch.phase = "commit"
+        deletes, upserts, logRows = writes.takeWrites()
+        send = self.send
+        statements = []
+        try:
+            if deletes:
+                statements.append(send("write", DELETE_SQL, [KEY_SEPARATOR.join(deletes).encode()]))
+            for key, id, etag, body in upserts:
+                statements.append(send("write", UPSERT_SQL,
+                                       [key.encode(), id.encode(), b"%d" % etag, body],
+                                       formats=_UPSERT_FORMATS))
+            for etag, key, id, type in logRows:
+                statements.append(send("write", LOG_SQL,
+                                       [b"%d" % etag, key.encode(), id.encode(), b"%d" % type]))
+            if writes.lastEtag != writes.before:
+                statements.append(send("write", SET_ETAG_SQL, [b"%d" % writes.lastEtag]))
+                newFloor = writes.newFloor(counters["log_floor"], self._retain)
+                if newFloor is not None:
+                    statements.append(send("write", PRUNE_SQL, [b"%d" % newFloor]))
+                    statements.append(send("write", SET_FLOOR_SQL, [b"%d" % newFloor]))
+                statements.append(send("write", NOTIFY_SQL,
+                                       [CHANNEL.encode(), str(writes.lastEtag).encode()]))
+                published = self._published()
+                if writes.before > published:
+                    # Others committed since we last published: theirs go
+                    # first (the hub gets every etag, in order), read under
+                    # the lock, where every change up to "before" is committed.
+                    batch.theirs = send("write", LOG_RANGE_SQL,
+                                        [b"%d" % published, b"%d" % writes.before])
+                    statements.append(batch.theirs)
+            statements.append(self.sendPlain("commit", b"COMMIT"))
+            batch.statements = statements
+            self.sync(batch)
+        except Exception as e:
+            self.lost(e)
+
+    def _done(self, batch: _Batch) -> None:
+        """The COMMIT is acknowledged: publish, then answer every write."""
+        self._batch = None
+        self.batches += 1
+        writes = batch.writes
+        assert writes is not None
+        changes = writes.changes
+        if batch.theirs is not None and changes:
+            result = batch.theirs.result
+            get = result.get_value
+            theirs = [
+                Change(get(row, 1).decode(),
+                       PUT if int(get(row, 2)) == CHANGE_PUT else DELETE, int(get(row, 0)))
+                for row in range(result.ntuples)
+            ]
+            changes = theirs + changes
+        if changes:
+            self.delivered = changes[-1].etag
+        self._committed(len(batch.jobs), BatchResult(changes, len(batch.jobs)),
+                        time.perf_counter() - batch.started)
+        self._fire(batch, batch.outcomes)
+
+    def _fire(self, batch: _Batch, outcomes: list[Any]) -> None:
+        self._answered(len(batch.jobs))
+        for (_, deferred), outcome in zip(batch.jobs, outcomes):
+            if deferred.called:
+                continue  # Cancelled while running: nobody is waiting.
+            if isinstance(outcome, Failure):
+                deferred.errback(outcome)
+            else:
+                deferred.callback(outcome)
+        self._next()
+
+    def _next(self) -> None:
+        if self._queue and self._batch is None and not self._scheduled:
+            self._begin()
+
+    def _fail(self, batch: _Batch, failed: Any) -> None:
+        """
+        A statement was refused: roll back, fail the batch with its error;
+        but one refused for our prepared statement (gone, or stale after a
+        schema change: prepared again next time) goes to the writer thread
+        (nothing of it was written).
+        """
+        from psycopg import errors
+
+        self._batch = None
+        self._rollback()
+        if failed != "skipped" and (failed.error_field(ord("C")) or b"") in _NOT_PREPARED:
+            jobs, batch.jobs = batch.jobs, []
+            for work, deferred in jobs:
+                self._failOver(work, deferred)
+            self._next()
+            return
+        if failed == "skipped":
+            error: Exception = RuntimeError("a statement of the write batch was skipped")
+        else:
+            error = errors.error_from_result(failed, encoding="utf-8")
+        problem = trouble(error, self.where)
+        self._fire(batch, [Failure(problem)] * len(batch.jobs))
+
+    def _rollback(self) -> None:
+        try:
+            self.sendPlain("rollback", b"ROLLBACK")
+            self.sync(None)
+        except Exception as e:
+            self.lost(e)
+
+    def failInFlight(self, expected: list[Statement], error: Any) -> None:
+        """
+        The connection is lost: a batch whose writes were not sent, and the
+        writes queued, go to the writer thread; a batch whose COMMIT was
+        sent fails, its outcome unknown.
+        """
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            if batch.phase == "lock":
+                jobs, batch.jobs = batch.jobs, []
+                for work, deferred in jobs:
+                    self._failOver(work, deferred)
+            else:
+                first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                problem = StoreUnavailableError(
+                    f"the database is unreachable (PostgreSQL at {self.where}: {first}); "
+                    "the outcome of this write is unknown; the server reconnects by itself"
+                )
+                self._fire(batch, [Failure(problem)] * len(batch.jobs))
+        self._handOver()
