@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Sequence as SequenceT
 
 from proto.wire.grammar import (
-    _COMMAND_NAME,
-    _LINE_BREAKERS,
-    _SEQUENCE,
     CRLF,
     HEAD_END,
     OK,
     PUSH,
+    _matchCommandName,
+    _matchSequence,
+    _searchLineBreakers,
     oneLine,
 )
 
@@ -115,19 +115,19 @@ def encodeRequest(
     @raise ValueError: if the command, an argument, the Sequence or a
         header could not be sent as one well-formed request.
     """
-    if not _COMMAND_NAME.match(command):
+    if not _matchCommandName(command):
         raise ValueError(f"invalid command name: {command!r}")
-    if not _SEQUENCE.match(sequence):
+    if not _matchSequence(sequence):
         raise ValueError(f"invalid Sequence: {sequence!r}")
     for arg in args:
-        if not arg or " " in arg or _LINE_BREAKERS.search(arg):
+        if not arg or " " in arg or _searchLineBreakers(arg):
             raise ValueError(f"invalid argument: {arg!r}")
     items = headers.items() if isinstance(headers, Mapping) else headers
     lines = [" ".join([command, *args]), f"Sequence: {sequence}"]
     for name, value in items:
         if name.lower() in ("sequence", "size"):
             raise ValueError(f"header {name!r} is set by the client itself")
-        if not name or ":" in name or _LINE_BREAKERS.search(name + str(value)):
+        if not name or ":" in name or _searchLineBreakers(name + str(value)):
             raise ValueError(f"invalid header: {name!r}")
         lines.append(f"{name}: {value}")
     if body is not None:

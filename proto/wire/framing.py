@@ -18,6 +18,7 @@ from proto.wire.heads import (
     _argWords,
     _commandName,
     _commandNames,
+    _knownCommandName,
     _matchHeaded,
     _matchSimple,
     _matchSized,
@@ -219,7 +220,7 @@ class RequestParser:
                 stop = simple.end()
                 if stop - pos <= self._maxHead:
                     command, args, sequence = simple.groups()
-                    name = _commandNames.get(command)
+                    name = _knownCommandName(command)
                     if name is None:
                         name = _commandName(command)
                     if args is None:

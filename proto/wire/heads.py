@@ -19,12 +19,12 @@ from types import MappingProxyType
 from typing import Mapping
 
 from proto.wire.grammar import (
-    _COMMAND_NAME,
-    _SEQUENCE,
-    _SIZE,
     DEFAULT_MAX_BODY,
     HEAD_END,
     FramingError,
+    _matchCommandName,
+    _matchSequence,
+    _matchSize,
     _splitHeaderLine,
     oneLine,
     parseTimeout,
@@ -91,6 +91,9 @@ _NO_HEADERS: Mapping[str, str] = MappingProxyType({})
 #: Command names seen, bytes to upper-case text (bounded: names come from
 #: clients).
 _commandNames: dict[bytes, str] = {}
+#: Its C{get}, bound for L{proto.wire.framing} to import (see
+#: L{proto.wire.grammar}'s docstring: no method calls on imported names).
+_knownCommandName = _commandNames.get
 
 
 @dataclass(slots=True)
@@ -205,7 +208,7 @@ def parseHead(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
         if name == "sequence":
             if sequence is not None and value != sequence:
                 sequenceProblem = "Conflicting Sequence headers"
-            elif not _SEQUENCE.match(value):
+            elif not _matchSequence(value):
                 sequenceProblem = (
                     "Malformed Sequence: must be 1 to 64 visible ASCII characters"
                 )
@@ -238,7 +241,7 @@ def parseHead(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
     if rawSize is not None:
         if sizeCount > 1:
             raise FramingError("More than one Size header", sequence)
-        if not _SIZE.match(rawSize):
+        if not _matchSize(rawSize):
             raise FramingError(
                 f"Malformed Size: {oneLine(rawSize)[:40]!r} is not a decimal length",
                 sequence,
@@ -251,7 +254,7 @@ def parseHead(head: bytes, maxBody: int = DEFAULT_MAX_BODY) -> Request:
 
     command = words[0]
     error: str | None = None
-    if not _COMMAND_NAME.match(command):
+    if not _matchCommandName(command):
         error = (
             f"Malformed command name: {oneLine(command)[:64]!r} "
             "(letters, digits, '-' and '_' only)"

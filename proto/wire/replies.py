@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from proto.wire.grammar import _SIZE, CRLF, ERR, HEAD_END, OK, PUSH, FramingError, _splitHeaderLine
+from proto.wire.grammar import (
+    CRLF,
+    ERR,
+    HEAD_END,
+    OK,
+    PUSH,
+    FramingError,
+    _matchSize,
+    _splitHeaderLine,
+)
 
 @dataclass
 class Frame:
@@ -121,7 +130,7 @@ class ReplyParser:
             if name == "sequence":
                 sequence = value
             elif name == "size":
-                if not _SIZE.match(value):
+                if not _matchSize(value):
                     raise FramingError(f"malformed Size in reply: {value[:40]!r}")
                 size = int(value)
             else:
