@@ -21,6 +21,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from proto.commands.base import CommandError
 from proto.commands.documents import _encodeVersion, _jsonBytes, _writeFailed
 from proto.store.base import (
+    PUT,
+    Change,
     ConflictError,
     StorageFullError,
     StoreUnavailableError,
@@ -268,6 +270,55 @@ class PutManyTests(SynchronousTestCase):
         self.assertEqual([self.outcome(o) for o in outcomes], [self.outcome(o) for o in expected])
         self.assertEqual(result.changes, changes)
         self.assertEqual(self.state(batched), self.state(single))
+
+    def test_onePut(self) -> None:
+        """
+        A batch of one PUT without If-Match (L{WriteSession.onePut}): the
+        id of the first write is kept, every version is logged, and the
+        publisher is handed exactly the batch's change.
+        """
+        from proto.store.facade import PutWork
+
+        session = self.session()
+        versions = []
+        for id, body in [("A/1", b"{}"), ("a/1", b'{"n": 2}'), ("b/1", b"{}")]:
+            [version], result = session.runBatch([PutWork(id.lower(), id, body, None)])
+            self.assertEqual(result.changes, [Change(version.id, PUT, version.etag)])
+            versions.append(version)
+        self.assertEqual(versions, [Version("A/1", 1), Version("A/1", 2), Version("b/1", 3)])
+        self.assertEqual(self.state(session), (
+            [("a/1", "A/1", 2, b'{"n": 2}'), ("b/1", "b/1", 3, b"{}")],
+            [(1, "a/1", "A/1", 1), (2, "a/1", "A/1", 1), (3, "b/1", "b/1", 1)],
+        ))
+
+    def test_onePutPrunesFromTheRealFloor(self) -> None:
+        """
+        A session that has not seen the log's floor move (another
+        connection pruned) reads it before pruning: the floor only moves
+        up and the log stays contiguous up to the newest change.
+        """
+        from proto.store import sqlite_write
+        from proto.store.facade import PutWork
+        from proto.store.sqlite_read import counter
+        from proto.store.sqlite_write import WriteSession
+
+        # Small prunes: a floor computed from a stale one would be below
+        # the real one.
+        self.patch(sqlite_write, "PRUNE_MAX", 3)
+        path = self.mktemp() + "/documents.sqlite3"
+        first = WriteSession(path, retain=5, published=lambda: 10**18)
+        self.addCleanup(first.close)
+        second = WriteSession(path, retain=5, published=lambda: 10**18)
+        self.addCleanup(second.close)
+        for n in range(30):
+            first.runBatch([PutWork(f"k/{n}", f"k/{n}", b"{}", None)])
+        floor = counter(first.connection, "log_floor")
+        self.assertGreater(floor, 20)
+        second.runBatch([PutWork("k/x", "k/x", b"{}", None)])
+        newFloor = counter(second.connection, "log_floor")
+        etags = [row[0] for row in self.state(second)[1]]
+        self.assertGreaterEqual(newFloor, floor)
+        self.assertEqual(etags, list(range(newFloor + 1, 32)))
 
     def test_runOfPuts(self) -> None:
         """Several PUTs of one id in a batch: If-Match sees the ones before; one row each."""

@@ -17,6 +17,17 @@ Inside it:
      never stalls a writer for long): C{log_floor} moves up;
   4. the counters are written back and the transaction commits.
 
+A batch of one PUT without C{If-Match} (every PUT of a client that waits
+for each reply) takes a shorter way to the same rows (L{WriteSession.onePut},
+issue 13): the etag is bumped and read in one statement (C{UPDATE ...
+RETURNING}), the document written and its stored id read in another
+(the upsert keeps the id of the first write and returns it), then its log
+row: five statements with C{BEGIN} and C{COMMIT} instead of seven. Its
+C{log_floor} is not read at all unless the log may be due for pruning:
+the floor only ever moves up, so the last one seen is a lower bound, and
+while even that says the log is short of a step beyond C{retain}, so is
+the real one.
+
 A full storage (C{SQLITE_FULL}: disk full, or C{max_page_count}) fails
 the batch's transaction; the batch is then run again one operation per
 transaction, so that the operations that need no new space (a DELETE
@@ -63,6 +74,15 @@ _UPSERT = (
     "INSERT INTO documents (key, id, etag, body) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, body = excluded.body"
 )
+
+#: L{_UPSERT}, and the stored id: the first write's, kept by the update.
+_UPSERT_RETURNING_ID = _UPSERT + " RETURNING id"
+
+#: The next etag, taken (inside the write transaction).
+_NEXT_ETAG = "UPDATE counters SET value = value + 1 WHERE name = 'etag' RETURNING value"
+
+#: Append a row to the change log.
+_LOG_ROW = "INSERT INTO changes (etag, key, id, type) VALUES (?, ?, ?, ?)"
 
 #: Keys per C{SELECT ... IN (...)} of L{WriteSession.putMany} (well under
 #: SQLite's limit on parameters).
@@ -181,6 +201,9 @@ class WriteSession:
             raise
         self.changes: list[Change] = []
         self._lastEtag = 0
+        #: The C{log_floor} this session last read: a lower bound of the
+        #: real one, which only moves up (see L{_prune}).
+        self._floorSeen = 0
 
     def close(self) -> None:
         self.connection.close()
@@ -200,7 +223,10 @@ class WriteSession:
         @return: each work's result or L{Failure}, and the L{BatchResult}.
         """
         try:
-            outcomes, before = self._transaction(works)
+            if len(works) == 1 and type(works[0]) is PutWork and works[0].ifMatch is None:
+                outcomes, before = self.onePut(works[0])
+            else:
+                outcomes, before = self._transaction(works)
         except sqlite3.Error as e:
             if not isStorageFull(e):
                 raise
@@ -246,12 +272,13 @@ class WriteSession:
                 )
             )
             before = self._lastEtag = counters["etag"]
+            self._floorSeen = counters["log_floor"]
             outcomes = self._runAll(works)
             if self._lastEtag != before:
                 connection.execute(
                     "UPDATE counters SET value = ? WHERE name = 'etag'", (self._lastEtag,)
                 )
-                self._prune(counters["log_floor"])
+                self._prune()
             connection.execute("COMMIT")
         except BaseException:
             self.changes = []
@@ -260,8 +287,42 @@ class WriteSession:
             raise
         return outcomes, before
 
-    def _prune(self, floor: int) -> None:
-        """Drop the oldest log rows beyond C{retain} (a bounded number)."""
+    def onePut(self, put: PutWork) -> tuple[list[Any], int]:
+        """
+        L{_transaction} of a batch of one PUT without C{If-Match} (it
+        cannot conflict), in fewer statements: see the module's docstring.
+        """
+        connection = self.connection
+        self.changes = []
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            # fetchall: each statement runs to its end (and is reset) here,
+            # so none is still in progress at the COMMIT.
+            [(etag,)] = connection.execute(_NEXT_ETAG).fetchall()
+            key = put.key
+            [(storedId,)] = connection.execute(
+                _UPSERT_RETURNING_ID, (key, put.id, etag, put.body)
+            ).fetchall()
+            connection.execute(_LOG_ROW, (etag, key, storedId, CHANGE_PUT))
+            self._lastEtag = etag
+            self._prune()
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        self.changes = [Change(storedId, PUT, etag)]
+        return [Version(storedId, etag)], etag - 1
+
+    def _prune(self) -> None:
+        """
+        Drop the oldest log rows beyond C{retain} (a bounded number). The
+        floor is read only when the last one seen (a lower bound: it only
+        moves up) says the log may be due.
+        """
+        if pruneFloor(self._lastEtag, self.retain, self._floorSeen, self._pruneStep) is None:
+            return
+        floor = self._floorSeen = sqlite_read.counter(self.connection, "log_floor")
         newFloor = pruneFloor(self._lastEtag, self.retain, floor, self._pruneStep)
         if newFloor is None:
             return
@@ -269,6 +330,7 @@ class WriteSession:
         self.connection.execute(
             "UPDATE counters SET value = ? WHERE name = 'log_floor'", (newFloor,)
         )
+        self._floorSeen = newFloor
 
     def _runAll(self, works: Sequence[Callable[["WriteSession"], Any]]) -> list[Any]:
         """
@@ -300,10 +362,7 @@ class WriteSession:
     def _record(self, key: str, id: str, type: str) -> int:
         self._lastEtag += 1
         etag = self._lastEtag
-        self.connection.execute(
-            "INSERT INTO changes (etag, key, id, type) VALUES (?, ?, ?, ?)",
-            (etag, key, id, _TYPE_CODES[type]),
-        )
+        self.connection.execute(_LOG_ROW, (etag, key, id, _TYPE_CODES[type]))
         self.changes.append(Change(id, type, etag))
         return etag
 
@@ -359,9 +418,7 @@ class WriteSession:
             outcomes.append(Version(storedId, etag))
         self._lastEtag = etag
         if logRows:
-            connection.executemany(
-                "INSERT INTO changes (etag, key, id, type) VALUES (?, ?, ?, ?)", logRows
-            )
+            connection.executemany(_LOG_ROW, logRows)
             connection.executemany(_UPSERT, documents.values())
         return outcomes
 
