@@ -22,13 +22,7 @@ from proto.client.core import (
     ENDED,
     GREETING,
     OPEN,
-    Abort,
-    Admitted,
     ClientCore,
-    Failed,
-    Pushed,
-    Replied,
-    Stray,
 )
 from proto.client.errors import (
     ClientError,
@@ -37,6 +31,14 @@ from proto.client.errors import (
     Refused,
     ServerError,
     ServerShuttingDown,
+)
+from proto.client.events import (
+    Abort,
+    Admitted,
+    Failed,
+    Pushed,
+    Replied,
+    Stray,
 )
 
 

@@ -41,13 +41,7 @@ from typing import Any, Iterable
 from proto.client.core import (
     CLOSING,
     ENDED,
-    Abort,
     ClientCore,
-    Ended,
-    Event,
-    Failed,
-    Pushed,
-    Replied,
     noGreetingError,
     noReplyError,
 )
@@ -56,6 +50,14 @@ from proto.client.errors import (
     ClientError,
     ClientTimeout,
     ConnectFailed,
+)
+from proto.client.events import (
+    Abort,
+    Ended,
+    Event,
+    Failed,
+    Pushed,
+    Replied,
 )
 from proto.client.messages import (
     CommandMethods,

@@ -60,16 +60,18 @@ from twisted.python.failure import Failure
 
 from proto.client.core import (
     ENDED,
-    Abort,
-    Admitted,
     ClientCore,
-    Failed,
-    Pushed,
-    Replied,
     noGreetingError,
     noReplyError,
 )
 from proto.client.errors import ClientError, ClientTimeout, ConnectFailed
+from proto.client.events import (
+    Abort,
+    Admitted,
+    Failed,
+    Pushed,
+    Replied,
+)
 from proto.client.messages import CommandMethods, formatSeconds, Headers, Reply, TIMEOUT_GRACE
 
 

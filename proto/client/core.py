@@ -27,6 +27,9 @@ What it owns (C{shared/PROTOCOL.md}):
     L{ServerShuttingDown} and friends, and what every pending request
     fails with when the connection ends (L{ClientCore.connectionLost}).
 
+The events themselves, generic in the wrapper's waiter and target, are
+L{proto.client.events} (re-exported here for older imports).
+
 The states, in order: L{GREETING} -> L{OPEN} -> (L{CLOSING}) -> L{ENDED}.
 L{CLOSING} means the client decided to end the connection (it closes, or
 the server's bytes were not GNP/1, or the greeting refused it): input is
@@ -38,8 +41,8 @@ from __future__ import annotations
 import enum
 import itertools
 import json
-from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence, TypeVar, Union
+from dataclasses import dataclass
+from typing import Callable, Generic, Sequence
 
 from proto.client.errors import (
     ClientError,
@@ -50,14 +53,42 @@ from proto.client.errors import (
     ServerError,
     ServerShuttingDown,
 )
+from proto.client.events import (
+    Abort,
+    Admitted,
+    Ended,
+    Event,
+    Failed,
+    H,
+    Pushed,
+    Replied,
+    Stray,
+    W,
+)
 from proto.client.messages import Headers, Reply, encodeClientRequest
 from proto.wire.grammar import OK, PUSH, FramingError
 from proto.wire.replies import Frame, Greeting, ReplyParser
 
-#: The wrapper's waiter for one request (a Deferred, a future, ...).
-W = TypeVar("W")
-#: The wrapper's target for a request's pushes (a callable, ...).
-H = TypeVar("H")
+__all__ = [
+    "CLOSING",
+    "ENDED",
+    "GREETING",
+    "OPEN",
+    "SHUTTING_DOWN",
+    "Abort",
+    "Admitted",
+    "ClientCore",
+    "Ended",
+    "Event",
+    "Failed",
+    "Pushed",
+    "Replied",
+    "State",
+    "Stray",
+    "noGreetingError",
+    "noReplyError",
+    "notGNPError",
+]
 
 #: The start of a server's final C{ERR} when it drains (issue 10).
 SHUTTING_DOWN = "Server is shutting down"
@@ -71,76 +102,6 @@ class State(enum.Enum):
 
 
 GREETING, OPEN, CLOSING, ENDED = State.GREETING, State.OPEN, State.CLOSING, State.ENDED
-
-
-# -- events ---------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Admitted:
-    """The greeting was C{OK}: requests may be sent."""
-
-
-@dataclass(slots=True)
-class Abort:
-    """
-    End the connection now (abort the transport): the greeting refused us,
-    or the server sent something that is not GNP/1. Pending requests fail
-    with C{error} once L{ClientCore.connectionLost} is called.
-    """
-
-    error: ClientError
-
-
-@dataclass(slots=True)
-class Replied(Generic[W]):
-    """The C{OK} reply of a pending request."""
-
-    waiter: W
-    reply: Reply
-
-
-@dataclass(slots=True)
-class Failed(Generic[W]):
-    """The C{ERR} reply of a pending request."""
-
-    waiter: W
-    error: ServerError
-
-
-@dataclass(slots=True)
-class Pushed(Generic[H]):
-    """
-    A C{PUSH} frame; C{target} is the one given with the request that
-    opened the subscription, or C{None} if that subscription is not (or no
-    longer) known.
-    """
-
-    push: Reply
-    target: H | None
-
-
-@dataclass(slots=True)
-class Stray:
-    """An C{OK}/C{ERR} for a Sequence that is not pending (given up on)."""
-
-    sequence: str
-    kind: str
-
-
-#: What L{ClientCore.receive} returns a list of.
-Event = Union[Admitted, Abort, Replied[W], Failed[W], Pushed[H], Stray]
-
-
-@dataclass(slots=True)
-class Ended(Generic[W]):
-    """
-    The connection is gone: every request that was pending (C{waiters}, in
-    the order they were sent) fails with C{error}.
-    """
-
-    error: ClientError
-    waiters: list[W] = field(default_factory=list)
 
 
 @dataclass(slots=True)
