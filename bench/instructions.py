@@ -15,16 +15,25 @@ change removed work, not what it gains in microseconds.
 
     python bench/instructions.py --baseline /tmp/base     # before/after
     python bench/instructions.py --requests 4000 --rounds 3
+    python bench/instructions.py --shape include --baseline /tmp/base
 
 Each server runs under C{valgrind --tool=callgrind --separate-threads=yes}
 (about 50 times slower); after a warm-up, the counters are zeroed
 (C{callgrind_control -z}), one connection sends C{--requests} ECHOs one at
 a time (C{bench/loadgen -c 1 -d 1 -n N}, its time limit raised), the counters are dumped, and the
 main thread's total is divided by N (one TLS handshake per run is
-included: about 17k instructions per request at N=2000). The store rows'
-GET is not counted this way: under valgrind's slowdown the inline reader
-backs off to its threads (a slow read sends reads to them for a while),
-which moves work off the main thread from run to run.
+included: about 17k instructions per request at N=2000).
+
+C{--shape get} and C{--shape include} count the store rows' 1-client GET
+(C{GET bench/%d}, without and with C{Include: Ref}) the same way, over
+C{--keys} documents of 1 KiB written before the warm-up (which reads each
+once, so the counted GETs are served from the document cache, as in
+C{bench/run.py --store}). Under valgrind's slowdown every read that
+misses the cache looks slow, and a slow read sends the reads to the
+store's threads for a while (L{proto.store.sqlite_inline}), which would
+move work off the main thread from run to run; so the server under
+valgrind is started with that back-off's thresholds out of reach (the
+only change made to it). The counted GETs all hit the cache.
 
 Needs valgrind (C{callgrind_control} with it). It is a benchmark, not a
 test: it prints figures.
@@ -75,8 +84,24 @@ def _mainThreadTotal(path: str, seconds: float) -> int:
     raise SystemExit(f"callgrind wrote no dump {path} within {seconds:g} s")
 
 
-def measure(root: str, requests: int, runs: int) -> list[float]:
-    """Main-thread instructions per ECHO, one figure per run, for the checkout at C{root}."""
+#: The request each shape counts (loadgen's C{--command} and C{--header}).
+SHAPES: dict[str, list[str]] = {
+    "echo": ["--command", "ECHO hello world"],
+    "get": ["--command", "GET bench/%d"],
+    "include": ["--command", "GET bench/%d", "--header", "Include: Ref"],
+}
+
+#: The server under valgrind, for the GET shapes: twistd, with the inline
+#: reader's slow-read back-off out of reach (see the module docstring).
+_TWISTD_NO_BACKOFF = (
+    "import proto.store.sqlite_inline as inline; "
+    "inline.INLINE_SLOW_SECONDS = inline.INLINE_SLOW_CPU_SECONDS = float('inf'); "
+    + run.TWISTD
+)
+
+
+def measure(root: str, requests: int, runs: int, shape: str = "echo", keys: int = 100) -> list[float]:
+    """Main-thread instructions per request of C{shape}, one figure per run, for the checkout at C{root}."""
     from proto.datadir import bootstrap
 
     work = tempfile.mkdtemp(prefix="proto-instr-")
@@ -87,7 +112,7 @@ def measure(root: str, requests: int, runs: int) -> list[float]:
         out = os.path.join(work, "callgrind.out")
         argv = [
             "valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p",
-            sys.executable, "-c", run.TWISTD, "--pidfile=", "-n", "proto", "--data-dir", data,
+            sys.executable, "-c", run.TWISTD if shape == "echo" else _TWISTD_NO_BACKOFF, "--pidfile=", "-n", "proto", "--data-dir", data,
             "--listen", f"tcp:{port}:interface=127.0.0.1",
         ]
         env = dict(os.environ, PYTHONPATH=root)
@@ -97,15 +122,22 @@ def measure(root: str, requests: int, runs: int) -> list[float]:
         try:
             _waitForPort(port, proc, 300)
 
-            def echo(n: int) -> None:
+            def load(n: int, args: list[str]) -> None:
                 r = subprocess.run(
-                    run.loadgenArgv(data, port, "-c", "1", "-d", "1", "--command", "ECHO hello world",
-                                    "-n", str(n), "-t", "3000"),
+                    run.loadgenArgv(data, port, "-c", "1", "-d", "1", *args, "-n", str(n), "-t", "3000"),
                     capture_output=True, text=True, timeout=600,
                 )
-                if r.returncode != 0 or json.loads(r.stdout)["requests"] != n:
+                if r.returncode != 0 or json.loads(r.stdout.splitlines()[-1])["requests"] != n:
                     raise SystemExit(f"loadgen failed: {r.stdout[-300:]} {r.stderr[-300:]}")
 
+            def echo(n: int) -> None:
+                load(n, [*SHAPES[shape], "--keys", str(keys)])
+
+            if shape != "echo":
+                bodyFile, refFile = run.writeBodies(work)
+                for args in run.populateArgs(keys, bodyFile, refFile):
+                    load(int(args[args.index("-n") + 1]), args[2:])
+                echo(keys)  # every document read once: into the cache
             echo(300)  # warm-up
             figures = []
             for i in range(1, runs + 1):
@@ -128,13 +160,16 @@ def measure(root: str, requests: int, runs: int) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    p.add_argument("--requests", type=int, default=2000, help="ECHOs per counted run (default 2000)")
+    p.add_argument("--requests", type=int, default=2000, help="requests per counted run (default 2000)")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="echo",
+                   help="what one request is: ECHO (default), the store rows' GET, or GET with Include")
+    p.add_argument("--keys", type=int, default=100, help="documents the GET shapes read (default 100)")
     p.add_argument("--runs", type=int, default=3, help="counted runs per server start (default 3)")
     p.add_argument("--rounds", type=int, default=1, help="alternations of ours and the baseline")
     p.add_argument("--baseline", metavar="DIR", help="another checkout of this repository ('before')")
     a = p.parse_args()
-    if not (1 <= a.requests <= 100000 and 1 <= a.runs <= 20 and 1 <= a.rounds <= 10):
-        p.error("--requests in [1, 100000], --runs in [1, 20], --rounds in [1, 10]")
+    if not (1 <= a.requests <= 100000 and 1 <= a.runs <= 20 and 1 <= a.rounds <= 10 and 1 <= a.keys <= 10000):
+        p.error("--requests in [1, 100000], --runs in [1, 20], --rounds in [1, 10], --keys in [1, 10000]")
     for tool in ("valgrind", "callgrind_control"):
         if shutil.which(tool) is None:
             sys.exit(f"{tool} is not installed (valgrind)")
@@ -145,10 +180,11 @@ def main() -> None:
     results: dict[str, list[float]] = {name: [] for name in roots}
     for _ in range(a.rounds):
         for name, root in roots.items():
-            figures = measure(root, a.requests, a.runs)
+            figures = measure(root, a.requests, a.runs, a.shape, a.keys)
             print(f"  {name:6s} {' '.join(f'{f:,.0f}' for f in figures)}", flush=True)
             results[name] += figures
-    print("Main-thread instructions per 1-client ECHO (callgrind; lowest run; "
+    what = {"echo": "ECHO", "get": "GET", "include": "GET with Include"}[a.shape]
+    print(f"Main-thread instructions per 1-client {what} (callgrind; lowest run; "
           f"includes one TLS handshake per {a.requests} requests)")
     best = {name: min(figures) for name, figures in results.items()}
     for name, figure in best.items():
