@@ -59,7 +59,7 @@ from __future__ import annotations
 
 import json
 from json.encoder import encode_basestring as _encodeString  # json.dumps' (ensure_ascii=False)
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -194,10 +194,26 @@ def _encodeResult(snapshot: Snapshot) -> tuple[bytes, tuple[tuple[str, str], ...
 def get(ctx: ICommandContext, request: Request) -> Deferred[Result] | Result:
     """C{GET id [id ...]}, optional C{Include}: documents by id, with etags."""
     args = request.args
+    include = request.headers.get("include")
+    store = ctx.store
+    # A store that keeps what was made of a read until the next commit
+    # (the SQLite store's cache): the same request is answered with the
+    # same encoded reply, without checking, routing and reading it again
+    # (issue 13). Only a reply that succeeded is kept, so a hit needs no
+    # check that the request passed. The key is what the reply depends
+    # on: the ids as sent, the Include as sent and, with an Include, the
+    # grant's filter of included ids (section 9).
+    remembered = getattr(store, "remembered", None)
+    key: tuple[object, ...] | None = None
+    if remembered is not None:
+        key = (args, include) if include is None else (args, include, ctx.grant.filterIds())
+        found = remembered(key)
+        if found is not None:
+            result: EncodedResult = found
+            return result
     if not args:
         requireArgs(request, 1, None, "GET id [id ...]")
     _checkIds(args)
-    include = request.headers.get("include")
     walk = None
     if include is not None:
         paths = parseInclude(include)
@@ -206,16 +222,19 @@ def get(ctx: ICommandContext, request: Request) -> Deferred[Result] | Result:
             # left out of Includes, without an error. The walk is bounded
             # (include.py).
             walk = IncludeWalk(paths, ctx.grant.filterIds())
-    store = ctx.store
     readNow = getattr(store, "readNow", None)
     if readNow is None:
         return store.read(args, walk).addCallbacks(_getResult, storeTrouble)
     # A store that can answer at once (its document cache, an inline
     # read) spares the reply a Deferred.
-    found: Snapshot | Deferred[Snapshot] = readNow(args, walk)
-    if isinstance(found, Snapshot):
-        return _getResult(found)
-    return found.addCallbacks(_getResult, storeTrouble)
+    read: Snapshot | Deferred[Snapshot] = readNow(args, walk)
+    if isinstance(read, Snapshot):
+        result = _getResult(read)
+        if key is not None:
+            # (A store with remembered() has remember(): see above.)
+            cast(Any, store).remember(key, result, 2 * len(result.body), read.etag)
+        return result
+    return read.addCallbacks(_getResult, storeTrouble)
 
 
 # -- PUT, DELETE -------------------------------------------------------------

@@ -168,9 +168,14 @@ class SnapshotMemo:
     snapshot, so it is answered again without the cache look-ups and the
     walk. Cleared when the etag moves; at most L{SNAPSHOT_MEMO_ENTRIES}.
     A snapshot given out here is shared: readers must not change it.
+
+    C{derived} keeps, valid at the same etag and cleared with the
+    snapshots, what a caller made of such a read (GET's encoded reply,
+    L{proto.store.sqlite_reads.ReadPath.remembered}): the caller's key,
+    the caller's value, bounded by the bytes the caller says it stands for.
     """
 
-    __slots__ = ("etag", "_memo")
+    __slots__ = ("etag", "_memo", "derived")
 
     def __init__(self) -> None:
         self.etag = -1
@@ -180,6 +185,9 @@ class SnapshotMemo:
         self._memo: BoundedMemo[Any, Snapshot] = BoundedMemo(
             SNAPSHOT_MEMO_BYTES, SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES, SNAPSHOT_MEMO_ENTRIES
         )
+        self.derived: BoundedMemo[Any, Any] = BoundedMemo(
+            SNAPSHOT_MEMO_BYTES, SNAPSHOT_MEMO_MAX_SNAPSHOT_BYTES, SNAPSHOT_MEMO_ENTRIES
+        )
 
     @property
     def entries(self) -> dict[Any, Snapshot]:
@@ -187,6 +195,7 @@ class SnapshotMemo:
 
     def clear(self, etag: int) -> None:
         self._memo.clear()
+        self.derived.clear()
         self.etag = etag
 
     @staticmethod
@@ -209,7 +218,7 @@ class SnapshotMemo:
         self._memo.put(key, snapshot, size)
 
 
-#: The most snapshots L{SnapshotMemo} keeps...
+#: The most snapshots L{SnapshotMemo} keeps (and values it derives)...
 SNAPSHOT_MEMO_ENTRIES = 4096
 
 #: ...and the most bytes of their documents...

@@ -64,7 +64,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from twisted.internet.defer import Deferred, fail, succeed
 from zope.interface import implementer
@@ -244,6 +244,22 @@ class SQLiteStore(StoreFacade, SQLiteGrants):
         read (an invalid id, the Include bounds) are raised.
         """
         return self._reads.readNow([checkId(id) for id in ids], references)
+
+    def remembered(self, key: Hashable) -> Any:
+        """
+        What C{remember} kept under C{key}, while it still is what a read
+        now would give (until the next commit, and never across a write of
+        ours not yet finished), else C{None}: see
+        L{proto.store.sqlite_reads.ReadPath.remembered}.
+        """
+        return self._reads.remembered(key)
+
+    def remember(self, key: Hashable, value: Any, size: int, etag: int) -> None:
+        """
+        Keep C{value} (about C{size} bytes), made from the snapshot with
+        C{etag} that L{readNow} just returned, for L{remembered}.
+        """
+        self._reads.remember(key, value, size, etag)
 
     def summary(self) -> Deferred[dict[str, int]]:
         """

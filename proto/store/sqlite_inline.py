@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from typing import Callable, Iterable, Sequence
+from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from proto.store import sqlite_read
 from proto.store.base import Document, Snapshot, idKey, resolveIncludes
@@ -192,6 +192,42 @@ class InlineReader:
             cache.fill(found.etag, zip(keys, found.results))
         self.served += 1
         return found
+
+    def remembered(self, key: Hashable) -> Any:
+        """
+        What L{remember} kept under C{key} as of the last commit, or
+        C{None}: the cache is first caught up (L{CacheFollower}), as for
+        a read, and what was kept at an older etag is gone. A hit counts
+        as a read served from the cache.
+        """
+        cache = self.cache
+        if cache is None:
+            return None
+        try:
+            self._catchUp(cache)
+        except sqlite3.Error:
+            return None
+        memo = self._memo
+        if memo.etag != cache.etag:
+            memo.clear(cache.etag)
+            return None
+        found = memo.derived.entries.get(key)
+        if found is not None:
+            cache.hits += 1
+            self.served += 1
+        return found
+
+    def remember(self, key: Hashable, value: Any, size: int, etag: int) -> None:
+        """
+        Keep C{value} (standing for C{size} bytes), made from a read whose
+        snapshot has C{etag}, for L{remembered}: only if that is the
+        cache's etag, that is the last commit as of the read (a snapshot
+        newer than the cache is not kept; the next read catches up).
+        """
+        memo = self._memo
+        cache = self.cache
+        if cache is not None and etag == cache.etag == memo.etag:
+            memo.derived.put(key, value, size)
 
     @staticmethod
     def _cached(cache: DocumentCache, keys: Sequence[str], references: References | None) -> Snapshot:

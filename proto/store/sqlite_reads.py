@@ -70,7 +70,7 @@ too many values fails that request alone.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Hashable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -148,6 +148,31 @@ class ReadPath:
                 if found is not None:
                     return found
         return self._submit(keys, references)
+
+    def remembered(self, key: Hashable) -> Any:
+        """
+        What a caller kept with L{remember} for C{key}, if it is still
+        what a read now would give (the last commit's etag, the cache
+        caught up, no write of ours unfinished: read-your-writes), else
+        C{None}. GET keeps its encoded reply by request (issue 13): a hit
+        spares it the ids' checks, the read's routing and the memo look-ups
+        of the snapshot and of its reply.
+        """
+        if self.unfinishedWrites:
+            return None
+        inline = self.inline
+        return None if inline is None else inline.remembered(key)
+
+    def remember(self, key: Hashable, value: Any, size: int, etag: int) -> None:
+        """
+        Keep C{value}, made from a snapshot with C{etag} that L{readNow}
+        just returned (not a L{Deferred}'s), for L{remembered}, until the
+        next commit; at most C{size} bytes counted against the memo's
+        bounds (L{proto.store.cache.SnapshotMemo}).
+        """
+        inline = self.inline
+        if inline is not None and not self.unfinishedWrites:
+            inline.remember(key, value, size, etag)
 
     def _submit(self, keys: list[str], references: References | None) -> Deferred[Snapshot]:
         """Run the read on a thread: behind unfinished writes, or a reader's."""
