@@ -23,7 +23,8 @@ raises: nothing waits forever.
 The protocol itself (greeting, Sequences, the wording of loss errors) is
 L{proto.client.core.ClientCore}, shared with the Twisted client, used
 under this client's lock; this module adds the socket, the I/O thread,
-futures and the push queue.
+futures and the push queue. Its TLS (the C{ssl} context, the handshake
+and the pin check) is L{proto.client.blockingtls}.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Iterable
 
+from proto.client.blockingtls import handshake, sslContext
 from proto.client.core import (
     CLOSING,
     ENDED,
@@ -45,12 +47,7 @@ from proto.client.core import (
     noGreetingError,
     noReplyError,
 )
-from proto.client.errors import (
-    CertificateNotTrusted,
-    ClientError,
-    ClientTimeout,
-    ConnectFailed,
-)
+from proto.client.errors import ClientError
 from proto.client.events import (
     Abort,
     Ended,
@@ -66,30 +63,12 @@ from proto.client.messages import (
     Reply,
     TIMEOUT_GRACE,
 )
-from proto.client.tlsconfig import Pin, loadIdentity
+from proto.client.tlsconfig import Pin
 from proto.datadir import DEFAULT_PORT
 
 
 _CHUNK = 1 << 16
 _END = object()
-
-
-def _sslContext(certPath: str, keyPath: str, pin: Pin | None, caFile: str | None) -> ssl.SSLContext:
-    loadIdentity(certPath, keyPath)  # for a clear error naming the bad file
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if pin is not None:
-        # The chain is not consulted; the leaf is compared with the pin
-        # right after the handshake, before anything is sent or read.
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    else:
-        try:
-            ctx.load_verify_locations(cafile=caFile)
-        except (OSError, ssl.SSLError) as e:
-            raise ValueError(f"cannot load CA file {caFile}: {e}") from None
-    ctx.load_cert_chain(certPath, keyPath)
-    return ctx
 
 
 class BlockingClient(CommandMethods[Reply]):
@@ -124,14 +103,14 @@ class BlockingClient(CommandMethods[Reply]):
             raise ValueError("give exactly one way to verify the server: a pin or a CA file")
         if pin is not None and not isinstance(pin, Pin):
             pin = Pin(pin)
-        context = _sslContext(certPath, keyPath, pin, caFile)
+        context = sslContext(certPath, keyPath, pin, caFile)
         #: The protocol state (greeting, Sequences, loss errors); used
         #: under C{_lock}, by callers' threads and the I/O thread.
         self._core: ClientCore[Future[Reply], None] = ClientCore()
         self._lock = threading.Lock()
         self._pushes: queue.Queue[Reply | object] = queue.Queue()
         self._outbox = bytearray()
-        self._sock = self._handshake(context, host, port, serverName, pin, connectTimeout)
+        self._sock = handshake(self._core, context, host, port, serverName, pin, connectTimeout)
         try:
             self._awaitGreeting(connectTimeout)
         except BaseException:
@@ -144,41 +123,6 @@ class BlockingClient(CommandMethods[Reply]):
         self._thread.start()
 
     # -- connecting -----------------------------------------------------
-
-    def _handshake(
-        self,
-        context: ssl.SSLContext,
-        host: str,
-        port: int,
-        serverName: str | None,
-        pin: Pin | None,
-        timeout: float,
-    ) -> ssl.SSLSocket:
-        try:
-            raw = socket.create_connection((host, port), timeout=timeout)
-        except socket.timeout:
-            raise ClientTimeout(f"cannot connect to {host}:{port} within {timeout:g} seconds") from None
-        except OSError as e:
-            raise ConnectFailed(f"cannot connect to {host}:{port}: {e.strerror or e}") from None
-        try:
-            sock = context.wrap_socket(raw, server_hostname=serverName or host)
-        except ssl.SSLCertVerificationError as e:
-            raise CertificateNotTrusted(
-                f"server certificate is not trusted: {e.verify_message or e}"
-            ) from None
-        except ssl.SSLError as e:
-            raise self._core.connectionLost(str(e), tlsFailed=True).error from None
-        except socket.timeout:
-            raise ClientTimeout(f"TLS handshake not done within {timeout:g} seconds") from None
-        finally:
-            raw.close()  # detached by wrap_socket on success: closes nothing then
-        if pin is not None:
-            try:
-                pin.check(sock.getpeercert(binary_form=True) or b"")
-            except ClientError:
-                sock.close()
-                raise
-        return sock
 
     def _awaitGreeting(self, timeout: float) -> None:
         while not self._core.admitted:
@@ -273,11 +217,6 @@ class BlockingClient(CommandMethods[Reply]):
         assert self._core.error is not None
         raise self._core.error
 
-
-
-
-
-
     def watch(
         self, prefix: str, since: int | None = None, documents: bool = False,
         include: str | Iterable[str] | None = None, **kw: Any,
@@ -302,8 +241,6 @@ class BlockingClient(CommandMethods[Reply]):
     def remind(self, seconds: float, text: str, **kw: Any) -> Reply:
         """C{REMIND}: the reminder arrives later through L{nextPush}."""
         return self.request("REMIND", formatSeconds(seconds), *text.split(), **kw)
-
-
 
     # -- closing --------------------------------------------------------
 

@@ -11,8 +11,8 @@ certificate OpenSSL shows it; a refusal ends the handshake with an error
 that says what was wrong (L{ThumbprintMismatch}, L{CertificateNotTrusted}),
 never a bare C{certificate verify failed}.
 
-The blocking client uses the standard library's C{ssl} instead, but the
-same L{Pin} and L{loadIdentity}.
+The blocking client uses the standard library's C{ssl} instead
+(L{proto.client.blockingtls}), but the same L{Pin} and L{loadIdentity}.
 """
 
 from __future__ import annotations
