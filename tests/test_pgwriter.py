@@ -129,6 +129,47 @@ class ReactorWriterTests(PostgresBackend, TestCase):
         self.assertTrue(self.writer.open)
 
     @inlineCallbacks
+    def test_oneRoundTripWhenNothingChangedSince(self):
+        """
+        A batch of keys our last commits left known is sent in one round
+        trip (guarded); a key not known yet takes two.
+        """
+        yield self.store.put("k", b"{}")
+        fast = self.writer.fastBatches
+        for n in range(3):
+            yield self.store.put("k", b'{"n": %d}' % n)
+        yield self.store.delete(["k"])
+        self.assertEqual(self.writer.fastBatches - fast, 4)
+        yield self.store.put("new", b"{}")
+        self.assertEqual(self.writer.fastBatches - fast, 4)
+        version = yield self.store.put("k", b"{}", ifMatch=0)  # (deleted: known missing)
+        self.assertEqual((version.etag, self.writer.fastBatches - fast), (7, 5))
+        self.assertEqual(self.writer.guardMisses, 0)
+        self.assertEqual(self.committed()[1], 7)
+        self.assertEqual([c.etag for c in self.seen], list(range(1, 8)))
+
+    @inlineCallbacks
+    def test_guardSeesOthersCommits(self):
+        """
+        After another writer's commit, a batch sent in one round trip is
+        refused by its guard, writes nothing, and is run again in two:
+        its If-Match is checked against the other's write.
+        """
+        other = self.newStore(reactorWrites=False, reactorReads=False)
+        yield other.start()
+        self.addCleanup(other.close)
+        yield self.store.put("k", b'{"v": 1}')
+        yield self.store.put("k", b'{"v": 2}', ifMatch=1)  # (known: one round trip)
+        yield other.put("k", b'{"v": "theirs"}')  # etag 3, unknown to our writer
+        stale = self.store.put("k", b'{"v": 4}', ifMatch=2)
+        error = yield self.assertFailure(stale, ConflictError)
+        self.assertEqual(error.actual, 3)
+        self.assertEqual(self.writer.guardMisses, 1)
+        version = yield self.store.put("k", b'{"v": 4}', ifMatch=3)
+        self.assertEqual(version.etag, 4)
+        self.assertEqual(self.committed(), ([("k", "k", 4, b'{"v": 4}')], 4))
+
+    @inlineCallbacks
     def test_missingPreparedStatement(self):
         """
         A prepared statement the database does not know: the batch is

@@ -18,6 +18,18 @@ round trips, each one write of the pipeline and one sync:
      counters, the doorbell (C{NOTIFY}), the changes of other servers the
      publisher has not seen (read under the lock), C{COMMIT}.
 
+One round trip instead when the writer knows every document the batch
+names as its own last commit left them (kept per key, at most
+L{MAX_CACHED}), and the counters: its operations are worked out first,
+and C{BEGIN}, the lock, L{GUARD_SQL} and step 2 go in one write. The
+guard, run once the lock is held, fails unless the etag counter is where
+that commit left it; every change takes the counter, so then no one has
+committed since and what the writer knows is what is stored. If it fails
+(another server, or the writer thread, committed), nothing is written:
+the batch is rolled back and runs in two round trips, and what was known
+is forgotten. (1 client, in process, C{bench/pgwrites.py}: p50 about 350
+-> 290 us per PUT, CPU 150 -> 125 us.)
+
 Every write of the batch is answered only once the C{COMMIT} is
 acknowledged (durable: PostgreSQL's C{synchronous_commit}); its changes
 go to the publisher first, in etag order, as with the thread. Only PUTs
@@ -65,6 +77,19 @@ from proto.timers import endOfTurn
 
 #: A document's parameters: text, except the body (binary: bytea as is).
 _UPSERT_FORMATS = (0, 0, 0, 1)
+
+#: A batch in one round trip takes the documents and counters as our last
+#: commit left them: this statement, run once the counters are locked (a
+#: new snapshot: every commit before the lock is seen), fails (division by
+#: zero) if the etag counter is not where our last commit left it, that
+#: is, if anyone else committed a change since; nothing of the batch is
+#: then written, and it is run again in two round trips.
+GUARD_SQL = ("SELECT 1 / (CASE WHEN value = %s THEN 1 ELSE 0 END) FROM proto_counters "
+             "WHERE name = 'etag'")
+_GUARD_FAILED = b"22012"
+
+#: The most keys whose state the writer remembers for that.
+MAX_CACHED = 100_000
 
 #: SQLSTATEs of a prepared statement that is gone (26000) or stale
 #: (0A000: "cached plan must not change result type").
@@ -133,6 +158,22 @@ class ReactorWriter(PipelineConnection):
         self.delivered = 0
         self.fallbacks = 0
         self.batches = 0
+        #: Batches sent in one round trip whose guard found another
+        #: writer's commit (then sent again in two).
+        self.guardMisses = 0
+        #: Batches sent in one round trip (tests, measurements).
+        self.fastBatches = 0
+        #: The stored (id, etag) (C{None}: no document) of keys, as our
+        #: last commit left them, at etag C{_cacheEtag}, with the log's
+        #: floor at C{_cacheFloor} (C{None}: not known).
+        self._cache: dict[str, tuple[str, int] | None] = {}
+        self._cacheEtag: int | None = None
+        self._cacheFloor = 0
+
+    def _forget(self) -> None:
+        """The next batch reads what it needs (after a failure: nothing assumed)."""
+        self._cache.clear()
+        self._cacheEtag = None
 
     @property
     def pending(self) -> int:
@@ -221,7 +262,30 @@ class ReactorWriter(PipelineConnection):
         if not jobs:
             return
         batch = self._batch = _Batch(jobs)
-        wanted = list(dict.fromkeys(key for work, _ in jobs for key in work.keys))
+        cache, etag = self._cache, self._cacheEtag
+        if etag is not None and all(key in cache for work, _ in jobs for key in work.keys):
+            # One round trip: the documents and counters as our last commit
+            # left them, checked under the lock (L{GUARD_SQL}).
+            batch.phase = "fast"
+            self.fastBatches += 1
+            known = {key: cache[key] for work, _ in jobs for key in work.keys}
+            if self._operate(batch, etag, self._cacheFloor, known):
+                try:
+                    self._sendWrites(batch, [
+                        self.sendPlain("begin", b"BEGIN", batch),
+                        self.send("lock", LOCK_SQL, [], batch),
+                        self.send("guard", GUARD_SQL, [b"%d" % etag], batch),
+                    ])
+                except Exception as e:
+                    self.lost(e)
+            return
+        self._lock(batch)
+
+    def _lock(self, batch: _Batch) -> None:
+        """Step 1 (two round trips): lock, and read the documents the batch names."""
+        batch.phase = "lock"
+        batch.theirs = None
+        wanted = list(dict.fromkeys(key for work, _ in batch.jobs for key in work.keys))
         try:
             batch.statements = [
                 self.sendPlain("begin", b"BEGIN", batch),
@@ -237,12 +301,21 @@ class ReactorWriter(PipelineConnection):
         if batch is None or statement.owner is not batch:
             return  # (a rollback's sync)
         failed = self._failed(batch.statements)
-        if failed is not None:
-            self._fail(batch, failed)
-        elif batch.phase == "lock":
-            self._commit(batch)
+        if failed is None:
+            if batch.phase == "lock":
+                self._commit(batch)
+            else:
+                self._done(batch)
+        elif (batch.phase == "fast" and failed != "skipped"
+              and failed.error_field(ord("C")) == _GUARD_FAILED):
+            # Another writer committed since our last commit: nothing of
+            # this batch was written; run it again in two round trips.
+            self.guardMisses += 1
+            self._forget()
+            self._rollback()
+            self._lock(batch)
         else:
-            self._done(batch)
+            self._fail(batch, failed)
 
     @staticmethod
     def _failed(statements: list[Statement]) -> Any:
@@ -268,53 +341,69 @@ class ReactorWriter(PipelineConnection):
         for row in range(known.ntuples):
             found[get(row, 0).decode()] = (get(row, 1).decode(), int(get(row, 2)))
         wanted = {key: found.get(key) for work, _ in batch.jobs for key in work.keys}
-        writes = batch.writes = WriteBatch(counters["etag"], wanted)
+        if counters["etag"] != self._cacheEtag:
+            self._cache.clear()  # (others wrote since our last commit)
+        if self._operate(batch, counters["etag"], counters["log_floor"], wanted, rollback=True):
+            batch.phase = "commit"
+            try:
+                self._sendWrites(batch, [])
+            except Exception as e:
+                self.lost(e)
+
+    def _operate(self, batch: _Batch, etag: int, floor: int,
+                 known: dict[str, tuple[str, int] | None], rollback: bool = False) -> bool:
+        """Run the batch's operations in Python; C{False}: they failed it (answered)."""
+        batch.counters = {"etag": etag, "log_floor": floor}
+        writes = batch.writes = WriteBatch(etag, known)
         try:
-            outcomes = writes.run([work for work, _ in batch.jobs])
+            batch.outcomes = writes.run([work for work, _ in batch.jobs])
         except Exception:
             # (An operation that is neither a PUT nor a DELETE: the store
-            # sends none here.) Nothing was written: roll back.
-            self._rollback()
+            # sends none here.) Nothing was written.
+            if rollback:
+                self._rollback()
             self._batch = None
             failure = Failure()
             self._fire(batch, [failure] * len(batch.jobs))
-            return
-        batch.outcomes = outcomes
-        batch.phase = "commit"
+            return False
+        return True
+
+    def _sendWrites(self, batch: _Batch, statements: list[Statement]) -> None:
+        """Step 2: the writes, counters, doorbell and COMMIT, after C{statements}, and a sync."""
+        writes = batch.writes
+        assert writes is not None
+        counters = batch.counters
         deletes, upserts, logRows = writes.takeWrites()
         send = self.send
-        statements = []
-        try:
-            if deletes:
-                statements.append(send("write", DELETE_SQL, [KEY_SEPARATOR.join(deletes).encode()]))
-            for key, id, etag, body in upserts:
-                statements.append(send("write", UPSERT_SQL,
-                                       [key.encode(), id.encode(), b"%d" % etag, body],
-                                       formats=_UPSERT_FORMATS))
-            for etag, key, id, type in logRows:
-                statements.append(send("write", LOG_SQL,
-                                       [b"%d" % etag, key.encode(), id.encode(), b"%d" % type]))
-            if writes.lastEtag != writes.before:
-                statements.append(send("write", SET_ETAG_SQL, [b"%d" % writes.lastEtag]))
-                newFloor = writes.newFloor(counters["log_floor"], self._retain)
-                if newFloor is not None:
-                    statements.append(send("write", PRUNE_SQL, [b"%d" % newFloor]))
-                    statements.append(send("write", SET_FLOOR_SQL, [b"%d" % newFloor]))
-                statements.append(send("write", NOTIFY_SQL,
-                                       [CHANNEL.encode(), str(writes.lastEtag).encode()]))
-                published = self._published()
-                if writes.before > published:
-                    # Others committed since we last published: theirs go
-                    # first (the hub gets every etag, in order), read under
-                    # the lock, where every change up to "before" is committed.
-                    batch.theirs = send("write", LOG_RANGE_SQL,
-                                        [b"%d" % published, b"%d" % writes.before])
-                    statements.append(batch.theirs)
-            statements.append(self.sendPlain("commit", b"COMMIT"))
-            batch.statements = statements
-            self.sync(batch)
-        except Exception as e:
-            self.lost(e)
+        if deletes:
+            statements.append(send("write", DELETE_SQL, [KEY_SEPARATOR.join(deletes).encode()]))
+        for key, id, etag, body in upserts:
+            statements.append(send("write", UPSERT_SQL,
+                                   [key.encode(), id.encode(), b"%d" % etag, body],
+                                   formats=_UPSERT_FORMATS))
+        for etag, key, id, type in logRows:
+            statements.append(send("write", LOG_SQL,
+                                   [b"%d" % etag, key.encode(), id.encode(), b"%d" % type]))
+        if writes.lastEtag != writes.before:
+            statements.append(send("write", SET_ETAG_SQL, [b"%d" % writes.lastEtag]))
+            newFloor = writes.newFloor(counters["log_floor"], self._retain)
+            if newFloor is not None:
+                counters["log_floor"] = newFloor
+                statements.append(send("write", PRUNE_SQL, [b"%d" % newFloor]))
+                statements.append(send("write", SET_FLOOR_SQL, [b"%d" % newFloor]))
+            statements.append(send("write", NOTIFY_SQL,
+                                   [CHANNEL.encode(), str(writes.lastEtag).encode()]))
+            published = self._published()
+            if writes.before > published:
+                # Others committed since we last published: theirs go
+                # first (the hub gets every etag, in order), read under
+                # the lock, where every change up to "before" is committed.
+                batch.theirs = send("write", LOG_RANGE_SQL,
+                                    [b"%d" % published, b"%d" % writes.before])
+                statements.append(batch.theirs)
+        statements.append(self.sendPlain("commit", b"COMMIT"))
+        batch.statements = statements
+        self.sync(batch)
 
     def _done(self, batch: _Batch) -> None:
         """The COMMIT is acknowledged: publish, then answer every write."""
@@ -334,6 +423,11 @@ class ReactorWriter(PipelineConnection):
             changes = theirs + changes
         if changes:
             self.delivered = changes[-1].etag
+        # What this commit left: the next batch may take it as known.
+        if len(self._cache) + len(writes.known) > MAX_CACHED:
+            self._cache.clear()
+        self._cache.update(writes.known)
+        self._cacheEtag, self._cacheFloor = writes.lastEtag, batch.counters["log_floor"]
         self._committed(len(batch.jobs), BatchResult(changes, len(batch.jobs)),
                         time.perf_counter() - batch.started)
         self._fire(batch, batch.outcomes)
@@ -363,6 +457,7 @@ class ReactorWriter(PipelineConnection):
         from psycopg import errors
 
         self._batch = None
+        self._forget()
         self._rollback()
         if failed != "skipped" and (failed.error_field(ord("C")) or b"") in _NOT_PREPARED:
             jobs, batch.jobs = batch.jobs, []
@@ -390,6 +485,7 @@ class ReactorWriter(PipelineConnection):
         writes queued, go to the writer thread; a batch whose COMMIT was
         sent fails, its outcome unknown.
         """
+        self._forget()
         batch, self._batch = self._batch, None
         if batch is not None:
             if batch.phase == "lock":
