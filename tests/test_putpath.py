@@ -115,6 +115,35 @@ class WorkerTurnTests(TestCase):
         self.assertEqual(result, 42)
 
 
+class BellTests(TestCase):
+    """The idle thread's bell is rung once per wait, whoever rings it."""
+
+    startWorker = WorkerTurnTests.startWorker
+    untilIdle = WorkerTurnTests.untilIdle
+
+    @inlineCallbacks
+    def test_ringsOncePerWait(self):
+        """
+        Without callLater every submit to an idle thread rings at once:
+        submits racing the thread's return to its wait (each one rings
+        only if it finds the thread idle) neither ring twice (releasing
+        an unlocked lock raises) nor leave a job unrun.
+        """
+        worker = yield self.startWorker(NoCallLater())
+        for round in range(50):
+            results = [worker.submit(lambda session, n=n: n) for n in range(round % 3 + 1)]
+            self.assertEqual((yield _gather(results)), list(range(round % 3 + 1)))
+        yield self.untilIdle(worker)
+        self.assertTrue(worker._bell.locked())
+
+    @inlineCallbacks
+    def test_stopWakesTheIdleThread(self):
+        """stop() rings for an idle thread, which then ends."""
+        worker = yield self.startWorker()
+        yield worker.stop()
+        self.assertFalse(worker._thread.is_alive())
+
+
 class BeforePollReactor(NoCallLater):
     """A reactor with the speed lever's C{callBeforePoll}, run by hand."""
 
