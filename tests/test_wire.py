@@ -5,6 +5,7 @@ protocol's own error.
 """
 
 import ast
+import re
 import inspect
 
 from hypothesis import given, settings
@@ -240,6 +241,41 @@ class PropertyTests(unittest.TestCase):
         parser2.receive(head + grammar.HEAD_END)
         self.assertEqual(parser2._takeHeaded(), general)
         self.assertEqual(parser2.buffered, 0)
+
+    @settings(max_examples=600, deadline=None)
+    @given(
+        st.lists(
+            st.sampled_from([b"GET", b"put", b"x-y_z", b" ", b"  ", b"\r\n", b"\r", b"\n", b"\t", b"a.b",
+                             b"Sequence: ", b"Sequence: 7", b"Include: ", b"Size: ", b"12", b":", b"\x7f",
+                             b"\xc3\xa9", b"~" * 64, b"\r\n\r\n"]),
+            max_size=14,
+        ),
+        st.binary(max_size=20),
+    )
+    def test_possessiveHeadsMatchAsOrdinaryOnes(self, pieces, tail):
+        """
+        The in-place heads' repeats are possessive (no backtracking): each
+        matches exactly what the same pattern with ordinary repeats (its
+        form before Python 3.11) matches, with the same groups.
+        """
+        data = b"".join(pieces) + tail
+        for pattern in (heads.SIMPLE_REQUEST, heads.SIZED_REQUEST, heads.HEADED_REQUEST, heads._SIMPLE_RUN):
+            ordinary = re.compile(re.sub(rb"([+*?}])\+", rb"\1", pattern.pattern))
+            self.assertNotEqual(ordinary.pattern, pattern.pattern)
+            for pos in range(min(len(data), 3)):
+                fast, slow = pattern.match(data, pos), ordinary.match(data, pos)
+                self.assertEqual(fast and (fast.groups(), fast.end()), slow and (slow.groups(), slow.end()))
+            self.assertEqual(pattern.findall(data), ordinary.findall(data))
+
+    def test_possessiveHeadsMatchCommonShapes(self):
+        """Heads the clients send still match in place (with spaces inside a header value too)."""
+        self.assertIsNotNone(heads.SIMPLE_REQUEST.match(b"GET a b\r\nSequence: 1\r\n\r\n"))
+        self.assertIsNotNone(heads.SIZED_REQUEST.match(b"PUT a\r\nSequence: 1\r\nSize: 2\r\n\r\n{}"))
+        for head in (b"GET a\r\nInclude: A.B,  C\r\nSequence: 1\r\n\r\n",
+                     b"GET a\r\nSequence: 1\r\nInclude:Ref\r\n\r\n"):
+            self.assertIsNotNone(heads.HEADED_REQUEST.match(head), head)
+        self.assertEqual(heads.HEADED_REQUEST.match(b"GET a\r\nInclude: A  B\r\nSequence: 1\r\n\r\n").group(7),
+                         b"A  B")
 
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=200), st.integers(1, 7))

@@ -14,6 +14,7 @@ shared with it.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -30,13 +31,36 @@ from proto.wire.grammar import (
     parseTimeout,
 )
 
+def _possessive(pattern: bytes) -> bytes:
+    """
+    C{pattern}, whose repeats are written possessive (C{++}, C{*+},
+    C{?+}, C{{m,n}+}: Python 3.11's C{re}), as it is on 3.11 and later;
+    before, the same pattern with ordinary repeats.
+
+    Why possessive: the in-place heads' grammar is deterministic (each
+    repeat stops at a byte it cannot take, and only such a byte may follow
+    it), so a repeat never giving bytes back changes no match and no
+    failure, and spares the engine the backtracking through every shorter
+    command, argument and value before it gives up on a head of another
+    shape. A GET with Include, tried as a simple head first and then as a
+    sized one before it matches as a headed one, spent about 19k
+    instructions in the three (bench/instructions.py --shape include,
+    issue 13).
+    """
+    if sys.version_info >= (3, 11):
+        return pattern
+    return re.sub(rb"([+*?}])\+", rb"\1", pattern)
+
+
 #: The most common request, matched in place in the receive buffer: a
 #: command, arguments separated by single spaces, a Sequence header alone,
 #: and the empty line. L{simpleRequest} turns a match into the same
 #: L{Request} that L{parseHead} gives (a property test checks it); any
 #: other head goes to L{parseHead}.
 SIMPLE_REQUEST = re.compile(
-    rb"([A-Za-z0-9_-]+)(?: ([^ \r\n]+(?: [^ \r\n]+)*))?\r\nSequence: ([\x21-\x7e]{1,64})" + HEAD_END
+    _possessive(
+        rb"([A-Za-z0-9_-]++)(?: ([^ \r\n]++(?: [^ \r\n]++)*+))?+\r\nSequence: ([\x21-\x7e]{1,64}+)" + HEAD_END
+    )
 )
 
 _matchSimple = SIMPLE_REQUEST.match
@@ -58,14 +82,17 @@ _SIMPLE_FRAMING = len(b"\r\nSequence: ") + len(HEAD_END)
 #: its whole body is buffered (issue 13: L{parseHead} and the body loop
 #: cost a 1 KiB PUT about 5 us more); anything else goes to L{parseHead}.
 SIZED_REQUEST = re.compile(
-    SIMPLE_REQUEST.pattern[: -len(HEAD_END)] + rb"\r\nSize: ([0-9]{1,20})" + HEAD_END
+    SIMPLE_REQUEST.pattern[: -len(HEAD_END)] + _possessive(rb"\r\nSize: ([0-9]{1,20}+)") + HEAD_END
 )
 
 _matchSized = SIZED_REQUEST.match
 
 #: One more header line: a name of letters, digits and '-', then a value
 #: of visible ASCII (spaces inside it only), as L{parseHead} strips it.
-_EXTRA_HEADER = rb"([A-Za-z0-9-]+): ?([\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)"
+#: (Words of visible ASCII between runs of spaces: the same bytes as
+#: C{[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?}, written so that it needs
+#: no backtracking.)
+_EXTRA_HEADER = _possessive(rb"([A-Za-z0-9-]++): ?+([\x21-\x7e]++(?: ++[\x21-\x7e]++)*+)")
 
 #: A simple head with one more header line after (as clients send it) or
 #: before its Sequence: a GET with Include, the commonest head after the
@@ -75,8 +102,8 @@ _EXTRA_HEADER = rb"([A-Za-z0-9-]+): ?([\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)"
 #: to L{parseHead}, which gives the same request (a property test checks).
 HEADED_REQUEST = re.compile(
     SIMPLE_REQUEST.pattern[: SIMPLE_REQUEST.pattern.index(rb"Sequence: ")]
-    + rb"(?:Sequence: ([\x21-\x7e]{1,64})\r\n" + _EXTRA_HEADER
-    + rb"|" + _EXTRA_HEADER + rb"\r\nSequence: ([\x21-\x7e]{1,64}))" + HEAD_END
+    + _possessive(rb"(?:Sequence: ([\x21-\x7e]{1,64}+)\r\n") + _EXTRA_HEADER
+    + rb"|" + _EXTRA_HEADER + _possessive(rb"\r\nSequence: ([\x21-\x7e]{1,64}+))") + HEAD_END
 )
 
 _matchHeaded = HEADED_REQUEST.match
