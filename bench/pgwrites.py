@@ -11,9 +11,9 @@ can go (issue 13):
   - thread: the writer thread (psycopg), as before the reactor's writer.
 
 Each variant runs --seconds, --repeat times, alternating; printed per run:
-PUTs, latency p50/p90/p99/mean (us) and this process's CPU per PUT (us;
-the cluster's CPU is not counted here: bench/run.py --our-store
-postgresql counts it).
+PUTs, latency p50/p90/p99/mean (us), this process's CPU per PUT and the
+cluster's (its postmaster and processes, as bench/run.py --our-store
+postgresql counts it; us).
 
     python bench/pgwrites.py --seconds 3 --repeat 2
 """
@@ -27,6 +27,27 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def clusterCpu(dataDir: str) -> float:
+    """The cluster's CPU seconds so far: the postmaster and its processes (and reaped ones)."""
+    with open(os.path.join(dataDir, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == postmaster:
+            total += sum(int(x) for x in fields[11:15]) / tick  # (with reaped children)
+        elif int(fields[1]) == postmaster:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def main() -> None:
@@ -70,6 +91,7 @@ def main() -> None:
                     latencies = []
                     end = time.monotonic() + a.seconds
                     cpu = time.process_time()
+                    db = clusterCpu(cluster.dataDir)
                     n = 0
                     while time.monotonic() < end:
                         started = time.perf_counter()
@@ -77,11 +99,13 @@ def main() -> None:
                         latencies.append((time.perf_counter() - started) * 1e6)
                         n += 1
                     cpu = time.process_time() - cpu
+                    db = clusterCpu(cluster.dataDir) - db
                     latencies.sort()
                     count = len(latencies)
                     print(f"{name:24} {count:6} PUTs  p50 {latencies[count // 2]:5.0f}  "
                           f"p90 {latencies[count * 9 // 10]:5.0f}  p99 {latencies[count * 99 // 100]:5.0f}  "
-                          f"mean {statistics.mean(latencies):5.0f} us  CPU {cpu / count * 1e6:4.0f} us/PUT",
+                          f"mean {statistics.mean(latencies):5.0f} us  CPU {cpu / count * 1e6:4.0f} + "
+                          f"{db / count * 1e6:4.0f} db us/PUT",
                           flush=True)
                     yield store.close()
         finally:

@@ -81,6 +81,40 @@ class ReactorWriterTests(PostgresBackend, TestCase):
                                           (3, "a/1", "A/1", 1), (4, "a/2", "a/2", 2)])
 
     @inlineCallbacks
+    def test_oddIdsAndBodies(self):
+        """Ids with quotes, backslashes, braces, commas, non-ASCII; bodies byte for byte."""
+        ids = ['q"uote', "back\\slash", "{brace},comma", "caf\u00e9/\u4e2d", "NULL"]
+        bodies = [b'{"a": "\\u0000"}', b'{"b": "\\"}', b'{"c": "{},"}', "{\"d\": \"\u00e9\"}".encode(), b"{}"]
+        yield self.store.put("x", b"{}")  # (then the batch below goes in one round trip or two)
+        versions = yield gatherResults([self.store.put(i, b) for i, b in zip(ids, bodies)])
+        self.assertEqual([v.id for v in versions], ids)
+        stored = {key: (id, body) for key, id, _, body in self.committed()[0]}
+        for id, body in zip(ids, bodies):
+            self.assertEqual(stored[id.casefold()], (id, body))
+        found = yield self.store.get(ids)
+        self.assertEqual([d.body for d in found], bodies)
+        self.assertEqual([(r[2], r[1]) for r in self.logRows()[1:]],
+                         [(id, id.casefold()) for id in ids])
+
+    @inlineCallbacks
+    def test_logPruned(self):
+        """The change log keeps the retention, pruned by the reactor writer's batches."""
+        store = self.newStore(retainChanges=2)
+        yield store.start()
+        self.addCleanup(store.close)
+        self.writer = store.reactorWriter
+        yield self.whenOpen()
+        batches = self.writer.batches
+        for n in range(6):
+            yield store.put(f"p/{n}", b"{}")
+        self.assertEqual(self.writer.batches - batches, 6)
+        etags = [row[0] for row in self.logRows()]
+        self.assertEqual(etags[-2:], [5, 6])
+        self.assertLessEqual(len(etags), 3)
+        page = yield store.changesSince(0)
+        self.assertGreaterEqual(page.floor, 6 - len(etags))
+
+    @inlineCallbacks
     def test_readYourWrites(self):
         """A read sent right after writes, before their OK, sees them."""
         for n in range(10):

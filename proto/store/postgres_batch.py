@@ -25,6 +25,7 @@ is:
 
 from __future__ import annotations
 
+import struct
 from typing import Any, Callable, Sequence
 
 from proto.store.base import DELETE, PUT, Change, Version
@@ -64,6 +65,50 @@ NOTIFY_SQL = "SELECT pg_notify(%s, %s)"
 #: Others' changes the publisher has not seen, read in the batch's
 #: transaction (under the lock every change up to C{before} is committed).
 LOG_RANGE_SQL = "SELECT etag, id, type FROM proto_changes WHERE etag > %s AND etag <= %s ORDER BY etag"
+
+
+#: Every write of a batch with changes in one statement (the reactor's
+#: writer: one statement to parse, bind and answer instead of one per
+#: row): the deleted keys (joined by chr(31)), the documents and the log
+#: rows as arrays (L{textArray}, L{intArray}, L{byteaArray}), the etag
+#: counter, and the doorbell. (Data-modifying CTEs all run, on one
+#: snapshot; the keys deleted and those written are distinct.)
+BATCH_WRITE_SQL = (
+    "WITH d AS (DELETE FROM proto_documents WHERE key = ANY(string_to_array(%s, chr(31)))), "
+    "u AS (INSERT INTO proto_documents (key, id, etag, body) SELECT * FROM unnest("
+    "CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS bigint[]), CAST(%s AS bytea[])) "
+    "ON CONFLICT (key) DO UPDATE SET id = excluded.id, etag = excluded.etag, body = excluded.body), "
+    "l AS (INSERT INTO proto_changes (etag, key, id, type) SELECT * FROM unnest("
+    "CAST(%s AS bigint[]), CAST(%s AS text[]), CAST(%s AS text[]), CAST(%s AS smallint[]))), "
+    "e AS (UPDATE proto_counters SET value = %s WHERE name = 'etag') "
+    "SELECT pg_notify(%s, %s)"
+)
+
+#: The parameters' formats of L{BATCH_WRITE_SQL}: text, but the bodies
+#: (binary, L{byteaArray}: sent as they are).
+BATCH_WRITE_FORMATS = (0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0)
+
+
+def textArray(values: Sequence[str]) -> bytes:
+    """A text array literal (C{{"a","b"}}) of C{values}, in UTF-8."""
+    return ("{" + ",".join(
+        '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' for value in values
+    ) + "}").encode()
+
+
+def intArray(values: Sequence[int]) -> bytes:
+    """An integer array literal (C{{1,2}})."""
+    return ("{" + ",".join(map(str, values)) + "}").encode()
+
+
+def byteaArray(values: Sequence[bytes]) -> bytes:
+    """
+    A C{bytea[]} in PostgreSQL's binary format: one dimension, no NULLs,
+    element type 17 (bytea), each value as it is (no hex to encode and
+    decode).
+    """
+    header = struct.pack("!iiIii", 1, 0, 17, len(values), 1)
+    return header + b"".join(struct.pack("!i", len(value)) + value for value in values)
 
 
 def pruneStep(retain: int) -> int:
