@@ -516,6 +516,90 @@ class QuietReactorTests(unittest.TestCase):
         self.assertEqual(calls, ["again"])
 
 
+    def test_callAfterEventsRightAfterThePollsEvents(self):
+        """
+        Asked for while a poll's events are handled: called once, when
+        they all are, before the turn's timed calls; a failing one is
+        logged and the others still run.
+        """
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        calls = []
+        pairs = [socket.socketpair() for _ in range(2)]
+        for a, b in pairs:
+            self.addCleanup(a.close)
+            self.addCleanup(b.close)
+
+        def broken():
+            calls.append("broken")
+            raise ValueError("bug")
+
+        class Reader:
+            def __init__(self, sock, name):
+                self.sock, self.name = sock, name
+
+            def fileno(self):
+                return self.sock.fileno()
+
+            def doRead(self):
+                self.sock.recv(10)
+                calls.append(self.name)
+                r.callLater(0, calls.append, "timed")
+                r.callAfterEvents(broken if self.name == "a" else lambda: calls.append("after"))
+
+        for (a, b), name in zip(pairs, "ab"):
+            r.addReader(Reader(a, name))
+            b.send(b"x")
+        r.doPoll(1)
+        self.assertEqual(sorted(calls[:2]), ["a", "b"])
+        self.assertEqual(sorted(calls[2:]), ["after", "broken"])
+        self.assertEqual(len(self.flushLoggedErrors(ValueError)), 1)
+        r.runUntilCurrent()
+        self.assertEqual(calls[4:], ["timed", "timed"])
+
+    def test_callAfterEventsOutsideEvents(self):
+        """
+        Asked for by a timed call (not while events are handled): called
+        right before the next poll, which does not sleep past a call it
+        asks for in turn (that one runs once the poll's events, none
+        here, are handled).
+        """
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        calls = []
+        r.callLater(0, r.callAfterEvents, lambda: r.callAfterEvents(lambda: calls.append("again")))
+        r.runUntilCurrent()
+        self.assertEqual(calls, [])
+        started = r.seconds()
+        r.doPoll(5)
+        self.assertLess(r.seconds() - started, 4)
+        self.assertEqual(calls, ["again"])
+        self.assertEqual(r._afterEvents, [])
+
+    def test_callAfterEventsSchedulingATimedCall(self):
+        """A call before the poll that schedules a timed call: the poll does not sleep past it."""
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        calls = []
+        r.callAfterEvents(lambda: r.callLater(0, calls.append, "scheduled"))
+        started = r.seconds()
+        r.doPoll(5)
+        self.assertLess(r.seconds() - started, 4)
+        r.runUntilCurrent()
+        self.assertEqual(calls, ["scheduled"])
+
+    def test_tlsFlushAfterEvents(self):
+        """The TLS flusher of the quiet reactor flushes with callAfterEvents."""
+        r = speedReactor.QuietEPollReactor()
+        self.addCleanup(r._poller.close)
+        flusher = TurnFlusher(r)
+        out = []
+        TurnAggregator(out.append, flusher).write(b"x")
+        self.assertEqual((r._afterEvents, r._beforePoll), ([flusher.flushAll], []))
+        r.doPoll(0)
+        self.assertEqual(out, [b"x"])
+
+
 @implementer(IPushProducer)
 class _Never:
     def pauseProducing(self):

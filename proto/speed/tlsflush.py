@@ -57,19 +57,24 @@ class TurnFlusher:
     this turn of C{clock}. One per clock (L{flusherFor}).
 
     On L{proto.speed.reactor.QuietEPollReactor} the flush is one
-    C{callBeforePoll}: it runs after the turn's timed calls, right before
-    the poll, where a C{callLater(0)} would have run just before them. At
-    one client that spares each request a C{DelayedCall} (made, pushed on
-    the timer heap, popped, run by C{runUntilCurrent}) for the same flush
-    at the same point of the turn. Other clocks (another reactor, a test's
-    C{Clock}) keep the C{callLater(0)}.
+    C{callAfterEvents}: it runs as soon as the poll's events are handled,
+    before the turn's timed calls (a write made by a timed call is
+    flushed right before the next poll), where a C{callLater(0)} would
+    have run among them. At one client that spares each request a
+    C{DelayedCall} (made, pushed on the timer heap, popped, run by
+    C{runUntilCurrent}), and its reply leaves before the reactor's own
+    work of the turn rather than after it. Other clocks (another reactor,
+    a test's C{Clock}) keep the C{callLater(0)}.
     """
 
     def __init__(self, clock) -> None:
         self._clock = clock
         self._due: list[TurnAggregator] = []
         self._scheduled = False
-        self._endOfTurn = endOfTurn(clock)
+        # On the quiet reactor, right after the poll's events (see
+        # QuietEPollReactor.callAfterEvents); else at the end of the turn.
+        afterEvents = getattr(clock, "callAfterEvents", None)
+        self._endOfTurn = afterEvents if afterEvents is not None else endOfTurn(clock)
 
     def add(self, aggregator: "TurnAggregator") -> None:
         self._due.append(aggregator)
