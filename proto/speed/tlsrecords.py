@@ -83,8 +83,49 @@ _RECORD = 2**14
 _scratch = ffi.new("char[]", _CHUNK)
 
 
+class _Wires:
+    """
+    What a connection's records pass through once its handshake is done,
+    none of which changes for the rest of its life: OpenSSL's C{SSL} and
+    its two memory BIOs (pyOpenSSL's C{Connection._ssl}, C{_into_ssl},
+    C{_from_ssl}; the C{SSL}'s is what keeps the three alive). Not
+    pyOpenSSL's C{Connection} itself, the application protocol nor the TCP
+    transport: they point back at the TLS transport, and such a cycle
+    would keep a closed connection's objects for the garbage collector
+    (Twisted drops its C{_tlsConnection} when the connection is lost, for
+    that reason).
+
+    Why held apart: a TLS transport is a C{ProtocolWrapper}, whose
+    C{__getattr__} (it hands unknown names to the transport under it) makes
+    every attribute read on it, found or not, go through CPython's slower
+    generic path (C{slot_tp_getattr_hook}; the interpreter's attribute
+    caches skip such types), and pyOpenSSL's C{Connection} has one too. A
+    request read those attributes about 25 times (6.6k of the main
+    thread's 125k instructions per 1-client GET, callgrind); here most
+    are read once per connection.
+    """
+
+    __slots__ = ("ssl", "into", "out")
+
+    def __init__(self, tls: Any) -> None:
+        self.ssl = tls._ssl
+        self.into = tls._into_ssl
+        self.out = tls._from_ssl
+
+
 class DirectRecords(_Base):
     """Mixed in front of C{TLSMemoryBIOProtocol} (see the module docstring)."""
+
+    #: Set (L{_Wires}) at the first record after the handshake's end.
+    _wires: _Wires | None = None
+
+    def _wiresUp(self) -> _Wires | None:
+        """The L{_Wires}, made now if the handshake is done and the connection not lost; else C{None}."""
+        tls = self._tlsConnection
+        if not self._handshakeDone or tls is None:
+            return None
+        wires = self._wires = _Wires(tls)
+        return wires
 
     def dataReceived(self, data: bytes) -> None:
         """
@@ -93,55 +134,36 @@ class DirectRecords(_Base):
         C{BIO_write} itself (as C{bio_write} does), then the records are
         read (L{_flushReceiveBIO}).
         """
-        if not self._handshakeDone or self._appSendBuffer or data.__class__ is not bytes:
+        wires = self._wires
+        if wires is None:
+            wires = self._wiresUp()
+            if wires is None:
+                TLSMemoryBIOProtocol.dataReceived(self, data)
+                return
+        if self._appSendBuffer or data.__class__ is not bytes:
             TLSMemoryBIOProtocol.dataReceived(self, data)
             return
-        tls = self._tlsConnection
-        into = tls._into_ssl
+        into = wires.into
         written = _bioWrite(into, data, len(data))
         if written <= 0:
-            tls._handle_bio_errors(into, written)
-        self._flushReceiveBIO()
+            self._tlsConnection._handle_bio_errors(into, written)
+        _receiveRecords(self, wires)
 
     def _flushReceiveBIO(self) -> None:
         """
         Twisted's loop (C{TLSMemoryBIOProtocol._flushReceiveBIO}, 26.x) line
         for line, but it stops once neither the receive BIO nor OpenSSL
         holds a byte, instead of on the C{WantReadError} of one more recv,
-        and calls C{SSL_read} itself. A connection lost before its
-        handshake's end gets Twisted's own.
+        and calls C{SSL_read} itself (L{_receiveRecords}). A connection
+        lost before its handshake's end gets Twisted's own.
         """
-        if not self._handshakeDone:
-            TLSMemoryBIOProtocol._flushReceiveBIO(self)
-            return
-        tls = self._tlsConnection
-        ssl, into = tls._ssl, tls._into_ssl
-        while not self._lostTLSConnection:
-            got = _sslRead(ssl, _scratch, _CHUNK)
-            if got > 0:
-                data = _cBuffer(_scratch, got)[:]
-            else:
-                # What recv() does with such a result: raise, or (no error:
-                # it cannot happen, but as recv) give b"".
-                try:
-                    tls._raise_ssl_error(ssl, got)
-                except WantReadError:
-                    break
-                except ZeroReturnError:
-                    self._shutdownTLS()
-                    self._tlsShutdownFinished(None)
-                    continue
-                except Error:
-                    self._tlsShutdownFinished(Failure())
-                    continue
-                data = b""
-            if not self._aborted:
-                # ProtocolWrapper.dataReceived, inlined.
-                self.wrappedProtocol.dataReceived(data)
-            if not _sslPending(ssl) and _memBytes(into, _NULL) <= 0:
-                break
-        if _memBytes(tls._from_ssl, _NULL) > 0:
-            self._flushSendBIO()
+        wires = self._wires
+        if wires is None:
+            wires = self._wiresUp()
+            if wires is None:
+                TLSMemoryBIOProtocol._flushReceiveBIO(self)
+                return
+        _receiveRecords(self, wires)
 
     def _sendRecords(self, data: bytes, closing: bool = True) -> None:
         """
@@ -156,20 +178,25 @@ class DirectRecords(_Base):
         """
         if closing and self.disconnecting and self._producer is None:
             return
-        if data.__class__ is not bytes or not self._handshakeDone:
+        wires = self._wires
+        if wires is None:
+            wires = self._wiresUp()
+            if wires is None:
+                TLSMemoryBIOProtocol._write(self, data)
+                return
+        if data.__class__ is not bytes:
             TLSMemoryBIOProtocol._write(self, data)
             return
         if self._lostTLSConnection:
             return
-        tls = self._tlsConnection
-        ssl, out = tls._ssl, tls._from_ssl
+        ssl, out = wires.ssl, wires.out
         alreadySent = 0
         while alreadySent < len(data):
             toSend = data[alreadySent : alreadySent + _RECORD]
             sent = _sslWrite(ssl, toSend, len(toSend))
             if sent <= 0:
                 try:
-                    tls._raise_ssl_error(ssl, sent)
+                    self._tlsConnection._raise_ssl_error(ssl, sent)
                 except WantReadError:
                     self._bufferedWrite(data[alreadySent:])
                     break
@@ -206,3 +233,39 @@ class DirectRecords(_Base):
                     return
             transport: Any = self.transport
             transport.write(_cBuffer(_scratch, got)[:])
+
+
+def _receiveRecords(transport: DirectRecords, wires: _Wires) -> None:
+    """
+    L{DirectRecords._flushReceiveBIO} after the handshake (a function:
+    called from C{dataReceived} without a method look-up on the
+    transport, see L{_Wires}).
+    """
+    ssl, into = wires.ssl, wires.into
+    app = transport.wrappedProtocol
+    while not transport._lostTLSConnection:
+        got = _sslRead(ssl, _scratch, _CHUNK)
+        if got > 0:
+            data = _cBuffer(_scratch, got)[:]
+        else:
+            # What recv() does with such a result: raise, or (no error:
+            # it cannot happen, but as recv) give b"".
+            try:
+                transport._tlsConnection._raise_ssl_error(ssl, got)
+            except WantReadError:
+                break
+            except ZeroReturnError:
+                transport._shutdownTLS()
+                transport._tlsShutdownFinished(None)
+                continue
+            except Error:
+                transport._tlsShutdownFinished(Failure())
+                continue
+            data = b""
+        if not transport._aborted:
+            # ProtocolWrapper.dataReceived, inlined.
+            app.dataReceived(data)
+        if not _sslPending(ssl) and _memBytes(into, _NULL) <= 0:
+            break
+    if _memBytes(wires.out, _NULL) > 0:
+        transport._flushSendBIO()
