@@ -204,6 +204,33 @@ class ReactorWriterTests(PostgresBackend, TestCase):
         self.assertEqual(self.committed(), ([("k", "k", 4, b'{"v": 4}')], 4))
 
     @inlineCallbacks
+    def test_guardWaitsForTheLockThenSeesTheCommit(self):
+        """
+        A batch in one round trip that waits for another writer's lock
+        sees that writer's commit when it gets the lock (its guard checks
+        the committed row again): nothing of it is written then, and it
+        runs again in two round trips, after the other's etag.
+        """
+        yield self.store.put("k", b'{"v": 1}')
+        yield self.store.put("k", b'{"v": 2}')  # (known now)
+        other = psycopg.connect(self.conninfo)
+        self.addCleanup(other.close)
+        other.execute("SELECT value FROM proto_counters WHERE name = 'etag' FOR UPDATE")
+        other.execute("UPDATE proto_documents SET etag = 3, body = 'x' WHERE key = 'k'")
+        other.execute("INSERT INTO proto_changes (etag, key, id, type) VALUES (3, 'k', 'k', 1)")
+        other.execute("UPDATE proto_counters SET value = 3 WHERE name = 'etag'")
+        misses, fast = self.writer.guardMisses, self.writer.fastBatches
+        stale = self.store.put("k", b'{"v": 4}', ifMatch=2)
+        yield deferLater(reactor, 0.2, lambda: None)  # (sent; waiting for the lock)
+        self.assertFalse(stale.called)
+        other.commit()
+        error = yield self.assertFailure(stale, ConflictError)
+        self.assertEqual(error.actual, 3)
+        self.assertEqual((self.writer.fastBatches - fast, self.writer.guardMisses - misses), (1, 1))
+        self.assertEqual((yield self.store.put("k", b'{"v": 4}', ifMatch=3)).etag, 4)
+        self.assertEqual(self.committed(), ([("k", "k", 4, b'{"v": 4}')], 4))
+
+    @inlineCallbacks
     def test_missingPreparedStatement(self):
         """
         A prepared statement the database does not know: the batch is
