@@ -16,7 +16,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from proto.hub import ChangeHub
-from proto.store import postgres_pipeline
+from proto.store import postgres_listener, postgres_pipeline
 from proto.store.base import ConflictError, StoreError, StoreUnavailableError
 from tests.test_store import PostgresBackend
 
@@ -229,6 +229,78 @@ class ReactorWriterTests(PostgresBackend, TestCase):
         self.assertEqual((self.writer.fastBatches - fast, self.writer.guardMisses - misses), (1, 1))
         self.assertEqual((yield self.store.put("k", b'{"v": 4}', ifMatch=3)).etag, 4)
         self.assertEqual(self.committed(), ([("k", "k", 4, b'{"v": 4}')], 4))
+
+    @inlineCallbacks
+    def test_doorbellHeardOnTheReactor(self):
+        """
+        The reactor's writer listens: its own commits wake no thread (the
+        listener thread does not listen then), another writer's commit
+        rings the listener, which publishes it in etag order.
+        """
+        listener = self.store.listener
+        for _ in range(500):
+            if self.writer.hears and not listener.listening:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertTrue(self.writer.hears)
+        self.assertFalse(listener.listening)
+        catchUps = []
+        original = listener._catchUp
+        listener._catchUp = lambda connection: catchUps.append(1) or original(connection)
+        other = self.newStore(reactorWrites=False, reactorReads=False)
+        yield other.start()
+        self.addCleanup(other.close)
+        for n in range(5):
+            yield self.store.put(f"own/{n}", b"{}")
+        yield other.put("theirs", b"{}")
+        yield self.store.put("own/5", b"{}")
+        for _ in range(500):
+            if len(self.seen) == 7:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([(c.id, c.etag) for c in self.seen],
+                         [*((f"own/{n}", n + 1) for n in range(5)), ("theirs", 6), ("own/5", 7)])
+        self.assertEqual(listener.skipped, 0)  # (never woken for our commits)
+        # (Rung for "theirs" unless our batch of own/5 handed it over first.)
+        self.assertLessEqual(self.writer.rung, 1)
+        self.assertLessEqual(len(catchUps), 2)
+
+    @inlineCallbacks
+    def test_listenerListensAgainWhenTheReactorWriterIsLost(self):
+        """
+        Once the reactor's writer is lost, the listener thread listens
+        again: another writer's commit is published meanwhile.
+        """
+        for _ in range(500):
+            if self.writer.hears:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        pid = self.writer.backendPid
+        self.patch(postgres_pipeline, "RETRY_SECONDS", 60.0)  # (stays closed)
+        self.patch(postgres_listener, "CATCH_UP_SECONDS", 60.0)  # (heard, or not at all)
+        with psycopg.connect(self.conninfo, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        for _ in range(500):
+            if not self.writer.open:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(self.writer.hears)
+        for _ in range(500):
+            if self.store.listener.listening:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        other = self.newStore(reactorWrites=False, reactorReads=False)
+        yield other.start()
+        self.addCleanup(other.close)
+        yield other.put("theirs", b"{}")
+        started = reactor.seconds()
+        for _ in range(500):
+            if self.seen:
+                break
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual([(c.id, c.etag) for c in self.seen], [("theirs", 1)])
+        # (Heard, not the periodic catch-up two seconds apart.)
+        self.assertLess(reactor.seconds() - started, 1.5)
 
     @inlineCallbacks
     def test_missingPreparedStatement(self):

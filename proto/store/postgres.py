@@ -166,9 +166,12 @@ class PostgresStore(StoreFacade, postgres_grants.PostgresGrants):
             ReactorReader(conninfo, reactor, lambda work: self._reader.submit(work))
             if reactorReads and hasattr(reactor, "addReader") else None
         )
+        listener = self.listener
         self.reactorWriter = (
             ReactorWriter(conninfo, reactor, retainChanges, self._published, self._committed,
-                          self._threadWrite)
+                          self._threadWrite,
+                          listener.hearFrom if listener is not None else None,
+                          listener.ring if listener is not None else None)
             if reactorWrites and hasattr(reactor, "addReader") else None
         )
         self._threadWrites = 0  # writes on the writer thread not finished yet

@@ -10,12 +10,17 @@ L{CATCH_UP_SECONDS} anyway) the listener reads the log from the
 publisher's position. It skips the notifications of this server's own
 writers' commits (their changes, and others' below them, are handed over
 by the writers themselves: issue 13), reading the log for one only if it
-was not handed over within L{OWN_GRACE_SECONDS}. A dropped connection is
+was not handed over within L{OWN_GRACE_SECONDS}. While the reactor's
+writer (L{proto.store.postgres_writer}) listens on its own connection,
+this thread does not: the writer ignores its own commits' notifications
+there (no thread wakes for them) and rings this thread for others'
+(L{Listener.ring}). A dropped connection is
 opened again and catches up from the log: no change is lost.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any, Callable, Collection
 
@@ -63,6 +68,29 @@ class Listener(BellThread):
         self._conninfo = conninfo
         self._where = postgres_schema.displayed(conninfo)
         self.connects = 0  # how many times it connected (tests: reconnection)
+        #: The reactor's writer hears the doorbell (set from the reactor).
+        self._reactorHears = False
+        self._rung = False
+        self._bell = threading.Event()
+        self.rings = 0  # catch-ups the reactor's writer asked for (tests)
+        #: This thread's connection listens (C{False}: the reactor's writer does).
+        self.listening = False
+
+    def hearFrom(self, reactorHears: bool) -> None:
+        """
+        (Reactor thread.) The reactor's writer listens to the doorbell
+        (C{True}: this thread stops listening, so that the writer's own
+        commits no longer wake it, and waits for L{ring}), or no longer
+        (C{False}: it listens again). Either way it catches up from the
+        log after the switch, so a change committed meanwhile is not missed.
+        """
+        self._reactorHears = reactorHears
+        self._bell.set()
+
+    def ring(self) -> None:
+        """(Reactor thread.) Another writer committed: catch up from the log."""
+        self._rung = True
+        self._bell.set()
 
     def _main(self) -> None:
         import psycopg
@@ -92,7 +120,26 @@ class Listener(BellThread):
     def _listen(self, connection: Any) -> None:
         """Catch up, then wait for the doorbell; until stopped or an error."""
         self._catchUp(connection)  # after LISTEN: whatever comes later rings
+        self.listening = True
         while not self._stop.is_set():
+            if self._reactorHears:
+                if self.listening:
+                    connection.execute(f"UNLISTEN {postgres_schema.CHANNEL}")
+                    self.listening = False
+                    self._owed = 0
+                    self._catchUp(connection)  # (what came before the reactor heard)
+                self._bell.wait(WAIT_SECONDS)
+                self._bell.clear()
+                rang, self._rung = self._rung, False
+                if rang:
+                    self.rings += 1
+                if rang or self._due():
+                    self._catchUp(connection)
+                continue
+            if not self.listening:
+                connection.execute(f"LISTEN {postgres_schema.CHANNEL}")
+                self.listening = True
+                self._catchUp(connection)  # (what came while no one listened)
             rang = False
             # notifies() holds the connection while it waits: this
             # connection does nothing else (TWISTED_NOTES, section 9).

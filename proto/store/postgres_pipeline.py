@@ -154,6 +154,10 @@ class PipelineConnection:
                            role=self.role, where=self.where)
             self._failing = False
         self._reactor.addReader(self)
+        self.opened()
+
+    def opened(self) -> None:
+        """The connection is open (a subclass may send what a session needs first)."""
 
     def _connectFailed(self, failure: Failure) -> None:
         self._connecting = False
@@ -201,12 +205,16 @@ class PipelineConnection:
             self._writing = False
         connection, self._connection, self._pgconn = self._connection, None, None
         self.backendPid = None
+        self.closed()
         os.close(self._fd)
         self._fd = -1
         try:
             connection.close()
         except Exception:
             pass
+
+    def closed(self) -> None:
+        """The connection is closed (lost, or stopped)."""
 
     def lost(self, error: Any) -> None:
         """The connection failed: what is in flight is failed over; open it again later."""
@@ -294,6 +302,8 @@ class PipelineConnection:
         try:
             pgconn.consume_input()
             self._takeResults(pgconn)
+            if self._pgconn is pgconn:
+                self.takeNotifies(pgconn)
         except Exception as e:
             self.lost(e)
             return
@@ -345,6 +355,9 @@ class PipelineConnection:
             self.answer(statement)
             if self._pgconn is not pgconn:
                 return
+
+    def takeNotifies(self, pgconn: Any) -> None:
+        """After the results: the notifications received (a session that LISTENs)."""
 
     def answer(self, statement: Statement) -> None:
         """A statement's result is in (C{statement.result}; C{None}: skipped)."""

@@ -90,6 +90,9 @@ GUARD_SQL = ("SELECT 1 / (CASE WHEN value = %s THEN 1 ELSE 0 END) FROM proto_cou
              "WHERE name = 'etag'")
 _GUARD_FAILED = b"22012"
 
+#: The owner of the LISTEN statement's sync.
+_LISTEN = object()
+
 #: The most keys whose state the writer remembers for that.
 MAX_CACHED = 100_000
 
@@ -137,6 +140,8 @@ class ReactorWriter(PipelineConnection):
         published: Callable[[], int],
         committed: Callable[[int, BatchResult, float], None],
         fallback: Callable[[Any], Deferred[Any]],
+        hearing: Callable[[bool], None] | None = None,
+        ring: Callable[[], None] | None = None,
     ) -> None:
         """
         @param retain: the change log keeps at least this many changes.
@@ -144,6 +149,13 @@ class ReactorWriter(PipelineConnection):
         @param committed: called with each committed batch's size, result
             and seconds, before its Deferreds fire (the store publishes).
         @param fallback: runs a write on the writer thread; its Deferred.
+        @param hearing: given, this connection LISTENs to the doorbell
+            (L{proto.store.postgres_listener}) and says whether it hears
+            it (C{True} once its LISTEN is answered, C{False} once closed):
+            then the listener thread need not, and is not woken by this
+            writer's own commits.
+        @param ring: called when it hears another writer's commit that was
+            not handed to the publisher yet (the listener catches up).
         """
         super().__init__(conninfo, reactor)
         self._retain = retain
@@ -165,12 +177,47 @@ class ReactorWriter(PipelineConnection):
         self.guardMisses = 0
         #: Batches sent in one round trip (tests, measurements).
         self.fastBatches = 0
+        #: Other writers' commits heard (rings of the listener).
+        self.rung = 0
         #: The stored (id, etag) (C{None}: no document) of keys, as our
         #: last commit left them, at etag C{_cacheEtag}, with the log's
         #: floor at C{_cacheFloor} (C{None}: not known).
+        self._hearing = hearing
+        self._ring = ring
+        self.hears = False
+        self._listen: Statement | None = None
         self._cache: dict[str, tuple[str, int] | None] = {}
         self._cacheEtag: int | None = None
         self._cacheFloor = 0
+
+    # -- the doorbell ------------------------------------------------------------------
+
+    def opened(self) -> None:
+        if self._hearing is not None:
+            try:
+                self._listen = self.sendPlain("listen", b"LISTEN " + CHANNEL.encode(), _LISTEN)
+                self.sync(_LISTEN)
+            except Exception as e:
+                self.lost(e)
+
+    def closed(self) -> None:
+        if self.hears:
+            self.hears = False
+            assert self._hearing is not None
+            self._hearing(False)
+
+    def takeNotifies(self, pgconn: Any) -> None:
+        """Ring for another writer's commit not handed over yet; not for our own."""
+        ring = False
+        pgconn.is_busy()  # (parses what was received: notifications too)
+        while (notify := pgconn.notifies()) is not None:
+            payload = notify.extra
+            etag = int(payload) if payload.isdigit() else None
+            if notify.be_pid != self.backendPid and (etag is None or etag > self.delivered):
+                ring = True
+        if ring and self._ring is not None:
+            self.rung += 1
+            self._ring()
 
     def _forget(self) -> None:
         """The next batch reads what it needs (after a failure: nothing assumed)."""
@@ -301,6 +348,15 @@ class ReactorWriter(PipelineConnection):
             self.lost(e)
 
     def synced(self, statement: Statement) -> None:
+        if statement.owner is _LISTEN:
+            from psycopg.pq import ExecStatus
+
+            listen = self._listen
+            if (listen is not None and listen.result is not None
+                    and listen.result.status == ExecStatus.COMMAND_OK and self._hearing is not None):
+                self.hears = True
+                self._hearing(True)
+            return
         batch = self._batch
         if batch is None or statement.owner is not batch:
             return  # (a rollback's sync)
