@@ -300,10 +300,10 @@ class PutManyTests(SynchronousTestCase):
         self.assertEqual(result.changes, changes)
         self.assertEqual(self.state(batched), self.state(single))
 
-    def test_onePut(self) -> None:
+    def test_onePutBatches(self) -> None:
         """
-        A batch of one PUT without If-Match (L{WriteSession.onePut}): the
-        id of the first write is kept, every version is logged, and the
+        Batches of one PUT (a client that waits for each reply): the id
+        of the first write is kept, every version is logged, and the
         publisher is handed exactly the batch's change.
         """
         from proto.store.facade import PutWork
@@ -320,7 +320,7 @@ class PutManyTests(SynchronousTestCase):
             [(1, "a/1", "A/1", 1), (2, "a/1", "A/1", 1), (3, "b/1", "b/1", 1)],
         ))
 
-    def test_onePutPrunesFromTheRealFloor(self) -> None:
+    def test_prunesFromTheRealFloor(self) -> None:
         """
         A session that has not seen the log's floor move (another
         connection pruned) reads it before pruning: the floor only moves

@@ -7,26 +7,26 @@ write the same file: the transaction takes the write lock before it reads
 anything, and waits (busy timeout) while another process holds it.
 
 Inside it:
-  1. the counter rows are read (C{'etag'}: the last etag handed out;
-     C{'log_floor'}: see L{proto.store.sqlite_schema}). Never from a value
-     kept in memory: another process may have written since.
+  1. the counter row C{'etag'} is read: the last etag handed out. Never
+     from a value kept in memory: another process may have written since.
   2. each operation runs; every change takes the next etag and appends a
      row to C{changes(etag, key, id, type)}, the change log;
   3. the log is pruned if it holds more than C{retain} changes beyond a
      step (at most L{PRUNE_MAX} rows per transaction, so that pruning
-     never stalls a writer for long): C{log_floor} moves up;
-  4. the counters are written back and the transaction commits.
+     never stalls a writer for long): C{log_floor} (see
+     L{proto.store.sqlite_schema}) moves up;
+  4. the etag is written back and the transaction commits.
 
-A batch of one PUT without C{If-Match} (every PUT of a client that waits
-for each reply) takes a shorter way to the same rows (L{WriteSession.onePut},
-issue 13): the etag is bumped and read in one statement (C{UPDATE ...
-RETURNING}), the document written and its stored id read in another
-(the upsert keeps the id of the first write and returns it), then its log
-row: five statements with C{BEGIN} and C{COMMIT} instead of seven. Its
-C{log_floor} is not read at all unless the log may be due for pruning:
-the floor only ever moves up, so the last one seen is a lower bound, and
-while even that says the log is short of a step beyond C{retain}, so is
-the real one.
+The counter row C{'log_floor'} is read only when the log may be due for
+pruning: the floor only ever moves up, so the last one seen is a lower
+bound, and while even that says the log is short of a step beyond
+C{retain}, so is the real one. The C{'etag'} row is read alone, by its key:
+C{name IN ('etag', 'log_floor')} made SQLite build a temporary b-tree of
+the list in every transaction (two zeroed 4 KiB pages), which cost more
+than the statement itself (issue 13: a one-PUT transaction 17k instructions
+fewer than with that read, 5k fewer than taking the etag and the stored
+id with C{RETURNING}, which buffers its rows in such a b-tree too;
+callgrind, bench of the statements alone).
 
 A full storage (C{SQLITE_FULL}: disk full, or C{max_page_count}) fails
 the batch's transaction; the batch is then run again one operation per
@@ -75,11 +75,8 @@ _UPSERT = (
     "ON CONFLICT (key) DO UPDATE SET etag = excluded.etag, body = excluded.body"
 )
 
-#: L{_UPSERT}, and the stored id: the first write's, kept by the update.
-_UPSERT_RETURNING_ID = _UPSERT + " RETURNING id"
-
-#: The next etag, taken (inside the write transaction).
-_NEXT_ETAG = "UPDATE counters SET value = value + 1 WHERE name = 'etag' RETURNING value"
+#: The last etag handed out (inside the write transaction).
+_ETAG = "SELECT value FROM counters WHERE name = 'etag'"
 
 #: Append a row to the change log.
 _LOG_ROW = "INSERT INTO changes (etag, key, id, type) VALUES (?, ?, ?, ?)"
@@ -223,10 +220,7 @@ class WriteSession:
         @return: each work's result or L{Failure}, and the L{BatchResult}.
         """
         try:
-            if len(works) == 1 and type(works[0]) is PutWork and works[0].ifMatch is None:
-                outcomes, before = self.onePut(works[0])
-            else:
-                outcomes, before = self._transaction(works)
+            outcomes, before = self._transaction(works)
         except sqlite3.Error as e:
             if not isStorageFull(e):
                 raise
@@ -266,13 +260,9 @@ class WriteSession:
         connection = self.connection
         connection.execute("BEGIN IMMEDIATE")
         try:
-            counters = dict(
-                connection.execute(
-                    "SELECT name, value FROM counters WHERE name IN ('etag', 'log_floor')"
-                )
-            )
-            before = self._lastEtag = counters["etag"]
-            self._floorSeen = counters["log_floor"]
+            # By its key alone (see the module's docstring).
+            [(before,)] = connection.execute(_ETAG).fetchall()
+            self._lastEtag = before
             outcomes = self._runAll(works)
             if self._lastEtag != before:
                 connection.execute(
@@ -286,33 +276,6 @@ class WriteSession:
                 connection.execute("ROLLBACK")
             raise
         return outcomes, before
-
-    def onePut(self, put: PutWork) -> tuple[list[Any], int]:
-        """
-        L{_transaction} of a batch of one PUT without C{If-Match} (it
-        cannot conflict), in fewer statements: see the module's docstring.
-        """
-        connection = self.connection
-        self.changes = []
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            # fetchall: each statement runs to its end (and is reset) here,
-            # so none is still in progress at the COMMIT.
-            [(etag,)] = connection.execute(_NEXT_ETAG).fetchall()
-            key = put.key
-            [(storedId,)] = connection.execute(
-                _UPSERT_RETURNING_ID, (key, put.id, etag, put.body)
-            ).fetchall()
-            connection.execute(_LOG_ROW, (etag, key, storedId, CHANGE_PUT))
-            self._lastEtag = etag
-            self._prune()
-            connection.execute("COMMIT")
-        except BaseException:
-            if connection.in_transaction:
-                connection.execute("ROLLBACK")
-            raise
-        self.changes = [Change(storedId, PUT, etag)]
-        return [Version(storedId, etag)], etag - 1
 
     def _prune(self) -> None:
         """
