@@ -22,10 +22,13 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Collection
+from typing import TYPE_CHECKING, Any, Callable, Collection
 
 from proto.store import postgres_reads, postgres_schema
 from proto.store.sqlite_publisher import BellThread, Publisher, handOver
+
+if TYPE_CHECKING:
+    from proto.store.postgres_pipeline import Statement
 
 #: The listener reads the log this often even without a notification.
 CATCH_UP_SECONDS = 2.0
@@ -186,3 +189,84 @@ class Listener(BellThread):
             lambda after, upTo: postgres_reads.logRange(connection, after, upTo),
             self._stop.is_set,
         )
+
+
+#: The owner of the reactor writer's LISTEN statement's sync.
+_LISTEN = object()
+
+
+class ReactorDoorbell:
+    """
+    A mixin of L{proto.store.postgres_writer.ReactorWriter}: its
+    connection listens to the doorbell (see L{Listener.hearFrom}). Its own
+    commits' notifications arrive there with their results and are
+    dropped; another writer's commit not handed over yet rings the
+    listener thread.
+
+    @ivar hears: its LISTEN is answered, and the connection open.
+    @ivar rung: other writers' commits heard (rings of the listener).
+    """
+
+    # (What the writer provides.)
+    backendPid: int | None
+    delivered: int
+    sendPlain: Callable[..., "Statement"]
+    sync: Callable[..., None]
+    lost: Callable[[Any], None]
+
+    def __init__(self, hearing: Callable[[bool], None] | None,
+                 ring: Callable[[], None] | None) -> None:
+        """
+        @param hearing: given, the connection LISTENs and says whether it
+            hears (C{True} once its LISTEN is answered, C{False} once
+            closed): then the listener thread need not, and is not woken by
+            this writer's own commits (L{Listener.hearFrom}).
+        @param ring: called when it hears another writer's commit that was
+            not handed to the publisher yet (L{Listener.ring}).
+        """
+        self._hearing = hearing
+        self._ring = ring
+        self.hears = False
+        self.rung = 0
+        self._listen: "Statement | None" = None
+
+    def opened(self) -> None:
+        if self._hearing is not None:
+            try:
+                self._listen = self.sendPlain(
+                    "listen", b"LISTEN " + postgres_schema.CHANNEL.encode(), _LISTEN)
+                self.sync(_LISTEN)
+            except Exception as e:
+                self.lost(e)
+
+    def closed(self) -> None:
+        if self.hears:
+            self.hears = False
+            assert self._hearing is not None
+            self._hearing(False)
+
+    def takeNotifies(self, pgconn: Any) -> None:
+        """Ring for another writer's commit not handed over yet; not for our own."""
+        ring = False
+        pgconn.is_busy()  # (parses what was received: notifications too)
+        while (notify := pgconn.notifies()) is not None:
+            payload = notify.extra
+            etag = int(payload) if payload.isdigit() else None
+            if notify.be_pid != self.backendPid and (etag is None or etag > self.delivered):
+                ring = True
+        if ring and self._ring is not None:
+            self.rung += 1
+            self._ring()
+
+    def heardListen(self, statement: "Statement") -> bool:
+        """Whether C{statement} is the LISTEN's sync (then: hearing, if it succeeded)."""
+        if statement.owner is not _LISTEN:
+            return False
+        from psycopg.pq import ExecStatus
+
+        listen = self._listen
+        if (listen is not None and listen.result is not None
+                and listen.result.status == ExecStatus.COMMAND_OK and self._hearing is not None):
+            self.hears = True
+            self._hearing(True)
+        return True

@@ -73,10 +73,12 @@ from proto.store.postgres_batch import (
     intArray,
     textArray,
 )
+from proto.store.postgres_listener import ReactorDoorbell
 from proto.store.postgres_pipeline import PipelineConnection, Statement
 from proto.store.postgres_reads import KEY_SEPARATOR
 from proto.store.postgres_schema import CHANGE_PUT, CHANNEL
 from proto.store.postgres_session import trouble
+from proto.store.postgres_writequeue import WriteQueue
 from proto.store.sqlite_write import BatchResult
 from proto.timers import endOfTurn
 
@@ -89,9 +91,6 @@ from proto.timers import endOfTurn
 GUARD_SQL = ("SELECT 1 / (CASE WHEN value = %s THEN 1 ELSE 0 END) FROM proto_counters "
              "WHERE name = 'etag'")
 _GUARD_FAILED = b"22012"
-
-#: The owner of the LISTEN statement's sync.
-_LISTEN = object()
 
 #: The most keys whose state the writer remembers for that.
 MAX_CACHED = 100_000
@@ -119,13 +118,12 @@ class _Batch:
         self.theirs: Statement | None = None
 
 
-class ReactorWriter(PipelineConnection):
+class ReactorWriter(ReactorDoorbell, WriteQueue, PipelineConnection):
     """
     Write batches on the reactor thread (see the module docstring).
 
     @ivar delivered: every change up to this etag was handed to the
         publisher with a batch's result (read by the listener's thread).
-    @ivar fallbacks: writes handed to the writer thread.
     """
 
     role = "reactor writer"
@@ -157,139 +155,38 @@ class ReactorWriter(PipelineConnection):
         @param ring: called when it hears another writer's commit that was
             not handed to the publisher yet (the listener catches up).
         """
-        super().__init__(conninfo, reactor)
+        PipelineConnection.__init__(self, conninfo, reactor)
+        WriteQueue.__init__(self, fallback)
+        ReactorDoorbell.__init__(self, hearing, ring)
         self._retain = retain
         self._published = published
         self._committed = committed
-        self._fallback = fallback
         self._endOfTurn = endOfTurn(reactor)
-        self._queue: list[tuple[Any, Deferred[Any]]] = []
         self._batch: _Batch | None = None
         self._scheduled = False
-        self._waiters: list[tuple[int, Deferred[None]]] = []
-        self._submitted = 0  # writes taken so far
-        self._answeredCount = 0  # writes answered so far
         self.delivered = 0
-        self.fallbacks = 0
         self.batches = 0
         #: Batches sent in one round trip whose guard found another
         #: writer's commit (then sent again in two).
         self.guardMisses = 0
         #: Batches sent in one round trip (tests, measurements).
         self.fastBatches = 0
-        #: Other writers' commits heard (rings of the listener).
-        self.rung = 0
         #: The stored (id, etag) (C{None}: no document) of keys, as our
         #: last commit left them, at etag C{_cacheEtag}, with the log's
         #: floor at C{_cacheFloor} (C{None}: not known).
-        self._hearing = hearing
-        self._ring = ring
-        self.hears = False
-        self._listen: Statement | None = None
         self._cache: dict[str, tuple[str, int] | None] = {}
         self._cacheEtag: int | None = None
         self._cacheFloor = 0
-
-    # -- the doorbell ------------------------------------------------------------------
-
-    def opened(self) -> None:
-        if self._hearing is not None:
-            try:
-                self._listen = self.sendPlain("listen", b"LISTEN " + CHANNEL.encode(), _LISTEN)
-                self.sync(_LISTEN)
-            except Exception as e:
-                self.lost(e)
-
-    def closed(self) -> None:
-        if self.hears:
-            self.hears = False
-            assert self._hearing is not None
-            self._hearing(False)
-
-    def takeNotifies(self, pgconn: Any) -> None:
-        """Ring for another writer's commit not handed over yet; not for our own."""
-        ring = False
-        pgconn.is_busy()  # (parses what was received: notifications too)
-        while (notify := pgconn.notifies()) is not None:
-            payload = notify.extra
-            etag = int(payload) if payload.isdigit() else None
-            if notify.be_pid != self.backendPid and (etag is None or etag > self.delivered):
-                ring = True
-        if ring and self._ring is not None:
-            self.rung += 1
-            self._ring()
 
     def _forget(self) -> None:
         """The next batch reads what it needs (after a failure: nothing assumed)."""
         self._cache.clear()
         self._cacheEtag = None
 
-    @property
-    def pending(self) -> int:
-        """Writes taken and not answered yet."""
-        return self._submitted - self._answeredCount
-
-    def barrier(self) -> Deferred[None]:
-        """
-        Fires once every write taken so far is answered (read-your-writes:
-        a read that comes after them waits for this, then is read as
-        usual).
-        """
-        deferred: Deferred[None] = Deferred()
-        if self.pending == 0:
-            deferred.callback(None)
-        else:
-            self._waiters.append((self._submitted, deferred))
-        return deferred
-
-    def _answered(self, count: int) -> None:
-        self._answeredCount += count
-        done = self._answeredCount
-        if self._waiters and done >= self._waiters[0][0]:
-            ready = [d for upTo, d in self._waiters if upTo <= done]
-            self._waiters = [(upTo, d) for upTo, d in self._waiters if upTo > done]
-            for deferred in ready:
-                if not deferred.called:
-                    deferred.callback(None)
-
-    # -- taking writes -------------------------------------------------------------------
-
-    def submit(self, work: Any) -> Deferred[Any]:
-        """A PUT or DELETE work (C{work(session)}, with its C{keys})."""
-        deferred: Deferred[Any] = Deferred()
-        self._submitted += 1
-        if not self.open:
-            self._failOver(work, deferred)
-            return deferred
-        self._queue.append((work, deferred))
-        if self._batch is None and not self._scheduled:
-            self._scheduled = True
-            self._endOfTurn(self._begin)
-        return deferred
-
-    def _failOver(self, work: Any, deferred: Deferred[Any]) -> None:
-        """Run C{work} on the writer thread instead (nothing of it was written)."""
-        self.fallbacks += 1
-
-        def done(result: Any) -> Any:
-            self._answered(1)
-            return result
-
-        if deferred.called:  # (cancelled before it was sent: it never happens)
-            self._answered(1)
-            return
-        self._fallback(work).addBoth(done).chainDeferred(deferred)
-
     def stopping(self) -> None:
         """Closing: the writes taken are still committed (a last batch, now)."""
         if self._batch is None:
             self._begin()
-
-    def _handOver(self) -> None:
-        """Every queued write to the writer thread (not connected)."""
-        queued, self._queue = self._queue, []
-        for work, deferred in queued:
-            self._failOver(work, deferred)
 
     # -- a batch -----------------------------------------------------------------------
 
@@ -348,14 +245,7 @@ class ReactorWriter(PipelineConnection):
             self.lost(e)
 
     def synced(self, statement: Statement) -> None:
-        if statement.owner is _LISTEN:
-            from psycopg.pq import ExecStatus
-
-            listen = self._listen
-            if (listen is not None and listen.result is not None
-                    and listen.result.status == ExecStatus.COMMAND_OK and self._hearing is not None):
-                self.hears = True
-                self._hearing(True)
+        if self.heardListen(statement):
             return
         batch = self._batch
         if batch is None or statement.owner is not batch:
