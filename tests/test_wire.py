@@ -546,6 +546,32 @@ class RequestParserTests(unittest.TestCase):
             self.assertEqual(takeAllMany(framing.RequestParser(maxBody=10), chunks), expected)
             self.assertEqual(takeAllMany(framing.RequestParser(maxBody=10), chunks, {0}), expected)
 
+    def test_nextManyTakesSizedAndHeadedInPlace(self):
+        """
+        A PUT's head (with Size) and a GET's with one more header line
+        (either side of the Sequence) are taken in place, without
+        parseHead, each by the one match that fits it; a head that is not
+        complete yet waits for its bytes.
+        """
+
+        def noParseHead(*args, **kwargs):
+            raise AssertionError("parseHead called")
+
+        self.patch(framing, "parseHead", noParseHead)
+        for data, expected in [
+            (b"PUT a\r\nSequence: 1\r\nSize: 2\r\n\r\n{}", ("PUT", {}, b"{}")),
+            (b"GET a\r\nInclude: Ref\r\nSequence: 1\r\n\r\n", ("GET", {"include": "Ref"}, b"")),
+            (b"GET a\r\nSequence: 1\r\nInclude: A,  B\r\n\r\n", ("GET", {"include": "A,  B"}, b"")),
+        ]:
+            parser = framing.RequestParser()
+            cut = data.index(grammar.HEAD_END) + 3
+            parser.receive(data[:cut])
+            self.assertEqual(parser.nextMany(), [])
+            parser.receive(data[cut:])
+            (request,) = parser.nextMany()
+            self.assertEqual((request.command, dict(request.headers), request.body), expected)
+            self.assertEqual(parser.buffered, 0)
+
     @settings(max_examples=300, deadline=None)
     @given(st.binary(max_size=300), st.lists(st.integers(0, 400), max_size=8))
     def test_randomBytesOnlyFramingErrorWhateverTheChunks(self, data, cuts):

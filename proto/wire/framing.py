@@ -124,12 +124,25 @@ class RequestParser:
             self._pos = pos
             if taken:
                 return taken
-            sized = self._takeSized()
-            if sized is not None:
-                return [sized]
-            headed = self._takeHeaded()
-            if headed is not None:
-                return [headed]
+            # Not a simple head: one with a Size line (a PUT) or with one
+            # more header line (a GET with Include) may still be taken in
+            # place. A head names a Size exactly when SIZED_REQUEST may
+            # match it and HEADED_REQUEST may not (no line but a header's
+            # starts with it, and neither a value nor an argument holds a
+            # line break), so only that one is tried: a failed match costs
+            # about what a successful one does (issue 13). A head not
+            # complete yet matches neither.
+            buf = self._buf
+            end = buf.find(HEAD_END, pos)
+            if end >= 0:
+                if buf.find(b"\r\nSize: ", pos, end) >= 0:
+                    sized = self._takeSized()
+                    if sized is not None:
+                        return [sized]
+                else:
+                    headed = self._takeHeaded()
+                    if headed is not None:
+                        return [headed]
         request = self._next()
         return [] if request is None else [request]
 
@@ -177,13 +190,20 @@ class RequestParser:
         header = name.decode().lower()
         if header in _SPECIAL_HEADERS:
             return None
-        words = _argWords(args)
-        if words is None:
-            return None  # parseHead says why
+        # _argWords and _commandName, inlined (one GET with Include each).
+        if args is None:
+            words: tuple[str, ...] = ()
+        else:
+            try:
+                words = tuple(args.decode().split(" "))
+            except UnicodeDecodeError:
+                return None  # parseHead says why
+        names = _commandNames
+        commandName = names.get(command)
+        if commandName is None:
+            commandName = _commandName(command)
         self._pos = stop
-        return Request(
-            _commandName(command), words, {header: value.decode()}, sequence.decode(),
-        )
+        return Request(commandName, words, {header: value.decode()}, sequence.decode())
 
     def unread(self, requests: list[Request]) -> None:
         """
