@@ -34,9 +34,13 @@ CACHE_MAX_ADVANCE = 1000
 
 #: What moves the cache (L{proto.store.cache}) to the current etag, in
 #: one statement (one snapshot): the counters, then the keys of the
-#: changes after the cache's position (at most C{?} of them).
+#: changes after the cache's position (at most C{?} of them). Each counter
+#: by its key: C{name IN ('etag', 'log_floor')} made SQLite build a
+#: temporary b-tree of the list at every run (5.3 -> 4.2 us a run, and see
+#: L{proto.store.sqlite_write}).
 _ADVANCE_SQL = (
-    "SELECT 0, name, value FROM counters WHERE name IN ('etag', 'log_floor') UNION ALL "
+    "SELECT 0, name, value FROM counters WHERE name = 'etag' UNION ALL "
+    "SELECT 0, name, value FROM counters WHERE name = 'log_floor' UNION ALL "
     "SELECT * FROM (SELECT 1, key, etag FROM changes WHERE etag > ? ORDER BY etag LIMIT ?)"
 )
 
