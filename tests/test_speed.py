@@ -299,6 +299,71 @@ class WriteThroughTests(unittest.TestCase):
         self.transport.write(b"dropped")  # write side closed: dropped, as before
         self.assertEqual(self.queued(), 0)
 
+    def givePollHook(self) -> list:
+        """
+        Give the (global) reactor the quiet reactor's C{callBeforePoll},
+        run by hand: the list of the calls asked for.
+        """
+        calls: list = []
+        reactor.callBeforePoll = calls.append
+        self.addCleanup(delattr, reactor, "callBeforePoll")
+        return calls
+
+    @inlineCallbacks
+    def test_closeBeforePollWithNothingQueued(self):
+        """
+        loseConnection() with nothing queued: reading stops, no EPOLLOUT is
+        asked for, and the connection closes right before the next poll
+        (ConnectionDone, the bytes sent, then EOF), not a turn later.
+        """
+        calls = self.givePollHook()
+        self.transport.write(b"bye")
+        self.transport.loseConnection()
+        self.assertNotIn(self.transport, reactor.getWriters())
+        self.assertNotIn(self.transport, reactor.getReaders())
+        self.assertEqual(len(calls), 1)
+        self.assertIsNone(self.server.lost)
+        calls.pop()()
+        self.assertIsNotNone(self.server.lost)
+        self.server.lost.trap(error.ConnectionDone)
+        yield self.readAll(10**9)
+        self.assertEqual(self.client.data, b"bye")
+        self.assertTrue(self.client.eof)
+
+    @inlineCallbacks
+    def test_closeBeforePollWrittenMeanwhile(self):
+        """Bytes written after loseConnection() are sent before the close."""
+        calls = self.givePollHook()
+        self.transport.loseConnection()
+        self.transport.write(b"late")
+        self.assertEqual(self.queued(), len(b"late"))
+        calls.pop()()
+        self.assertIsNone(self.server.lost)
+        yield self.readAll(10**9)
+        self.assertEqual(self.client.data, b"late")
+        self.assertTrue(self.client.eof)
+        yield waitFor(lambda: self.server.lost is not None)
+        self.server.lost.trap(error.ConnectionDone)
+
+    @inlineCallbacks
+    def test_closeBeforePollAbortedMeanwhile(self):
+        """An abort after loseConnection() wins: ConnectionAborted, once."""
+        calls = self.givePollHook()
+        self.transport.loseConnection()
+        self.transport.abortConnection()
+        calls.pop()()
+        yield waitFor(lambda: self.server.lost is not None)
+        self.server.lost.trap(error.ConnectionAborted)
+
+    def test_closeWithBytesQueuedStockPath(self):
+        """With bytes queued, loseConnection() is the stock one (drain, then close)."""
+        calls = self.givePollHook()
+        self.fillKernelBuffer()
+        self.transport.write(b"queued")
+        self.transport.loseConnection()
+        self.assertEqual(calls, [])
+        self.assertIn(self.transport, reactor.getWriters())
+
     def test_onlyTCPConnections(self):
         self.assertFalse(enableWriteThrough(object()))
 

@@ -26,6 +26,20 @@ changes, whenever:
     stock C{doWrite} meets the same error and closes the connection with
     the usual reason.
 
+The close, likewise: C{loseConnection()} with nothing queued stops
+reading, and the stock path then asks for EPOLLOUT and waits for the next
+poll, whose C{doWrite} finds nothing to send and closes (two C{epoll_ctl}
+and an event per connection, for nothing). L{WriteThrough.loseConnection}
+instead closes right before the next poll (the reactor's
+C{callBeforePoll}, L{proto.speed.reactor}): after the turn's events, its
+TLS flush and timed calls, which is where the stock path would still be
+waiting. Whatever was written meanwhile is queued by then (writes while
+closing take the stock path), and the stock path drains it before
+closing, as before; a connection aborted or lost meanwhile is left alone;
+a paused streaming or a pull producer, the closes of a half-closed
+connection or of one with bytes queued take the stock path from the
+start. On another reactor (no C{callBeforePoll}) the stock path is used.
+
 The send itself is C{socket.send} called directly, as
 C{tcp.Connection.writeSomeData} does less two wrappers it needs only for
 old Pythons and huge writes (writes over C{SEND_LIMIT} still go through
@@ -40,9 +54,11 @@ with.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 from twisted.internet import tcp
+from twisted.python import log
 
 if TYPE_CHECKING:
     # For the type checker: the class this is mixed in front of.
@@ -90,6 +106,58 @@ class WriteThrough(_Connection):
             if sent:
                 data = data[sent:]
         super().write(data)
+
+
+    def loseConnection(self) -> None:
+        """
+        With nothing queued: stop reading and close right before the next
+        poll (L{_closeBeforePoll}) instead of waiting for EPOLLOUT; else
+        the stock way.
+        """
+        before = getattr(self.reactor, "callBeforePoll", None)
+        if (
+            before is None
+            or self.TLS
+            or not self.connected
+            or self.disconnecting
+            or self._aborting
+            or self._writeDisconnecting
+            or self._writeDisconnected
+            or self._tempDataLen
+            or len(self.dataBuffer) > self.offset
+            or (self.producer is not None and (not self.streamingProducer or self.producerPaused))
+        ):
+            super().loseConnection()
+            return
+        self.stopReading()
+        self.disconnecting = 1
+        before(self._closeBeforePoll)
+
+    def _closeBeforePoll(self) -> None:
+        """
+        What the stock C{doWrite} does for a closing connection with
+        nothing left to send (C{_postLoseConnection}, then the reactor's
+        C{_disconnectSelectable}), unless something changed meanwhile.
+        """
+        if not self.connected or self._aborting:
+            return  # lost or aborted meanwhile: that path closes it
+        if (
+            self._tempDataLen
+            or len(self.dataBuffer) > self.offset
+            or (self.producer is not None and (not self.streamingProducer or self.producerPaused))
+        ):
+            # Written meanwhile (queued: the writer is registered) or a
+            # producer to ask for more: the stock doWrite takes over.
+            self.startWriting()
+            return
+        reactor = self.reactor
+        try:
+            why = self._postLoseConnection()
+        except BaseException:
+            why = sys.exc_info()[1]
+            log.err(system=self.logPrefix())
+        if why:
+            reactor._disconnectSelectable(self, why, False)  # type: ignore[attr-defined]
 
 
 _classes: dict[type, type] = {}
