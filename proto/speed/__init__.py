@@ -4,7 +4,8 @@ plain Twisted, each in its own module, all switched off together by
 C{twistd proto --plain-transport} (to rule them out when debugging).
 
   - L{proto.speed.writethrough}: TCP writes go to the kernel at once
-    instead of waiting for EPOLLOUT on the next reactor turn;
+    instead of waiting for EPOLLOUT on the next reactor turn, and so does
+    a close with nothing queued (right before the next poll);
   - L{proto.speed.tlsflush}: one TLS flush per reactor turn for all
     connections instead of one C{callLater(0)} per connection (a call
     before the poll on our reactor);
