@@ -20,8 +20,9 @@ heart and is the same whatever carries the bytes:
 L{Dispatcher} is a mixin, the way Twisted's AMP class mixes in
 C{BoxDispatcher}: the protocol's hot loop calls C{self._dispatch} with no
 extra object or attribute hop per request, and no extra memory per idle
-connection. It owns the in-flight table (Sequence -> Deferred) and the
-reply mapping (L{successReply}, L{failureReply}); it asks its host (the
+connection. It owns the in-flight table (Sequence -> Deferred) and uses
+the reply mapping (L{proto.replymap}: L{successReply}, L{failureReason};
+re-exported here); it asks its host (the
 protocol) only for what it declares below: C{_write} (coalesced output),
 the grant tables, the counters, and two hooks told how many requests are
 in flight after one is added or answered (flow control and draining live
@@ -40,53 +41,20 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from proto import wire
-from proto.commands.base import Command, CommandError, EncodedResult, Handler, Result
+from proto.commands.base import Command, EncodedResult, Handler
 from proto.permissions import Grant
+from proto.replymap import failureReason, successReply
 from proto.states import READY
 from proto.stats import UNKNOWN_COMMAND, CommandStats, ServerStats
 
 _encodeReply = wire.encodeReply
-_encodeReplyTail = wire.encodeReplyTail
 
 #: The in-flight table of a connection that has none running: shared and
 #: read-only, replaced by a dict at the first Deferred (most requests
 #: finish at once, and most connections never hold one).
 NO_INFLIGHT: Mapping[str, defer.Deferred[Any]] = MappingProxyType({})
 
-
-def successReply(result: bytes | Result | None, sequence: str) -> bytes:
-    """The C{OK} reply for what a command returned (bytes: the body)."""
-    if type(result) is bytes:
-        return _encodeReply(sequence, result)
-    if type(result) is EncodedResult:
-        return _encodeReplyTail(sequence, result.tail)
-    if result is None:
-        return _encodeReply(sequence)
-    assert isinstance(result, Result)
-    return _encodeReply(sequence, result.body, result.headers)
-
-
-def failureReason(failure: Failure, request: wire.Request) -> str | None:
-    """
-    The C{ERR} reason for a command's failure, or C{None}: an unexpected
-    failure, which the client is told about in general words (see
-    L{Dispatcher._failureReply}) and the log in detail.
-    """
-    error = failure.value
-    if isinstance(error, CommandError):
-        return error.reason
-    if isinstance(error, defer.TimeoutError):
-        return (
-            f"Timeout: {request.command} did not finish within "
-            f"{request.timeout:g} s and was cancelled"
-        )
-    if isinstance(error, defer.CancelledError):
-        # Only a drain's grace cancels a command on an open connection.
-        return (
-            f"Cancelled: the connection is closing and {request.command} did "
-            "not finish within the grace period"
-        )
-    return None
+__all__ = ["NO_INFLIGHT", "Dispatcher", "failureReason", "successReply"]
 
 
 class Dispatcher:

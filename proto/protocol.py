@@ -10,8 +10,8 @@ and C{CommandLocator}:
     out; PROTOCOL.md sections 3 and 5); this class never touches
     LineReceiver's own buffer;
   - dispatch: L{proto.dispatch.Dispatcher} (mixed in): the in-flight
-    table, C{Timeout}, permission checks and the reply mapping (sections
-    4, 5 and 9);
+    table, C{Timeout}, permission checks (sections 4, 5 and 9), with the
+    reply mapping in L{proto.replymap};
   - flow control: L{proto.flowcontrol.FlowControl}, pure decisions on
     pause reasons and the in-flight limit; this class is the transport's
     push producer and carries them out;

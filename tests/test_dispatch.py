@@ -12,7 +12,8 @@ from twisted.trial import unittest
 
 from proto import wire
 from proto.commands.base import CommandError, CommandRegistry, EncodedResult, Result, FIRST_ARG
-from proto.dispatch import NO_INFLIGHT, Dispatcher, failureReason, successReply
+from proto.dispatch import NO_INFLIGHT, Dispatcher
+from proto.replymap import failureReason, successReply
 from proto.permissions import ANY, READ, WRITE, Grant
 from proto.states import DRAINING, READY
 from proto.stats import UNKNOWN_COMMAND, ServerStats
@@ -354,3 +355,10 @@ class ReplyMappingTests(unittest.TestCase):
         )
         self.assertTrue(failureReason(Failure(defer.CancelledError()), r).startswith("Cancelled: "))
         self.assertIsNone(failureReason(Failure(KeyError("x")), r))
+
+    def test_oldImportPath(self):
+        """The mapping moved to proto.replymap; proto.dispatch still names it."""
+        from proto import dispatch, replymap
+
+        self.assertIs(dispatch.successReply, replymap.successReply)
+        self.assertIs(dispatch.failureReason, replymap.failureReason)

@@ -23,7 +23,7 @@ from zope.interface.verify import verifyObject
 from proto import wire
 from proto.commands.base import CommandError, ICommandContext, Result
 from proto.commands.documents import _getResult, encodeGetReply
-from proto.dispatch import successReply
+from proto.replymap import successReply
 from proto.commands.include import parseInclude, referencedIds
 from proto.server import defaultRegistry
 from proto.hub import ChangeHub
