@@ -26,9 +26,10 @@ and C{CommandLocator}:
   - subscriptions (WATCH, REMIND): L{proto.subscriptions.Subscriptions};
   - TLS and admission: L{proto.tls} (the context, session resumption) and
     L{proto.admission} (the allow-list's judgement, section 2), called
-    from L{GNPServerProtocol.handshakeCompleted}.
+    from C{handshakeCompleted} in L{proto.admitting.Admitting} (mixed in:
+    the greeting or refusal, the Admitted/Refused lines, C{setGrant}).
 
-What stays here is the connection's life and the glue: admission, feeding
+What stays here is the connection's life and the glue: feeding
 the parser and writing the replies of one input chunk in one write
 (output coalescing), the timeouts' handlers, carrying out flow control's
 decisions as the transport's push producer, and the command context
@@ -42,79 +43,40 @@ must be unregistered before a close (L{proto.ending}).
 
 from __future__ import annotations
 
-from time import perf_counter, time
+from time import perf_counter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from twisted.internet.interfaces import IHandshakeListener
-from twisted.logger import Logger, LogLevel
+from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from proto import wire
-from proto.admission import Identity, admit, identityOf
+from proto.admission import Identity
+from proto.admitting import ADMITTED, Admitting, _logInfo, fastLogFor, printablePeer
 from proto.commands.base import Handler, ICommandContext
 from proto.bodies import BodyBudget
 from proto.dispatch import Dispatcher
 from proto.ending import SHUTDOWN_REASON, Ending
 from proto.flowcontrol import INFLIGHT, TRANSPORT, FlowControl
 from proto.permissions import NOTHING, Grant
-from proto.states import CLOSED, CLOSING, DRAINING, ENDING, HANDSHAKING, OPEN, READY, advance
-from proto.stats import REFUSED_HANDSHAKE_TIMEOUT, CommandStats
+from proto.states import CLOSED, CLOSING, DRAINING, ENDING, HANDSHAKING, READY, advance
+from proto.stats import CommandStats
 from proto.subscriptions import Subscriptions
 from proto.timers import BODY, HANDSHAKE, HEAD, IDLE, Timers
-from proto.tls import peerCertificateDER, peerCertificateSHA256
 
 if TYPE_CHECKING:
     from proto.server import GNPServerFactory
 
 __all__ = [
-    "GNPServerProtocol", "SHUTDOWN_REASON", "printablePeer",
+    "GNPServerProtocol", "SHUTDOWN_REASON", "printablePeer", "ADMITTED", "_logInfo",
     "HANDSHAKING", "READY", "DRAINING", "CLOSING", "CLOSED",
 ]
 
 
-def printablePeer(address: Any) -> str:
-    """C{host:port} for logs, with IPv4-mapped IPv6 addresses unmapped."""
-    host = getattr(address, "host", None)
-    if host is None:
-        return str(address)
-    if host.startswith("::ffff:") and "." in host:
-        host = host[7:]
-    if ":" in host:
-        return f"[{host}]:{address.port}"
-    return f"{host}:{address.port}"
-
-
-#: The admission line of every admitted connection (section 2's audit trail).
-ADMITTED = "Admitted {peer} sha1={sha1} cn={cn!r} {grant}"
-
-
-def _logInfo(protocol: "GNPServerProtocol", format: str, fields: dict[str, Any]) -> None:
-    """
-    C{protocol.log.info(format, **fields)}: the same event (the keys
-    C{Logger.emit} adds, C{log_source} the protocol) to the same observer,
-    for the line every connection logs. Less what C{Logger} does per call
-    that cannot matter here: a new bound C{Logger} per C{protocol.log}
-    access, the level's validity check, the keyword arguments copied
-    twice (in process 6.5 -> 2.8 us per line).
-    """
-    if type(protocol).__dict__.get("log") is not _CLASS_LOG:
-        # A subclass's own logger, or one put in place since: the general way.
-        protocol.log.info(format, **fields)
-        return
-    log = _BOUND_LOG
-    fields["log_logger"] = log
-    fields["log_level"] = LogLevel.info
-    fields["log_namespace"] = log.namespace
-    fields["log_source"] = protocol
-    fields["log_format"] = format
-    fields["log_time"] = time()
-    log.observer(fields)
-
-
 @implementer(IHandshakeListener, ICommandContext)
-class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
+class GNPServerProtocol(LineReceiver, Admitting, Dispatcher, Ending, BodyBudget):
     """
     Serves one client. Built by L{proto.server.GNPServerFactory}, whose
     C{config}, C{registry}, C{clock}, C{store} and C{hub} it uses.
@@ -180,65 +142,6 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self.factory.connectionOpened(self)
         self._timers.start(HANDSHAKE, self.config.handshakeTimeout, self._handshakeTimedOut)
 
-    def handshakeCompleted(self) -> None:
-        """
-        TLS is up (also for a resumed session): judge the certificate
-        against the current allow-list (PROTOCOL.md section 2), then greet
-        with C{OK} or refuse in words and close.
-        """
-        timers = self._timers
-        if self.state is not HANDSHAKING:
-            timers.stop(HANDSHAKE)
-            return
-        self.stats.handshake.observe(perf_counter() - self._since)
-        # Behind HAProxy (--listen haproxy:...) the PROXY header is parsed
-        # after connectionMade, so only now does getPeer() give the
-        # client's address rather than HAProxy's (Twisted #12501).
-        self.peer = printablePeer(self.transport.getPeer())
-        transport = self.transport
-        digest = peerCertificateSHA256(transport)
-        if digest is not None:
-            self.identity = identityOf(digest, lambda: peerCertificateDER(transport))
-        reason = self.factory.overloadReason()
-        now = self.clock.seconds()
-        if reason is None:
-            grant, reason = admit(self.identity, self.factory.allowList(), now)
-            if grant is not None:
-                self._grant(grant)
-            else:
-                refused = getattr(self.factory, "certificateRefused", None)
-                if refused is not None and self.identity is not None:
-                    refused(self.identity, self.peer, reason)
-        who = self.identity
-        if reason is not None:
-            timers.stop(HANDSHAKE)
-            self.log.info(
-                "Refused {peer} sha1={sha1} cn={cn!r}: {reason}",
-                peer=self.peer, sha1=who and who.sha1, cn=who and who.commonName,
-                reason=reason, admitted=False, event="admission",
-            )
-            self.stats.refusedFor(reason)
-            self._closeWith(wire.encodeGreeting(reason))
-            return
-        assert who is not None
-        grant = self.grant
-        _logInfo(
-            self, ADMITTED,
-            {"peer": self.peer, "sha1": who.sha1, "cn": who.commonName, "admitted": True,
-             "grant": grant.attributes(), "name": grant.name, "event": "admission"},
-        )
-        self._enter(READY)
-        self._since = self._lastActivity = now
-        self.stats.certificateSeen(who)
-        self.factory.connectionAdmitted(self)
-        self.transport.write(wire.encodeGreeting())
-        if self.config.idleTimeout:
-            # The handshake's DelayedCall becomes the idle timer's (see
-            # Timers.move: no cancelled call left in the reactor's heap).
-            timers.move(HANDSHAKE, IDLE, self.config.idleTimeout, self._idleCheck)
-        else:
-            timers.stop(HANDSHAKE)
-
     def connectionLost(self, reason: Failure | None = None) -> None:
         self._enter(CLOSED)
         self._timers.stopAll()
@@ -247,51 +150,7 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         self.subscriptions.detach()
         self.factory.connectionClosed(self)
 
-    @property
-    def admittedAt(self) -> float:
-        """When the connection was admitted (the clock's seconds; CLIENTS)."""
-        return self._since if self.state is not HANDSHAKING else 0.0
-
-    # -- rights (PROTOCOL.md section 9) -----------------------------------
-
-    def setGrant(self, grant: Grant) -> None:
-        """
-        The allow-list changed what this certificate may do (section 9):
-        the next request is checked against C{grant}, and standing
-        subscriptions (WATCH) are told, so that one now outside the
-        prefixes ends.
-        """
-        if grant == self.grant or self.state not in OPEN:
-            return
-        self.log.info(
-            "Rights of {peer} sha1={sha1} changed: {grant}",
-            peer=self.peer, sha1=self.identity and self.identity.sha1,
-            grant=grant.attributes(),
-        )
-        self._grant(grant)
-        self.subscriptions.regrant(grant)
-
-    def _grant(self, grant: Grant) -> None:
-        self.grant = grant
-        self._free = self.registry.unchecked(grant.rank, grant.prefixes is None)
-
-    def displayName(self) -> str:
-        """The name on the allow-list, else the certificate's CN (for messages)."""
-        if self.grant.name:
-            return self.grant.name
-        return self.identity.commonName if self.identity is not None else "?"
-
     # -- timeouts (PROTOCOL.md sections 2 and 3) -------------------------
-
-    def _handshakeTimedOut(self) -> None:
-        if self.state is HANDSHAKING:
-            self.peer = printablePeer(self.transport.getPeer())
-            self.log.info("Handshake timeout from {peer}", peer=self.peer)
-            refused = self.stats.refused
-            refused[REFUSED_HANDSHAKE_TIMEOUT] = refused.get(REFUSED_HANDSHAKE_TIMEOUT, 0) + 1
-            self._enter(CLOSING)
-            self.transport.unregisterProducer()
-            self.transport.abortConnection()
 
     def _headTimedOut(self) -> None:
         if self.state is READY:
@@ -512,8 +371,6 @@ class GNPServerProtocol(LineReceiver, Dispatcher, Ending, BodyBudget):
         # Parse what we already hold now: it must not wait for new bytes.
         self.dataReceived(b"")
 
-
-#: The class's logger, and the same bound to the class once (its namespace,
-#: C{proto.protocol.GNPServerProtocol}, and its observer): L{_logInfo}.
-_CLASS_LOG = GNPServerProtocol.__dict__["log"]
-_BOUND_LOG = GNPServerProtocol.log
+#: The Admitted line of this class's connections is made directly
+#: (L{proto.admitting._logInfo}), from its logger bound once.
+fastLogFor(GNPServerProtocol)

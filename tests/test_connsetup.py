@@ -201,7 +201,8 @@ class AdmittedLineTests(unittest.TestCase):
     def test_sameEvent(self):
         from twisted.logger import globalLogPublisher
 
-        from proto.protocol import ADMITTED, GNPServerProtocol, _logInfo
+        from proto.admitting import ADMITTED, _logInfo
+        from proto.protocol import GNPServerProtocol
 
         events: list[dict] = []
         globalLogPublisher.addObserver(events.append)

@@ -11,7 +11,7 @@ from twisted.trial import unittest
 
 from proto import wire
 from proto.admission import AllowList
-from proto.protocol import printablePeer
+from proto.admitting import printablePeer
 from proto.commands import builtin
 from proto.server import ServerConfig
 from tests.support import Credentials, connectInMemory, makeFactory, realTimeClock, request

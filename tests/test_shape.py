@@ -6,6 +6,7 @@ memory rule the parts keep (idle memory per connection <= 32 KiB).
 from twisted.protocols.basic import LineReceiver
 from twisted.trial import unittest
 
+from proto.admitting import Admitting
 from proto.bodies import BodyBudget
 from proto.commands import builtin
 from proto.dispatch import Dispatcher
@@ -23,8 +24,11 @@ class ShapeTests(unittest.TestCase):
         self.assertEqual(GNPServerProtocol.delimiter, b"\r\n\r\n")
 
     def test_composedParts(self):
-        for part in (Dispatcher, Ending, BodyBudget):
+        for part in (Admitting, Dispatcher, Ending, BodyBudget):
             self.assertTrue(issubclass(GNPServerProtocol, part), part)
+        # Admitting comes before Dispatcher, which declares displayName
+        # for its own type checking (a stub that raises).
+        self.assertIs(GNPServerProtocol.displayName, Admitting.displayName)
         conn = connectInMemory(makeFactory(realTimeClock(), registry=builtin.registry), "default")
         self.assertIsInstance(conn.server._timers, Timers)
         self.assertIsInstance(conn.server._flow, FlowControl)
@@ -41,3 +45,11 @@ class ShapeTests(unittest.TestCase):
         self.assertEqual(conn.client.raw, b"OK\r\n")
         attributes = sorted(vars(conn.server))
         self.assertLess(len(attributes), 30, attributes)
+
+    def test_oldImportPaths(self):
+        """The admission glue moved to proto.admitting; proto.protocol still names it."""
+        from proto import admitting, protocol
+
+        for name in ("printablePeer", "ADMITTED", "_logInfo"):
+            self.assertIs(getattr(protocol, name), getattr(admitting, name), name)
+

@@ -99,9 +99,9 @@ class PeerCertificateTests(unittest.TestCase):
             return seen[-1]
 
         self.patch(tls, "peerCertificateSHA256", spy)
-        import proto.protocol
+        import proto.admitting
 
-        self.patch(proto.protocol, "peerCertificateSHA256", spy)
+        self.patch(proto.admitting, "peerCertificateSHA256", spy)
         conn = connectInMemory(client=None)
         self.assertEqual(seen, [None])
         self.assertIn(b"No client certificate", conn.client.raw)

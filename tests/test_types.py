@@ -7,7 +7,8 @@ is checked; the sans-I/O wire format (C{proto/wire/}), the command layer
 (C{proto/commands/}: handlers take an C{ICommandContext} and a
 C{wire.Request}), C{proto/subscriptions.py}, the clients
 (C{proto/client/}: the core, both connections, the CLI) and the
-connection (C{proto/protocol.py} and its parts: dispatch, flow control,
+connection (C{proto/protocol.py} and its parts: admitting, dispatch and the
+reply mapping, flow control,
 timers, states, ending, bodies) with every flag of C{--strict}. Zope interfaces are types through the C{mypy-zope}
 plugin.
 """
