@@ -56,6 +56,19 @@ def _prefix(selectable) -> str:
         return "(buggy logPrefix method)"
 
 
+def _runEach(calls: list, system: str) -> None:
+    """
+    Call each of C{calls} in order; one that raises is logged (Twisted's
+    legacy C{log.err}, as the reactor's own handlers do) and the rest still
+    run: for L{QuietEPollReactor.callAfterEvents} and C{callBeforePoll}.
+    """
+    for f in calls:
+        try:
+            f()
+        except BaseException:
+            log.err(system=system)
+
+
 class QuietEPollReactor(epollreactor.EPollReactor):
     """
     C{EPollReactor} without C{log.callWithLogger} around each event, and
@@ -94,11 +107,7 @@ class QuietEPollReactor(epollreactor.EPollReactor):
 
     def _runAfterEvents(self) -> None:
         calls, self._afterEvents = self._afterEvents, []
-        for f in calls:
-            try:
-                f()
-            except BaseException:
-                log.err(system="callAfterEvents")
+        _runEach(calls, "callAfterEvents")
 
     def mainLoop(self) -> None:
         """
@@ -132,11 +141,7 @@ class QuietEPollReactor(epollreactor.EPollReactor):
             first = heap[0] if heap else None
             firstTime = first.time if first is not None else None
             calls, self._beforePoll = self._beforePoll, []
-            for f in calls:
-                try:
-                    f()
-                except BaseException:
-                    log.err(system="callBeforePoll")
+            _runEach(calls, "callBeforePoll")
             # They may have scheduled calls (or moved one sooner), or asked
             # for another call before the poll: do not sleep past them. (A
             # TLS flush, the usual one, does none of these: then the

@@ -123,15 +123,25 @@ class WriteThrough(_Connection):
             or self._aborting
             or self._writeDisconnecting
             or self._writeDisconnected
-            or self._tempDataLen
-            or len(self.dataBuffer) > self.offset
-            or (self.producer is not None and (not self.streamingProducer or self.producerPaused))
+            or self._moreToWrite()
         ):
             super().loseConnection()
             return
         self.stopReading()
         self.disconnecting = 1
         before(self._closeBeforePoll)
+
+    def _moreToWrite(self) -> bool:
+        """
+        Whether the stock C{doWrite} still has work before the close: bytes
+        queued (or waiting to be joined), or a producer to ask for more (a
+        pull producer, or a streaming one that is paused).
+        """
+        return bool(
+            self._tempDataLen
+            or len(self.dataBuffer) > self.offset
+            or (self.producer is not None and (not self.streamingProducer or self.producerPaused))
+        )
 
     def _closeBeforePoll(self) -> None:
         """
@@ -141,11 +151,7 @@ class WriteThrough(_Connection):
         """
         if not self.connected or self._aborting:
             return  # lost or aborted meanwhile: that path closes it
-        if (
-            self._tempDataLen
-            or len(self.dataBuffer) > self.offset
-            or (self.producer is not None and (not self.streamingProducer or self.producerPaused))
-        ):
+        if self._moreToWrite():
             # Written meanwhile (queued: the writer is registered) or a
             # producer to ask for more: the stock doWrite takes over.
             self.startWriting()
