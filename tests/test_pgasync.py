@@ -30,18 +30,9 @@ class ReactorReaderTests(PostgresBackend, TestCase):
         self.reader = self.store.reactorReader
         yield self.whenOpen()
 
-    @inlineCallbacks
     def whenOpen(self, notOn=None):
-        """
-        Wait (5 s at most) until the reactor reader is open; with C{notOn}
-        (a backend pid), open on another backend than that one.
-        """
-        for _ in range(500):
-            pgconn = self.reader._pgconn
-            if self.reader.open and (notOn is None or pgconn.backend_pid != notOn):
-                return
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.fail("the reactor reader did not connect within 5 s")
+        """The reactor reader open (not on backend C{notOn})."""
+        return self.whenPipelineOpen(self.reader, notOn)
 
     def include(self, ids, fields="R"):
         return self.store.read(ids, IncludeWalk(parseInclude(fields)))

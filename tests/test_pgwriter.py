@@ -36,14 +36,9 @@ class ReactorWriterTests(PostgresBackend, TestCase):
         self.writer = self.store.reactorWriter
         yield self.whenOpen()
 
-    @inlineCallbacks
     def whenOpen(self, notOn=None):
-        """Wait (5 s at most) until the reactor writer is open (not on backend C{notOn})."""
-        for _ in range(500):
-            if self.writer.open and (notOn is None or self.writer.backendPid != notOn):
-                return
-            yield deferLater(reactor, 0.01, lambda: None)
-        self.fail("the reactor writer did not connect within 5 s")
+        """The reactor writer open (not on backend C{notOn})."""
+        return self.whenPipelineOpen(self.writer, notOn)
 
     def committed(self):
         """The documents (key, id, etag, body) and the etag counter, as another connection sees them."""

@@ -756,6 +756,20 @@ class PostgresBackend:
     def storeSpec(self) -> str:
         return f"postgresql:{self.conninfo}"
 
+    @inlineCallbacks
+    def whenPipelineOpen(self, connection, notOn=None):
+        """
+        Wait (5 s at most) until a reactor pipeline connection
+        (L{proto.store.postgres_pipeline.PipelineConnection}: the reader or
+        the writer) is open; with C{notOn} (a backend pid), open on another
+        backend than that one.
+        """
+        for _ in range(500):
+            if connection.open and (notOn is None or connection.backendPid != notOn):
+                return
+            yield deferLater(reactor, 0.01, lambda: None)
+        self.fail(f"the reactor's {type(connection).__name__} did not connect within 5 s")
+
     def logRows(self) -> list[tuple[int, str, str, int]]:
         import psycopg
 
